@@ -1,0 +1,175 @@
+//! The commands behind the binary: each turns parsed flags into a call on the library and
+//! returns the process exit code. `main` only parses, sets up logging and prints errors.
+
+use crate::cli::{Command, PricesArgs, RunArgs, ServeMockArgs, ValidateArgs};
+use crate::config::{self, ConfigError};
+use crate::cost::PriceTable;
+use crate::mock::{MockConfig, MockServer};
+use crate::run::{self, RunError};
+use crate::secret::ApiKey;
+use crate::shutdown::Shutdown;
+use std::io::Write;
+use std::time::Duration;
+
+/// Errors that end a command with exit 1.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs a command to completion; `Ok` is the exit code.
+pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
+    match command {
+        Command::Run(args) => runtime(None)?.block_on(run_cmd(*args, argv)),
+        Command::Validate(args) => validate_cmd(args),
+        Command::ServeMock(args) => {
+            let threads = args.threads;
+            runtime(threads)?.block_on(serve_mock_cmd(args))
+        }
+        Command::Prices(args) => prices_cmd(args),
+    }
+}
+
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all()
+        .build()
+        .map_err(|e| AppError::Other(format!("starting the async runtime: {e}")))
+}
+
+async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
+    let summary_path = args.summary_json.clone();
+    let cfg = config::resolve_run(&args, &argv)?;
+    let shutdown = Shutdown::default();
+    shutdown.listen_for_signals();
+    let summary = run::run(cfg, shutdown).await?;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(summary.render().as_bytes());
+    if let Some(path) = summary_path {
+        let json =
+            serde_json::to_vec_pretty(&summary).map_err(|e| AppError::Other(e.to_string()))?;
+        std::fs::write(&path, json)
+            .map_err(|e| AppError::Other(format!("{}: {e}", path.display())))?;
+    }
+    Ok(summary.exit_code)
+}
+
+fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {
+    let spec = config::load_spec(&args.job)?;
+    let input = config::resolve_input(&args.job, &spec)?;
+    let v = crate::job::source::validate(&input, args.max_errors.max(1)).map_err(RunError::from)?;
+    let mut out = std::io::stdout().lock();
+    let problems = v.errors.len() as u64 + v.more_errors;
+    for e in &v.errors {
+        let _ = writeln!(out, "{e}");
+    }
+    if v.more_errors > 0 {
+        let _ = writeln!(out, "... and {} more", v.more_errors);
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} jobs valid, {} problem{}",
+        input.path.display(),
+        v.jobs,
+        problems,
+        if problems == 1 { "" } else { "s" }
+    );
+    Ok(if problems == 0 { 0 } else { 1 })
+}
+
+async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
+    for (name, rate) in [
+        ("--fail-rate", args.fail_rate),
+        ("--hang-rate", args.hang_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(AppError::Other(format!(
+                "{name} {rate}: expected a share between 0 and 1"
+            )));
+        }
+    }
+    let api_key = match &args.require_key_env {
+        Some(var) => Some(ApiKey::new(std::env::var(var).map_err(|_| {
+            AppError::Other(format!("--require-key-env {var}: not set"))
+        })?)),
+        None => None,
+    };
+    let config = MockConfig {
+        latency: Duration::from_millis(args.latency_ms),
+        fail_rate: args.fail_rate,
+        hang_rate: args.hang_rate,
+        rpm: args.rpm,
+        tpm: args.tpm,
+        seed: args.seed,
+        api_key,
+        capture_bodies: false,
+    };
+    let server = MockServer::start((args.host, args.port).into(), config)
+        .await
+        .map_err(|e| AppError::Other(format!("binding {}:{}: {e}", args.host, args.port)))?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "bulkprompt mock listening on {}", server.base_url());
+        let _ = out.flush();
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    let s = server.stats();
+    eprintln!(
+        "bulkprompt mock: {} requests, {} ok, {} x 429, {} x 5xx, {} hung",
+        s.requests, s.ok, s.rate_limited, s.server_errors, s.hung
+    );
+    Ok(0)
+}
+
+fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
+    let table =
+        PriceTable::load(args.prices.as_deref()).map_err(|e| AppError::Other(e.to_string()))?;
+    let per_m = |p: u64| p as f64 / 1e6;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<serde_json::Value> = table
+            .iter()
+            .map(|(m, p)| {
+                serde_json::json!({
+                    "model": m,
+                    "input_per_million": per_m(p.input),
+                    "output_per_million": per_m(p.output),
+                    "cached_input_per_million": p.cached_input.map(per_m),
+                    "image_per_thousand": p.image.map(|i| i as f64 / 1e9),
+                })
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let _ = writeln!(
+        out,
+        "{:<40} {:>10} {:>10} {:>10} {:>12}",
+        "model", "input/M", "output/M", "cached/M", "images/K"
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("${v}"));
+    for (m, p) in table.iter() {
+        let _ = writeln!(
+            out,
+            "{:<40} {:>10} {:>10} {:>10} {:>12}",
+            m,
+            format!("${}", per_m(p.input)),
+            format!("${}", per_m(p.output)),
+            opt(p.cached_input.map(per_m)),
+            opt(p.image.map(|i| i as f64 / 1e9)),
+        );
+    }
+    Ok(0)
+}

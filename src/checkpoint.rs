@@ -1,0 +1,459 @@
+//! The output file is its own checkpoint. `scan` reads it back: it cuts a torn last line left
+//! by a crash, and builds the done set, a map from each id's 128-bit hash to its last record's
+//! fingerprint and state (24 bytes an id, never the ids or the records themselves). `compact`
+//! rewrites the file to hold exactly one record per id, the latest, by way of a temporary file
+//! and a rename, so a crash mid-way leaves the old file whole. `OutputLock` keeps two runs from
+//! writing one output at once.
+
+use crate::cost::Money;
+use crate::job::source::{LineReader, RawLine};
+use crate::job::{Fingerprint, IdKey, Job};
+use crate::output::{RecordHead, Status};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Problems with an existing output.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The output could not be read or repaired.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A line in the middle of the output is not a record.
+    #[error("{path}:{line}: not a bulkprompt record ({message}); fix or move the file, or pass --fresh to start over")]
+    Corrupt {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    /// Another run holds the output.
+    #[error("{path} is being written by another bulkprompt run{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
+}
+
+/// What the last record of an id says, packed into 64 bits: the fingerprint's low 62 bits and
+/// a 2-bit state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry(u64);
+
+/// The state of a job's last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoneState {
+    Ok,
+    /// Failed in a way a later run may fix (rate limits, outages, timeouts).
+    Transient,
+    /// Failed in a way that needs a change of request (400, 404, 413, 422).
+    Permanent,
+}
+
+const FP_MASK: u64 = (1 << 62) - 1;
+
+impl Entry {
+    fn new(fp: u64, state: DoneState) -> Self {
+        let s = match state {
+            DoneState::Ok => 0,
+            DoneState::Transient => 1,
+            DoneState::Permanent => 2,
+        };
+        Entry((fp & FP_MASK) | (s << 62))
+    }
+    fn fingerprint(self) -> u64 {
+        self.0 & FP_MASK
+    }
+    fn state(self) -> DoneState {
+        match self.0 >> 62 {
+            0 => DoneState::Ok,
+            1 => DoneState::Transient,
+            _ => DoneState::Permanent,
+        }
+    }
+}
+
+/// What to do with a job, given the output so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No record yet.
+    New,
+    /// Done with this exact request: skip.
+    Done,
+    /// Failed permanently with this exact request, and `--retry-failed` is off: skip.
+    SkipFailed,
+    /// Failed transiently (or permanently, with `--retry-failed`): run again.
+    Retry,
+    /// The request changed since its record was written: run again.
+    Changed,
+}
+
+/// Totals of the records in an output, counting only each id's last record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub ok: u64,
+    pub failed_transient: u64,
+    pub failed_permanent: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Spend over every line, superseded ones included: money spent is spent.
+    pub spent: Money,
+}
+
+/// The done set and what the scan found.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    done: HashMap<IdKey, Entry>,
+    /// Lines in the file.
+    pub lines: u64,
+    /// Bytes cut from a torn last line.
+    pub repaired_bytes: u64,
+    pub totals: Totals,
+}
+
+impl Checkpoint {
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty()
+    }
+
+    /// Ids with a record.
+    pub fn ids(&self) -> u64 {
+        self.done.len() as u64
+    }
+
+    /// Whether some ids have more than one line (so `compact` has work).
+    pub fn has_superseded(&self) -> bool {
+        self.lines > self.done.len() as u64
+    }
+
+    pub fn decide(&self, job: &Job, retry_failed: bool) -> Decision {
+        self.decide_key(job.id.key(), job.fingerprint, retry_failed)
+    }
+
+    fn decide_key(&self, key: IdKey, fp: Fingerprint, retry_failed: bool) -> Decision {
+        match self.done.get(&key) {
+            None => Decision::New,
+            Some(e) if e.fingerprint() != fp.short() & FP_MASK => Decision::Changed,
+            Some(e) => match e.state() {
+                DoneState::Ok => Decision::Done,
+                DoneState::Transient => Decision::Retry,
+                DoneState::Permanent if retry_failed => Decision::Retry,
+                DoneState::Permanent => Decision::SkipFailed,
+            },
+        }
+    }
+
+    /// Notes a record written in this run (so a later duplicate decision sees it).
+    pub fn record(&mut self, key: IdKey, fp: Fingerprint, state: DoneState) {
+        self.lines += 1;
+        self.done.insert(key, Entry::new(fp.short(), state));
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state a record head stands for.
+pub fn state_of(head: &RecordHead) -> DoneState {
+    match (head.status, &head.error) {
+        (Status::Ok, _) => DoneState::Ok,
+        (Status::Failed, Some(e)) if e.kind.is_permanent() => DoneState::Permanent,
+        (Status::Failed, _) => DoneState::Transient,
+    }
+}
+
+/// Reads an output (if it exists), repairing a torn last line.
+pub fn scan(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let mut cp = Checkpoint::default();
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(cp),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    cp.repaired_bytes = repair_tail(&mut file).map_err(io_err(path))?;
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    // Count per id so totals use only each id's last record.
+    let mut latest: HashMap<IdKey, (DoneState, u64, u64)> = HashMap::new();
+    for_each_head(path, file, |line, head| {
+        let fp = Fingerprint::parse(&head.fingerprint).ok_or_else(|| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            message: "fingerprint is not hex".into(),
+        })?;
+        let key = IdKey::of(head.id.as_bytes());
+        let state = state_of(&head);
+        cp.record(key, fp, state);
+        if let Some(c) = head.cost_usd {
+            cp.totals.spent += Money::from_usd(c);
+        }
+        latest.insert(
+            key,
+            (
+                state,
+                head.prompt_tokens.unwrap_or(0),
+                head.completion_tokens.unwrap_or(0),
+            ),
+        );
+        Ok(())
+    })?;
+    for (state, p, c) in latest.into_values() {
+        match state {
+            DoneState::Ok => cp.totals.ok += 1,
+            DoneState::Transient => cp.totals.failed_transient += 1,
+            DoneState::Permanent => cp.totals.failed_permanent += 1,
+        }
+        cp.totals.prompt_tokens += p;
+        cp.totals.completion_tokens += c;
+    }
+    Ok(cp)
+}
+
+/// Cuts everything after the last newline: a record is written with its newline in one
+/// `write`, so bytes after the last newline are a record a crash cut short.
+fn repair_tail(file: &mut File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = [0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+                file.sync_all()?;
+            }
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    if len > 0 {
+        file.set_len(0)?;
+        file.sync_all()?;
+    }
+    Ok(len)
+}
+
+/// Calls `f` with each line's number and head.
+fn for_each_head(
+    path: &Path,
+    file: File,
+    mut f: impl FnMut(u64, RecordHead) -> Result<(), CheckpointError>,
+) -> Result<(), CheckpointError> {
+    let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);
+    while let Some(raw) = lines.next_line().map_err(io_err(path))? {
+        let RawLine::Line { line } = raw else {
+            continue;
+        };
+        if lines.bytes().is_empty() {
+            continue;
+        }
+        let head: RecordHead =
+            serde_json::from_slice(lines.bytes()).map_err(|e| CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                line,
+                message: e.to_string(),
+            })?;
+        f(line, head)?;
+    }
+    Ok(())
+}
+
+/// Rewrites the output keeping only the last record of each id. Returns the lines dropped.
+pub fn compact(path: &Path) -> Result<u64, CheckpointError> {
+    let open = || File::open(path).map_err(io_err(path));
+    let mut last: HashMap<IdKey, u64> = HashMap::new();
+    for_each_head(path, open()?, |line, head| {
+        last.insert(IdKey::of(head.id.as_bytes()), line);
+        Ok(())
+    })?;
+    let tmp = temp_path(path);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
+    let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, open()?), usize::MAX);
+    let mut dropped = 0;
+    while let Some(RawLine::Line { line }) = lines.next_line().map_err(io_err(path))? {
+        let bytes = lines.bytes();
+        if bytes.is_empty() {
+            continue;
+        }
+        let head: RecordHead =
+            serde_json::from_slice(bytes).map_err(|e| CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                line,
+                message: e.to_string(),
+            })?;
+        if last.get(&IdKey::of(head.id.as_bytes())) == Some(&line) {
+            out.write_all(bytes)
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(io_err(&tmp))?;
+        } else {
+            dropped += 1;
+        }
+    }
+    let file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    sync_dir(path);
+    Ok(dropped)
+}
+
+/// `OUT.jsonl` -> `OUT.jsonl.compact.tmp`, beside it so the rename stays on one filesystem.
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".compact.tmp");
+    path.with_file_name(name)
+}
+
+/// Makes a rename durable. Best effort: not every platform can fsync a directory.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// An exclusive OS lock on `OUT.lock`, held for the whole run; the lock file names the pid.
+pub struct OutputLock {
+    _file: File,
+}
+
+impl OutputLock {
+    pub fn acquire(output: &Path) -> Result<Self, CheckpointError> {
+        let mut name = output.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let path = output.with_file_name(name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(CheckpointError::Locked {
+                    path: output.to_path_buf(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        file.set_len(0).map_err(io_err(&path))?;
+        write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
+        Ok(OutputLock { _file: file })
+    }
+}
+
+/// Opens a file for line reading (used by `status`).
+pub fn open_lines(path: &Path) -> Result<impl BufRead, CheckpointError> {
+    Ok(BufReader::new(File::open(path).map_err(io_err(path))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str, status: &str, fp: u128, kind: Option<&str>) -> String {
+        let error = kind.map_or("null".to_string(), |k| {
+            format!("{{\"kind\":\"{k}\",\"http_status\":null,\"message\":\"x\"}}")
+        });
+        format!("{{\"id\":\"{id}\",\"status\":\"{status}\",\"fingerprint\":\"{fp:032x}\",\"error\":{error},\"cost_usd\":0.5,\"prompt_tokens\":3,\"completion_tokens\":2}}\n")
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_states_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        let text = format!(
+            "{}{}{}{{\"id\":\"torn",
+            line("a", "ok", 1, None),
+            line("b", "failed", 2, Some("client")),
+            line("c", "failed", 3, Some("server"))
+        );
+        std::fs::write(&p, &text).unwrap();
+        let cp = scan(&p).unwrap();
+        assert_eq!(cp.repaired_bytes, 11);
+        assert!(std::fs::read_to_string(&p).unwrap().ends_with("}\n"));
+        let d =
+            |id: &str, fp: u128, rf| cp.decide_key(IdKey::of(id.as_bytes()), Fingerprint(fp), rf);
+        assert_eq!(d("a", 1, false), Decision::Done);
+        assert_eq!(d("a", 9, false), Decision::Changed);
+        assert_eq!(d("b", 2, false), Decision::SkipFailed);
+        assert_eq!(d("b", 2, true), Decision::Retry);
+        assert_eq!(d("c", 3, false), Decision::Retry);
+        assert_eq!(d("z", 3, false), Decision::New);
+        assert_eq!(cp.totals.spent, Money::from_usd(1.5));
+        assert_eq!(
+            (
+                cp.totals.ok,
+                cp.totals.failed_permanent,
+                cp.totals.failed_transient
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_bad_middle_line_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        std::fs::write(
+            &p,
+            format!(
+                "{}garbage\n{}",
+                line("a", "ok", 1, None),
+                line("b", "ok", 1, None)
+            ),
+        )
+        .unwrap();
+        let e = scan(&p).unwrap_err().to_string();
+        assert!(e.contains("out.jsonl:2: not a bulkprompt record"), "{e}");
+    }
+
+    #[test]
+    fn compact_keeps_the_last_record_of_each_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        let text = [
+            line("a", "failed", 1, Some("server")),
+            line("b", "ok", 1, None),
+            line("a", "ok", 1, None),
+        ]
+        .concat();
+        std::fs::write(&p, text).unwrap();
+        assert!(scan(&p).unwrap().has_superseded());
+        assert_eq!(compact(&p).unwrap(), 1);
+        let after = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            after,
+            [line("b", "ok", 1, None), line("a", "ok", 1, None)].concat()
+        );
+        assert!(!scan(&p).unwrap().has_superseded());
+    }
+
+    #[test]
+    fn second_lock_names_the_first_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        let _held = OutputLock::acquire(&p).unwrap();
+        let e = OutputLock::acquire(&p).err().unwrap().to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+    }
+}

@@ -1,0 +1,225 @@
+//! The command line, as clap sees it. These structs mirror the flags and validate only their
+//! shapes; `config` resolves them (with the job spec, environment and defaults) into the
+//! `RunConfig` the rest of the code sees.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bulkprompt",
+    version,
+    about = "Run bulk LLM prompts against OpenAI-compatible endpoints: rate-limited, retried, resumable, costed."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job file and write one result record per job (resumes an existing output).
+    Run(Box<RunArgs>),
+    /// Read the whole job file and report every problem; sends nothing.
+    Validate(ValidateArgs),
+    /// Start the offline simulator of an OpenAI-compatible provider.
+    ServeMock(ServeMockArgs),
+    /// Print the effective price table.
+    Prices(PricesArgs),
+}
+
+/// How to read the job file (shared by run and validate).
+#[derive(Debug, Clone, Args, Default)]
+pub struct JobArgs {
+    /// Job file: JSONL (one request or record a line) or CSV (with --template).
+    pub input: Option<PathBuf>,
+    /// Job spec (TOML) holding any of these settings; flags override it.
+    #[arg(short = 'c', long = "config", value_name = "SPEC")]
+    pub spec: Option<PathBuf>,
+    /// Model for jobs that name none.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Prompt template with {column} placeholders, for CSV rows and plain JSONL records.
+    #[arg(long, conflicts_with = "template_file")]
+    pub template: Option<String>,
+    /// Read the template from a file.
+    #[arg(long, value_name = "FILE")]
+    pub template_file: Option<PathBuf>,
+    /// System prompt, prepended to jobs without a system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Field or CSV column holding the job id (default: id, else the row number).
+    #[arg(long)]
+    pub id_column: Option<String>,
+    /// Input format (default: by extension; .csv/.tsv are CSV).
+    #[arg(long, value_enum)]
+    pub input_format: Option<InputFormatArg>,
+    /// CSV delimiter (one character; `\t` for tab).
+    #[arg(long)]
+    pub delimiter: Option<String>,
+    /// max_tokens for jobs that set none.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// temperature for jobs that set none.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Extra request parameter for jobs that set none, as KEY=JSON (repeatable), e.g.
+    /// --param 'response_format={"type":"json_object"}'.
+    #[arg(long = "param", value_name = "KEY=JSON")]
+    pub params: Vec<String>,
+    /// Longest input line accepted, in bytes.
+    #[arg(long)]
+    pub max_line_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormatArg {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Output file (JSONL). Default: the input's name with .results.jsonl.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Base URL of an OpenAI-compatible API (…/v1), or `mock` for the in-process simulator.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Environment variable holding the API key (the key itself is never a flag).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// Extra request header, "Name: value" (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// OpenRouter attribution: HTTP-Referer header.
+    #[arg(long)]
+    pub referer: Option<String>,
+    /// OpenRouter attribution: X-Title header.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Requests per minute (token bucket; a sliding minute never sees more).
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute (prompt estimate + max output, reconciled with real usage).
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once [default: 64].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// HTTP attempts per job before it is recorded as failed [default: 6].
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Per-request timeout in seconds [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// First retry's backoff ceiling in milliseconds; doubles each retry up to 60 s [default: 500].
+    #[arg(long, value_name = "MS")]
+    pub retry_base_ms: Option<u64>,
+    /// Output tokens the limiter reserves for jobs without max_tokens [default: 1024].
+    #[arg(long)]
+    pub reserve_output_tokens: Option<u64>,
+    /// Also retry jobs whose earlier record is a permanent failure (400, 404, 413, 422).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Start over: truncate the output instead of resuming it.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Keep the provider's full response body in each record (`response`).
+    #[arg(long)]
+    pub keep_response: bool,
+    /// Allow sending the API key over plain http to a non-loopback host.
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    /// Price table overrides (TOML, same layout as the embedded table).
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// Largest response body accepted, in bytes [default: 16 MiB].
+    #[arg(long)]
+    pub max_response_bytes: Option<usize>,
+    /// Seconds to let in-flight calls finish after Ctrl-C / SIGTERM [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub grace: Option<f64>,
+    /// Write the end-of-run summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// No progress display, warnings and the summary only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Progress as log lines every 10 s even on a terminal.
+    #[arg(long)]
+    pub progress_log: bool,
+    /// With --endpoint mock: the simulator's mean latency [default: 200].
+    #[arg(long, value_name = "MS")]
+    pub mock_latency_ms: Option<u64>,
+    /// With --endpoint mock: share of requests the simulator fails with 5xx.
+    #[arg(long, value_name = "RATE")]
+    pub mock_fail_rate: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Problems to list at most.
+    #[arg(long, default_value_t = 100)]
+    pub max_errors: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeMockArgs {
+    /// Port on 127.0.0.1 (0 picks a free one; the URL is printed on stdout).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Mean latency of an answer, in ms (each within ±25%).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of requests answered 500/502/503.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Share of requests accepted and never answered.
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_rate: f64,
+    /// Requests per sliding minute before 429.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per sliding minute before 429.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Seed for fault injection and latency jitter.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Require `Authorization: Bearer <key>` with the key from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub require_key_env: Option<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PricesArgs {
+    /// Price table overrides (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

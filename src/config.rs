@@ -1,0 +1,452 @@
+//! Job specs (`jobs/*.toml`) and the resolution of flags into a `RunConfig`. Precedence is
+//! command line, then spec, then environment (`BULKPROMPT_ENDPOINT`, `BULKPROMPT_API_KEY_ENV`,
+//! `BULKPROMPT_MODEL`), then defaults. Paths in a spec are relative to the spec's folder, so a
+//! spec works from any working directory. A spec names the key's variable, never the key.
+
+use crate::cli::{InputFormatArg, JobArgs, RunArgs};
+use crate::cost::PriceTable;
+use crate::job::request::JobDefaults;
+use crate::job::source::DEFAULT_MAX_LINE_BYTES;
+use crate::job::{InputFormat, InputSpec, Template};
+use crate::mock::MockConfig;
+use crate::progress::ProgressMode;
+use crate::provider::DEFAULT_MAX_RESPONSE_BYTES;
+use crate::retry::Backoff;
+use crate::run::{Endpoint, RunConfig};
+use crate::secret::ApiKey;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configuration problem (exit 1, nothing sent).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The spec file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec is not valid TOML or has unknown keys.
+    #[error("{path}: {message}")]
+    Spec { path: PathBuf, message: String },
+    /// A setting is missing or wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A job spec file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub input: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub input_format: Option<String>,
+    pub delimiter: Option<String>,
+    pub endpoint: Option<String>,
+    pub api_key_env: Option<String>,
+    pub model: Option<String>,
+    pub template: Option<String>,
+    pub template_file: Option<PathBuf>,
+    pub system: Option<String>,
+    pub id_column: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub max_attempts: Option<u32>,
+    pub timeout: Option<f64>,
+    pub retry_base_ms: Option<u64>,
+    pub reserve_output_tokens: Option<u64>,
+    pub keep_response: Option<bool>,
+    pub prices: Option<PathBuf>,
+    pub grace: Option<f64>,
+    pub referer: Option<String>,
+    pub title: Option<String>,
+    pub max_line_bytes: Option<usize>,
+    pub max_response_bytes: Option<usize>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Extra request parameters for jobs that set none (response_format, seed, provider, ...).
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// Simulator settings for `endpoint = "mock"`.
+    pub mock: Option<MockSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockSpec {
+    pub latency_ms: Option<u64>,
+    pub fail_rate: Option<f64>,
+}
+
+impl Spec {
+    pub fn load(path: &Path) -> Result<Spec, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut spec: Spec = toml::from_str(&text).map_err(|e| ConfigError::Spec {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for p in [
+            &mut spec.input,
+            &mut spec.output,
+            &mut spec.template_file,
+            &mut spec.prices,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+        Ok(spec)
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn delimiter(text: &str) -> Result<u8, ConfigError> {
+    match text {
+        "\\t" | "\t" | "tab" => Ok(b'\t'),
+        t if t.len() == 1 && t.is_ascii() => Ok(t.as_bytes()[0]),
+        t => Err(ConfigError::Invalid(format!(
+            "--delimiter {t:?}: expected one ASCII character"
+        ))),
+    }
+}
+
+/// Resolves how to read the job file.
+pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigError> {
+    let path = args
+        .input
+        .clone()
+        .or_else(|| spec.input.clone())
+        .ok_or_else(|| {
+            ConfigError::Invalid("no job file: give one, or `input` in the spec (-c)".into())
+        })?;
+    let template_text = match (
+        &args.template,
+        &args.template_file,
+        &spec.template,
+        &spec.template_file,
+    ) {
+        (Some(t), _, _, _) => Some(t.clone()),
+        (None, Some(f), _, _) => Some(read(f)?),
+        (None, None, Some(t), _) => Some(t.clone()),
+        (None, None, None, Some(f)) => Some(read(f)?),
+        _ => None,
+    };
+    let template = template_text
+        .map(|t| Template::parse(&t).map_err(|e| ConfigError::Invalid(format!("--template: {e}"))))
+        .transpose()?;
+    let mut params = spec.params.clone();
+    if let Some(t) = args.temperature.or(spec.temperature) {
+        params.insert("temperature".into(), serde_json::json!(t));
+    }
+    if let Some(m) = args.max_tokens.or(spec.max_tokens) {
+        params.insert("max_tokens".into(), serde_json::json!(m));
+    }
+    for p in &args.params {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("--param {p:?}: expected KEY=JSON")))?;
+        // A bare word is taken as a string, so --param user=alice works without quotes.
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        params.insert(k.trim().to_string(), value);
+    }
+    let defaults = JobDefaults {
+        model: args
+            .model
+            .clone()
+            .or_else(|| spec.model.clone())
+            .or_else(|| env("BULKPROMPT_MODEL")),
+        system: args.system.clone().or_else(|| spec.system.clone()),
+        template,
+        id_field: args.id_column.clone().or_else(|| spec.id_column.clone()),
+        params,
+    };
+    let format = match (args.input_format, spec.input_format.as_deref()) {
+        (Some(InputFormatArg::Csv), _) | (None, Some("csv")) => InputFormat::Csv,
+        (Some(InputFormatArg::Jsonl), _) | (None, Some("jsonl")) => InputFormat::Jsonl,
+        (None, Some(other)) => {
+            return Err(ConfigError::Invalid(format!(
+                "input_format {other:?}: expected jsonl or csv"
+            )))
+        }
+        (None, None) => InputFormat::from_path(&path),
+    };
+    let is_tsv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+    let delimiter = match args.delimiter.as_deref().or(spec.delimiter.as_deref()) {
+        Some(d) => delimiter(d)?,
+        None if is_tsv => b'\t',
+        None => b',',
+    };
+    Ok(InputSpec {
+        path,
+        format,
+        delimiter,
+        defaults: Arc::new(defaults),
+        max_line_bytes: args
+            .max_line_bytes
+            .or(spec.max_line_bytes)
+            .unwrap_or(DEFAULT_MAX_LINE_BYTES),
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Loads the spec named by `-c`, or an empty one.
+pub fn load_spec(args: &JobArgs) -> Result<Spec, ConfigError> {
+    args.spec
+        .as_deref()
+        .map(Spec::load)
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+/// `reviews.csv` -> `reviews.results.jsonl`, beside it.
+fn default_output(input: &Path) -> PathBuf {
+    let stem = input.file_stem().unwrap_or_default().to_string_lossy();
+    input.with_file_name(format!("{stem}.results.jsonl"))
+}
+
+fn secs(v: f64, flag: &str) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        ConfigError::Invalid(format!("{flag} {v}: expected a positive number of seconds"))
+    })
+}
+
+/// Resolves `run`'s flags and spec into a `RunConfig`. `argv` is the command line, for the
+/// resume hint.
+pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigError> {
+    let spec = load_spec(&args.job)?;
+    let input = resolve_input(&args.job, &spec)?;
+    let output = args
+        .output
+        .clone()
+        .or_else(|| spec.output.clone())
+        .unwrap_or_else(|| default_output(&input.path));
+    if output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "{}: Parquet output is not available yet; write JSONL (-o results.jsonl)",
+            output.display()
+        )));
+    }
+    let endpoint_text = args
+        .endpoint
+        .clone()
+        .or_else(|| spec.endpoint.clone())
+        .or_else(|| env("BULKPROMPT_ENDPOINT"))
+        .ok_or_else(|| {
+            ConfigError::Invalid(
+                "no endpoint: give --endpoint URL (or `mock` for the offline simulator)".into(),
+            )
+        })?;
+    let endpoint = if endpoint_text == "mock" {
+        let ms = spec.mock.as_ref();
+        let fail_rate = args
+            .mock_fail_rate
+            .or(ms.and_then(|m| m.fail_rate))
+            .unwrap_or(0.0);
+        if !(0.0..1.0).contains(&fail_rate) {
+            return Err(ConfigError::Invalid(format!(
+                "--mock-fail-rate {fail_rate}: expected 0 <= rate < 1"
+            )));
+        }
+        Endpoint::Mock(MockConfig {
+            latency: Duration::from_millis(
+                args.mock_latency_ms
+                    .or(ms.and_then(|m| m.latency_ms))
+                    .unwrap_or(200),
+            ),
+            fail_rate,
+            seed: fastrand::u64(..),
+            ..MockConfig::default()
+        })
+    } else {
+        Endpoint::Url(endpoint_text.clone())
+    };
+    let key_var = args
+        .api_key_env
+        .clone()
+        .or_else(|| spec.api_key_env.clone())
+        .or_else(|| env("BULKPROMPT_API_KEY_ENV"));
+    let api_key = match (&key_var, &endpoint) {
+        // The in-process simulator needs no key; send one only if it is there.
+        (Some(var), Endpoint::Mock(_)) => env(var).map(ApiKey::new),
+        (Some(var), _) => Some(ApiKey::new(env(var).ok_or_else(|| {
+            ConfigError::Invalid(format!("--api-key-env {var}: the environment variable {var} is not set or empty"))
+        })?)),
+        (None, Endpoint::Url(u)) if !crate::run::is_loopback(u) => {
+            return Err(ConfigError::Invalid(format!(
+                "no API key for {u}: name its environment variable with --api-key-env (e.g. --api-key-env OPENROUTER_API_KEY)"
+            )))
+        }
+        (None, _) => None,
+    };
+    let mut headers: Vec<(String, String)> = spec
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(r) = args.referer.clone().or_else(|| spec.referer.clone()) {
+        headers.push(("HTTP-Referer".into(), r));
+    }
+    if let Some(t) = args.title.clone().or_else(|| spec.title.clone()) {
+        headers.push(("X-Title".into(), t));
+    }
+    for h in &args.headers {
+        let (name, value) = h.split_once(':').ok_or_else(|| {
+            ConfigError::Invalid(format!("--header {h:?}: expected \"Name: value\""))
+        })?;
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    let prices_path = args.prices.clone().or_else(|| spec.prices.clone());
+    let prices = PriceTable::load(prices_path.as_deref())
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let concurrency = args.concurrency.or(spec.concurrency).unwrap_or(64);
+    if concurrency == 0 {
+        return Err(ConfigError::Invalid(
+            "--concurrency must be at least 1".into(),
+        ));
+    }
+    let backoff = Backoff {
+        base: Duration::from_millis(args.retry_base_ms.or(spec.retry_base_ms).unwrap_or(500)),
+        ..Backoff::default()
+    };
+    Ok(RunConfig {
+        input,
+        output,
+        endpoint,
+        api_key,
+        headers,
+        timeout: secs(args.timeout.or(spec.timeout).unwrap_or(120.0), "--timeout")?,
+        max_response_bytes: args
+            .max_response_bytes
+            .or(spec.max_response_bytes)
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+        allow_insecure_http: args.allow_insecure_http,
+        rpm: args.rpm.or(spec.rpm),
+        tpm: args.tpm.or(spec.tpm),
+        concurrency,
+        max_attempts: args.max_attempts.or(spec.max_attempts).unwrap_or(6).max(1),
+        backoff,
+        default_output_tokens: args
+            .reserve_output_tokens
+            .or(spec.reserve_output_tokens)
+            .unwrap_or(1024),
+        retry_failed: args.retry_failed,
+        fresh: args.fresh,
+        keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
+        prices,
+        progress: if args.quiet {
+            ProgressMode::Quiet
+        } else if args.progress_log {
+            ProgressMode::Log
+        } else {
+            ProgressMode::Auto
+        },
+        grace: secs(args.grace.or(spec.grace).unwrap_or(30.0), "--grace")?,
+        resume_command: Some(resume_command(argv)),
+        max_errors: 20,
+    })
+}
+
+/// The command line to resume with: the same, minus `--fresh` (which would start over).
+pub fn resume_command(argv: &[String]) -> String {
+    argv.iter()
+        .filter(|a| a.as_str() != "--fresh")
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_command_drops_fresh_and_quotes() {
+        let argv: Vec<String> = [
+            "bulkprompt",
+            "run",
+            "a b.csv",
+            "--fresh",
+            "--template",
+            "it's {x}",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            resume_command(&argv),
+            "bulkprompt run 'a b.csv' --template 'it'\\''s {x}'"
+        );
+    }
+
+    #[test]
+    fn spec_paths_are_relative_to_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.toml");
+        std::fs::write(
+            &p,
+            "input = \"data/x.csv\"\nmodel = \"m\"\n[params]\nseed = 1\n",
+        )
+        .unwrap();
+        let s = Spec::load(&p).unwrap();
+        assert_eq!(s.input.unwrap(), dir.path().join("data/x.csv"));
+        assert_eq!(s.params["seed"], 1);
+    }
+
+    #[test]
+    fn unknown_spec_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.toml");
+        std::fs::write(&p, "modle = \"m\"\n").unwrap();
+        assert!(Spec::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `modle`"));
+    }
+
+    #[test]
+    fn delimiters() {
+        assert_eq!(delimiter(";").unwrap(), b';');
+        assert_eq!(delimiter("\\t").unwrap(), b'\t');
+        assert!(delimiter("ab").is_err());
+    }
+}

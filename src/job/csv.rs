@@ -1,0 +1,263 @@
+//! CSV job files: a header row, then one job a row. The template's `{column}` placeholders are
+//! filled from the row; the id comes from `--id-column` (default `id`, else the row number);
+//! every other column travels with the result as `metadata`. Quoted fields, embedded newlines,
+//! a UTF-8 BOM and other delimiters are handled by the `csv` crate; ragged rows are errors.
+
+use super::request::{finish, JobDefaults};
+use super::{InputError, Job, JobId, Location, Template};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Streams jobs from CSV rows.
+pub struct CsvJobs<R> {
+    file: PathBuf,
+    reader: csv::Reader<R>,
+    defaults: Arc<JobDefaults>,
+    template: Template,
+    /// Header names; `columns[i]` names field `i`.
+    columns: Vec<String>,
+    id_column: Option<usize>,
+    /// Columns that go to metadata (not used by the template, not the id).
+    metadata_columns: Vec<usize>,
+    record: csv::StringRecord,
+    index: u64,
+    failed: bool,
+}
+
+impl<R: Read> CsvJobs<R> {
+    pub fn new(
+        file: &Path,
+        reader: R,
+        defaults: Arc<JobDefaults>,
+        delimiter: u8,
+    ) -> Result<Self, InputError> {
+        let header_err = |m: String| InputError::invalid(file, 1, m);
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(true)
+            .flexible(false)
+            .from_reader(reader);
+        let columns: Vec<String> = reader
+            .headers()
+            .map_err(|e| csv_error(file, e))?
+            .iter()
+            .map(|h| h.trim().to_string())
+            .collect();
+        if columns.iter().all(String::is_empty) {
+            return Err(InputError::Empty {
+                file: file.to_path_buf(),
+            });
+        }
+        let template = defaults.template.clone().ok_or_else(|| {
+            header_err(
+                "a CSV job file needs --template (or --template-file) to build prompts".into(),
+            )
+        })?;
+        let find = |name: &str| columns.iter().position(|c| c == name);
+        for field in template.fields() {
+            if find(field).is_none() {
+                return Err(header_err(format!(
+                    "template field {{{field}}}: no such column (columns: {})",
+                    columns.join(", ")
+                )));
+            }
+        }
+        let id_column = match &defaults.id_field {
+            Some(name) => Some(find(name).ok_or_else(|| {
+                header_err(format!(
+                    "id column \"{name}\" not found (columns: {})",
+                    columns.join(", ")
+                ))
+            })?),
+            None => find("id"),
+        };
+        let used = template.fields();
+        let metadata_columns = (0..columns.len())
+            .filter(|&i| Some(i) != id_column && !used.contains(columns[i].as_str()))
+            .collect();
+        Ok(CsvJobs {
+            file: file.to_path_buf(),
+            reader,
+            defaults,
+            template,
+            columns,
+            id_column,
+            metadata_columns,
+            record: csv::StringRecord::new(),
+            index: 0,
+            failed: false,
+        })
+    }
+
+    fn row_to_job(&self, line: u64) -> Result<Job, String> {
+        let rec = &self.record;
+        let id = match self.id_column {
+            Some(i) => {
+                let v = rec.get(i).unwrap_or("").trim();
+                if v.is_empty() {
+                    return Err(format!("column \"{}\": empty id", self.columns[i]));
+                }
+                JobId::new(v)
+            }
+            None => JobId::new((self.index + 1).to_string()),
+        };
+        let prompt = self
+            .template
+            .render(|f| {
+                self.columns
+                    .iter()
+                    .position(|c| c == f)
+                    .and_then(|i| rec.get(i))
+                    .map(|v| Cow::Owned(v.to_string()))
+            })
+            .map_err(|f| format!("template field {{{f}}}: no such column"))?;
+        let metadata: Map<String, Value> = self
+            .metadata_columns
+            .iter()
+            .map(|&i| {
+                (
+                    self.columns[i].clone(),
+                    Value::String(rec.get(i).unwrap_or("").to_string()),
+                )
+            })
+            .collect();
+        let mut body = Map::new();
+        body.insert("messages".into(), self.defaults.templated_messages(prompt));
+        finish(&self.defaults, id, self.index, line, body, metadata)
+    }
+}
+
+fn csv_error(file: &Path, e: csv::Error) -> InputError {
+    let line = e.position().map_or(0, |p| p.line());
+    let message = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
+            format!("row has {len} fields, the header has {expected_len}")
+        }
+        csv::ErrorKind::Utf8 { err, .. } => {
+            format!("invalid UTF-8 in field {}", err.field() + 1)
+        }
+        csv::ErrorKind::Io(io) => {
+            return InputError::Io {
+                file: file.to_path_buf(),
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            }
+        }
+        _ => e.to_string(),
+    };
+    InputError::Invalid {
+        at: Location {
+            file: file.to_path_buf(),
+            line,
+            column: None,
+        },
+        message,
+    }
+}
+
+impl<R: Read> Iterator for CsvJobs<R> {
+    type Item = Result<Job, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let mut record = std::mem::take(&mut self.record);
+        let read = self.reader.read_record(&mut record);
+        self.record = record;
+        match read {
+            Ok(false) => None,
+            Ok(true) => {
+                let line = self.record.position().map_or(0, |p| p.line());
+                let job = self
+                    .row_to_job(line)
+                    .map_err(|m| InputError::invalid(&self.file, line, m));
+                self.index += 1;
+                Some(job)
+            }
+            Err(e) => {
+                // The csv reader cannot always resynchronise after an error; report once and stop
+                // unless the row itself was well-formed CSV (ragged or bad UTF-8 rows are skipped).
+                let recoverable = matches!(
+                    e.kind(),
+                    csv::ErrorKind::UnequalLengths { .. } | csv::ErrorKind::Utf8 { .. }
+                );
+                self.failed = !recoverable;
+                self.index += 1;
+                Some(Err(csv_error(&self.file, e)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(
+        text: &str,
+        template: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<Result<Job, String>>, String> {
+        let d = JobDefaults {
+            model: Some("m".into()),
+            template: Some(Template::parse(template).unwrap()),
+            id_field: id.map(String::from),
+            ..Default::default()
+        };
+        let r = CsvJobs::new(Path::new("t.csv"), text.as_bytes(), Arc::new(d), b',')
+            .map_err(|e| e.to_string())?;
+        Ok(r.map(|j| j.map_err(|e| e.to_string())).collect())
+    }
+
+    fn prompt(j: &Job) -> String {
+        let v: Value = serde_json::from_slice(&j.body).unwrap();
+        v["messages"][0]["content"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn quoted_fields_newlines_and_unicode() {
+        let text = "\u{feff}review_id,review,stars\nr1,\"Great, \"\"really\"\"\nsecond line\",5\nr2,Très bien — 很好,4\n";
+        let out = jobs(text, "Review: {review}", Some("review_id")).unwrap();
+        let a = out[0].as_ref().unwrap();
+        assert_eq!(prompt(a), "Review: Great, \"really\"\nsecond line");
+        assert_eq!(a.metadata["stars"], "5");
+        assert_eq!(a.line, 2);
+        let b = out[1].as_ref().unwrap();
+        assert_eq!((b.id.as_str(), b.line), ("r2", 4));
+        assert_eq!(prompt(b), "Review: Très bien — 很好");
+    }
+
+    #[test]
+    fn id_defaults_to_id_column_then_row_number() {
+        let out = jobs("id,t\nx,1\n", "{t}", None).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().id.as_str(), "x");
+        let out = jobs("t\na\nb\n", "{t}", None).unwrap();
+        assert_eq!(out[1].as_ref().unwrap().id.as_str(), "2");
+    }
+
+    #[test]
+    fn header_problems_name_line_one() {
+        let e = jobs("a,b\n1,2\n", "{c}", None).unwrap_err();
+        assert_eq!(
+            e,
+            "t.csv:1: template field {c}: no such column (columns: a, b)"
+        );
+        let e = jobs("a,b\n1,2\n", "{a}", Some("rid")).unwrap_err();
+        assert!(e.starts_with("t.csv:1: id column \"rid\" not found"), "{e}");
+    }
+
+    #[test]
+    fn ragged_rows_are_errors_with_line() {
+        let out = jobs("a,b\n1,2\n3\n4,5\n", "{a}", None).unwrap();
+        assert_eq!(
+            out[1].as_ref().unwrap_err(),
+            "t.csv:3: row has 1 fields, the header has 2"
+        );
+        assert!(out[2].is_ok());
+    }
+}

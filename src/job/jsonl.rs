@@ -1,0 +1,325 @@
+//! JSONL job files. Each non-blank line is one of three shapes:
+//! an OpenAI Batch API line (`custom_id`, `method`, `url`, `body`), a chat request with an id
+//! (`messages` present), or a plain record rendered through the template. A UTF-8 BOM, CRLF line
+//! endings, blank lines and a last line without a newline are accepted as users write them.
+
+use super::request::{finish, id_from_value, kind, JobDefaults};
+use super::source::{LineReader, RawLine};
+use super::{InputError, Job, JobId, Location};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// Streams jobs from a JSONL reader.
+pub struct JsonlJobs<R> {
+    file: PathBuf,
+    lines: LineReader<R>,
+    defaults: std::sync::Arc<JobDefaults>,
+    index: u64,
+}
+
+impl<R: BufRead> JsonlJobs<R> {
+    pub fn new(
+        file: &Path,
+        reader: R,
+        defaults: std::sync::Arc<JobDefaults>,
+        max_line: usize,
+    ) -> Self {
+        JsonlJobs {
+            file: file.to_path_buf(),
+            lines: LineReader::new(reader, max_line),
+            defaults,
+            index: 0,
+        }
+    }
+
+    fn err(&self, line: u64, column: Option<u64>, message: String) -> InputError {
+        InputError::Invalid {
+            at: Location {
+                file: self.file.clone(),
+                line,
+                column,
+            },
+            message,
+        }
+    }
+
+    fn parse(&self, line_no: u64, text: &str) -> Result<Job, InputError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            self.err(
+                line_no,
+                Some(e.column() as u64),
+                format!("malformed JSON: {}", json_reason(&e)),
+            )
+        })?;
+        let Value::Object(mut obj) = value else {
+            return Err(self.err(
+                line_no,
+                None,
+                format!("expected a JSON object, found {}", kind(&value)),
+            ));
+        };
+        let d = &*self.defaults;
+        let at = |m: String| self.err(line_no, None, m);
+        let (id, body, metadata) = if obj.contains_key("custom_id") {
+            batch_line(obj).map_err(at)?
+        } else if obj.contains_key("messages") {
+            let id = take_id(&mut obj, d, self.index).map_err(at)?;
+            let metadata = match obj.remove("metadata") {
+                Some(Value::Object(m)) => m,
+                None => Map::new(),
+                Some(other) => {
+                    return Err(at(format!(
+                        "field \"metadata\": expected an object, found {}",
+                        kind(&other)
+                    )))
+                }
+            };
+            (id, obj, metadata)
+        } else {
+            let Some(template) = &d.template else {
+                return Err(at(
+                    "no \"messages\" and no --template to build them from a plain record".into(),
+                ));
+            };
+            let id = take_id(&mut obj, d, self.index).map_err(at)?;
+            let prompt = template
+                .render(|f| obj.get(f).map(value_text))
+                .map_err(|f| {
+                    at(format!(
+                        "template field {{{f}}}: no such field in this record"
+                    ))
+                })?;
+            let used = template.fields();
+            let metadata: Map<String, Value> = obj
+                .into_iter()
+                .filter(|(k, _)| !used.contains(k.as_str()))
+                .collect();
+            let mut body = Map::new();
+            body.insert("messages".into(), d.templated_messages(prompt));
+            (id, body, metadata)
+        };
+        finish(d, id, self.index, line_no, body, metadata).map_err(at)
+    }
+}
+
+/// serde_json's message without its " at line L column C" (the location is given already).
+pub fn json_reason(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// A template value: strings verbatim, everything else as its JSON text, null as nothing.
+pub fn value_text(v: &Value) -> Cow<'_, str> {
+    match v {
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Null => Cow::Borrowed(""),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
+fn take_id(obj: &mut Map<String, Value>, d: &JobDefaults, index: u64) -> Result<JobId, String> {
+    let field = d.id_field();
+    match obj.remove(field) {
+        Some(v) => id_from_value(&v).map_err(|e| format!("field \"{field}\": {e}")),
+        None if d.id_field.is_some() => {
+            Err(format!("field \"{field}\": missing (named by --id-column)"))
+        }
+        // No id at all: the job's 1-based position. Stable only while lines are not inserted
+        // above it, which is why the README asks for explicit ids.
+        None => Ok(JobId::new((index + 1).to_string())),
+    }
+}
+
+type Parts = (JobId, Map<String, Value>, Map<String, Value>);
+
+fn batch_line(mut obj: Map<String, Value>) -> Result<Parts, String> {
+    let id = id_from_value(&obj.remove("custom_id").unwrap_or(Value::Null))
+        .map_err(|e| format!("field \"custom_id\": {e}"))?;
+    match obj.remove("method") {
+        None => {}
+        Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => {}
+        Some(other) => {
+            return Err(format!(
+                "field \"method\": only POST is supported, found {other}"
+            ))
+        }
+    }
+    match obj.remove("url") {
+        None => {}
+        Some(Value::String(u)) if u == "/v1/chat/completions" || u == "/chat/completions" => {}
+        Some(other) => {
+            return Err(format!(
+                "field \"url\": only /v1/chat/completions is supported, found {other}"
+            ))
+        }
+    }
+    let body = match obj.remove("body") {
+        Some(Value::Object(b)) => b,
+        Some(other) => {
+            return Err(format!(
+                "field \"body\": expected an object, found {}",
+                kind(&other)
+            ))
+        }
+        None => return Err("field \"body\": missing".into()),
+    };
+    // Anything else on a batch line travels with the result.
+    Ok((id, body, obj))
+}
+
+impl<R: BufRead> Iterator for JsonlJobs<R> {
+    type Item = Result<Job, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let raw = match self.lines.next_line() {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return None,
+                Err(source) => {
+                    return Some(Err(InputError::Io {
+                        file: self.file.clone(),
+                        source,
+                    }))
+                }
+            };
+            let line_no = match raw {
+                RawLine::TooLong { line, len } => {
+                    self.index += 1;
+                    let cap = self.lines.max_line();
+                    return Some(Err(self.err(line, None, format!(
+                        "line is {len} bytes, over the {cap}-byte limit (raise it with --max-line-bytes)"
+                    ))));
+                }
+                RawLine::Line { line } => line,
+            };
+            let text = match std::str::from_utf8(self.lines.bytes()) {
+                Ok(t) => t,
+                Err(e) => {
+                    let column = e.valid_up_to() as u64 + 1;
+                    self.index += 1;
+                    return Some(Err(self.err(line_no, Some(column), "invalid UTF-8".into())));
+                }
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            let job = self.parse(line_no, text);
+            self.index += 1;
+            return Some(job);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Template;
+    use std::sync::Arc;
+
+    fn jobs(text: &[u8], d: JobDefaults) -> Vec<Result<Job, String>> {
+        JsonlJobs::new(Path::new("t.jsonl"), text, Arc::new(d), 1 << 20)
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    fn model() -> JobDefaults {
+        JobDefaults {
+            model: Some("m".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_all_three_shapes() {
+        let text = concat!(
+            "{\"custom_id\": \"b1\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \"body\": {\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}}\n",
+            "{\"id\": 7, \"messages\": [{\"role\": \"user\", \"content\": \"y\"}], \"metadata\": {\"k\": 1}, \"logit_bias\": {}}\n",
+            "{\"id\": \"p\", \"text\": \"hello\", \"lang\": \"en\"}\n",
+        );
+        let d = JobDefaults {
+            template: Some(Template::parse("Say: {text}").unwrap()),
+            ..model()
+        };
+        let out: Vec<Job> = jobs(text.as_bytes(), d)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            out.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["b1", "7", "p"]
+        );
+        assert_eq!(out[1].metadata["k"], 1);
+        let body: Value = serde_json::from_slice(&out[1].body).unwrap();
+        assert!(
+            body.get("logit_bias").is_some(),
+            "unknown fields pass through"
+        );
+        assert!(body.get("id").is_none() && body.get("metadata").is_none());
+        let body: Value = serde_json::from_slice(&out[2].body).unwrap();
+        assert_eq!(body["messages"][0]["content"], "Say: hello");
+        assert_eq!(out[2].metadata["lang"], "en");
+        assert_eq!(out[2].index, 2);
+    }
+
+    #[test]
+    fn bom_crlf_blank_lines_and_no_final_newline() {
+        let text = b"\xEF\xBB\xBF{\"id\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\r\n\r\n\n{\"id\":\"b\",\"messages\":[{\"role\":\"user\",\"content\":\"y\"}]}";
+        let out = jobs(text, model());
+        assert_eq!(out.len(), 2);
+        let b = out[1].as_ref().unwrap();
+        assert_eq!((b.id.as_str(), b.line, b.index), ("b", 4, 1));
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let text = b"{\"id\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n{\"id\": oops}\n[1]\n{\"id\":\"c\",\"text\":\"\xff\"}\n";
+        let out = jobs(text, model());
+        assert!(
+            out[1]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("t.jsonl:2:8: malformed JSON"),
+            "{:?}",
+            out[1]
+        );
+        assert!(out[2]
+            .as_ref()
+            .unwrap_err()
+            .contains("t.jsonl:3: expected a JSON object, found an array"));
+        assert!(
+            out[3]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("t.jsonl:4:19: invalid UTF-8"),
+            "{:?}",
+            out[3]
+        );
+    }
+
+    #[test]
+    fn batch_lines_must_target_chat_completions() {
+        let text = b"{\"custom_id\":\"a\",\"url\":\"/v1/embeddings\",\"body\":{}}\n";
+        assert!(jobs(text, model())[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("only /v1/chat/completions"));
+    }
+
+    #[test]
+    fn template_field_missing_is_an_error() {
+        let d = JobDefaults {
+            template: Some(Template::parse("{body}").unwrap()),
+            ..model()
+        };
+        let out = jobs(b"{\"id\":\"a\",\"text\":\"x\"}\n", d);
+        assert!(out[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("template field {body}"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Jobs: what one line (or CSV row) of a job file turns into, and the streaming sources that
+//! produce them. A [`Job`] is fully resolved: its request body is serialized once, its id and
+//! fingerprint are fixed, and its token estimates are known, so the scheduler never re-parses.
+
+pub mod csv;
+pub mod jsonl;
+pub mod request;
+pub mod source;
+pub mod template;
+
+use serde_json::{Map, Value};
+use std::fmt;
+use std::path::PathBuf;
+
+pub use source::{InputFormat, InputSpec, JobStream};
+pub use template::Template;
+
+/// A job's identity as the user wrote it (`id`, `custom_id` or the id column).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn new(s: impl Into<String>) -> Self {
+        JobId(s.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// 128-bit hash of the id: the only per-job state the runner keeps in memory.
+    pub fn key(&self) -> IdKey {
+        IdKey::of(self.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A 128-bit hash of a job id, stored as two `u64`s so that a map entry keyed by it packs into
+/// 24 bytes with an 8-byte value (a `u128` would force 16-byte alignment and 32-byte entries).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct IdKey([u64; 2]);
+
+impl IdKey {
+    pub fn of(bytes: &[u8]) -> Self {
+        let h = xxhash_rust::xxh3::xxh3_128(bytes);
+        IdKey([h as u64, (h >> 64) as u64])
+    }
+}
+
+/// Hash of the exact request body sent to the provider. Keys are sorted (serde_json's default
+/// map), so reordering keys in the job file does not change it; any change of value does.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub u128);
+
+impl Fingerprint {
+    pub fn of(body: &[u8]) -> Self {
+        Fingerprint(xxhash_rust::xxh3::xxh3_128(body))
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        u128::from_str_radix(s, 16).ok().map(Fingerprint)
+    }
+    /// 64 bits are plenty to notice that a given id's request changed.
+    pub fn short(self) -> u64 {
+        self.0 as u64
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// One request to make, ready to send.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: JobId,
+    /// 0-based position among the file's jobs.
+    pub index: u64,
+    /// 1-based line of the file where the job starts (for messages).
+    pub line: u64,
+    pub model: String,
+    /// The serialized chat-completions request body.
+    pub body: bytes::Bytes,
+    pub fingerprint: Fingerprint,
+    pub metadata: Map<String, Value>,
+    /// Estimated prompt tokens (about four characters a token), for the token bucket.
+    pub est_prompt_tokens: u32,
+    /// `max_tokens` / `max_completion_tokens` of the request, if it names one.
+    pub max_output_tokens: Option<u32>,
+    /// Whether the request asks for JSON output (`response_format`).
+    pub wants_json: bool,
+}
+
+/// Where an input problem is: file, line and, where known, column or field.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: Option<u64>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)?;
+        if let Some(c) = self.column {
+            write!(f, ":{c}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A problem with the job file. Every variant names where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The file could not be opened or read.
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line or row is not what a job file may hold.
+    #[error("{at}: {message}")]
+    Invalid { at: Location, message: String },
+    /// Two jobs share an id.
+    #[error("{at}: duplicate id {id:?} (first used on line {first_line})")]
+    DuplicateId {
+        at: Location,
+        id: String,
+        first_line: u64,
+    },
+    /// The file holds no jobs at all.
+    #[error("{file}: the job file holds no jobs")]
+    Empty { file: PathBuf },
+}
+
+impl InputError {
+    pub fn invalid(file: &std::path::Path, line: u64, message: impl Into<String>) -> Self {
+        InputError::Invalid {
+            at: Location {
+                file: file.to_path_buf(),
+                line,
+                column: None,
+            },
+            message: message.into(),
+        }
+    }
+}
+
+/// Rough token count of a text: about four characters a token, the rule of thumb providers
+/// quote for English. `estimate` (issue 5) uses a real tokenizer; the limiter only needs this.
+pub fn approx_tokens(chars: usize) -> u32 {
+    chars.div_ceil(4).min(u32::MAX as usize) as u32
+}

@@ -1,0 +1,294 @@
+//! Turns one parsed input record into a [`Job`]: applies the run's defaults (model, system
+//! prompt, request parameters), checks what every chat request needs, serializes the body once
+//! and fingerprints it. Shared by the JSONL and CSV readers so both shapes behave the same.
+
+use super::{approx_tokens, Fingerprint, Job, JobId, Template};
+use serde_json::{Map, Value};
+
+/// What the run adds to jobs that do not say it themselves.
+#[derive(Debug, Clone, Default)]
+pub struct JobDefaults {
+    /// Model for jobs that name none; a job's own `model` wins.
+    pub model: Option<String>,
+    /// System prompt prepended to jobs that have no system message.
+    pub system: Option<String>,
+    /// Template for plain records and CSV rows.
+    pub template: Option<Template>,
+    /// Field or column holding the id, when the user named one.
+    pub id_field: Option<String>,
+    /// Request parameters added to bodies that do not set them (temperature, max_tokens, ...).
+    pub params: Map<String, Value>,
+}
+
+impl JobDefaults {
+    pub fn id_field(&self) -> &str {
+        self.id_field.as_deref().unwrap_or("id")
+    }
+
+    /// The messages of a templated job: optional system prompt, then the rendered user prompt.
+    pub fn templated_messages(&self, prompt: String) -> Value {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = &self.system {
+            messages.push(message("system", system.clone()));
+        }
+        messages.push(message("user", prompt));
+        Value::Array(messages)
+    }
+}
+
+fn message(role: &str, content: String) -> Value {
+    let mut m = Map::new();
+    m.insert("role".into(), Value::String(role.into()));
+    m.insert("content".into(), Value::String(content));
+    Value::Object(m)
+}
+
+/// Finishes a request body into a job. `Err` is a message for the caller to locate.
+pub fn finish(
+    defaults: &JobDefaults,
+    id: JobId,
+    index: u64,
+    line: u64,
+    mut body: Map<String, Value>,
+    metadata: Map<String, Value>,
+) -> Result<Job, String> {
+    for (k, v) in &defaults.params {
+        if !body.contains_key(k) {
+            // `max_tokens` and `max_completion_tokens` are one setting under two names.
+            let alias = match k.as_str() {
+                "max_tokens" => Some("max_completion_tokens"),
+                "max_completion_tokens" => Some("max_tokens"),
+                _ => None,
+            };
+            if alias.is_some_and(|a| body.contains_key(a)) {
+                continue;
+            }
+            body.insert(k.clone(), v.clone());
+        }
+    }
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(Value::String(_)) | None => match &defaults.model {
+            Some(m) => {
+                body.insert("model".into(), Value::String(m.clone()));
+                m.clone()
+            }
+            None => {
+                return Err(
+                    "no model: give --model, a `model` in the spec, or a \"model\" field".into(),
+                )
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "field \"model\": expected a string, found {}",
+                kind(other)
+            ))
+        }
+    };
+    let est_prompt_tokens = {
+        let messages = match body.get_mut("messages") {
+            Some(Value::Array(m)) if !m.is_empty() => m,
+            Some(Value::Array(_)) => return Err("field \"messages\": is empty".into()),
+            Some(other) => {
+                return Err(format!(
+                    "field \"messages\": expected an array, found {}",
+                    kind(other)
+                ))
+            }
+            None => return Err("field \"messages\": missing".into()),
+        };
+        let mut chars = 0usize;
+        let mut has_system = false;
+        for (i, m) in messages.iter().enumerate() {
+            let Value::Object(m) = m else {
+                return Err(format!(
+                    "field \"messages[{i}]\": expected an object, found {}",
+                    kind(m)
+                ));
+            };
+            match m.get("role") {
+                Some(Value::String(r)) => has_system |= r == "system" || r == "developer",
+                _ => {
+                    return Err(format!(
+                        "field \"messages[{i}].role\": missing or not a string"
+                    ))
+                }
+            }
+            chars += content_chars(m.get("content")) + 16;
+        }
+        if let (false, Some(system)) = (has_system, &defaults.system) {
+            chars += system.len() + 16;
+            messages.insert(0, message("system", system.clone()));
+        }
+        approx_tokens(chars)
+    };
+    let max_output_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k))
+        .map(|v| {
+            v.as_u64()
+                .map(|n| n.min(u32::MAX as u64) as u32)
+                .ok_or_else(|| format!("field \"max_tokens\": expected a whole number, found {v}"))
+        })
+        .transpose()?;
+    let wants_json = matches!(
+        body.get("response_format")
+            .and_then(|r| r.get("type"))
+            .and_then(Value::as_str),
+        Some("json_object" | "json_schema")
+    );
+    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    Ok(Job {
+        id,
+        index,
+        line,
+        model,
+        fingerprint: Fingerprint::of(&bytes),
+        body: bytes.into(),
+        metadata,
+        est_prompt_tokens,
+        max_output_tokens,
+        wants_json,
+    })
+}
+
+/// Characters of a message's content: a string, or text parts of a content array.
+fn content_chars(content: Option<&Value>) -> usize {
+    match content {
+        Some(Value::String(s)) => s.chars().count(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| {
+                p.get("text")
+                    .and_then(Value::as_str)
+                    .map_or(0, |t| t.chars().count())
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// A JSON value's kind, for messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A job id from a JSON value: strings as they are, whole numbers as their digits.
+pub fn id_from_value(v: &Value) -> Result<JobId, String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Ok(JobId::new(s.clone())),
+        Value::String(_) => Err("is empty".into()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Ok(JobId::new(n.to_string())),
+        other => Err(format!(
+            "expected a string or whole number, found {}",
+            kind(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn defaults_fill_only_what_is_missing() {
+        let d = JobDefaults {
+            model: Some("m-default".into()),
+            params: obj(json!({"temperature": 0, "max_tokens": 50})),
+            ..Default::default()
+        };
+        let body = obj(
+            json!({"model": "own", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 7}),
+        );
+        let job = finish(&d, JobId::new("a"), 0, 1, body, Map::new()).unwrap();
+        assert_eq!(job.model, "own");
+        assert_eq!(job.max_output_tokens, Some(7));
+        let sent: Value = serde_json::from_slice(&job.body).unwrap();
+        assert_eq!(sent["temperature"], 0);
+        assert!(
+            sent.get("max_tokens").is_none(),
+            "alias must not be added twice"
+        );
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_but_not_values() {
+        let d = JobDefaults::default();
+        let a =
+            obj(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 1}));
+        let b =
+            obj(json!({"seed": 1, "messages": [{"content": "x", "role": "user"}], "model": "m"}));
+        let c =
+            obj(json!({"seed": 2, "messages": [{"content": "x", "role": "user"}], "model": "m"}));
+        let f = |m| {
+            finish(&d, JobId::new("a"), 0, 1, m, Map::new())
+                .unwrap()
+                .fingerprint
+        };
+        assert_eq!(f(a.clone()), f(b));
+        assert_ne!(f(a), f(c));
+    }
+
+    #[test]
+    fn missing_model_and_bad_messages_are_errors() {
+        let d = JobDefaults::default();
+        let e = finish(
+            &d,
+            JobId::new("a"),
+            0,
+            1,
+            obj(json!({"messages": [{"role": "user", "content": "x"}]})),
+            Map::new(),
+        );
+        assert!(e.unwrap_err().contains("no model"));
+        let d = JobDefaults {
+            model: Some("m".into()),
+            ..Default::default()
+        };
+        let e = finish(
+            &d,
+            JobId::new("a"),
+            0,
+            1,
+            obj(json!({"messages": "hi"})),
+            Map::new(),
+        );
+        assert!(e.unwrap_err().contains("expected an array"));
+    }
+
+    #[test]
+    fn system_prompt_is_prepended_once() {
+        let d = JobDefaults {
+            model: Some("m".into()),
+            system: Some("be brief".into()),
+            ..Default::default()
+        };
+        let job = finish(
+            &d,
+            JobId::new("a"),
+            0,
+            1,
+            obj(json!({"messages": [{"role": "user", "content": "x"}]})),
+            Map::new(),
+        )
+        .unwrap();
+        let sent: Value = serde_json::from_slice(&job.body).unwrap();
+        assert_eq!(sent["messages"][0]["role"], "system");
+        let job = finish(&d, JobId::new("a"), 0, 1, obj(json!({"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "x"}]})), Map::new()).unwrap();
+        let sent: Value = serde_json::from_slice(&job.body).unwrap();
+        assert_eq!(sent["messages"].as_array().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,267 @@
+//! Opening a job file and streaming its jobs. `validate` reads the whole file once, checking
+//! every line and every id (a 24-byte entry per id, dropped afterwards), so a bad line anywhere
+//! stops the run before anything is sent. `JobStream` then re-reads it on a plain thread and
+//! hands jobs to the async scheduler through a bounded channel: memory does not grow with the
+//! file, and the scheduler never blocks on disk.
+
+use super::csv::CsvJobs;
+use super::jsonl::JsonlJobs;
+use super::request::JobDefaults;
+use super::{IdKey, InputError, Job, Location};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Default cap on one input line; a longer one is an input error, not an allocation.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    Jsonl,
+    Csv,
+}
+
+impl InputFormat {
+    /// `.csv` and `.tsv` are CSV; everything else is JSONL.
+    pub fn from_path(path: &Path) -> Self {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("csv" | "tsv") => InputFormat::Csv,
+            _ => InputFormat::Jsonl,
+        }
+    }
+}
+
+/// Everything needed to read a job file.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub path: PathBuf,
+    pub format: InputFormat,
+    /// CSV field delimiter.
+    pub delimiter: u8,
+    pub defaults: Arc<JobDefaults>,
+    pub max_line_bytes: usize,
+}
+
+pub type Jobs = Box<dyn Iterator<Item = Result<Job, InputError>> + Send>;
+
+impl InputSpec {
+    /// Opens the file and returns its jobs in order.
+    pub fn open(&self) -> Result<Jobs, InputError> {
+        let file = File::open(&self.path).map_err(|source| InputError::Io {
+            file: self.path.clone(),
+            source,
+        })?;
+        let reader = BufReader::with_capacity(1 << 16, file);
+        Ok(match self.format {
+            InputFormat::Jsonl => Box::new(JsonlJobs::new(
+                &self.path,
+                reader,
+                self.defaults.clone(),
+                self.max_line_bytes,
+            )),
+            InputFormat::Csv => Box::new(CsvJobs::new(
+                &self.path,
+                reader,
+                self.defaults.clone(),
+                self.delimiter,
+            )?),
+        })
+    }
+}
+
+/// The result of reading a whole job file.
+#[derive(Debug)]
+pub struct Validation {
+    /// Jobs that parsed.
+    pub jobs: u64,
+    /// Problems found, in file order, up to the cap.
+    pub errors: Vec<InputError>,
+    /// More problems than the cap were found.
+    pub more_errors: u64,
+}
+
+/// Reads every job, checks ids are unique, and collects up to `max_errors` problems.
+pub fn validate(spec: &InputSpec, max_errors: usize) -> Result<Validation, InputError> {
+    let mut seen: HashMap<IdKey, u64> = HashMap::new();
+    let mut v = Validation {
+        jobs: 0,
+        errors: Vec::new(),
+        more_errors: 0,
+    };
+    let push = |v: &mut Validation, e: InputError| {
+        if v.errors.len() < max_errors {
+            v.errors.push(e);
+        } else {
+            v.more_errors += 1;
+        }
+    };
+    let mut any_line = false;
+    for job in spec.open()? {
+        any_line = true;
+        match job {
+            Ok(job) => {
+                if let Some(first_line) = seen.insert(job.id.key(), job.line) {
+                    seen.insert(job.id.key(), first_line);
+                    let at = Location {
+                        file: spec.path.clone(),
+                        line: job.line,
+                        column: None,
+                    };
+                    push(
+                        &mut v,
+                        InputError::DuplicateId {
+                            at,
+                            id: job.id.to_string(),
+                            first_line,
+                        },
+                    );
+                } else {
+                    v.jobs += 1;
+                }
+            }
+            Err(e @ InputError::Io { .. }) => return Err(e),
+            Err(e) => push(&mut v, e),
+        }
+    }
+    if !any_line {
+        return Err(InputError::Empty {
+            file: spec.path.clone(),
+        });
+    }
+    Ok(v)
+}
+
+/// Jobs flowing from a reader thread to the scheduler.
+pub struct JobStream {
+    pub rx: mpsc::Receiver<Result<Job, InputError>>,
+}
+
+impl JobStream {
+    /// Starts the reader thread. It stops when the receiver is dropped.
+    pub fn spawn(spec: InputSpec, capacity: usize) -> Result<Self, InputError> {
+        let jobs = spec.open()?;
+        let (tx, rx) = mpsc::channel(capacity);
+        std::thread::Builder::new()
+            .name("bulkprompt-reader".into())
+            .spawn(move || {
+                for job in jobs {
+                    if tx.blocking_send(job).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| InputError::Io {
+                file: spec.path.clone(),
+                source,
+            })?;
+        Ok(JobStream { rx })
+    }
+}
+
+/// What [`LineReader::next_line`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawLine {
+    /// A line; its bytes (without `\n`, `\r\n` or a leading BOM) are in [`LineReader::bytes`].
+    Line { line: u64 },
+    /// A line over the cap, skipped without being kept in memory.
+    TooLong { line: u64, len: u64 },
+}
+
+/// Splits a reader into lines with a cap on line length.
+pub struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    line: u64,
+    max_line: usize,
+}
+
+impl<R: BufRead> LineReader<R> {
+    pub fn new(inner: R, max_line: usize) -> Self {
+        LineReader {
+            inner,
+            buf: Vec::new(),
+            line: 0,
+            max_line,
+        }
+    }
+
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// The bytes of the line last returned as [`RawLine::Line`].
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn next_line(&mut self) -> std::io::Result<Option<RawLine>> {
+        self.buf.clear();
+        let mut len: u64 = 0;
+        let mut saw_any = false;
+        loop {
+            let chunk = self.inner.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            saw_any = true;
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (chunk.len(), false),
+            };
+            len += take as u64;
+            if len as usize <= self.max_line {
+                self.buf.extend_from_slice(&chunk[..take]);
+            }
+            self.inner.consume(take + done as usize);
+            if done {
+                break;
+            }
+        }
+        if !saw_any {
+            return Ok(None);
+        }
+        self.line += 1;
+        if len as usize > self.max_line {
+            self.buf.clear();
+            return Ok(Some(RawLine::TooLong {
+                line: self.line,
+                len,
+            }));
+        }
+        if self.buf.last() == Some(&b'\r') {
+            self.buf.pop();
+        }
+        if self.line == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
+            self.buf.drain(..3);
+        }
+        Ok(Some(RawLine::Line { line: self.line }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_long_lines_without_keeping_them() {
+        let text = b"short\n0123456789abcdef\nend";
+        let mut r = LineReader::new(&text[..], 8);
+        assert_eq!(r.next_line().unwrap(), Some(RawLine::Line { line: 1 }));
+        assert_eq!(r.bytes(), b"short");
+        assert_eq!(
+            r.next_line().unwrap(),
+            Some(RawLine::TooLong { line: 2, len: 16 })
+        );
+        assert_eq!(r.next_line().unwrap(), Some(RawLine::Line { line: 3 }));
+        assert_eq!(r.bytes(), b"end");
+        assert_eq!(r.next_line().unwrap(), None);
+    }
+}

@@ -1,0 +1,24 @@
+//! bulkprompt: a batch runner for bulk LLM prompts against OpenAI-compatible chat-completions
+//! endpoints. Job files stream in ([`job`]), a scheduler admits each job past the checkpoint
+//! ([`checkpoint`]), the rate limiter ([`limit`]) and an in-flight permit, the client
+//! ([`provider`]) makes and retries attempts ([`retry`]), and one writer ([`output`]) appends
+//! every result with its usage and cost ([`cost`]). [`run::run`] wires it together; the binary
+//! is a thin shell over [`app`]. [`mock`] is the offline simulator used by the demo, the tests
+//! and the benchmarks.
+
+pub mod app;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod cost;
+pub mod histogram;
+pub mod job;
+pub mod limit;
+pub mod mock;
+pub mod output;
+pub mod progress;
+pub mod provider;
+pub mod retry;
+pub mod run;
+pub mod secret;
+pub mod shutdown;

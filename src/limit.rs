@@ -1,0 +1,258 @@
+//! The client-side rate limiter: two token buckets (requests and tokens per minute), a global
+//! pause after a 429, and an AIMD factor that lowers the rate after 429s and recovers slowly.
+//!
+//! Why not `governor`: we need to charge a job's *estimated* tokens up front and reconcile them
+//! with the real `usage` afterwards, to pause everything on `Retry-After`, and to let one job
+//! larger than the burst through on its own; governor's GCRA cannot give tokens back.
+//!
+//! Sizing: a provider counting a sliding 60-second window sees at most `burst + rate * 60` from
+//! a token bucket, so the bucket refills at `(0.99 * limit - burst) / 60` a second with a burst
+//! of 1% of the limit. Any 60 seconds then carry at most 99% of the limit, and a long run
+//! achieves about 98% of it.
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Share of the limit the buckets aim at, leaving room for arrival jitter at the server.
+const TARGET: f64 = 0.99;
+/// Burst as a share of the per-minute limit.
+const BURST: f64 = 0.01;
+/// Lowest the AIMD factor goes.
+const MIN_FACTOR: f64 = 0.1;
+/// Factor applied on a 429 (at most once a second).
+const DECREASE: f64 = 0.7;
+/// Factor regained per second without a 429.
+const RECOVERY_PER_SEC: f64 = 0.02;
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    capacity: f64,
+    per_sec: f64,
+    level: f64,
+}
+
+impl Bucket {
+    fn per_minute(limit: u64) -> Bucket {
+        let target = limit as f64 * TARGET;
+        let capacity = (limit as f64 * BURST).max(1.0).min(target);
+        let per_sec = ((target - capacity) / 60.0).max(target / 600.0);
+        Bucket {
+            capacity,
+            per_sec,
+            level: capacity,
+        }
+    }
+
+    fn refill(&mut self, elapsed: Duration, factor: f64) {
+        self.level =
+            (self.level + elapsed.as_secs_f64() * self.per_sec * factor).min(self.capacity);
+    }
+
+    /// Time until `need` is available at `factor`.
+    fn wait_for(&self, need: f64, factor: f64) -> Duration {
+        if self.level >= need {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((need - self.level) / (self.per_sec * factor))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    last_refill: Instant,
+    paused_until: Option<Instant>,
+    /// AIMD factor as of `last_decrease`.
+    factor_at_decrease: f64,
+    last_decrease: Option<Instant>,
+}
+
+impl State {
+    fn factor(&self, now: Instant) -> f64 {
+        match self.last_decrease {
+            None => 1.0,
+            Some(t) => (self.factor_at_decrease
+                + now.duration_since(t).as_secs_f64() * RECOVERY_PER_SEC)
+                .min(1.0),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.last_refill);
+        self.last_refill = now;
+        let f = self.factor(now);
+        for b in [&mut self.requests, &mut self.tokens].into_iter().flatten() {
+            b.refill(elapsed, f);
+        }
+    }
+}
+
+/// Requests- and tokens-per-minute limiter shared by every task of a run.
+#[derive(Debug)]
+pub struct Limiter {
+    /// Waiters queue here, first come first served; only the head polls the buckets.
+    turn: tokio::sync::Mutex<()>,
+    state: std::sync::Mutex<State>,
+}
+
+/// What a job was charged, to reconcile once its real usage is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub tokens: u64,
+}
+
+impl Limiter {
+    pub fn new(rpm: Option<u64>, tpm: Option<u64>) -> Self {
+        Limiter {
+            turn: tokio::sync::Mutex::new(()),
+            state: std::sync::Mutex::new(State {
+                requests: rpm.filter(|&r| r > 0).map(Bucket::per_minute),
+                tokens: tpm.filter(|&t| t > 0).map(Bucket::per_minute),
+                last_refill: Instant::now(),
+                paused_until: None,
+                factor_at_decrease: 1.0,
+                last_decrease: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until one request of `tokens` estimated tokens may be sent, and charges it.
+    pub async fn acquire(&self, tokens: u64) -> Grant {
+        let _turn = self.turn.lock().await;
+        loop {
+            let wait = {
+                let now = Instant::now();
+                let mut s = self.state();
+                s.refill(now);
+                let f = s.factor(now);
+                let pause = s
+                    .paused_until
+                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                let req = s
+                    .requests
+                    .as_ref()
+                    .map_or(Duration::ZERO, |b| b.wait_for(1.0, f));
+                // A job larger than the burst waits for a full bucket, then goes alone.
+                let tok = s.tokens.as_ref().map_or(Duration::ZERO, |b| {
+                    b.wait_for((tokens as f64).min(b.capacity), f)
+                });
+                let wait = pause.max(req).max(tok);
+                if wait.is_zero() {
+                    if let Some(b) = s.requests.as_mut() {
+                        b.level -= 1.0;
+                    }
+                    if let Some(b) = s.tokens.as_mut() {
+                        b.level -= tokens as f64;
+                    }
+                    return Grant { tokens };
+                }
+                wait
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Settles a grant with the tokens the response really used.
+    pub fn reconcile(&self, grant: Grant, actual: u64) {
+        let mut s = self.state();
+        if let Some(b) = s.tokens.as_mut() {
+            b.level = (b.level + grant.tokens as f64 - actual as f64).min(b.capacity);
+        }
+    }
+
+    /// A 429: nobody sends for `pause`, and the rate drops (at most once a second).
+    pub fn rate_limited(&self, pause: Option<Duration>) {
+        let now = Instant::now();
+        let mut s = self.state();
+        s.refill(now);
+        if let Some(p) = pause {
+            let until = now + p;
+            s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
+        }
+        if s.last_decrease
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            s.factor_at_decrease = (s.factor(now) * DECREASE).max(MIN_FACTOR);
+            s.last_decrease = Some(now);
+        }
+    }
+
+    /// The current rate factor (1.0 when no 429 was seen recently).
+    pub fn factor(&self) -> f64 {
+        self.state().factor(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn count_in(limiter: &Limiter, span: Duration, tokens: u64) -> u64 {
+        let end = Instant::now() + span;
+        let mut n = 0;
+        loop {
+            limiter.acquire(tokens).await;
+            if Instant::now() > end {
+                return n;
+            }
+            n += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_exceeds_the_limit_in_a_sliding_minute() {
+        let l = Limiter::new(Some(600), None);
+        let n = count_in(&l, Duration::from_secs(60), 0).await;
+        assert!((585..=600).contains(&n), "{n} requests in the first minute");
+        let n = count_in(&l, Duration::from_secs(60), 0).await;
+        assert!((580..=600).contains(&n), "{n} requests in the second minute");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_reconciled() {
+        let l = Limiter::new(None, Some(6000));
+        // Charged 100, used 10: the 90 come back.
+        let g = l.acquire(100).await;
+        l.reconcile(g, 10);
+        let n = count_in(&l, Duration::from_secs(60), 10).await;
+        assert!((580..=600).contains(&n), "{n}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_larger_than_the_burst_still_goes() {
+        let l = Limiter::new(None, Some(1000));
+        let started = Instant::now();
+        l.acquire(5000).await;
+        l.acquire(5000).await;
+        // The second waits for the first's debt to be repaid.
+        assert!(started.elapsed() >= Duration::from_secs(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_everyone_and_lowers_the_rate() {
+        let l = Limiter::new(Some(6000), None);
+        l.rate_limited(Some(Duration::from_secs(5)));
+        let started = Instant::now();
+        l.acquire(0).await;
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        assert!(l.factor() < 0.9);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(l.factor(), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unlimited_never_waits() {
+        let l = Limiter::new(None, None);
+        let started = Instant::now();
+        for _ in 0..10_000 {
+            l.acquire(1_000_000).await;
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+}

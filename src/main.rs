@@ -1,0 +1,34 @@
+//! The `bulkprompt` binary: parse flags, set up logging, run the command, print any error and
+//! exit with the code the command chose. Everything else lives in the library.
+
+use bulkprompt::cli::{Cli, LogFormat};
+use clap::Parser;
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = Cli::parse();
+    let quiet = matches!(&cli.command, bulkprompt::cli::Command::Run(a) if a.quiet);
+    let level = match (cli.verbose, quiet) {
+        (0, true) => tracing::Level::WARN,
+        (0, false) => tracing::Level::INFO,
+        (1, _) => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.without_time().init(),
+    }
+    let code = match bulkprompt::app::execute(cli.command, argv) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bulkprompt: error: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,489 @@
+//! The offline simulator of an OpenAI-compatible provider (`bulkprompt serve-mock`, and
+//! in-process for `--endpoint mock`). It answers `POST /v1/chat/completions` and
+//! `GET /v1/models` in OpenAI/OpenRouter shape, enforces `--rpm`/`--tpm` over a sliding
+//! 60-second window, injects failures at a given rate, and counts what it saw
+//! (`GET /mock/stats`), so tests can assert on requests made. It is built on bare hyper to be
+//! fast: benchmarks use it as the server, and it must not hide the runner's costs.
+
+mod content;
+mod window;
+
+pub use window::SlidingWindow;
+
+use crate::cost::PriceTable;
+use crate::job::approx_tokens;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// How the simulator behaves.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    /// Mean answer latency; each answer takes it within ±25%.
+    pub latency: Duration,
+    /// Share of requests answered 500, 502 or 503.
+    pub fail_rate: f64,
+    /// Share of requests accepted and never answered.
+    pub hang_rate: f64,
+    /// Requests per sliding minute before 429.
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per sliding minute before 429.
+    pub tpm: Option<u64>,
+    pub seed: u64,
+    /// When set, requests must carry `Authorization: Bearer <key>` or get 401.
+    pub api_key: Option<crate::secret::ApiKey>,
+    /// Keep every chat request body, for tests to inspect ([`MockServer::bodies`]).
+    pub capture_bodies: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            latency: Duration::ZERO,
+            fail_rate: 0.0,
+            hang_rate: 0.0,
+            rpm: None,
+            tpm: None,
+            seed: 0,
+            api_key: None,
+            capture_bodies: false,
+        }
+    }
+}
+
+/// What the simulator has seen since it started.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Chat-completion requests received.
+    pub requests: AtomicU64,
+    /// Answered 200 with a completion.
+    pub ok: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub hung: AtomicU64,
+    pub bad_requests: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+/// A snapshot of [`Stats`], as `GET /mock/stats` returns it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub ok: u64,
+    pub rate_limited: u64,
+    pub server_errors: u64,
+    pub hung: u64,
+    pub bad_requests: u64,
+    pub unauthorized: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests.load(Relaxed),
+            ok: self.ok.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
+            server_errors: self.server_errors.load(Relaxed),
+            hung: self.hung.load(Relaxed),
+            bad_requests: self.bad_requests.load(Relaxed),
+            unauthorized: self.unauthorized.load(Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Relaxed),
+            completion_tokens: self.completion_tokens.load(Relaxed),
+        }
+    }
+}
+
+struct State {
+    config: MockConfig,
+    stats: Arc<Stats>,
+    window: Mutex<SlidingWindow>,
+    rng: Mutex<fastrand::Rng>,
+    models_json: Bytes,
+    started: std::time::SystemTime,
+    next_id: AtomicU64,
+    bodies: Mutex<Vec<Bytes>>,
+}
+
+/// A running simulator. Dropping it stops accepting connections.
+pub struct MockServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stats: Arc<Stats>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds `addr` (use port 0 for any free port) and serves on the current runtime.
+    pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(Stats::default());
+        let state = Arc::new(State {
+            window: Mutex::new(SlidingWindow::new(config.rpm, config.tpm)),
+            rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+            models_json: models_json(&PriceTable::embedded()),
+            started: std::time::SystemTime::now(),
+            next_id: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
+            stats: stats.clone(),
+            config,
+        });
+        let accept_state = state.clone();
+        let accept = tokio::spawn(async move {
+            let state = accept_state;
+            loop {
+                let (stream, _) = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(MockServer {
+            addr,
+            state,
+            stats,
+            accept,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to give `--endpoint`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// The chat request bodies received (only with `capture_bodies`).
+    pub fn bodies(&self) -> Vec<Bytes> {
+        self.state
+            .bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(status: StatusCode, kind: &str, message: &str) -> Resp {
+    let body =
+        serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
+    json_response(status, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::POST, "/v1/chat/completions" | "/chat/completions") => chat(state, req).await,
+        (&Method::GET, "/v1/models" | "/models") => {
+            json_response(StatusCode::OK, state.models_json.clone())
+        }
+        (&Method::GET, "/mock/stats") => json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&state.stats.snapshot()).unwrap_or_default(),
+        ),
+        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such route"),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    temperature: Option<f64>,
+    response_format: Option<ResponseFormat>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    #[allow(dead_code)]
+    role: String,
+    #[serde(default)]
+    content: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Serialize)]
+struct ChatResponse<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    provider: &'static str,
+    choices: [Choice<'a>; 1],
+    usage: UsageOut,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: MessageOut<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct UsageOut {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+async fn chat(state: &State, req: Request<Incoming>) -> Resp {
+    let stats = &state.stats;
+    stats.requests.fetch_add(1, Relaxed);
+    if let Some(key) = &state.config.api_key {
+        let expected = format!("Bearer {}", key.expose());
+        let got = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        if got != Some(expected.as_bytes()) {
+            stats.unauthorized.fetch_add(1, Relaxed);
+            // Like some providers, echo what was sent: the runner must scrub it.
+            let sent = got.map(String::from_utf8_lossy).unwrap_or_default();
+            let msg = format!(
+                "invalid API key provided: {}",
+                sent.trim_start_matches("Bearer ")
+            );
+            return error_response(StatusCode::UNAUTHORIZED, "authentication_error", &msg);
+        }
+    }
+    let body = match Limited::new(req.into_body(), 64 << 20).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            stats.bad_requests.fetch_add(1, Relaxed);
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "body too large",
+            );
+        }
+    };
+    if state.config.capture_bodies {
+        state
+            .bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(body.clone());
+    }
+    let parsed: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            stats.bad_requests.fetch_add(1, Relaxed);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &e.to_string(),
+            );
+        }
+    };
+    if parsed.messages.is_empty() {
+        stats.bad_requests.fetch_add(1, Relaxed);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "messages must not be empty",
+        );
+    }
+    if parsed
+        .temperature
+        .is_some_and(|t| !(0.0..=2.0).contains(&t))
+    {
+        stats.bad_requests.fetch_add(1, Relaxed);
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "temperature must be between 0 and 2",
+        );
+    }
+
+    let prompt_tokens = approx_tokens(
+        parsed
+            .messages
+            .iter()
+            .map(|m| content_chars(&m.content) + 16)
+            .sum(),
+    ) as u64;
+    let json = parsed
+        .response_format
+        .as_ref()
+        .is_some_and(|f| f.kind != "text");
+    let max_tokens = parsed.max_completion_tokens.or(parsed.max_tokens);
+    let answer = content::answer(xxhash_rust::xxh3::xxh3_64(&body), max_tokens, json);
+    let total = prompt_tokens + answer.completion_tokens;
+
+    {
+        let mut window = state.window.lock().unwrap_or_else(|p| p.into_inner());
+        if window.is_limited() {
+            if let Err(wait) = window.admit(Instant::now(), total) {
+                drop(window);
+                stats.rate_limited.fetch_add(1, Relaxed);
+                let mut r = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    "rate limit reached",
+                );
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return r;
+            }
+        }
+    }
+
+    let (fault, jitter) = {
+        let mut rng = state.rng.lock().unwrap_or_else(|p| p.into_inner());
+        (rng.f64(), rng.f64())
+    };
+    let cfg = &state.config;
+    if !cfg.latency.is_zero() {
+        tokio::time::sleep(cfg.latency.mul_f64(0.75 + jitter * 0.5)).await;
+    }
+    if fault < cfg.hang_rate {
+        stats.hung.fetch_add(1, Relaxed);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if fault < cfg.hang_rate + cfg.fail_rate {
+        stats.server_errors.fetch_add(1, Relaxed);
+        let r = (fault * 1e6) as u64 % 3;
+        let (status, msg) = match r {
+            0 => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+            1 => (StatusCode::BAD_GATEWAY, "upstream provider error"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "model overloaded"),
+        };
+        return error_response(status, "server_error", msg);
+    }
+
+    let n = state.next_id.fetch_add(1, Relaxed);
+    let response = ChatResponse {
+        id: format!("gen-mock-{n:016x}"),
+        object: "chat.completion",
+        created: state
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: &parsed.model,
+        provider: "bulkprompt-mock",
+        choices: [Choice {
+            index: 0,
+            message: MessageOut {
+                role: "assistant",
+                content: &answer.content,
+            },
+            finish_reason: answer.finish_reason,
+        }],
+        usage: UsageOut {
+            prompt_tokens,
+            completion_tokens: answer.completion_tokens,
+            total_tokens: total,
+        },
+    };
+    stats.ok.fetch_add(1, Relaxed);
+    stats.prompt_tokens.fetch_add(prompt_tokens, Relaxed);
+    stats
+        .completion_tokens
+        .fetch_add(answer.completion_tokens, Relaxed);
+    json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&response).unwrap_or_default(),
+    )
+}
+
+fn content_chars(content: &serde_json::Value) -> usize {
+    match content {
+        serde_json::Value::String(s) => s.chars().count(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .map(|p| {
+                p.get("text")
+                    .and_then(|t| t.as_str())
+                    .map_or(0, |t| t.chars().count())
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// `GET /v1/models` in OpenRouter's shape: prices per token as decimal strings.
+fn models_json(prices: &PriceTable) -> Bytes {
+    let per_token = |pico: u64| format!("{:.12}", pico as f64 / 1e12);
+    let data: Vec<serde_json::Value> = prices
+        .iter()
+        .map(|(id, p)| {
+            serde_json::json!({
+                "id": id,
+                "name": id,
+                "context_length": 1_048_576,
+                "pricing": {
+                    "prompt": per_token(p.input),
+                    "completion": per_token(p.output),
+                    "input_cache_read": p.cached_input.map(per_token),
+                    "image": p.image.map(per_token),
+                },
+            })
+        })
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data }))
+            .unwrap_or_default(),
+    )
+}

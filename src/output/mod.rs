@@ -1,0 +1,6 @@
+//! Results: the record schema and the append-only JSONL writer that is also the checkpoint.
+
+pub mod jsonl;
+pub mod record;
+
+pub use record::{CostSource, Record, RecordError, RecordHead, Status};

@@ -1,0 +1,82 @@
+//! The output record: one per job id, the contract of DESIGN.md. Field order here is the order
+//! in every JSONL line. `Record` is written by the runner and read back (as [`RecordHead`]) by
+//! the checkpoint scan and `status`.
+
+use crate::provider::ErrorKind;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostSource {
+    Provider,
+    PriceTable,
+}
+
+/// `error` of a failed record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordError {
+    pub kind: ErrorKind,
+    pub http_status: Option<u16>,
+    pub message: String,
+}
+
+/// One result line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub id: String,
+    pub index: u64,
+    pub status: Status,
+    pub model: String,
+    pub response_model: Option<String>,
+    pub content: Option<String>,
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Box<RawValue>>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub total_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+    pub cost_usd: Option<f64>,
+    pub cost_source: Option<CostSource>,
+    pub latency_ms: u64,
+    pub attempts: u32,
+    pub error: Option<RecordError>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub metadata: Map<String, Value>,
+    pub fingerprint: String,
+}
+
+/// The fields a resume needs, read without building the whole record.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordHead {
+    pub id: String,
+    pub status: Status,
+    pub fingerprint: String,
+    pub error: Option<ErrorHead>,
+    pub cost_usd: Option<f64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ErrorHead {
+    pub kind: ErrorKind,
+}
+
+/// RFC 3339 time with milliseconds, UTC.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,363 @@
+//! What the user sees while a run goes and when it ends: live counters shared by the tasks and
+//! the writer, a progress bar on a terminal (a log line every 10 s otherwise), and the final
+//! [`Summary`], printed on stderr and optionally written as JSON for pipelines.
+
+use crate::cost::Money;
+use crate::histogram::Histogram;
+use crate::provider::ErrorKind;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar on a terminal, log lines otherwise.
+    Auto,
+    /// Log lines every 10 s, even on a terminal.
+    Log,
+    /// Nothing but the summary.
+    Quiet,
+}
+
+const KINDS: [ErrorKind; 8] = [
+    ErrorKind::RateLimited,
+    ErrorKind::Server,
+    ErrorKind::Timeout,
+    ErrorKind::Connection,
+    ErrorKind::BadResponse,
+    ErrorKind::Client,
+    ErrorKind::Auth,
+    ErrorKind::Budget,
+];
+
+fn kind_index(k: ErrorKind) -> usize {
+    KINDS.iter().position(|&x| x == k).unwrap_or(0)
+}
+
+/// Counters shared by every task. Results are counted by the writer, once each, after they
+/// reached the file; attempts and retries by the tasks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub skipped: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub spent: AtomicU64,
+    pub unpriced: AtomicU64,
+    pub requests: AtomicU64,
+    pub http_429: AtomicU64,
+    retries: [AtomicU64; 8],
+    failed_by: [AtomicU64; 8],
+}
+
+impl Counters {
+    pub fn retry(&self, kind: ErrorKind) {
+        self.retries[kind_index(kind)].fetch_add(1, Relaxed);
+    }
+    pub fn failed(&self, kind: ErrorKind) {
+        self.failed.fetch_add(1, Relaxed);
+        self.failed_by[kind_index(kind)].fetch_add(1, Relaxed);
+    }
+    pub fn retries_total(&self) -> u64 {
+        self.retries.iter().map(|a| a.load(Relaxed)).sum()
+    }
+    fn by_kind(counts: &[AtomicU64; 8]) -> BTreeMap<String, u64> {
+        KINDS
+            .iter()
+            .zip(counts)
+            .filter_map(|(k, c)| {
+                let n = c.load(Relaxed);
+                (n > 0).then(|| (k.as_str().to_string(), n))
+            })
+            .collect()
+    }
+    pub fn retries_by_reason(&self) -> BTreeMap<String, u64> {
+        Self::by_kind(&self.retries)
+    }
+    pub fn failed_by_kind(&self) -> BTreeMap<String, u64> {
+        Self::by_kind(&self.failed_by)
+    }
+    pub fn spent(&self) -> Money {
+        Money(self.spent.load(Relaxed))
+    }
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p95: u64,
+    pub max: u64,
+}
+
+impl From<&Histogram> for Latency {
+    fn from(h: &Histogram) -> Self {
+        Latency {
+            p50: h.quantile(0.5).unwrap_or(0),
+            p95: h.quantile(0.95).unwrap_or(0),
+            max: h.max(),
+        }
+    }
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every job has an ok record.
+    Completed,
+    /// Finished, but some jobs' latest record is a failure.
+    FailedJobs,
+    /// `--max-cost` reached.
+    Budget,
+    /// Stopped: authentication or another run-wide provider error.
+    Aborted,
+    /// The output could not be written.
+    OutputFailed,
+    /// SIGINT / SIGTERM.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The process exit code for schedulers.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::FailedJobs => 2,
+            Outcome::Budget => 3,
+            Outcome::Aborted => 4,
+            Outcome::OutputFailed => 5,
+            Outcome::Interrupted => 130,
+        }
+    }
+}
+
+/// The end-of-run report (`--summary-json` writes this).
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub outcome: Outcome,
+    pub exit_code: i32,
+    pub message: Option<String>,
+    pub input: String,
+    pub output: String,
+    /// Jobs in the job file.
+    pub jobs: u64,
+    /// Jobs with an ok record from an earlier run, skipped.
+    pub skipped_done: u64,
+    /// Jobs whose earlier record is a permanent failure, skipped (no `--retry-failed`).
+    pub skipped_failed: u64,
+    /// Jobs sent this run: never seen, failed before, or changed since their record.
+    pub new: u64,
+    pub retried_failed: u64,
+    pub changed: u64,
+    /// Jobs not reached (interrupted, aborted, budget).
+    pub not_run: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub failed_by_kind: BTreeMap<String, u64>,
+    /// HTTP attempts made.
+    pub requests: u64,
+    pub retries: u64,
+    pub retries_by_reason: BTreeMap<String, u64>,
+    pub http_429: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    /// Jobs whose model has no known price (their cost is null).
+    pub unpriced_jobs: u64,
+    /// Spend recorded in the output over all runs.
+    pub total_cost_usd: f64,
+    pub latency_ms: Latency,
+    pub elapsed_secs: f64,
+    pub requests_per_sec: f64,
+    /// Ids whose latest record in the output is a failure, over all runs.
+    pub output_failed: u64,
+    pub resume_command: Option<String>,
+}
+
+impl Summary {
+    /// The human summary for stderr.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut line = |t: String| {
+            s.push_str(&t);
+            s.push('\n');
+        };
+        let head = match self.outcome {
+            Outcome::Completed => "bulkprompt: done".to_string(),
+            Outcome::FailedJobs => "bulkprompt: done, with failed jobs".to_string(),
+            Outcome::Budget => "bulkprompt: stopped at the cost cap".to_string(),
+            Outcome::Aborted => "bulkprompt: aborted".to_string(),
+            Outcome::OutputFailed => {
+                "bulkprompt: stopped, the output could not be written".to_string()
+            }
+            Outcome::Interrupted => "bulkprompt: interrupted".to_string(),
+        };
+        line(format!(
+            "{head} in {:.1}s -> {}",
+            self.elapsed_secs, self.output
+        ));
+        if let Some(m) = &self.message {
+            line(format!("  reason:    {m}"));
+        }
+        let mut jobs = format!("  jobs:      {} in file", self.jobs);
+        for (n, what) in [
+            (self.skipped_done, "already done"),
+            (
+                self.skipped_failed,
+                "failed before (skipped; --retry-failed)",
+            ),
+            (self.new, "new"),
+            (self.retried_failed, "retried"),
+            (self.changed, "changed"),
+            (self.not_run, "not run"),
+        ] {
+            if n > 0 {
+                jobs.push_str(&format!(", {n} {what}"));
+            }
+        }
+        line(jobs);
+        let mut results = format!("  results:   {} ok, {} failed", self.ok, self.failed);
+        if !self.failed_by_kind.is_empty() {
+            let kinds: Vec<String> = self
+                .failed_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            results.push_str(&format!(" ({})", kinds.join(", ")));
+        }
+        line(results);
+        let mut req = format!(
+            "  requests:  {} ({:.1}/s), {} retries",
+            self.requests, self.requests_per_sec, self.retries
+        );
+        if !self.retries_by_reason.is_empty() {
+            let r: Vec<String> = self
+                .retries_by_reason
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            req.push_str(&format!(" ({})", r.join(", ")));
+        }
+        req.push_str(&format!(", {} x 429", self.http_429));
+        line(req);
+        line(format!(
+            "  tokens:    {} in, {} out",
+            self.prompt_tokens, self.completion_tokens
+        ));
+        let mut cost = format!("  cost:      {} this run", Money::from_usd(self.cost_usd));
+        if self.total_cost_usd > self.cost_usd {
+            cost.push_str(&format!(
+                ", {} in the output over all runs",
+                Money::from_usd(self.total_cost_usd)
+            ));
+        }
+        if self.unpriced_jobs > 0 {
+            cost.push_str(&format!(
+                " ({} jobs of models with no known price)",
+                self.unpriced_jobs
+            ));
+        }
+        line(cost);
+        let l = self.latency_ms;
+        line(format!(
+            "  latency:   p50 {} ms, p95 {} ms, max {} ms",
+            l.p50, l.p95, l.max
+        ));
+        if let Some(cmd) = &self.resume_command {
+            line(format!("  resume:    {cmd}"));
+        }
+        s
+    }
+}
+
+/// Draws progress until dropped.
+pub struct Reporter {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Reporter {
+    pub fn start(mode: ProgressMode, total: u64, counters: Arc<Counters>) -> Reporter {
+        if mode == ProgressMode::Quiet {
+            return Reporter {
+                stop: None,
+                task: None,
+            };
+        }
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let bar_on = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let bar = bar_on.then(|| {
+                let bar = indicatif::ProgressBar::new(total);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30.cyan/blue} {pos}/{len} {percent}% · {msg} · ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                bar
+            });
+            let every = if bar.is_some() {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_secs(10)
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut rx => break,
+                }
+                let c = &counters;
+                let done = c.ok.load(Relaxed) + c.failed.load(Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let msg = format!(
+                    "{:.0} req/s · tok {}/{} · {} · {} retries · {} failed",
+                    c.requests.load(Relaxed) as f64 / secs,
+                    c.prompt_tokens.load(Relaxed),
+                    c.completion_tokens.load(Relaxed),
+                    c.spent(),
+                    c.retries_total(),
+                    c.failed.load(Relaxed),
+                );
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(done + c.skipped.load(Relaxed));
+                        bar.set_message(msg);
+                    }
+                    None => tracing::info!(
+                        "progress: {}/{} · {}",
+                        done + c.skipped.load(Relaxed),
+                        total,
+                        msg
+                    ),
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+        });
+        Reporter {
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops drawing and clears the bar.
+    pub async fn finish(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}

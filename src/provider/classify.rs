@@ -1,0 +1,339 @@
+//! The pure decision at the heart of retrying: given what came back from one HTTP attempt,
+//! is the job done, worth another try (and when), failed for good, or is the whole run wrong?
+//! No I/O here, so every branch is unit-tested.
+
+use super::response::{parse_completion, Completion};
+use crate::retry::{parse_reset, parse_retry_after};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime};
+
+/// The kinds of error a record can carry (`error.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    RateLimited,
+    Server,
+    Timeout,
+    Connection,
+    BadResponse,
+    Client,
+    Auth,
+    Budget,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Server => "server",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::Client => "client",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Budget => "budget",
+        }
+    }
+
+    /// Permanent failures are not retried on the next run unless `--retry-failed`.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, ErrorKind::Client)
+    }
+}
+
+/// What one attempt produced, before judging it.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The provider answered with a status and a body.
+    Http {
+        status: u16,
+        retry_after: Option<String>,
+        reset_requests: Option<String>,
+        reset_tokens: Option<String>,
+        body: bytes::Bytes,
+    },
+    /// No answer: the connection failed, or the answer took longer than the timeout.
+    Transport { kind: ErrorKind, message: String },
+    /// The body was larger than the cap; it was not read.
+    TooLarge { status: u16, limit: usize },
+}
+
+/// The judgement of an attempt.
+#[derive(Debug)]
+pub enum Verdict {
+    /// A usable completion.
+    Done(Box<Completion>),
+    /// Worth another attempt, not before `after` when the provider said so.
+    Retry {
+        kind: ErrorKind,
+        status: Option<u16>,
+        after: Option<Duration>,
+        message: String,
+    },
+    /// This job fails; trying it again as it is will not help.
+    Fail {
+        kind: ErrorKind,
+        status: Option<u16>,
+        message: String,
+    },
+    /// Nothing in this run can succeed (bad key, no access): stop the run.
+    Abort {
+        kind: ErrorKind,
+        status: u16,
+        message: String,
+    },
+}
+
+/// Judges one attempt. `now` resolves `Retry-After` dates.
+pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
+    let (status, retry_after, reset_requests, reset_tokens, body) =
+        match attempt {
+            Attempt::Transport { kind, message } => {
+                return Verdict::Retry {
+                    kind,
+                    status: None,
+                    after: None,
+                    message,
+                }
+            }
+            Attempt::TooLarge { status, limit } => return Verdict::Fail {
+                kind: ErrorKind::BadResponse,
+                status: Some(status),
+                message: format!(
+                    "response body over the {limit}-byte limit (--max-response-bytes); not read"
+                ),
+            },
+            Attempt::Http {
+                status,
+                retry_after,
+                reset_requests,
+                reset_tokens,
+                body,
+            } => (status, retry_after, reset_requests, reset_tokens, body),
+        };
+    let message = || error_message(&body);
+    match status {
+        200..=299 => match parse_completion(&body) {
+            Ok(c) => Verdict::Done(Box::new(c)),
+            Err(message) => Verdict::Retry {
+                kind: ErrorKind::BadResponse,
+                status: Some(status),
+                after: None,
+                message,
+            },
+        },
+        429 => {
+            let after = retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, now))
+                .or_else(|| {
+                    let r = reset_requests.as_deref().and_then(parse_reset);
+                    let t = reset_tokens.as_deref().and_then(parse_reset);
+                    r.max(t)
+                });
+            Verdict::Retry {
+                kind: ErrorKind::RateLimited,
+                status: Some(status),
+                after,
+                message: message(),
+            }
+        }
+        408 => Verdict::Retry {
+            kind: ErrorKind::Timeout,
+            status: Some(status),
+            after: None,
+            message: message(),
+        },
+        409 | 425 | 500..=599 => {
+            let after = retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, now));
+            Verdict::Retry {
+                kind: ErrorKind::Server,
+                status: Some(status),
+                after,
+                message: message(),
+            }
+        }
+        401 | 403 => Verdict::Abort {
+            kind: ErrorKind::Auth,
+            status,
+            message: message(),
+        },
+        _ => Verdict::Fail {
+            kind: ErrorKind::Client,
+            status: Some(status),
+            message: message(),
+        },
+    }
+}
+
+/// The provider's error message (`error.message`), else the start of the body.
+pub fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Wrapper {
+        error: Inner,
+    }
+    #[derive(Deserialize)]
+    struct Inner {
+        message: Option<String>,
+    }
+    if let Ok(Wrapper {
+        error: Inner { message: Some(m) },
+    }) = serde_json::from_slice::<Wrapper>(body)
+    {
+        return truncate(&m, 500);
+    }
+    truncate(&String::from_utf8_lossy(body), 500)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16, body: &str) -> Attempt {
+        Attempt::Http {
+            status,
+            retry_after: None,
+            reset_requests: None,
+            reset_tokens: None,
+            body: bytes::Bytes::from(body.to_string()),
+        }
+    }
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    const OK: &str = r#"{"choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+
+    #[test]
+    fn success_parses() {
+        assert!(matches!(classify(http(200, OK), now()), Verdict::Done(_)));
+    }
+
+    #[test]
+    fn unreadable_200_and_error_in_200_are_retried() {
+        let v = classify(http(200, "<html>oops"), now());
+        assert!(
+            matches!(
+                v,
+                Verdict::Retry {
+                    kind: ErrorKind::BadResponse,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        let v = classify(
+            http(
+                200,
+                r#"{"error":{"message":"upstream overloaded","code":502}}"#,
+            ),
+            now(),
+        );
+        match v {
+            Verdict::Retry {
+                kind: ErrorKind::BadResponse,
+                message,
+                ..
+            } => assert!(message.contains("upstream overloaded")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limits_carry_their_wait() {
+        let a = Attempt::Http {
+            status: 429,
+            retry_after: Some("7".into()),
+            reset_requests: None,
+            reset_tokens: None,
+            body: bytes::Bytes::new(),
+        };
+        assert!(
+            matches!(classify(a, now()), Verdict::Retry { kind: ErrorKind::RateLimited, after: Some(d), .. } if d == Duration::from_secs(7))
+        );
+        let a = Attempt::Http {
+            status: 429,
+            retry_after: None,
+            reset_requests: Some("1s".into()),
+            reset_tokens: Some("6m0s".into()),
+            body: bytes::Bytes::new(),
+        };
+        assert!(
+            matches!(classify(a, now()), Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(360))
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_decisions() {
+        for s in [408, 409, 425, 500, 502, 503, 504] {
+            assert!(
+                matches!(classify(http(s, ""), now()), Verdict::Retry { .. }),
+                "{s}"
+            );
+        }
+        for s in [400, 404, 413, 422] {
+            assert!(
+                matches!(
+                    classify(http(s, ""), now()),
+                    Verdict::Fail {
+                        kind: ErrorKind::Client,
+                        ..
+                    }
+                ),
+                "{s}"
+            );
+        }
+        for s in [401, 403] {
+            assert!(
+                matches!(
+                    classify(http(s, ""), now()),
+                    Verdict::Abort {
+                        kind: ErrorKind::Auth,
+                        ..
+                    }
+                ),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn transport_errors_are_retried() {
+        let a = Attempt::Transport {
+            kind: ErrorKind::Timeout,
+            message: "timed out".into(),
+        };
+        assert!(matches!(
+            classify(a, now()),
+            Verdict::Retry {
+                kind: ErrorKind::Timeout,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn error_messages_prefer_the_provider_text() {
+        assert_eq!(
+            error_message(br#"{"error":{"message":"bad temperature"}}"#),
+            "bad temperature"
+        );
+        assert_eq!(error_message(b"plain text"), "plain text");
+        assert!(error_message("é".repeat(400).as_bytes()).ends_with('…'));
+    }
+}

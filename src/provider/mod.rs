@@ -1,0 +1,204 @@
+//! The OpenAI-compatible HTTP client: one pooled reqwest client (rustls, keep-alive pool sized
+//! to the concurrency), the headers every request carries, and one attempt at a time. It does
+//! not decide anything: [`classify`] judges what an attempt produced.
+
+pub mod classify;
+pub mod response;
+
+pub use classify::{classify, Attempt, ErrorKind, Verdict};
+pub use response::Completion;
+
+use crate::secret::ApiKey;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use std::time::{Duration, Instant};
+
+/// Default cap on a response body.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// How to reach the provider.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `https://openrouter.ai/api/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    pub api_key: Option<ApiKey>,
+    /// Extra headers (OpenRouter's `HTTP-Referer`, `X-Title`, anything from the spec).
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    /// Idle connections kept per host; the concurrency.
+    pub pool_size: usize,
+    pub max_response_bytes: usize,
+}
+
+/// Problems building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not a usable URL.
+    #[error("endpoint {url:?}: {message}")]
+    BadEndpoint { url: String, message: String },
+    /// A header name or value is not valid HTTP.
+    #[error("header {name:?}: {message}")]
+    BadHeader { name: String, message: String },
+    /// The TLS/HTTP stack could not be set up.
+    #[error("HTTP client: {0}")]
+    Build(String),
+}
+
+/// Sends chat-completion requests.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    max_response_bytes: usize,
+}
+
+/// `https://host/v1` + `/chat/completions`, without doubling slashes.
+pub fn completions_url(base: &str) -> String {
+    format!("{}/chat/completions", base.trim_end_matches('/'))
+}
+
+impl Client {
+    pub fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        // reqwest is built without a bundled crypto provider; ring is ours. A second call
+        // finds one installed and changes nothing.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url_text = completions_url(&cfg.base_url);
+        let url = reqwest::Url::parse(&url_text).map_err(|e| ClientError::BadEndpoint {
+            url: cfg.base_url.clone(),
+            message: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ClientError::BadEndpoint {
+                url: cfg.base_url.clone(),
+                message: "must start with http:// or https://".into(),
+            });
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &cfg.headers {
+            let bad = |m: String| ClientError::BadHeader {
+                name: name.clone(),
+                message: m,
+            };
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let v = HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?;
+            headers.insert(n, v);
+        }
+        if let Some(key) = &cfg.api_key {
+            let mut v =
+                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                    ClientError::BadHeader {
+                        name: "Authorization".into(),
+                        message: "the API key holds characters that cannot go in a header".into(),
+                    }
+                })?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(30)))
+            .pool_max_idle_per_host(cfg.pool_size)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("bulkprompt/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        Ok(Client {
+            http,
+            url,
+            max_response_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    /// One attempt: sends `body` and reads the answer (up to the size cap).
+    pub async fn send(&self, body: Bytes) -> (Attempt, Duration) {
+        let started = Instant::now();
+        let attempt = self.try_send(body).await;
+        (attempt, started.elapsed())
+    }
+
+    async fn try_send(&self, body: Bytes) -> Attempt {
+        let mut resp = match self.http.post(self.url.clone()).body(body).send().await {
+            Ok(r) => r,
+            Err(e) => return transport(e),
+        };
+        let status = resp.status().as_u16();
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_response_bytes as u64)
+        {
+            return Attempt::TooLarge {
+                status,
+                limit: self.max_response_bytes,
+            };
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after");
+        let reset_requests = header("x-ratelimit-reset-requests");
+        let reset_tokens = header("x-ratelimit-reset-tokens");
+        let mut buf = bytes::BytesMut::with_capacity(
+            resp.content_length().unwrap_or(4096).min(1 << 20) as usize,
+        );
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > self.max_response_bytes {
+                        return Attempt::TooLarge {
+                            status,
+                            limit: self.max_response_bytes,
+                        };
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return transport(e),
+            }
+        }
+        Attempt::Http {
+            status,
+            retry_after,
+            reset_requests,
+            reset_tokens,
+            body: buf.freeze(),
+        }
+    }
+}
+
+fn transport(e: reqwest::Error) -> Attempt {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Connection
+    };
+    // The chain holds the useful part ("connection refused", "unexpected EOF").
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    Attempt::Transport { kind, message }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn url_joins_without_double_slash() {
+        assert_eq!(
+            super::completions_url("https://openrouter.ai/api/v1/"),
+            "https://openrouter.ai/api/v1/chat/completions"
+        );
+        assert_eq!(
+            super::completions_url("http://127.0.0.1:8080/v1"),
+            "http://127.0.0.1:8080/v1/chat/completions"
+        );
+    }
+}

@@ -1,0 +1,730 @@
+//! The orchestrator: validates the job file, takes the output lock, scans the checkpoint, and
+//! wires the stages: reader thread -> dispatcher (skip done -> in-flight permit -> rate limit)
+//! -> one task per job (attempts, retries) -> writer thread. It owns shutdown: on a stop it
+//! admits nothing more, lets in-flight calls finish within the grace period, and always
+//! leaves the output whole.
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Decision, OutputLock};
+use crate::cost::{Money, PriceTable, Usage};
+use crate::histogram::Histogram;
+use crate::job::{self, InputError, InputSpec, Job, JobStream};
+use crate::limit::{Grant, Limiter};
+use crate::mock::{MockConfig, MockServer};
+use crate::output::jsonl::{self, JsonlWriter, WriteError, WriterMsg};
+use crate::output::record::timestamp;
+use crate::output::{CostSource, Record, RecordError, Status};
+use crate::progress::{Counters, Latency, Outcome, ProgressMode, Reporter, Summary};
+use crate::provider::{
+    classify, Client, ClientConfig, ClientError, Completion, ErrorKind, Verdict,
+};
+use crate::retry::Backoff;
+use crate::secret::ApiKey;
+use crate::shutdown::{Phase, Shutdown};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// An OpenAI-compatible base URL.
+    Url(String),
+    /// The simulator, started in-process on 127.0.0.1.
+    Mock(MockConfig),
+}
+
+/// Everything a run needs, resolved from flags, spec and defaults.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub input: InputSpec,
+    pub output: PathBuf,
+    pub endpoint: Endpoint,
+    pub api_key: Option<ApiKey>,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
+    pub allow_insecure_http: bool,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Output tokens charged to the limiter for jobs without `max_tokens`.
+    pub default_output_tokens: u64,
+    pub retry_failed: bool,
+    pub fresh: bool,
+    pub keep_response: bool,
+    pub prices: PriceTable,
+    pub progress: ProgressMode,
+    pub grace: Duration,
+    /// The command to print for resuming after an interruption.
+    pub resume_command: Option<String>,
+    /// Problems `validate` lists before giving up.
+    pub max_errors: usize,
+}
+
+/// Errors that stop a run before anything is sent (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job file could not be read.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The job file has bad lines; each is listed.
+    #[error("{}", render_invalid(errors, *more))]
+    InvalidInput { errors: Vec<InputError>, more: u64 },
+    /// The output could not be read, repaired or locked.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The output could not be opened.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The in-process simulator could not start.
+    #[error("starting the simulator: {0}")]
+    Mock(std::io::Error),
+    /// The configuration does not hold together.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn render_invalid(errors: &[InputError], more: u64) -> String {
+    let mut s = format!(
+        "the job file has {} problem{}; nothing was sent:",
+        errors.len() as u64 + more,
+        if errors.len() as u64 + more == 1 {
+            ""
+        } else {
+            "s"
+        }
+    );
+    for e in errors {
+        s.push_str("\n  ");
+        s.push_str(&e.to_string());
+    }
+    if more > 0 {
+        s.push_str(&format!(
+            "\n  ... and {more} more (bulkprompt validate lists them)"
+        ));
+    }
+    s
+}
+
+/// Whether `url` points at this machine.
+pub fn is_loopback(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// State shared by the dispatcher and the job tasks.
+struct Ctx {
+    client: Client,
+    limiter: Limiter,
+    counters: Arc<Counters>,
+    prices: PriceTable,
+    writer: std::sync::mpsc::Sender<WriterMsg>,
+    shutdown: Shutdown,
+    max_attempts: u32,
+    backoff: Backoff,
+    default_output_tokens: u64,
+    keep_response: bool,
+    api_key: Option<ApiKey>,
+    /// Set once a first answer shows the endpoint and key work; until then one request at a time.
+    opened: AtomicBool,
+    opened_notify: Notify,
+    /// Why the run was aborted, if it was.
+    abort: Mutex<Option<String>>,
+    abort_notify: Notify,
+    warned_unpriced: AtomicBool,
+}
+
+impl Ctx {
+    fn open(&self) {
+        if !self.opened.swap(true, Relaxed) {
+            self.opened_notify.notify_waiters();
+        }
+    }
+
+    fn abort(&self, reason: String) {
+        let mut a = self.abort.lock().unwrap_or_else(|p| p.into_inner());
+        if a.is_none() {
+            *a = Some(reason);
+        }
+        drop(a);
+        self.abort_notify.notify_waiters();
+        self.open();
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Resolves when the run is aborted or asked to stop admitting.
+    async fn stopping(&self) {
+        loop {
+            let notified = self.abort_notify.notified();
+            if self.aborted() {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.shutdown.reached(Phase::Draining) => return,
+            }
+        }
+    }
+
+    /// Never leak the key through a provider's error text.
+    fn scrub(&self, message: String) -> String {
+        match &self.api_key {
+            Some(k) if !k.expose().is_empty() && message.contains(k.expose()) => {
+                message.replace(k.expose(), "(redacted)")
+            }
+            _ => message,
+        }
+    }
+
+    fn charge(&self, job: &Job) -> u64 {
+        job.est_prompt_tokens as u64
+            + job
+                .max_output_tokens
+                .map_or(self.default_output_tokens, u64::from)
+    }
+
+    fn cost(&self, job: &Job, c: &Completion) -> (Option<Money>, Option<CostSource>) {
+        if let Some(usd) = c.provider_cost {
+            return (Some(Money::from_usd(usd)), Some(CostSource::Provider));
+        }
+        let price = self
+            .prices
+            .get(&job.model)
+            .or_else(|| c.response_model.as_deref().and_then(|m| self.prices.get(m)));
+        match (price, &c.usage) {
+            (Some(p), Some(u)) => (Some(p.cost(u)), Some(CostSource::PriceTable)),
+            (None, Some(_)) => {
+                self.counters.unpriced.fetch_add(1, Relaxed);
+                if !self.warned_unpriced.swap(true, Relaxed) {
+                    tracing::warn!("model {:?} has no known price: its cost is recorded as null (add it with --prices)", job.model);
+                }
+                (None, None)
+            }
+            (_, None) => (None, None),
+        }
+    }
+}
+
+/// What became of one job task.
+enum TaskEnd {
+    /// A record was handed to the writer.
+    Recorded,
+    /// Stopped before an answer (shutdown or abort): no record, the next run does it.
+    Abandoned,
+}
+
+fn base_record(job: &Job, started: SystemTime, attempts: u32, latency: Duration) -> Record {
+    Record {
+        id: job.id.to_string(),
+        index: job.index,
+        status: Status::Ok,
+        model: job.model.clone(),
+        response_model: None,
+        content: None,
+        finish_reason: None,
+        response: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        total_tokens: None,
+        cached_tokens: None,
+        reasoning_tokens: None,
+        cost_usd: None,
+        cost_source: None,
+        latency_ms: latency.as_millis() as u64,
+        attempts,
+        error: None,
+        started_at: timestamp(started),
+        finished_at: timestamp(SystemTime::now()),
+        metadata: job.metadata.clone(),
+        fingerprint: job.fingerprint.to_string(),
+    }
+}
+
+async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant) -> TaskEnd {
+    let started = SystemTime::now();
+    let charge = ctx.charge(&job);
+    let mut grant = Some(first);
+    let mut attempts = 0u32;
+    loop {
+        let g = match grant.take() {
+            Some(g) => g,
+            None => tokio::select! {
+                g = ctx.limiter.acquire(charge) => g,
+                _ = ctx.stopping() => return TaskEnd::Abandoned,
+            },
+        };
+        attempts += 1;
+        ctx.counters.requests.fetch_add(1, Relaxed);
+        let send = ctx.client.send(job.body.clone());
+        let (attempt, latency) = tokio::select! {
+            r = send => r,
+            _ = ctx.shutdown.reached(Phase::Now) => return TaskEnd::Abandoned,
+        };
+        let raw = match (&attempt, ctx.keep_response) {
+            (
+                crate::provider::Attempt::Http {
+                    status: 200..=299,
+                    body,
+                    ..
+                },
+                true,
+            ) => Some(body.clone()),
+            _ => None,
+        };
+        let failed = |kind: ErrorKind, status: Option<u16>, message: String| {
+            let mut r = base_record(&job, started, attempts, latency);
+            r.status = Status::Failed;
+            r.error = Some(RecordError {
+                kind,
+                http_status: status,
+                message: ctx.scrub(message),
+            });
+            r
+        };
+        let record = match classify(attempt, SystemTime::now()) {
+            Verdict::Done(c) => {
+                ctx.open();
+                let total = c.usage.map_or(charge, |u| u.prompt + u.completion);
+                ctx.limiter.reconcile(g, total);
+                let (cost, source) = ctx.cost(&job, &c);
+                let mut r = base_record(&job, started, attempts, latency);
+                let u: Option<Usage> = c.usage;
+                r.response_model = c.response_model;
+                r.content = c.content;
+                r.finish_reason = c.finish_reason;
+                r.prompt_tokens = u.map(|u| u.prompt);
+                r.completion_tokens = u.map(|u| u.completion);
+                r.total_tokens = u.map(|u| u.prompt + u.completion);
+                r.cached_tokens = u.map(|u| u.cached);
+                r.reasoning_tokens = u.map(|u| u.reasoning);
+                r.cost_usd = cost.map(Money::usd);
+                r.cost_source = source;
+                r.response = raw.and_then(|b| serde_json::from_slice(&b).ok());
+                r
+            }
+            Verdict::Retry {
+                kind,
+                status,
+                after,
+                message,
+            } => {
+                ctx.limiter.reconcile(g, 0);
+                if status.is_some() {
+                    ctx.open();
+                }
+                if kind == ErrorKind::RateLimited {
+                    ctx.counters.http_429.fetch_add(1, Relaxed);
+                    ctx.limiter.rate_limited(after);
+                }
+                if attempts >= ctx.max_attempts {
+                    failed(
+                        kind,
+                        status,
+                        format!("{message} (gave up after {attempts} attempts)"),
+                    )
+                } else {
+                    if ctx.shutdown.phase() >= Phase::Draining || ctx.aborted() {
+                        return TaskEnd::Abandoned;
+                    }
+                    ctx.counters.retry(kind);
+                    tracing::debug!(id = %job.id, attempt = attempts, kind = kind.as_str(), "retrying: {message}");
+                    let wait = ctx.backoff.delay(attempts, fastrand::f64(), after);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = ctx.stopping() => return TaskEnd::Abandoned,
+                    }
+                    continue;
+                }
+            }
+            Verdict::Fail {
+                kind,
+                status,
+                message,
+            } => {
+                ctx.open();
+                ctx.limiter.reconcile(g, 0);
+                failed(kind, status, message)
+            }
+            Verdict::Abort {
+                kind,
+                status,
+                message,
+            } => {
+                ctx.limiter.reconcile(g, 0);
+                let message = ctx.scrub(message);
+                ctx.abort(format!(
+                    "the provider refused the credentials (HTTP {status}): {message}; check --api-key-env and the key's access to the model"
+                ));
+                failed(kind, Some(status), message)
+            }
+        };
+        let _ = ctx.writer.send(WriterMsg::Record(Box::new(record)));
+        return TaskEnd::Recorded;
+    }
+}
+
+/// Tallies kept by the writer thread.
+#[derive(Default)]
+struct Tally {
+    latency: Histogram,
+}
+
+/// Runs a job file to completion (or until stopped) and reports how it went.
+pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let input = cfg.input.clone();
+    let max_errors = cfg.max_errors;
+    let validation = tokio::task::spawn_blocking(move || job::source::validate(&input, max_errors))
+        .await
+        .map_err(|e| RunError::Config(format!("validation task failed: {e}")))??;
+    if !validation.errors.is_empty() {
+        return Err(RunError::InvalidInput {
+            errors: validation.errors,
+            more: validation.more_errors,
+        });
+    }
+    let total_jobs = validation.jobs;
+
+    let base_url = match &cfg.endpoint {
+        Endpoint::Url(u) => u.clone(),
+        Endpoint::Mock(_) => "http://127.0.0.1/v1".into(),
+    };
+    if let Endpoint::Url(u) = &cfg.endpoint {
+        if u.starts_with("http://")
+            && cfg.api_key.is_some()
+            && !is_loopback(u)
+            && !cfg.allow_insecure_http
+        {
+            return Err(RunError::Config(format!(
+                "refusing to send the API key over plain http to {u}; use https, or pass --allow-insecure-http"
+            )));
+        }
+    }
+    if let Some(parent) = cfg.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| WriteError {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let _lock = OutputLock::acquire(&cfg.output)?;
+    if cfg.fresh {
+        std::fs::File::create(&cfg.output).map_err(|source| WriteError {
+            path: cfg.output.clone(),
+            source,
+        })?;
+    }
+    let out = cfg.output.clone();
+    let checkpoint: Checkpoint = tokio::task::spawn_blocking(move || checkpoint::scan(&out))
+        .await
+        .map_err(|e| RunError::Config(format!("checkpoint task failed: {e}")))??;
+    if checkpoint.repaired_bytes > 0 {
+        tracing::warn!(
+            "{}: cut {} bytes of a record torn by an earlier crash",
+            cfg.output.display(),
+            checkpoint.repaired_bytes
+        );
+    }
+
+    let _mock;
+    let base_url = match &cfg.endpoint {
+        Endpoint::Mock(mc) => {
+            let server = MockServer::start(([127, 0, 0, 1], 0).into(), mc.clone())
+                .await
+                .map_err(RunError::Mock)?;
+            let url = server.base_url();
+            _mock = Some(server);
+            url
+        }
+        Endpoint::Url(_) => {
+            _mock = None;
+            base_url
+        }
+    };
+    let client = Client::new(&ClientConfig {
+        base_url,
+        api_key: cfg.api_key.clone(),
+        headers: cfg.headers.clone(),
+        timeout: cfg.timeout,
+        pool_size: cfg.concurrency,
+        max_response_bytes: cfg.max_response_bytes,
+    })?;
+
+    let counters = Arc::new(Counters::default());
+    let writer = JsonlWriter::open(&cfg.output)?;
+    let (wtx, wrx) = std::sync::mpsc::channel();
+    let writer_failed = Arc::new(Notify::new());
+    let writer_thread = {
+        let counters = counters.clone();
+        let failed = writer_failed.clone();
+        std::thread::Builder::new()
+            .name("bulkprompt-writer".into())
+            .spawn(move || {
+                let mut tally = Tally::default();
+                let result = jsonl::drain(writer, wrx, |r| {
+                    tally.latency.record(r.latency_ms);
+                    match (&r.status, &r.error) {
+                        (Status::Ok, _) => {
+                            counters.ok.fetch_add(1, Relaxed);
+                        }
+                        (Status::Failed, e) => {
+                            counters.failed(e.as_ref().map_or(ErrorKind::Server, |e| e.kind))
+                        }
+                    }
+                    counters
+                        .prompt_tokens
+                        .fetch_add(r.prompt_tokens.unwrap_or(0), Relaxed);
+                    counters
+                        .completion_tokens
+                        .fetch_add(r.completion_tokens.unwrap_or(0), Relaxed);
+                    if let Some(c) = r.cost_usd {
+                        counters.spent.fetch_add(Money::from_usd(c).0, Relaxed);
+                    }
+                });
+                if result.is_err() {
+                    failed.notify_one();
+                }
+                (result, tally)
+            })
+            .map_err(|e| RunError::Config(format!("starting the writer: {e}")))?
+    };
+
+    let ctx = Arc::new(Ctx {
+        client,
+        limiter: Limiter::new(cfg.rpm, cfg.tpm),
+        counters: counters.clone(),
+        prices: cfg.prices.clone(),
+        writer: wtx,
+        shutdown: shutdown.clone(),
+        max_attempts: cfg.max_attempts.max(1),
+        backoff: cfg.backoff,
+        default_output_tokens: cfg.default_output_tokens,
+        keep_response: cfg.keep_response,
+        api_key: cfg.api_key.clone(),
+        opened: AtomicBool::new(false),
+        opened_notify: Notify::new(),
+        abort: Mutex::new(None),
+        abort_notify: Notify::new(),
+        warned_unpriced: AtomicBool::new(false),
+    });
+    let reporter = Reporter::start(cfg.progress, total_jobs, counters.clone());
+
+    // Dispatch.
+    let mut stream = JobStream::spawn(cfg.input.clone(), 1024)?;
+    let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let mut tasks: JoinSet<TaskEnd> = JoinSet::new();
+    let mut tally = DispatchTally::default();
+    let mut writer_broke = false;
+    let mut input_error = None;
+    let write_failed = writer_failed.notified();
+    tokio::pin!(write_failed);
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let next = tokio::select! {
+            biased;
+            _ = &mut write_failed => { writer_broke = true; break }
+            _ = ctx.stopping() => break,
+            j = stream.rx.recv() => j,
+        };
+        let job = match next {
+            None => break,
+            Some(Ok(job)) => job,
+            Some(Err(e)) => {
+                input_error = Some(e);
+                break;
+            }
+        };
+        tally.seen += 1;
+        match checkpoint.decide(&job, cfg.retry_failed) {
+            Decision::Done => {
+                tally.skipped_done += 1;
+                counters.skipped.fetch_add(1, Relaxed);
+                continue;
+            }
+            Decision::SkipFailed => {
+                tally.skipped_failed += 1;
+                counters.skipped.fetch_add(1, Relaxed);
+                continue;
+            }
+            Decision::New => tally.new += 1,
+            Decision::Retry => tally.retried += 1,
+            Decision::Changed => tally.changed += 1,
+        }
+        let charge = ctx.charge(&job);
+        let admitted = async {
+            let permit = permits.clone().acquire_owned().await.ok()?;
+            // The first request goes alone: a bad key or endpoint costs one call, not thousands.
+            if tally.dispatched > 0 {
+                let opened = ctx.opened_notify.notified();
+                if !ctx.opened.load(Relaxed) {
+                    opened.await;
+                }
+            }
+            let grant = ctx.limiter.acquire(charge).await;
+            Some((permit, grant))
+        };
+        let (permit, grant) = tokio::select! {
+            biased;
+            _ = &mut write_failed => { writer_broke = true; break }
+            _ = ctx.stopping() => break,
+            a = admitted => match a { Some(a) => a, None => break },
+        };
+        tally.dispatched += 1;
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            let end = execute(ctx, job, grant).await;
+            drop(permit);
+            end
+        });
+    }
+    drop(stream);
+    let stopped_early = ctx.shutdown.phase() >= Phase::Draining
+        || ctx.aborted()
+        || writer_broke
+        || input_error.is_some();
+
+    // Let calls in flight finish; on a stop, within the grace period.
+    if ctx.shutdown.phase() >= Phase::Draining {
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::warn!(
+                "stopping: waiting up to {}s for {in_flight} requests in flight (press Ctrl-C again to stop now)",
+                cfg.grace.as_secs()
+            );
+        }
+        tokio::select! {
+            _ = async { while tasks.join_next().await.is_some() {} } => {}
+            _ = tokio::time::sleep(cfg.grace) => {}
+            _ = ctx.shutdown.reached(Phase::Now) => {}
+        }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    } else {
+        // A write failure stops everything: further answers could not be kept anyway.
+        if !writer_broke {
+            tokio::select! {
+                _ = async { while tasks.join_next().await.is_some() {} } => {}
+                _ = &mut write_failed => {}
+            }
+        }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    let abort_reason = ctx.abort.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let ctx = Arc::into_inner(ctx);
+    drop(ctx); // closes the writer channel
+    reporter.finish().await;
+    let (write_result, wtally) = writer_thread
+        .join()
+        .map_err(|_| RunError::Config("the writer thread panicked".into()))?;
+    let write_error = write_result.err();
+
+    // One record per id: drop superseded lines once everything is written.
+    let rewrote = tally.retried + tally.changed > 0;
+    if write_error.is_none() && (checkpoint.has_superseded() || rewrote) {
+        let out = cfg.output.clone();
+        match tokio::task::spawn_blocking(move || checkpoint::compact(&out)).await {
+            Ok(Ok(n)) => tracing::debug!("compacted the output: {n} superseded records dropped"),
+            Ok(Err(e)) => tracing::warn!(
+                "could not compact the output (it stays valid; the next run retries): {e}"
+            ),
+            Err(e) => tracing::warn!("compaction task failed: {e}"),
+        }
+    }
+
+    let c = &counters;
+    let ok = c.ok.load(Relaxed);
+    let failed = c.failed.load(Relaxed);
+    let requests = c.requests.load(Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let not_run =
+        total_jobs.saturating_sub(tally.skipped_done + tally.skipped_failed + ok + failed);
+    // Failures in the output after this run: this run's, plus permanent ones it skipped.
+    let output_failed = failed + tally.skipped_failed;
+    let (outcome, message) = if let Some(e) = &write_error {
+        (
+            Outcome::OutputFailed,
+            Some(format!(
+                "{e}; what was written is valid, re-run to resume once fixed"
+            )),
+        )
+    } else if let Some(e) = &input_error {
+        (
+            Outcome::Aborted,
+            Some(format!("the job file changed while running: {e}")),
+        )
+    } else if let Some(r) = abort_reason {
+        (Outcome::Aborted, Some(r))
+    } else if shutdown.phase() >= Phase::Draining {
+        (Outcome::Interrupted, None)
+    } else if output_failed > 0 {
+        (Outcome::FailedJobs, None)
+    } else {
+        (Outcome::Completed, None)
+    };
+    let resume = (stopped_early || not_run > 0)
+        .then(|| cfg.resume_command.clone())
+        .flatten();
+    Ok(Summary {
+        outcome,
+        exit_code: outcome.exit_code(),
+        message,
+        input: cfg.input.path.display().to_string(),
+        output: cfg.output.display().to_string(),
+        jobs: total_jobs,
+        skipped_done: tally.skipped_done,
+        skipped_failed: tally.skipped_failed,
+        new: tally.new,
+        retried_failed: tally.retried,
+        changed: tally.changed,
+        not_run,
+        ok,
+        failed,
+        failed_by_kind: c.failed_by_kind(),
+        requests,
+        retries: c.retries_total(),
+        retries_by_reason: c.retries_by_reason(),
+        http_429: c.http_429.load(Relaxed),
+        prompt_tokens: c.prompt_tokens.load(Relaxed),
+        completion_tokens: c.completion_tokens.load(Relaxed),
+        cost_usd: c.spent().usd(),
+        unpriced_jobs: c.unpriced.load(Relaxed),
+        total_cost_usd: (checkpoint.totals.spent + c.spent()).usd(),
+        latency_ms: Latency::from(&wtally.latency),
+        elapsed_secs: elapsed,
+        requests_per_sec: requests as f64 / elapsed.max(1e-9),
+        output_failed,
+        resume_command: resume,
+    })
+}
+
+#[derive(Default)]
+struct DispatchTally {
+    seen: u64,
+    skipped_done: u64,
+    skipped_failed: u64,
+    new: u64,
+    retried: u64,
+    changed: u64,
+    dispatched: u64,
+}

@@ -1,0 +1,149 @@
+//! A tiny harness: a simulator on its own runtime, a temp dir with helpers to write job files
+//! and read records back as typed structs (unknown fields are an error), and the binary with a
+//! cleaned environment.
+
+use bulkprompt::mock::{MockConfig, MockServer, StatsSnapshot};
+use bulkprompt::output::Record;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub struct Mock {
+    server: MockServer,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Mock {
+    pub fn start(config: MockConfig) -> Mock {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt
+            .block_on(MockServer::start(([127, 0, 0, 1], 0).into(), config))
+            .unwrap();
+        Mock { server, _rt: rt }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.base_url()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.server.stats()
+    }
+
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.server
+            .bodies()
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect()
+    }
+}
+
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+/// `n` chat jobs with ids `j0`.. as JSONL.
+pub fn chat_jobs(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"j{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Summarize item number {i} of the test set.\"}}]}}\n"
+            )
+        })
+        .collect()
+}
+
+/// Every record of a JSONL output, typed.
+pub fn records(path: &Path) -> Vec<Record> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}:{}: {e}: {l}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Records by id, asserting each id appears once.
+pub fn records_by_id(path: &Path) -> HashMap<String, Record> {
+    let mut map = HashMap::new();
+    for r in records(path) {
+        let id = r.id.clone();
+        assert!(
+            map.insert(id.clone(), r).is_none(),
+            "id {id} appears twice in {}",
+            path.display()
+        );
+    }
+    map
+}
+
+/// The binary with an environment free of the user's bulkprompt settings.
+pub fn bulkprompt() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bulkprompt"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BULKPROMPT_") || k.ends_with("_API_KEY") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.stdin(std::process::Stdio::null());
+    c
+}
+
+/// `bulkprompt run INPUT -o OUT --endpoint URL --model m --quiet` plus `extra`.
+pub fn run(input: &Path, out: &Path, url: &str, extra: &[&str]) -> Output {
+    let mut c = bulkprompt();
+    c.arg("run")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .args(["--endpoint", url, "--quiet"]);
+    if !extra.contains(&"--model") {
+        c.args(["--model", "test-model"]);
+    }
+    c.args(extra);
+    c.output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts the exit code, showing stderr when it differs.
+pub fn assert_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit code; stderr:\n{}",
+        stderr(o)
+    );
+}
+
+/// Reads a `--summary-json` file.
+pub fn summary(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}

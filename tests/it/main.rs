@@ -1,0 +1,10 @@
+//! Integration tests: the real `bulkprompt` binary against the project's simulator on
+//! 127.0.0.1, port 0. One test binary; modules by concern.
+
+mod harness;
+
+mod core;
+mod input;
+mod ratelimit;
+mod resume;
+mod secrets;
