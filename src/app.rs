@@ -1,7 +1,7 @@
 //! The commands behind the binary: each turns parsed flags into a call on the library and
 //! returns the process exit code. `main` only parses, sets up logging and prints errors.
 
-use crate::cli::{Command, PricesArgs, RunArgs, ServeMockArgs, ValidateArgs};
+use crate::cli::{Command, PricesArgs, RunArgs, ServeMockArgs, StatusArgs, ValidateArgs};
 use crate::config::{self, ConfigError};
 use crate::cost::PriceTable;
 use crate::mock::{MockConfig, MockServer};
@@ -27,6 +27,7 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
     match command {
         Command::Run(args) => runtime(None)?.block_on(run_cmd(*args, argv)),
         Command::Validate(args) => validate_cmd(args),
+        Command::Status(args) => status_cmd(args),
         Command::ServeMock(args) => {
             let threads = args.threads;
             runtime(threads)?.block_on(serve_mock_cmd(args))
@@ -62,10 +63,26 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
     Ok(summary.exit_code)
 }
 
+fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
+    let s = crate::status::status(&args.output).map_err(|e| AppError::Run(e.into()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&s).unwrap_or_default()
+        );
+    } else {
+        let _ = out.write_all(s.render().as_bytes());
+    }
+    Ok(0)
+}
+
 fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {
     let spec = config::load_spec(&args.job)?;
     let input = config::resolve_input(&args.job, &spec)?;
-    let v = crate::job::source::validate(&input, args.max_errors.max(1)).map_err(RunError::from)?;
+    let v = crate::job::source::validate(&input, args.max_errors.max(1), false)
+        .map_err(RunError::from)?;
     let mut out = std::io::stdout().lock();
     let problems = v.errors.len() as u64 + v.more_errors;
     for e in &v.errors {

@@ -34,6 +34,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Read the whole job file and report every problem; sends nothing.
     Validate(ValidateArgs),
+    /// How an output stands against its job file: done, failed, changed, pending, spend.
+    Status(StatusArgs),
     /// Start the offline simulator of an OpenAI-compatible provider.
     ServeMock(ServeMockArgs),
     /// Print the effective price table.
@@ -139,6 +141,9 @@ pub struct RunArgs {
     /// Start over: truncate the output instead of resuming it.
     #[arg(long)]
     pub fresh: bool,
+    /// Drop records of ids that are no longer in the job file.
+    #[arg(long)]
+    pub prune: bool,
     /// Keep the provider's full response body in each record (`response`).
     #[arg(long)]
     pub keep_response: bool,
@@ -178,6 +183,15 @@ pub struct ValidateArgs {
     /// Problems to list at most.
     #[arg(long, default_value_t = 100)]
     pub max_errors: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The output of a run.
+    pub output: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -361,6 +361,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             .unwrap_or(1024),
         retry_failed: args.retry_failed,
         fresh: args.fresh,
+        prune: args.prune,
         keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
         prices,
         progress: if args.quiet {
@@ -371,7 +372,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             ProgressMode::Auto
         },
         grace: secs(args.grace.or(spec.grace).unwrap_or(30.0), "--grace")?,
-        resume_command: Some(resume_command(argv)),
+        argv: argv.to_vec(),
         max_errors: 20,
     })
 }

@@ -22,3 +22,4 @@ pub mod retry;
 pub mod run;
 pub mod secret;
 pub mod shutdown;
+pub mod status;

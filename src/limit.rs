@@ -211,7 +211,10 @@ mod tests {
         let n = count_in(&l, Duration::from_secs(60), 0).await;
         assert!((585..=600).contains(&n), "{n} requests in the first minute");
         let n = count_in(&l, Duration::from_secs(60), 0).await;
-        assert!((580..=600).contains(&n), "{n} requests in the second minute");
+        assert!(
+            (580..=600).contains(&n),
+            "{n} requests in the second minute"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 //! admits nothing more, lets in-flight calls finish within the grace period, and always
 //! leaves the output whole.
 
-use crate::checkpoint::{self, Checkpoint, CheckpointError, Decision, OutputLock};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, Decision, OutputLock, RunMeta};
 use crate::cost::{Money, PriceTable, Usage};
 use crate::histogram::Histogram;
 use crate::job::{self, InputError, InputSpec, Job, JobStream};
@@ -56,12 +56,14 @@ pub struct RunConfig {
     pub default_output_tokens: u64,
     pub retry_failed: bool,
     pub fresh: bool,
+    /// Drop records of ids no longer in the job file.
+    pub prune: bool,
     pub keep_response: bool,
     pub prices: PriceTable,
     pub progress: ProgressMode,
     pub grace: Duration,
-    /// The command to print for resuming after an interruption.
-    pub resume_command: Option<String>,
+    /// The command line, for the resume hint and the output's meta.
+    pub argv: Vec<String>,
     /// Problems `validate` lists before giving up.
     pub max_errors: usize,
 }
@@ -112,6 +114,25 @@ fn render_invalid(errors: &[InputError], more: u64) -> String {
         ));
     }
     s
+}
+
+/// What this run is, for the output's meta.
+fn run_meta(cfg: &RunConfig) -> RunMeta {
+    let input = std::fs::canonicalize(&cfg.input.path).unwrap_or_else(|_| cfg.input.path.clone());
+    RunMeta {
+        bulkprompt: env!("CARGO_PKG_VERSION").into(),
+        input: input.display().to_string(),
+        endpoint: match &cfg.endpoint {
+            Endpoint::Url(u) => u.trim_end_matches('/').to_string(),
+            Endpoint::Mock(_) => "mock".into(),
+        },
+        model: cfg.input.defaults.model.clone(),
+        argv: cfg.argv.clone(),
+        cwd: std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        updated_at: timestamp(SystemTime::now()),
+    }
 }
 
 /// Whether `url` points at this machine.
@@ -395,9 +416,11 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     let started = Instant::now();
     let input = cfg.input.clone();
     let max_errors = cfg.max_errors;
-    let validation = tokio::task::spawn_blocking(move || job::source::validate(&input, max_errors))
-        .await
-        .map_err(|e| RunError::Config(format!("validation task failed: {e}")))??;
+    let prune = cfg.prune;
+    let validation =
+        tokio::task::spawn_blocking(move || job::source::validate(&input, max_errors, prune))
+            .await
+            .map_err(|e| RunError::Config(format!("validation task failed: {e}")))??;
     if !validation.errors.is_empty() {
         return Err(RunError::InvalidInput {
             errors: validation.errors,
@@ -405,6 +428,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         });
     }
     let total_jobs = validation.jobs;
+    let input_ids = validation.ids;
 
     let base_url = match &cfg.endpoint {
         Endpoint::Url(u) => u.clone(),
@@ -428,6 +452,17 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         })?;
     }
     let _lock = OutputLock::acquire(&cfg.output)?;
+    let meta = run_meta(&cfg);
+    let has_records = std::fs::metadata(&cfg.output).is_ok_and(|m| m.len() > 0);
+    if let (false, true, Some(old)) = (cfg.fresh, has_records, RunMeta::load(&cfg.output)?) {
+        if let Some(diff) = old.compare(&meta) {
+            return Err(RunError::Config(format!(
+                "{} was written by a different run ({diff}); pass --fresh to start it over, or -o to write elsewhere",
+                cfg.output.display()
+            )));
+        }
+    }
+    meta.store(&cfg.output)?;
     if cfg.fresh {
         std::fs::File::create(&cfg.output).map_err(|source| WriteError {
             path: cfg.output.clone(),
@@ -641,9 +676,18 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
 
     // One record per id: drop superseded lines once everything is written.
     let rewrote = tally.retried + tally.changed > 0;
-    if write_error.is_none() && (checkpoint.has_superseded() || rewrote) {
+    let prune_ids = input_ids.filter(|_| !stopped_early);
+    if write_error.is_none() && (checkpoint.has_superseded() || rewrote || prune_ids.is_some()) {
         let out = cfg.output.clone();
-        match tokio::task::spawn_blocking(move || checkpoint::compact(&out)).await {
+        let compacted = tokio::task::spawn_blocking(move || {
+            let keep = prune_ids.map(|ids| move |k: &crate::job::IdKey| ids.contains_key(k));
+            checkpoint::compact(
+                &out,
+                keep.as_ref()
+                    .map(|k| k as &dyn Fn(&crate::job::IdKey) -> bool),
+            )
+        });
+        match compacted.await {
             Ok(Ok(n)) => tracing::debug!("compacted the output: {n} superseded records dropped"),
             Ok(Err(e)) => tracing::warn!(
                 "could not compact the output (it stays valid; the next run retries): {e}"
@@ -682,9 +726,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     } else {
         (Outcome::Completed, None)
     };
-    let resume = (stopped_early || not_run > 0)
-        .then(|| cfg.resume_command.clone())
-        .flatten();
+    let resume = (stopped_early || not_run > 0).then(|| crate::config::resume_command(&cfg.argv));
     Ok(Summary {
         outcome,
         exit_code: outcome.exit_code(),

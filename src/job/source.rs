@@ -86,15 +86,23 @@ pub struct Validation {
     pub errors: Vec<InputError>,
     /// More problems than the cap were found.
     pub more_errors: u64,
+    /// Every id's hash and line, when asked for (`--prune` needs them).
+    pub ids: Option<HashMap<IdKey, u64>>,
 }
 
 /// Reads every job, checks ids are unique, and collects up to `max_errors` problems.
-pub fn validate(spec: &InputSpec, max_errors: usize) -> Result<Validation, InputError> {
+/// With `keep_ids`, the ids are handed back.
+pub fn validate(
+    spec: &InputSpec,
+    max_errors: usize,
+    keep_ids: bool,
+) -> Result<Validation, InputError> {
     let mut seen: HashMap<IdKey, u64> = HashMap::new();
     let mut v = Validation {
         jobs: 0,
         errors: Vec::new(),
         more_errors: 0,
+        ids: None,
     };
     let push = |v: &mut Validation, e: InputError| {
         if v.errors.len() < max_errors {
@@ -135,6 +143,9 @@ pub fn validate(spec: &InputSpec, max_errors: usize) -> Result<Validation, Input
         return Err(InputError::Empty {
             file: spec.path.clone(),
         });
+    }
+    if keep_ids {
+        v.ids = Some(seen);
     }
     Ok(v)
 }

@@ -115,6 +115,8 @@ struct State {
     started: std::time::SystemTime,
     next_id: AtomicU64,
     bodies: Mutex<Vec<Bytes>>,
+    /// The fail rate as f64 bits, changeable while serving (outage, then recovery).
+    fail_rate: AtomicU64,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -138,6 +140,7 @@ impl MockServer {
             started: std::time::SystemTime::now(),
             next_id: AtomicU64::new(0),
             bodies: Mutex::new(Vec::new()),
+            fail_rate: AtomicU64::new(config.fail_rate.to_bits()),
             stats: stats.clone(),
             config,
         });
@@ -186,6 +189,11 @@ impl MockServer {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Changes the share of requests answered 5xx, while serving.
+    pub fn set_fail_rate(&self, rate: f64) {
+        self.state.fail_rate.store(rate.to_bits(), Relaxed);
     }
 
     /// The chat request bodies received (only with `capture_bodies`).
@@ -402,7 +410,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
         stats.hung.fetch_add(1, Relaxed);
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
-    if fault < cfg.hang_rate + cfg.fail_rate {
+    if fault < cfg.hang_rate + f64::from_bits(state.fail_rate.load(Relaxed)) {
         stats.server_errors.fetch_add(1, Relaxed);
         let r = (fault * 1e6) as u64 % 3;
         let (status, msg) = match r {

@@ -86,31 +86,32 @@ pub enum Verdict {
 
 /// Judges one attempt. `now` resolves `Retry-After` dates.
 pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
-    let (status, retry_after, reset_requests, reset_tokens, body) =
-        match attempt {
-            Attempt::Transport { kind, message } => {
-                return Verdict::Retry {
-                    kind,
-                    status: None,
-                    after: None,
-                    message,
-                }
+    let (status, retry_after, reset_requests, reset_tokens, body) = match attempt {
+        Attempt::Transport { kind, message } => {
+            return Verdict::Retry {
+                kind,
+                status: None,
+                after: None,
+                message,
             }
-            Attempt::TooLarge { status, limit } => return Verdict::Fail {
+        }
+        Attempt::TooLarge { status, limit } => {
+            return Verdict::Fail {
                 kind: ErrorKind::BadResponse,
                 status: Some(status),
                 message: format!(
                     "response body over the {limit}-byte limit (--max-response-bytes); not read"
                 ),
-            },
-            Attempt::Http {
-                status,
-                retry_after,
-                reset_requests,
-                reset_tokens,
-                body,
-            } => (status, retry_after, reset_requests, reset_tokens, body),
-        };
+            }
+        }
+        Attempt::Http {
+            status,
+            retry_after,
+            reset_requests,
+            reset_tokens,
+            body,
+        } => (status, retry_after, reset_requests, reset_tokens, body),
+    };
     let message = || error_message(&body);
     match status {
         200..=299 => match parse_completion(&body) {

@@ -34,6 +34,10 @@ impl Mock {
         self.server.stats()
     }
 
+    pub fn set_fail_rate(&self, rate: f64) {
+        self.server.set_fail_rate(rate);
+    }
+
     pub fn bodies(&self) -> Vec<serde_json::Value> {
         self.server
             .bodies()
@@ -116,6 +120,11 @@ pub fn bulkprompt() -> std::process::Command {
 
 /// `bulkprompt run INPUT -o OUT --endpoint URL --model m --quiet` plus `extra`.
 pub fn run(input: &Path, out: &Path, url: &str, extra: &[&str]) -> Output {
+    run_cmd(input, out, url, extra).output().unwrap()
+}
+
+/// The command [`run`] runs, to spawn or adjust.
+pub fn run_cmd(input: &Path, out: &Path, url: &str, extra: &[&str]) -> std::process::Command {
     let mut c = bulkprompt();
     c.arg("run")
         .arg(input)
@@ -126,7 +135,7 @@ pub fn run(input: &Path, out: &Path, url: &str, extra: &[&str]) -> Output {
         c.args(["--model", "test-model"]);
     }
     c.args(extra);
-    c.output().unwrap()
+    c
 }
 
 pub fn stderr(o: &Output) -> String {

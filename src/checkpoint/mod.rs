@@ -2,8 +2,16 @@
 //! by a crash, and builds the done set, a map from each id's 128-bit hash to its last record's
 //! fingerprint and state (24 bytes an id, never the ids or the records themselves). `compact`
 //! rewrites the file to hold exactly one record per id, the latest, by way of a temporary file
-//! and a rename, so a crash mid-way leaves the old file whole. `OutputLock` keeps two runs from
-//! writing one output at once.
+//! and a rename, so a crash mid-way leaves the old file whole ([`compact`]). [`OutputLock`]
+//! keeps two runs from writing one output at once; [`RunMeta`] remembers what wrote it.
+
+mod compact;
+mod lock;
+mod meta;
+
+pub use compact::compact;
+pub use lock::OutputLock;
+pub use meta::{MetaMismatch, RunMeta};
 
 use crate::cost::Money;
 use crate::job::source::{LineReader, RawLine};
@@ -11,7 +19,7 @@ use crate::job::{Fingerprint, IdKey, Job};
 use crate::output::{RecordHead, Status};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Problems with an existing output.
@@ -151,7 +159,7 @@ impl Checkpoint {
     }
 }
 
-fn io_err(path: &Path) -> impl Fn(io::Error) -> CheckpointError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl Fn(io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
@@ -169,17 +177,29 @@ pub fn state_of(head: &RecordHead) -> DoneState {
 
 /// Reads an output (if it exists), repairing a torn last line.
 pub fn scan(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    scan_with(path, true)
+}
+
+/// Reads an output without changing it (for `status`, which may look while a run writes):
+/// a torn last line is skipped instead of cut.
+pub fn scan_read_only(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    scan_with(path, false)
+}
+
+fn scan_with(path: &Path, repair: bool) -> Result<Checkpoint, CheckpointError> {
     let mut cp = Checkpoint::default();
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+    let mut file = match OpenOptions::new().read(true).write(repair).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(cp),
         Err(e) => return Err(io_err(path)(e)),
     };
-    cp.repaired_bytes = repair_tail(&mut file).map_err(io_err(path))?;
-    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    if repair {
+        cp.repaired_bytes = repair_tail(&mut file).map_err(io_err(path))?;
+        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    }
     // Count per id so totals use only each id's last record.
     let mut latest: HashMap<IdKey, (DoneState, u64, u64)> = HashMap::new();
-    for_each_head(path, file, |line, head| {
+    for_each_head(path, file, !repair, |line, head| {
         let fp = Fingerprint::parse(&head.fingerprint).ok_or_else(|| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             line,
@@ -242,78 +262,54 @@ fn repair_tail(file: &mut File) -> io::Result<u64> {
 }
 
 /// Calls `f` with each line's number and head.
-fn for_each_head(
+pub(crate) fn for_each_head(
     path: &Path,
     file: File,
+    tolerate_torn_tail: bool,
     mut f: impl FnMut(u64, RecordHead) -> Result<(), CheckpointError>,
 ) -> Result<(), CheckpointError> {
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);
+    let mut bad: Option<(u64, String)> = None;
     while let Some(raw) = lines.next_line().map_err(io_err(path))? {
         let RawLine::Line { line } = raw else {
             continue;
         };
+        let corrupt = |(line, message)| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        if let Some(b) = bad.take() {
+            return Err(corrupt(b));
+        }
         if lines.bytes().is_empty() {
             continue;
         }
-        let head: RecordHead =
-            serde_json::from_slice(lines.bytes()).map_err(|e| CheckpointError::Corrupt {
-                path: path.to_path_buf(),
-                line,
-                message: e.to_string(),
-            })?;
-        f(line, head)?;
-    }
-    Ok(())
-}
-
-/// Rewrites the output keeping only the last record of each id. Returns the lines dropped.
-pub fn compact(path: &Path) -> Result<u64, CheckpointError> {
-    let open = || File::open(path).map_err(io_err(path));
-    let mut last: HashMap<IdKey, u64> = HashMap::new();
-    for_each_head(path, open()?, |line, head| {
-        last.insert(IdKey::of(head.id.as_bytes()), line);
-        Ok(())
-    })?;
-    let tmp = temp_path(path);
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
-    let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, open()?), usize::MAX);
-    let mut dropped = 0;
-    while let Some(RawLine::Line { line }) = lines.next_line().map_err(io_err(path))? {
-        let bytes = lines.bytes();
-        if bytes.is_empty() {
-            continue;
-        }
-        let head: RecordHead =
-            serde_json::from_slice(bytes).map_err(|e| CheckpointError::Corrupt {
-                path: path.to_path_buf(),
-                line,
-                message: e.to_string(),
-            })?;
-        if last.get(&IdKey::of(head.id.as_bytes())) == Some(&line) {
-            out.write_all(bytes)
-                .and_then(|_| out.write_all(b"\n"))
-                .map_err(io_err(&tmp))?;
-        } else {
-            dropped += 1;
+        match serde_json::from_slice::<RecordHead>(lines.bytes()) {
+            Ok(head) => f(line, head)?,
+            Err(e) => bad = Some((line, e.to_string())),
         }
     }
-    let file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(path);
-    Ok(dropped)
+    match bad {
+        // A read-only scan may meet the last line of a run still writing it.
+        Some((line, message)) if !tolerate_torn_tail => Err(CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            message,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `OUT.jsonl` -> `OUT.jsonl.compact.tmp`, beside it so the rename stays on one filesystem.
-fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".compact.tmp");
     path.with_file_name(name)
 }
 
 /// Makes a rename durable. Best effort: not every platform can fsync a directory.
-fn sync_dir(path: &Path) {
+pub(crate) fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -326,51 +322,11 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// An exclusive OS lock on `OUT.lock`, held for the whole run; the lock file names the pid.
-pub struct OutputLock {
-    _file: File,
-}
-
-impl OutputLock {
-    pub fn acquire(output: &Path) -> Result<Self, CheckpointError> {
-        let mut name = output.file_name().unwrap_or_default().to_os_string();
-        name.push(".lock");
-        let path = output.with_file_name(name);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut text = String::new();
-                let _ = file.read_to_string(&mut text);
-                return Err(CheckpointError::Locked {
-                    path: output.to_path_buf(),
-                    pid: text.trim().parse().ok(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
-        }
-        file.set_len(0).map_err(io_err(&path))?;
-        write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
-        Ok(OutputLock { _file: file })
-    }
-}
-
-/// Opens a file for line reading (used by `status`).
-pub fn open_lines(path: &Path) -> Result<impl BufRead, CheckpointError> {
-    Ok(BufReader::new(File::open(path).map_err(io_err(path))?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn line(id: &str, status: &str, fp: u128, kind: Option<&str>) -> String {
+    pub(super) fn line(id: &str, status: &str, fp: u128, kind: Option<&str>) -> String {
         let error = kind.map_or("null".to_string(), |k| {
             format!("{{\"kind\":\"{k}\",\"http_status\":null,\"message\":\"x\"}}")
         });
@@ -425,35 +381,5 @@ mod tests {
         .unwrap();
         let e = scan(&p).unwrap_err().to_string();
         assert!(e.contains("out.jsonl:2: not a bulkprompt record"), "{e}");
-    }
-
-    #[test]
-    fn compact_keeps_the_last_record_of_each_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("out.jsonl");
-        let text = [
-            line("a", "failed", 1, Some("server")),
-            line("b", "ok", 1, None),
-            line("a", "ok", 1, None),
-        ]
-        .concat();
-        std::fs::write(&p, text).unwrap();
-        assert!(scan(&p).unwrap().has_superseded());
-        assert_eq!(compact(&p).unwrap(), 1);
-        let after = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(
-            after,
-            [line("b", "ok", 1, None), line("a", "ok", 1, None)].concat()
-        );
-        assert!(!scan(&p).unwrap().has_superseded());
-    }
-
-    #[test]
-    fn second_lock_names_the_first_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("out.jsonl");
-        let _held = OutputLock::acquire(&p).unwrap();
-        let e = OutputLock::acquire(&p).err().unwrap().to_string();
-        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
     }
 }

@@ -1,0 +1,57 @@
+//! One writer per output: an exclusive OS lock (`flock`) on `OUT.lock`, held for the whole run
+//! and released by the kernel however the process ends, `kill -9` included. The file holds the
+//! holder's pid so the refusal can name it.
+
+use super::{io_err, CheckpointError};
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// An exclusive OS lock on `OUT.lock`, held for the whole run; the lock file names the pid.
+pub struct OutputLock {
+    _file: std::fs::File,
+}
+
+impl OutputLock {
+    pub fn acquire(output: &Path) -> Result<Self, CheckpointError> {
+        let mut name = output.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let path = output.with_file_name(name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(CheckpointError::Locked {
+                    path: output.to_path_buf(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        file.set_len(0).map_err(io_err(&path))?;
+        write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
+        Ok(OutputLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_names_the_first_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        let _held = OutputLock::acquire(&p).unwrap();
+        let e = OutputLock::acquire(&p).err().unwrap().to_string();
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+    }
+}

@@ -1,0 +1,160 @@
+//! `bulkprompt status OUT`: what an output holds against its job file. The job file and its
+//! settings are found again from the command line stored in the output's meta, so the answer
+//! uses the same fingerprints a resume would: done, failed (by class), changed, pending, and
+//! records whose job is no longer in the file.
+
+use crate::checkpoint::{self, CheckpointError, Decision, RunMeta};
+use crate::cli::{Cli, Command};
+use crate::config;
+use crate::job::IdKey;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// How an output stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub output: String,
+    pub input: Option<String>,
+    /// Ids with a record.
+    pub records: u64,
+    pub ok: u64,
+    pub failed_transient: u64,
+    pub failed_permanent: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub spent_usd: f64,
+    /// Against the job file (absent when it could not be read).
+    pub jobs: Option<JobCounts>,
+    /// Why the job file could not be compared.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobCounts {
+    pub total: u64,
+    pub done: u64,
+    /// Failed before and retried by the next run.
+    pub retry: u64,
+    /// Failed permanently; the next run skips them unless --retry-failed.
+    pub failed_permanent: u64,
+    /// Request changed since its record: the next run redoes them.
+    pub changed: u64,
+    /// Never run.
+    pub pending: u64,
+    /// Records of ids no longer in the job file (kept unless --prune).
+    pub orphaned: u64,
+}
+
+/// Reads `output` (without changing it) and compares it with its job file.
+pub fn status(output: &Path) -> Result<Status, CheckpointError> {
+    if !output.exists() {
+        return Err(CheckpointError::Io {
+            path: output.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such output"),
+        });
+    }
+    let cp = checkpoint::scan_read_only(output)?;
+    let t = &cp.totals;
+    let mut s = Status {
+        output: output.display().to_string(),
+        records: cp.ids(),
+        ok: t.ok,
+        failed_transient: t.failed_transient,
+        failed_permanent: t.failed_permanent,
+        prompt_tokens: t.prompt_tokens,
+        completion_tokens: t.completion_tokens,
+        spent_usd: t.spent.usd(),
+        ..Default::default()
+    };
+    let meta = match RunMeta::load(output)? {
+        Some(m) => m,
+        None => {
+            s.note =
+                Some("no run metadata beside the output: cannot compare with a job file".into());
+            return Ok(s);
+        }
+    };
+    s.input = Some(meta.input.clone());
+    match compare(&meta, &cp) {
+        Ok(j) => s.jobs = Some(j),
+        Err(e) => s.note = Some(e),
+    }
+    Ok(s)
+}
+
+fn compare(meta: &RunMeta, cp: &checkpoint::Checkpoint) -> Result<JobCounts, String> {
+    use clap::Parser;
+    let cli = Cli::try_parse_from(&meta.argv)
+        .map_err(|e| format!("cannot re-read the run's command line: {e}"))?;
+    let Command::Run(args) = cli.command else {
+        return Err("the stored command line is not a run".into());
+    };
+    // Relative paths were relative to where the run started.
+    let base = PathBuf::from(&meta.cwd);
+    let mut job = args.job.clone();
+    for p in [&mut job.input, &mut job.spec, &mut job.template_file]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    let spec = config::load_spec(&job).map_err(|e| e.to_string())?;
+    let input = config::resolve_input(&job, &spec).map_err(|e| e.to_string())?;
+    let jobs = input.open().map_err(|e| e.to_string())?;
+    let mut c = JobCounts::default();
+    let mut seen: HashSet<IdKey> = HashSet::new();
+    for j in jobs {
+        let j = j.map_err(|e| format!("the job file has a problem now: {e}"))?;
+        c.total += 1;
+        let decision = cp.decide(&j, false);
+        if decision != Decision::New {
+            seen.insert(j.id.key());
+        }
+        match decision {
+            Decision::Done => c.done += 1,
+            Decision::Retry => c.retry += 1,
+            Decision::SkipFailed => c.failed_permanent += 1,
+            Decision::Changed => c.changed += 1,
+            Decision::New => c.pending += 1,
+        }
+    }
+    c.orphaned = cp.ids().saturating_sub(seen.len() as u64);
+    Ok(c)
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        let mut s = format!("{}\n", self.output);
+        if let Some(i) = &self.input {
+            s.push_str(&format!("  job file:  {i}\n"));
+        }
+        s.push_str(&format!(
+            "  records:   {} ids: {} ok, {} failed transiently, {} failed permanently\n",
+            self.records, self.ok, self.failed_transient, self.failed_permanent
+        ));
+        if let Some(j) = &self.jobs {
+            s.push_str(&format!(
+                "  jobs:      {} in file: {} done, {} to retry, {} failed permanently (--retry-failed), {} changed, {} pending\n",
+                j.total, j.done, j.retry, j.failed_permanent, j.changed, j.pending
+            ));
+            if j.orphaned > 0 {
+                s.push_str(&format!("  orphaned:  {} records of ids no longer in the job file (--prune drops them)\n", j.orphaned));
+            }
+        }
+        s.push_str(&format!(
+            "  tokens:    {} in, {} out\n",
+            self.prompt_tokens, self.completion_tokens
+        ));
+        s.push_str(&format!(
+            "  spend:     {}\n",
+            crate::cost::Money::from_usd(self.spent_usd)
+        ));
+        if let Some(n) = &self.note {
+            s.push_str(&format!("  note:      {n}\n"));
+        }
+        s
+    }
+}
