@@ -7,6 +7,7 @@
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Decision, OutputLock, RunMeta};
 use crate::cost::{Money, PriceTable, Usage};
 use crate::histogram::Histogram;
+use crate::job::keys::KeyMap;
 use crate::job::{self, InputError, InputSpec, Job, JobStream};
 use crate::limit::{Grant, Limiter};
 use crate::mock::{MockConfig, MockServer};
@@ -411,29 +412,20 @@ struct Tally {
     latency: Histogram,
 }
 
-/// Runs a job file to completion (or until stopped) and reports how it went.
-pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError> {
-    let started = Instant::now();
-    let input = cfg.input.clone();
-    let max_errors = cfg.max_errors;
-    let prune = cfg.prune;
-    let validation =
-        tokio::task::spawn_blocking(move || job::source::validate(&input, max_errors, prune))
-            .await
-            .map_err(|e| RunError::Config(format!("validation task failed: {e}")))??;
-    if !validation.errors.is_empty() {
-        return Err(RunError::InvalidInput {
-            errors: validation.errors,
-            more: validation.more_errors,
-        });
-    }
-    let total_jobs = validation.jobs;
-    let input_ids = validation.ids;
+/// What a run knows before it sends anything.
+struct Prepared {
+    /// Jobs in the file.
+    jobs: u64,
+    /// Their ids, kept only for `--prune`.
+    input_ids: Option<KeyMap>,
+    checkpoint: Checkpoint,
+    _lock: OutputLock,
+}
 
-    let base_url = match &cfg.endpoint {
-        Endpoint::Url(u) => u.clone(),
-        Endpoint::Mock(_) => "http://127.0.0.1/v1".into(),
-    };
+/// Checks the configuration, locks the output, and reads the job file and the output (at the
+/// same time: they are independent, and on two cores that halves the wait for the first
+/// request). Nothing is sent and nothing is written to the output before this succeeds.
+async fn prepare(cfg: &RunConfig, started: Instant) -> Result<Prepared, RunError> {
     if let Endpoint::Url(u) = &cfg.endpoint {
         if u.starts_with("http://")
             && cfg.api_key.is_some()
@@ -451,8 +443,8 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             source,
         })?;
     }
-    let _lock = OutputLock::acquire(&cfg.output)?;
-    let meta = run_meta(&cfg);
+    let lock = OutputLock::acquire(&cfg.output)?;
+    let meta = run_meta(cfg);
     let has_records = std::fs::metadata(&cfg.output).is_ok_and(|m| m.len() > 0);
     if let (false, true, Some(old)) = (cfg.fresh, has_records, RunMeta::load(&cfg.output)?) {
         if let Some(diff) = old.compare(&meta) {
@@ -462,17 +454,30 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             )));
         }
     }
-    meta.store(&cfg.output)?;
-    if cfg.fresh {
-        std::fs::File::create(&cfg.output).map_err(|source| WriteError {
-            path: cfg.output.clone(),
-            source,
-        })?;
-    }
+    let joined = |e: tokio::task::JoinError| RunError::Config(format!("reading task failed: {e}"));
+    let (input, max_errors, prune) = (cfg.input.clone(), cfg.max_errors, cfg.prune);
+    let validation =
+        tokio::task::spawn_blocking(move || job::source::validate(&input, max_errors, prune));
     let out = cfg.output.clone();
-    let checkpoint: Checkpoint = tokio::task::spawn_blocking(move || checkpoint::scan(&out))
-        .await
-        .map_err(|e| RunError::Config(format!("checkpoint task failed: {e}")))??;
+    let scan = (!cfg.fresh).then(|| tokio::task::spawn_blocking(move || checkpoint::scan(&out)));
+    let validation = validation.await.map_err(joined)??;
+    let checkpoint = match scan {
+        Some(scan) => scan.await.map_err(joined)??,
+        None => Checkpoint::default(),
+    };
+    if !validation.errors.is_empty() {
+        return Err(RunError::InvalidInput {
+            errors: validation.errors,
+            more: validation.more_errors,
+        });
+    }
+    tracing::debug!(
+        "read {} jobs and {} records of {} ids; ready at {:.2}s",
+        validation.jobs,
+        checkpoint.lines,
+        checkpoint.ids(),
+        started.elapsed().as_secs_f64()
+    );
     if checkpoint.repaired_bytes > 0 {
         tracing::warn!(
             "{}: cut {} bytes of a record torn by an earlier crash",
@@ -480,9 +485,37 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             checkpoint.repaired_bytes
         );
     }
+    meta.store(&cfg.output)?;
+    if cfg.fresh {
+        std::fs::File::create(&cfg.output).map_err(|source| WriteError {
+            path: cfg.output.clone(),
+            source,
+        })?;
+    }
+    Ok(Prepared {
+        jobs: validation.jobs,
+        input_ids: validation.ids,
+        checkpoint,
+        _lock: lock,
+    })
+}
+
+/// Runs a job file to completion (or until stopped) and reports how it went.
+pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let Prepared {
+        jobs: total_jobs,
+        input_ids,
+        checkpoint,
+        _lock,
+    } = prepare(&cfg, started).await?;
 
     let _mock;
     let base_url = match &cfg.endpoint {
+        Endpoint::Url(u) => {
+            _mock = None;
+            u.clone()
+        }
         Endpoint::Mock(mc) => {
             let server = MockServer::start(([127, 0, 0, 1], 0).into(), mc.clone())
                 .await
@@ -490,10 +523,6 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             let url = server.base_url();
             _mock = Some(server);
             url
-        }
-        Endpoint::Url(_) => {
-            _mock = None;
-            base_url
         }
     };
     let client = Client::new(&ClientConfig {
@@ -579,7 +608,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             biased;
             _ = &mut write_failed => { writer_broke = true; break }
             _ = ctx.stopping() => break,
-            j = stream.rx.recv() => j,
+            j = stream.next() => j,
         };
         let job = match next {
             None => break,
@@ -680,7 +709,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     if write_error.is_none() && (checkpoint.has_superseded() || rewrote || prune_ids.is_some()) {
         let out = cfg.output.clone();
         let compacted = tokio::task::spawn_blocking(move || {
-            let keep = prune_ids.map(|ids| move |k: &crate::job::IdKey| ids.contains_key(k));
+            let keep = prune_ids.map(|ids| move |k: &crate::job::IdKey| ids.contains(k));
             checkpoint::compact(
                 &out,
                 keep.as_ref()

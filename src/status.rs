@@ -6,9 +6,8 @@
 use crate::checkpoint::{self, CheckpointError, Decision, RunMeta};
 use crate::cli::{Cli, Command};
 use crate::config;
-use crate::job::IdKey;
+use crate::job::keys::KeyMap;
 use serde::Serialize;
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// How an output stands.
@@ -105,13 +104,13 @@ fn compare(meta: &RunMeta, cp: &checkpoint::Checkpoint) -> Result<JobCounts, Str
     let input = config::resolve_input(&job, &spec).map_err(|e| e.to_string())?;
     let jobs = input.open().map_err(|e| e.to_string())?;
     let mut c = JobCounts::default();
-    let mut seen: HashSet<IdKey> = HashSet::new();
+    let mut seen = KeyMap::default();
     for j in jobs {
         let j = j.map_err(|e| format!("the job file has a problem now: {e}"))?;
         c.total += 1;
         let decision = cp.decide(&j, false);
         if decision != Decision::New {
-            seen.insert(j.id.key());
+            seen.push(j.id.key(), 0);
         }
         match decision {
             Decision::Done => c.done += 1,

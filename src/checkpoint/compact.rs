@@ -4,10 +4,10 @@
 //! either the old file or the new one, whole.
 
 use super::{for_each_head, io_err, sync_dir, temp_path, CheckpointError};
+use crate::job::keys::KeyMap;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
 use crate::output::RecordHead;
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
@@ -16,11 +16,13 @@ use std::path::Path;
 /// Returns the lines dropped.
 pub fn compact(path: &Path, keep: Option<&dyn Fn(&IdKey) -> bool>) -> Result<u64, CheckpointError> {
     let open = || File::open(path).map_err(io_err(path));
-    let mut last: HashMap<IdKey, u64> = HashMap::new();
+    let mut last = KeyMap::default();
     for_each_head(path, open()?, false, |line, head| {
-        last.insert(IdKey::of(head.id.as_bytes()), line);
+        last.push(IdKey::of(head.id.as_bytes()), line);
         Ok(())
     })?;
+    last.seal();
+    last.keep_last();
     let tmp = temp_path(path);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, open()?), usize::MAX);
@@ -37,7 +39,7 @@ pub fn compact(path: &Path, keep: Option<&dyn Fn(&IdKey) -> bool>) -> Result<u64
                 message: e.to_string(),
             })?;
         let key = IdKey::of(head.id.as_bytes());
-        if last.get(&key) == Some(&line) && keep.is_none_or(|k| k(&key)) {
+        if last.get(&key) == Some(line) && keep.is_none_or(|k| k(&key)) {
             out.write_all(bytes)
                 .and_then(|_| out.write_all(b"\n"))
                 .map_err(io_err(&tmp))?;

@@ -14,10 +14,10 @@ pub use lock::OutputLock;
 pub use meta::{MetaMismatch, RunMeta};
 
 use crate::cost::Money;
+use crate::job::keys::KeyMap;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::{Fingerprint, IdKey, Job};
 use crate::output::{RecordHead, Status};
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -97,7 +97,8 @@ pub enum Decision {
     Changed,
 }
 
-/// Totals of the records in an output, counting only each id's last record.
+/// Totals of the records in an output: states by each id's last record; tokens and spend over
+/// every line, superseded ones included (what was bought was bought).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Totals {
     pub ok: u64,
@@ -105,14 +106,13 @@ pub struct Totals {
     pub failed_permanent: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// Spend over every line, superseded ones included: money spent is spent.
     pub spent: Money,
 }
 
 /// The done set and what the scan found.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
-    done: HashMap<IdKey, Entry>,
+    done: KeyMap,
     /// Lines in the file.
     pub lines: u64,
     /// Bytes cut from a torn last line.
@@ -140,7 +140,7 @@ impl Checkpoint {
     }
 
     fn decide_key(&self, key: IdKey, fp: Fingerprint, retry_failed: bool) -> Decision {
-        match self.done.get(&key) {
+        match self.done.get(&key).map(Entry) {
             None => Decision::New,
             Some(e) if e.fingerprint() != fp.short() & FP_MASK => Decision::Changed,
             Some(e) => match e.state() {
@@ -152,10 +152,10 @@ impl Checkpoint {
         }
     }
 
-    /// Notes a record written in this run (so a later duplicate decision sees it).
-    pub fn record(&mut self, key: IdKey, fp: Fingerprint, state: DoneState) {
+    /// Notes a record read from the output.
+    fn push(&mut self, key: IdKey, fp: Fingerprint, state: DoneState) {
         self.lines += 1;
-        self.done.insert(key, Entry::new(fp.short(), state));
+        self.done.push(key, Entry::new(fp.short(), state).0);
     }
 }
 
@@ -197,8 +197,6 @@ fn scan_with(path: &Path, repair: bool) -> Result<Checkpoint, CheckpointError> {
         cp.repaired_bytes = repair_tail(&mut file).map_err(io_err(path))?;
         file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
     }
-    // Count per id so totals use only each id's last record.
-    let mut latest: HashMap<IdKey, (DoneState, u64, u64)> = HashMap::new();
     for_each_head(path, file, !repair, |line, head| {
         let fp = Fingerprint::parse(&head.fingerprint).ok_or_else(|| CheckpointError::Corrupt {
             path: path.to_path_buf(),
@@ -207,28 +205,22 @@ fn scan_with(path: &Path, repair: bool) -> Result<Checkpoint, CheckpointError> {
         })?;
         let key = IdKey::of(head.id.as_bytes());
         let state = state_of(&head);
-        cp.record(key, fp, state);
+        cp.push(key, fp, state);
         if let Some(c) = head.cost_usd {
             cp.totals.spent += Money::from_usd(c);
         }
-        latest.insert(
-            key,
-            (
-                state,
-                head.prompt_tokens.unwrap_or(0),
-                head.completion_tokens.unwrap_or(0),
-            ),
-        );
+        cp.totals.prompt_tokens += head.prompt_tokens.unwrap_or(0);
+        cp.totals.completion_tokens += head.completion_tokens.unwrap_or(0);
         Ok(())
     })?;
-    for (state, p, c) in latest.into_values() {
+    cp.done.seal();
+    cp.done.keep_last();
+    for state in cp.done.values().map(|v| Entry(v).state()) {
         match state {
             DoneState::Ok => cp.totals.ok += 1,
             DoneState::Transient => cp.totals.failed_transient += 1,
             DoneState::Permanent => cp.totals.failed_permanent += 1,
         }
-        cp.totals.prompt_tokens += p;
-        cp.totals.completion_tokens += c;
     }
     Ok(cp)
 }

@@ -4,6 +4,7 @@
 
 pub mod csv;
 pub mod jsonl;
+pub mod keys;
 pub mod request;
 pub mod source;
 pub mod template;
@@ -46,7 +47,7 @@ impl fmt::Display for JobId {
 
 /// A 128-bit hash of a job id, stored as two `u64`s so that a map entry keyed by it packs into
 /// 24 bytes with an 8-byte value (a `u128` would force 16-byte alignment and 32-byte entries).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct IdKey([u64; 2]);
 
 impl IdKey {
@@ -151,6 +152,14 @@ pub enum InputError {
 }
 
 impl InputError {
+    /// The line a problem is on (0 when it is about the whole file).
+    pub fn line(&self) -> u64 {
+        match self {
+            InputError::Invalid { at, .. } | InputError::DuplicateId { at, .. } => at.line,
+            InputError::Io { .. } | InputError::Empty { .. } => 0,
+        }
+    }
+
     pub fn invalid(file: &std::path::Path, line: u64, message: impl Into<String>) -> Self {
         InputError::Invalid {
             at: Location {

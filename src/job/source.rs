@@ -6,8 +6,9 @@
 
 use super::csv::CsvJobs;
 use super::jsonl::JsonlJobs;
+use super::keys::KeyMap;
 use super::request::JobDefaults;
-use super::{IdKey, InputError, Job, Location};
+use super::{InputError, Job, Location};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -87,56 +88,35 @@ pub struct Validation {
     /// More problems than the cap were found.
     pub more_errors: u64,
     /// Every id's hash and line, when asked for (`--prune` needs them).
-    pub ids: Option<HashMap<IdKey, u64>>,
+    pub ids: Option<KeyMap>,
 }
 
 /// Reads every job, checks ids are unique, and collects up to `max_errors` problems.
-/// With `keep_ids`, the ids are handed back.
+/// With `keep_ids`, the ids are handed back. Ids cost 24 bytes each while it runs.
 pub fn validate(
     spec: &InputSpec,
     max_errors: usize,
     keep_ids: bool,
 ) -> Result<Validation, InputError> {
-    let mut seen: HashMap<IdKey, u64> = HashMap::new();
-    let mut v = Validation {
-        jobs: 0,
-        errors: Vec::new(),
-        more_errors: 0,
-        ids: None,
-    };
-    let push = |v: &mut Validation, e: InputError| {
-        if v.errors.len() < max_errors {
-            v.errors.push(e);
-        } else {
-            v.more_errors += 1;
-        }
-    };
+    let mut ids = KeyMap::default();
+    let mut errors = Vec::new();
+    let mut problems = 0u64;
+    let mut jobs = 0u64;
     let mut any_line = false;
     for job in spec.open()? {
         any_line = true;
         match job {
             Ok(job) => {
-                if let Some(first_line) = seen.insert(job.id.key(), job.line) {
-                    seen.insert(job.id.key(), first_line);
-                    let at = Location {
-                        file: spec.path.clone(),
-                        line: job.line,
-                        column: None,
-                    };
-                    push(
-                        &mut v,
-                        InputError::DuplicateId {
-                            at,
-                            id: job.id.to_string(),
-                            first_line,
-                        },
-                    );
-                } else {
-                    v.jobs += 1;
-                }
+                ids.push(job.id.key(), job.line);
+                jobs += 1;
             }
             Err(e @ InputError::Io { .. }) => return Err(e),
-            Err(e) => push(&mut v, e),
+            Err(e) => {
+                problems += 1;
+                if errors.len() < max_errors {
+                    errors.push(e);
+                }
+            }
         }
     }
     if !any_line {
@@ -144,36 +124,90 @@ pub fn validate(
             file: spec.path.clone(),
         });
     }
-    if keep_ids {
-        v.ids = Some(seen);
+    ids.seal();
+    // Duplicates are rare: find their lines from the sorted hashes, then read the ids' text
+    // back from the file only for those lines.
+    let repeats: HashMap<u64, u64> = ids.repeats().map(|(_, first, dup)| (dup, first)).collect();
+    if !repeats.is_empty() {
+        jobs -= repeats.len() as u64;
+        problems += repeats.len() as u64;
+        for job in spec.open()?.flatten() {
+            if let Some(&first_line) = repeats.get(&job.line) {
+                if errors.len() < max_errors {
+                    errors.push(InputError::DuplicateId {
+                        at: Location {
+                            file: spec.path.clone(),
+                            line: job.line,
+                            column: None,
+                        },
+                        id: job.id.to_string(),
+                        first_line,
+                    });
+                }
+            }
+        }
+        errors.sort_by_key(InputError::line);
     }
-    Ok(v)
+    Ok(Validation {
+        jobs,
+        more_errors: problems - errors.len() as u64,
+        errors,
+        ids: keep_ids.then_some(ids),
+    })
 }
 
-/// Jobs flowing from a reader thread to the scheduler.
+/// Jobs flowing from a reader thread to the scheduler, in batches (one channel hand-off per
+/// batch, not per job: a resume that skips a million done jobs is bound by parsing, not by
+/// thread wake-ups).
 pub struct JobStream {
-    pub rx: mpsc::Receiver<Result<Job, InputError>>,
+    rx: mpsc::Receiver<Vec<Result<Job, InputError>>>,
+    batch: std::vec::IntoIter<Result<Job, InputError>>,
 }
+
+const BATCH: usize = 64;
 
 impl JobStream {
-    /// Starts the reader thread. It stops when the receiver is dropped.
+    /// Starts the reader thread with room for `capacity` jobs in flight. It stops when the
+    /// stream is dropped.
     pub fn spawn(spec: InputSpec, capacity: usize) -> Result<Self, InputError> {
         let jobs = spec.open()?;
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = mpsc::channel((capacity / BATCH).max(1));
         std::thread::Builder::new()
             .name("bulkprompt-reader".into())
             .spawn(move || {
+                let mut batch = Vec::with_capacity(BATCH);
                 for job in jobs {
-                    if tx.blocking_send(job).is_err() {
-                        break;
+                    batch.push(job);
+                    if batch.len() == BATCH
+                        && tx
+                            .blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                            .is_err()
+                    {
+                        return;
                     }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.blocking_send(batch);
                 }
             })
             .map_err(|source| InputError::Io {
                 file: spec.path.clone(),
                 source,
             })?;
-        Ok(JobStream { rx })
+        Ok(JobStream {
+            rx,
+            batch: Vec::new().into_iter(),
+        })
+    }
+
+    /// The next job, or `None` at the end of the file.
+    pub async fn next(&mut self) -> Option<Result<Job, InputError>> {
+        loop {
+            if let Some(job) = self.batch.next() {
+                return Some(job);
+            }
+            self.batch = self.rx.recv().await?.into_iter();
+        }
     }
 }
 
