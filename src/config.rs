@@ -108,11 +108,33 @@ impl Spec {
         .flatten()
         {
             if p.is_relative() {
-                *p = dir.join(&*p);
+                *p = lexical_join(dir, p);
             }
         }
         Ok(spec)
     }
+}
+
+/// `jobs` + `../out/x.jsonl` -> `out/x.jsonl`: joins and folds `..` without touching the disk
+/// (the target may not exist yet), so messages show the path a person would write.
+fn lexical_join(dir: &Path, rel: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in dir.join(rel).components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 fn env(name: &str) -> Option<String> {
@@ -442,6 +464,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown field `modle`"));
+    }
+
+    #[test]
+    fn spec_relative_paths_fold_parent_dirs() {
+        assert_eq!(
+            lexical_join(Path::new("jobs"), Path::new("../out/x.jsonl")),
+            PathBuf::from("out/x.jsonl")
+        );
+        assert_eq!(
+            lexical_join(Path::new(""), Path::new("../x")),
+            PathBuf::from("../x")
+        );
+        assert_eq!(
+            lexical_join(Path::new("/a/b"), Path::new("./c")),
+            PathBuf::from("/a/b/c")
+        );
     }
 
     #[test]

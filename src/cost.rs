@@ -22,6 +22,16 @@ impl Money {
     pub fn usd(self) -> f64 {
         self.0 as f64 / 1e12
     }
+
+    /// Four significant figures, for a progress line: `$0.005610`, `$12.35`.
+    pub fn short(self) -> String {
+        let usd = self.usd();
+        if usd >= 1.0 {
+            format!("${usd:.2}")
+        } else {
+            format!("${usd:.6}")
+        }
+    }
 }
 
 impl std::ops::Add for Money {

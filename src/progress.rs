@@ -276,6 +276,15 @@ impl Summary {
     }
 }
 
+/// 1234 -> "1.2k", 5600000 -> "5.6M".
+fn human(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
+}
+
 /// Draws progress until dropped.
 pub struct Reporter {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -298,7 +307,7 @@ impl Reporter {
                 let bar = indicatif::ProgressBar::new(total);
                 bar.set_style(
                     indicatif::ProgressStyle::with_template(
-                        "{bar:30.cyan/blue} {pos}/{len} {percent}% · {msg} · ETA {eta}",
+                        "{bar:20.cyan/blue} {pos}/{len} · {msg} · ETA {eta}",
                     )
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
@@ -322,9 +331,9 @@ impl Reporter {
                 let msg = format!(
                     "{:.0} req/s · tok {}/{} · {} · {} retries · {} failed",
                     c.requests.load(Relaxed) as f64 / secs,
-                    c.prompt_tokens.load(Relaxed),
-                    c.completion_tokens.load(Relaxed),
-                    c.spent(),
+                    human(c.prompt_tokens.load(Relaxed)),
+                    human(c.completion_tokens.load(Relaxed)),
+                    c.spent().short(),
                     c.retries_total(),
                     c.failed.load(Relaxed),
                 );
