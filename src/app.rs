@@ -28,6 +28,7 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
         Command::Run(args) => runtime(None)?.block_on(run_cmd(*args, argv)),
         Command::Validate(args) => validate_cmd(args),
         Command::Status(args) => status_cmd(args),
+        Command::Estimate(args) => estimate_cmd(args),
         Command::ServeMock(args) => {
             let threads = args.threads;
             runtime(threads)?.block_on(serve_mock_cmd(args))
@@ -61,6 +62,22 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
             .map_err(|e| AppError::Other(format!("{}: {e}", path.display())))?;
     }
     Ok(summary.exit_code)
+}
+
+fn estimate_cmd(args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
+    let cfg = config::resolve_estimate(&args)?;
+    let e = crate::estimate::estimate(&cfg).map_err(RunError::from)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&e).unwrap_or_default()
+        );
+    } else {
+        let _ = out.write_all(e.render().as_bytes());
+    }
+    Ok(0)
 }
 
 fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
@@ -147,8 +164,28 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
 }
 
 fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
-    let table =
-        PriceTable::load(args.prices.as_deref()).map_err(|e| AppError::Other(e.to_string()))?;
+    if let Some(url) = &args.sync {
+        let path = args
+            .output
+            .clone()
+            .or_else(PriceTable::user_file)
+            .ok_or_else(|| {
+                AppError::Other("no home directory: give the file to write with -o".into())
+            })?;
+        let table = runtime(Some(1))?
+            .block_on(crate::prices_sync::fetch(url))
+            .map_err(|e| AppError::Other(e.to_string()))?;
+        crate::prices_sync::write(&table, url, &path)
+            .map_err(|e| AppError::Other(e.to_string()))?;
+        eprintln!(
+            "bulkprompt: synced {} model prices into {}",
+            table.iter().count(),
+            path.display()
+        );
+        return Ok(0);
+    }
+    let table = PriceTable::load_effective(args.prices.as_deref())
+        .map_err(|e| AppError::Other(e.to_string()))?;
     let per_m = |p: u64| p as f64 / 1e6;
     let mut out = std::io::stdout().lock();
     if args.json {

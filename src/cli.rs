@@ -34,6 +34,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Read the whole job file and report every problem; sends nothing.
     Validate(ValidateArgs),
+    /// Count jobs and prompt tokens and price them per model; sends nothing.
+    Estimate(EstimateArgs),
     /// How an output stands against its job file: done, failed, changed, pending, spend.
     Status(StatusArgs),
     /// Start the offline simulator of an OpenAI-compatible provider.
@@ -135,6 +137,10 @@ pub struct RunArgs {
     /// Output tokens the limiter reserves for jobs without max_tokens [default: 1024].
     #[arg(long)]
     pub reserve_output_tokens: Option<u64>,
+    /// Hard cap in US dollars on the cost recorded in the output, over all runs; dispatch stops
+    /// before a job that could cross it (exit 3).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
     /// Also retry jobs whose earlier record is a permanent failure (400, 404, 413, 422).
     #[arg(long)]
     pub retry_failed: bool,
@@ -186,6 +192,33 @@ pub struct ValidateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// An earlier output: its median answer length is the typical case [default: the run's output, if it exists].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Typical answer length in tokens (overrides the earlier output's median).
+    #[arg(long)]
+    pub assume_output_tokens: Option<u64>,
+    /// Output tokens assumed for jobs without max_tokens in the worst case [default: 1024].
+    #[arg(long)]
+    pub reserve_output_tokens: Option<u64>,
+    /// Requests per minute, for the time estimate.
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute, for the time estimate.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Price table overrides (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The output of a run.
     pub output: PathBuf,
@@ -230,9 +263,16 @@ pub struct ServeMockArgs {
 
 #[derive(Debug, Args)]
 pub struct PricesArgs {
-    /// Price table overrides (TOML).
+    /// Price table overrides (TOML) [default: ~/.config/bulkprompt/prices.toml if present].
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
+    /// Read prices from an OpenRouter-style model list (a base URL such as
+    /// https://openrouter.ai/api/v1, or its /models) and write them to the user's price file.
+    #[arg(long, value_name = "URL")]
+    pub sync: Option<String>,
+    /// With --sync: the file to write [default: ~/.config/bulkprompt/prices.toml].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

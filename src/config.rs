@@ -64,6 +64,7 @@ pub struct Spec {
     pub retry_base_ms: Option<u64>,
     pub reserve_output_tokens: Option<u64>,
     pub keep_response: Option<bool>,
+    pub max_cost: Option<f64>,
     pub prices: Option<PathBuf>,
     pub grace: Option<f64>,
     pub referer: Option<String>,
@@ -318,8 +319,10 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         .or_else(|| spec.api_key_env.clone())
         .or_else(|| env("BULKPROMPT_API_KEY_ENV"));
     let api_key = match (&key_var, &endpoint) {
-        // The in-process simulator needs no key; send one only if it is there.
+        // The simulator and loopback servers (vLLM, a local mock) need no key: send one only if
+        // the variable is set.
         (Some(var), Endpoint::Mock(_)) => env(var).map(ApiKey::new),
+        (Some(var), Endpoint::Url(u)) if crate::run::is_loopback(u) => env(var).map(ApiKey::new),
         (Some(var), _) => Some(ApiKey::new(env(var).ok_or_else(|| {
             ConfigError::Invalid(format!("--api-key-env {var}: the environment variable {var} is not set or empty"))
         })?)),
@@ -348,7 +351,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
     let prices_path = args.prices.clone().or_else(|| spec.prices.clone());
-    let prices = PriceTable::load(prices_path.as_deref())
+    let prices = PriceTable::load_effective(prices_path.as_deref())
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let concurrency = args.concurrency.or(spec.concurrency).unwrap_or(64);
     if concurrency == 0 {
@@ -382,6 +385,15 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             .or(spec.reserve_output_tokens)
             .unwrap_or(1024),
         retry_failed: args.retry_failed,
+        max_cost: match args.max_cost.or(spec.max_cost) {
+            Some(usd) if usd.is_finite() && usd >= 0.0 => Some(crate::cost::Money::from_usd(usd)),
+            Some(usd) => {
+                return Err(ConfigError::Invalid(format!(
+                    "--max-cost {usd}: expected a dollar amount"
+                )))
+            }
+            None => None,
+        },
         fresh: args.fresh,
         prune: args.prune,
         keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
@@ -396,6 +408,33 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         grace: secs(args.grace.or(spec.grace).unwrap_or(30.0), "--grace")?,
         argv: argv.to_vec(),
         max_errors: 20,
+    })
+}
+
+/// Resolves `estimate`'s flags and spec.
+pub fn resolve_estimate(
+    args: &crate::cli::EstimateArgs,
+) -> Result<crate::estimate::EstimateConfig, ConfigError> {
+    let spec = load_spec(&args.job)?;
+    let input = resolve_input(&args.job, &spec)?;
+    let output = args
+        .output
+        .clone()
+        .or_else(|| spec.output.clone())
+        .unwrap_or_else(|| default_output(&input.path));
+    let prices = PriceTable::load_effective(args.prices.as_deref().or(spec.prices.as_deref()))
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    Ok(crate::estimate::EstimateConfig {
+        input,
+        prices,
+        rpm: args.rpm.or(spec.rpm),
+        tpm: args.tpm.or(spec.tpm),
+        assume_output_tokens: args.assume_output_tokens,
+        reserve_output_tokens: args
+            .reserve_output_tokens
+            .or(spec.reserve_output_tokens)
+            .unwrap_or(1024),
+        output: output.exists().then_some(output),
     })
 }
 

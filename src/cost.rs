@@ -76,8 +76,9 @@ pub struct Usage {
 
 impl Price {
     /// Cost of one response. Cached input tokens are part of `prompt` and are billed at the
-    /// cached price; reasoning tokens are part of `completion` and billed as output.
-    pub fn cost(&self, u: &Usage) -> Money {
+    /// cached price; reasoning tokens are part of `completion` and billed as output; input
+    /// images at the per-image price where one is published.
+    pub fn cost(&self, u: &Usage, images: u32) -> Money {
         let cached = u.cached.min(u.prompt);
         let fresh = u.prompt - cached;
         let cached_price = self.cached_input.unwrap_or(self.input);
@@ -85,8 +86,24 @@ impl Price {
             fresh
                 .saturating_mul(self.input)
                 .saturating_add(cached.saturating_mul(cached_price))
-                .saturating_add(u.completion.saturating_mul(self.output)),
+                .saturating_add(u.completion.saturating_mul(self.output))
+                .saturating_add(u64::from(images).saturating_mul(self.image.unwrap_or(0))),
         )
+    }
+
+    /// The most a request can cost: every prompt token at the full input price, the whole
+    /// output allowance, every image.
+    pub fn worst_case(&self, prompt_tokens: u64, output_tokens: u64, images: u32) -> Money {
+        let u = Usage {
+            prompt: prompt_tokens,
+            completion: output_tokens,
+            ..Usage::default()
+        };
+        let full = Price {
+            cached_input: None,
+            ..*self
+        };
+        full.cost(&u, images)
     }
 }
 
@@ -144,6 +161,28 @@ impl PriceTable {
         t
     }
 
+    /// The user's price file: `$XDG_CONFIG_HOME/bulkprompt/prices.toml`, else
+    /// `~/.config/bulkprompt/prices.toml` (where `prices --sync` writes).
+    pub fn user_file() -> Option<std::path::PathBuf> {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|h| std::path::PathBuf::from(h).join(".config"))
+            })?;
+        Some(base.join("bulkprompt").join("prices.toml"))
+    }
+
+    /// Embedded prices, the user file's if it exists, then `file`'s (which must exist).
+    pub fn load_effective(file: Option<&Path>) -> Result<Self, PriceError> {
+        match file {
+            Some(f) => Self::load(Some(f)),
+            None => Self::load(Self::user_file().filter(|p| p.exists()).as_deref()),
+        }
+    }
+
     /// Embedded prices with `file`'s entries on top.
     pub fn load(file: Option<&Path>) -> Result<Self, PriceError> {
         let mut t = Self::embedded();
@@ -178,6 +217,10 @@ impl PriceTable {
         Ok(())
     }
 
+    pub fn insert(&mut self, model: &str, price: Price) {
+        self.models.insert(model.to_string(), price);
+    }
+
     pub fn get(&self, model: &str) -> Option<&Price> {
         self.models.get(model)
     }
@@ -200,7 +243,7 @@ mod tests {
             completion: 1_000_000,
             ..Default::default()
         };
-        assert_eq!(lite.cost(&u), Money::from_usd(0.375));
+        assert_eq!(lite.cost(&u, 0), Money::from_usd(0.375));
         let flash = t.get("google/gemini-2.0-flash-001").unwrap();
         let u = Usage {
             prompt: 123,
@@ -208,8 +251,8 @@ mod tests {
             ..Default::default()
         };
         // 123 * 0.10e-6 + 45 * 0.40e-6 = 0.0000303
-        assert_eq!(flash.cost(&u).0, 30_300_000);
-        assert_eq!(flash.cost(&u).to_string(), "$0.000030");
+        assert_eq!(flash.cost(&u, 0).0, 30_300_000);
+        assert_eq!(flash.cost(&u, 0).to_string(), "$0.000030");
         assert!(t.get("google/gemini-2.0-flash").is_some());
     }
 
@@ -226,7 +269,7 @@ mod tests {
         };
         let mut total = Money::ZERO;
         for _ in 0..1_000_000 {
-            total += p.cost(&u);
+            total += p.cost(&u, 0);
         }
         assert_eq!(total.0, 1_000_000 * (7 * 75_000 + 3 * 300_000));
     }
@@ -245,6 +288,13 @@ mod tests {
             completion: 1,
             reasoning: 0,
         };
-        assert_eq!(p.cost(&u).0, 6 * 100 + 4 * 25 + 400);
+        assert_eq!(p.cost(&u, 0).0, 6 * 100 + 4 * 25 + 400);
+        assert_eq!(p.cost(&u, 2).0, 6 * 100 + 4 * 25 + 400);
+        let img = Price {
+            image: Some(619_000_000),
+            ..p
+        };
+        assert_eq!(img.cost(&u, 2).0, 6 * 100 + 4 * 25 + 400 + 2 * 619_000_000);
+        assert_eq!(img.worst_case(10, 1, 1).0, 10 * 100 + 400 + 619_000_000);
     }
 }

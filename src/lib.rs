@@ -7,15 +7,18 @@
 //! and the benchmarks.
 
 pub mod app;
+pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod cost;
+pub mod estimate;
 pub mod histogram;
 pub mod job;
 pub mod limit;
 pub mod mock;
 pub mod output;
+pub mod prices_sync;
 pub mod progress;
 pub mod provider;
 pub mod retry;

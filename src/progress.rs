@@ -328,12 +328,22 @@ impl Reporter {
                 let c = &counters;
                 let done = c.ok.load(Relaxed) + c.failed.load(Relaxed);
                 let secs = started.elapsed().as_secs_f64().max(0.001);
+                // Projected spend: this run's average cost a job, times the jobs left.
+                let to_run = total.saturating_sub(c.skipped.load(Relaxed));
+                let spent = c.spent();
+                let projected = match done {
+                    0 => String::new(),
+                    d => format!(
+                        " of ~{}",
+                        Money((spent.0 as f64 / d as f64 * to_run as f64) as u64).short()
+                    ),
+                };
                 let msg = format!(
-                    "{:.0} req/s · tok {}/{} · {} · {} retries · {} failed",
+                    "{:.0} req/s · tok {}/{} · {}{projected} · {} retries · {} failed",
                     c.requests.load(Relaxed) as f64 / secs,
                     human(c.prompt_tokens.load(Relaxed)),
                     human(c.completion_tokens.load(Relaxed)),
-                    c.spent().short(),
+                    spent.short(),
                     c.retries_total(),
                     c.failed.load(Relaxed),
                 );

@@ -4,6 +4,7 @@
 //! admits nothing more, lets in-flight calls finish within the grace period, and always
 //! leaves the output whole.
 
+use crate::budget::{Budget, CapReached, LocalBudget, Reservation};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, Decision, OutputLock, RunMeta};
 use crate::cost::{Money, PriceTable, Usage};
 use crate::histogram::Histogram;
@@ -56,6 +57,8 @@ pub struct RunConfig {
     /// Output tokens charged to the limiter for jobs without `max_tokens`.
     pub default_output_tokens: u64,
     pub retry_failed: bool,
+    /// Hard cap on the money recorded in the output, over all runs.
+    pub max_cost: Option<Money>,
     pub fresh: bool,
     /// Drop records of ids no longer in the job file.
     pub prune: bool,
@@ -169,6 +172,30 @@ struct Ctx {
     abort: Mutex<Option<String>>,
     abort_notify: Notify,
     warned_unpriced: AtomicBool,
+    budget: Option<Arc<dyn Budget>>,
+}
+
+/// A job's hold on the budget; settles with zero if the job ends without a record (shutdown,
+/// abort, or its task dropped), so an abandoned job never keeps money reserved.
+struct Hold {
+    budget: Arc<dyn Budget>,
+    reservation: Option<Reservation>,
+}
+
+impl Hold {
+    fn settle(mut self, actual: Money) {
+        if let Some(r) = self.reservation.take() {
+            self.budget.settle(r, actual);
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.budget.settle(r, Money::ZERO);
+        }
+    }
 }
 
 impl Ctx {
@@ -220,10 +247,27 @@ impl Ctx {
     }
 
     fn charge(&self, job: &Job) -> u64 {
-        job.est_prompt_tokens as u64
-            + job
-                .max_output_tokens
-                .map_or(self.default_output_tokens, u64::from)
+        job.est_prompt_tokens as u64 + self.output_allowance(job)
+    }
+
+    fn output_allowance(&self, job: &Job) -> u64 {
+        job.max_output_tokens
+            .map_or(self.default_output_tokens, u64::from)
+    }
+
+    /// The most `job` can cost. Prompt tokens are bounded by half the request body's bytes: a
+    /// byte-level BPE token is at least one byte, natural language averages three to four
+    /// bytes a token, and the body also carries JSON punctuation, tools and schemas.
+    fn worst_case(&self, job: &Job) -> Money {
+        match self.prices.get(&job.model) {
+            Some(p) => p.worst_case(
+                job.body.len().div_ceil(2) as u64,
+                self.output_allowance(job),
+                job.images,
+            ),
+            // Refused before the run starts under --max-cost.
+            None => Money(u64::MAX / 4),
+        }
     }
 
     fn cost(&self, job: &Job, c: &Completion) -> (Option<Money>, Option<CostSource>) {
@@ -235,7 +279,7 @@ impl Ctx {
             .get(&job.model)
             .or_else(|| c.response_model.as_deref().and_then(|m| self.prices.get(m)));
         match (price, &c.usage) {
-            (Some(p), Some(u)) => (Some(p.cost(u)), Some(CostSource::PriceTable)),
+            (Some(p), Some(u)) => (Some(p.cost(u, job.images)), Some(CostSource::PriceTable)),
             (None, Some(_)) => {
                 self.counters.unpriced.fetch_add(1, Relaxed);
                 if !self.warned_unpriced.swap(true, Relaxed) {
@@ -283,7 +327,7 @@ fn base_record(job: &Job, started: SystemTime, attempts: u32, latency: Duration)
     }
 }
 
-async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant) -> TaskEnd {
+async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
     let started = SystemTime::now();
     let charge = ctx.charge(&job);
     let mut grant = Some(first);
@@ -324,6 +368,7 @@ async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant) -> TaskEnd {
             });
             r
         };
+        let mut cost_of_record = Money::ZERO;
         let record = match classify(attempt, SystemTime::now()) {
             Verdict::Done(c) => {
                 ctx.open();
@@ -342,6 +387,7 @@ async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant) -> TaskEnd {
                 r.reasoning_tokens = u.map(|u| u.reasoning);
                 r.cost_usd = cost.map(Money::usd);
                 r.cost_source = source;
+                cost_of_record = cost.unwrap_or(Money::ZERO);
                 r.response = raw.and_then(|b| serde_json::from_slice(&b).ok());
                 r
             }
@@ -401,6 +447,9 @@ async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant) -> TaskEnd {
                 failed(kind, Some(status), message)
             }
         };
+        if let Some(h) = hold {
+            h.settle(cost_of_record);
+        }
         let _ = ctx.writer.send(WriterMsg::Record(Box::new(record)));
         return TaskEnd::Recorded;
     }
@@ -470,6 +519,27 @@ async fn prepare(cfg: &RunConfig, started: Instant) -> Result<Prepared, RunError
             errors: validation.errors,
             more: validation.more_errors,
         });
+    }
+    if let Some(cap) = cfg.max_cost {
+        let unpriced: Vec<&str> = validation
+            .models
+            .iter()
+            .filter(|m| cfg.prices.get(m).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unpriced.is_empty() {
+            return Err(RunError::Config(format!(
+                "--max-cost {cap}: no price is known for {}; add prices with --prices FILE or `bulkprompt prices --sync URL`",
+                unpriced.join(", ")
+            )));
+        }
+        if validation.without_max_tokens > 0 {
+            tracing::warn!(
+                "--max-cost: {} jobs set no max_tokens, so {} output tokens are reserved for each; a longer answer could overrun the cap (set --max-tokens to make it exact)",
+                validation.without_max_tokens,
+                cfg.default_output_tokens
+            );
+        }
     }
     tracing::debug!(
         "read {} jobs and {} records of {} ids; ready at {:.2}s",
@@ -590,6 +660,9 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         abort: Mutex::new(None),
         abort_notify: Notify::new(),
         warned_unpriced: AtomicBool::new(false),
+        budget: cfg
+            .max_cost
+            .map(|cap| Arc::new(LocalBudget::new(cap, checkpoint.totals.spent)) as Arc<dyn Budget>),
     });
     let reporter = Reporter::start(cfg.progress, total_jobs, counters.clone());
 
@@ -599,6 +672,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     let mut tasks: JoinSet<TaskEnd> = JoinSet::new();
     let mut tally = DispatchTally::default();
     let mut writer_broke = false;
+    let mut cap_reached: Option<CapReached> = None;
     let mut input_error = None;
     let write_failed = writer_failed.notified();
     tokio::pin!(write_failed);
@@ -635,6 +709,19 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             Decision::Changed => tally.changed += 1,
         }
         let charge = ctx.charge(&job);
+        let hold = match &ctx.budget {
+            None => None,
+            Some(budget) => match budget.reserve(ctx.worst_case(&job)) {
+                Ok(r) => Some(Hold {
+                    budget: budget.clone(),
+                    reservation: Some(r),
+                }),
+                Err(cap) => {
+                    cap_reached = Some(cap);
+                    break;
+                }
+            },
+        };
         let admitted = async {
             let permit = permits.clone().acquire_owned().await.ok()?;
             // The first request goes alone: a bad key or endpoint costs one call, not thousands.
@@ -656,7 +743,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         tally.dispatched += 1;
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            let end = execute(ctx, job, grant).await;
+            let end = execute(ctx, job, grant, hold).await;
             drop(permit);
             end
         });
@@ -665,7 +752,8 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     let stopped_early = ctx.shutdown.phase() >= Phase::Draining
         || ctx.aborted()
         || writer_broke
-        || input_error.is_some();
+        || input_error.is_some()
+        || cap_reached.is_some();
 
     // Let calls in flight finish; on a stop, within the grace period.
     if ctx.shutdown.phase() >= Phase::Draining {
@@ -748,6 +836,8 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         )
     } else if let Some(r) = abort_reason {
         (Outcome::Aborted, Some(r))
+    } else if let Some(cap) = cap_reached {
+        (Outcome::Budget, Some(cap.to_string()))
     } else if shutdown.phase() >= Phase::Draining {
         (Outcome::Interrupted, None)
     } else if output_failed > 0 {

@@ -106,6 +106,8 @@ pub struct Job {
     pub max_output_tokens: Option<u32>,
     /// Whether the request asks for JSON output (`response_format`).
     pub wants_json: bool,
+    /// Images in the messages (`image_url` parts), for per-image prices.
+    pub images: u32,
 }
 
 /// Where an input problem is: file, line and, where known, column or field.

@@ -86,7 +86,7 @@ pub fn finish(
             ))
         }
     };
-    let est_prompt_tokens = {
+    let (est_prompt_tokens, images) = {
         let messages = match body.get_mut("messages") {
             Some(Value::Array(m)) if !m.is_empty() => m,
             Some(Value::Array(_)) => return Err("field \"messages\": is empty".into()),
@@ -100,6 +100,7 @@ pub fn finish(
         };
         let mut chars = 0usize;
         let mut has_system = false;
+        let mut images = 0u32;
         for (i, m) in messages.iter().enumerate() {
             let Value::Object(m) = m else {
                 return Err(format!(
@@ -116,12 +117,13 @@ pub fn finish(
                 }
             }
             chars += content_chars(m.get("content")) + 16;
+            images += count_images(m.get("content"));
         }
         if let (false, Some(system)) = (has_system, &defaults.system) {
             chars += system.len() + 16;
             messages.insert(0, message("system", system.clone()));
         }
-        approx_tokens(chars)
+        (approx_tokens(chars), images)
     };
     let max_output_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
@@ -150,7 +152,19 @@ pub fn finish(
         est_prompt_tokens,
         max_output_tokens,
         wants_json,
+        images,
     })
+}
+
+/// `image_url` parts of a message's content array.
+fn count_images(content: Option<&Value>) -> u32 {
+    match content {
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+            .count() as u32,
+        _ => 0,
+    }
 }
 
 /// Characters of a message's content: a string, or text parts of a content array.

@@ -9,7 +9,7 @@ use super::jsonl::JsonlJobs;
 use super::keys::KeyMap;
 use super::request::JobDefaults;
 use super::{InputError, Job, Location};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -89,6 +89,10 @@ pub struct Validation {
     pub more_errors: u64,
     /// Every id's hash and line, when asked for (`--prune` needs them).
     pub ids: Option<KeyMap>,
+    /// The models the jobs name (a handful, whatever the file's size).
+    pub models: BTreeSet<String>,
+    /// Jobs that set no `max_tokens` / `max_completion_tokens`.
+    pub without_max_tokens: u64,
 }
 
 /// Reads every job, checks ids are unique, and collects up to `max_errors` problems.
@@ -103,12 +107,18 @@ pub fn validate(
     let mut problems = 0u64;
     let mut jobs = 0u64;
     let mut any_line = false;
+    let mut models = BTreeSet::new();
+    let mut without_max_tokens = 0;
     for job in spec.open()? {
         any_line = true;
         match job {
             Ok(job) => {
                 ids.push(job.id.key(), job.line);
                 jobs += 1;
+                if !models.contains(&job.model) {
+                    models.insert(job.model);
+                }
+                without_max_tokens += u64::from(job.max_output_tokens.is_none());
             }
             Err(e @ InputError::Io { .. }) => return Err(e),
             Err(e) => {
@@ -153,6 +163,8 @@ pub fn validate(
         more_errors: problems - errors.len() as u64,
         errors,
         ids: keep_ids.then_some(ids),
+        models,
+        without_max_tokens,
     })
 }
 

@@ -112,6 +112,7 @@ struct State {
     window: Mutex<SlidingWindow>,
     rng: Mutex<fastrand::Rng>,
     models_json: Bytes,
+    prices: PriceTable,
     started: std::time::SystemTime,
     next_id: AtomicU64,
     bodies: Mutex<Vec<Bytes>>,
@@ -136,7 +137,8 @@ impl MockServer {
         let state = Arc::new(State {
             window: Mutex::new(SlidingWindow::new(config.rpm, config.tpm)),
             rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
-            models_json: models_json(&PriceTable::embedded()),
+            models_json: models_json(&mock_prices()),
+            prices: mock_prices(),
             started: std::time::SystemTime::now(),
             next_id: AtomicU64::new(0),
             bodies: Mutex::new(Vec::new()),
@@ -251,6 +253,14 @@ struct ChatRequest {
     max_completion_tokens: Option<u64>,
     temperature: Option<f64>,
     response_format: Option<ResponseFormat>,
+    usage: Option<UsageRequest>,
+}
+
+/// OpenRouter's `"usage": {"include": true}`: report the cost in the response.
+#[derive(Deserialize)]
+struct UsageRequest {
+    #[serde(default)]
+    include: bool,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +306,8 @@ struct UsageOut {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<f64>,
 }
 
 async fn chat(state: &State, req: Request<Incoming>) -> Resp {
@@ -443,6 +455,19 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
             prompt_tokens,
             completion_tokens: answer.completion_tokens,
             total_tokens: total,
+            cost: parsed
+                .usage
+                .as_ref()
+                .filter(|u| u.include)
+                .and_then(|_| state.prices.get(&parsed.model))
+                .map(|p| {
+                    let u = crate::cost::Usage {
+                        prompt: prompt_tokens,
+                        completion: answer.completion_tokens,
+                        ..Default::default()
+                    };
+                    p.cost(&u, 0).usd() * PROVIDER_FEE
+                }),
         },
     };
     stats.ok.fetch_add(1, Relaxed);
@@ -470,6 +495,29 @@ fn content_chars(content: &serde_json::Value) -> usize {
         _ => 0,
     }
 }
+
+/// What the simulator charges when asked to report cost: its price table plus 5%, like a
+/// provider whose own accounting differs from list prices, so tests can tell the two apart.
+pub const PROVIDER_FEE: f64 = 1.05;
+
+/// Models the simulator lists: the embedded table plus one model only it knows, so
+/// `prices --sync` has something to add.
+pub fn mock_prices() -> PriceTable {
+    let mut t = PriceTable::embedded();
+    t.insert(
+        MOCK_ONLY_MODEL,
+        crate::cost::Price {
+            input: 1_000_000,
+            output: 3_000_000,
+            cached_input: Some(250_000),
+            image: None,
+        },
+    );
+    t
+}
+
+/// A model the simulator lists that the embedded table does not: $1.00 / $3.00 per million.
+pub const MOCK_ONLY_MODEL: &str = "bulkprompt/mock-large";
 
 /// `GET /v1/models` in OpenRouter's shape: prices per token as decimal strings.
 fn models_json(prices: &PriceTable) -> Bytes {

@@ -110,10 +110,19 @@ pub fn records_by_id(path: &Path) -> HashMap<String, Record> {
 pub fn bulkprompt() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bulkprompt"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("BULKPROMPT_") || k.ends_with("_API_KEY") || k == "RUST_LOG" {
+        if k.starts_with("BULKPROMPT_")
+            || k.ends_with("_API_KEY")
+            || k == "RUST_LOG"
+            || k == "XDG_CONFIG_HOME"
+        {
             c.env_remove(k);
         }
     }
+    // No user price file leaks in from the machine running the tests.
+    c.env(
+        "HOME",
+        std::env::temp_dir().join("bulkprompt-tests-no-home"),
+    );
     c.stdin(std::process::Stdio::null());
     c
 }

@@ -5,6 +5,7 @@ mod harness;
 
 mod core;
 mod input;
+mod money;
 mod ratelimit;
 mod resume;
 mod secrets;

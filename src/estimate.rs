@@ -1,0 +1,279 @@
+//! `bulkprompt estimate`: what a job file will cost and how long it will take, before anything
+//! is sent. It streams the whole file, counts prompt tokens with a real BPE tokenizer
+//! (OpenAI's o200k_base, offline; an approximation for other vendors' models), and prices the
+//! output twice: the worst case (every job uses its whole `max_tokens`) and a typical case
+//! (`--assume-output-tokens`, else the median answer length of an earlier output).
+
+use crate::cost::{Money, PriceTable, Usage};
+use crate::histogram::Histogram;
+use crate::job::{InputError, InputSpec};
+use crate::output::RecordHead;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// What to estimate.
+#[derive(Debug, Clone)]
+pub struct EstimateConfig {
+    pub input: InputSpec,
+    pub prices: PriceTable,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// Typical answer length, when the user knows it.
+    pub assume_output_tokens: Option<u64>,
+    /// Output allowance for jobs that set no max_tokens (the worst case).
+    pub reserve_output_tokens: u64,
+    /// An earlier output, whose median answer length is the typical case.
+    pub output: Option<PathBuf>,
+}
+
+/// One model's share of the job file.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ModelEstimate {
+    pub model: String,
+    pub jobs: u64,
+    pub prompt_tokens: u64,
+    /// Output tokens if every job uses its whole allowance.
+    pub output_tokens_worst: u64,
+    /// Output tokens in the typical case, when one is known.
+    pub output_tokens_typical: Option<u64>,
+    /// Cost range in USD; null when the model has no known price.
+    pub cost_typical_usd: Option<f64>,
+    pub cost_worst_usd: Option<f64>,
+}
+
+/// The whole estimate (`--json` prints this).
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    pub input: String,
+    pub tokenizer: &'static str,
+    pub jobs: u64,
+    pub prompt_tokens: u64,
+    pub output_tokens_worst: u64,
+    pub output_tokens_typical: Option<u64>,
+    /// Where the typical answer length came from.
+    pub typical_from: Option<String>,
+    pub cost_typical_usd: Option<f64>,
+    pub cost_worst_usd: f64,
+    /// Jobs of models with no known price (not in the cost figures).
+    pub unpriced_jobs: u64,
+    /// Minutes the rate limits imply (typical case), when limits are given.
+    pub minutes_at_limits: Option<f64>,
+    pub models: Vec<ModelEstimate>,
+}
+
+/// Tokens a chat request's messages take, by OpenAI's counting: the text of each message plus
+/// three tokens of framing, plus three to prime the answer.
+pub fn prompt_tokens(body: &Value, bpe: &tiktoken_rs::CoreBPE) -> u64 {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return 0;
+    };
+    let text = |v: &Value| -> u64 {
+        match v {
+            Value::String(s) => bpe.count_ordinary(s) as u64,
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .map(|t| bpe.count_ordinary(t) as u64)
+                .sum(),
+            _ => 0,
+        }
+    };
+    3 + messages
+        .iter()
+        .map(|m| 3 + m.get("content").map_or(0, text) + m.get("role").map_or(0, text))
+        .sum::<u64>()
+}
+
+/// The median `completion_tokens` of ok records in an earlier output.
+fn median_answer(path: &std::path::Path) -> Option<u64> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut h = Histogram::default();
+    let reader = std::io::BufReader::new(file);
+    for line in std::io::BufRead::lines(reader).map_while(Result::ok) {
+        if let Ok(head) = serde_json::from_str::<RecordHead>(&line) {
+            if let (crate::output::Status::Ok, Some(c)) = (head.status, head.completion_tokens) {
+                h.record(c);
+            }
+        }
+    }
+    h.quantile(0.5)
+}
+
+/// Reads the whole job file and estimates it. Sends nothing.
+pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    let (typical, typical_from) = match (
+        cfg.assume_output_tokens,
+        cfg.output.as_deref().and_then(median_answer),
+    ) {
+        (Some(n), _) => (Some(n), Some("--assume-output-tokens".to_string())),
+        (None, Some(m)) => (
+            Some(m),
+            cfg.output
+                .as_ref()
+                .map(|p| format!("median answer length in {}", p.display())),
+        ),
+        (None, None) => (None, None),
+    };
+    let mut models: BTreeMap<String, ModelEstimate> = BTreeMap::new();
+    for job in cfg.input.open()? {
+        let job = job?;
+        let body: Value = serde_json::from_slice(&job.body).unwrap_or(Value::Null);
+        let m = models
+            .entry(job.model.clone())
+            .or_insert_with(|| ModelEstimate {
+                model: job.model.clone(),
+                ..Default::default()
+            });
+        m.jobs += 1;
+        m.prompt_tokens += prompt_tokens(&body, bpe);
+        let allowance = job
+            .max_output_tokens
+            .map_or(cfg.reserve_output_tokens, u64::from);
+        m.output_tokens_worst += allowance;
+        if let Some(t) = typical {
+            *m.output_tokens_typical.get_or_insert(0) += t.min(allowance);
+        }
+    }
+    if models.is_empty() {
+        return Err(InputError::Empty {
+            file: cfg.input.path.clone(),
+        });
+    }
+    let mut e = Estimate {
+        input: cfg.input.path.display().to_string(),
+        tokenizer: "o200k_base (exact for current OpenAI models, an approximation for others)",
+        jobs: 0,
+        prompt_tokens: 0,
+        output_tokens_worst: 0,
+        output_tokens_typical: typical.map(|_| 0),
+        typical_from,
+        cost_typical_usd: typical.map(|_| 0.0),
+        cost_worst_usd: 0.0,
+        unpriced_jobs: 0,
+        minutes_at_limits: None,
+        models: Vec::new(),
+    };
+    let (mut worst_total, mut typical_total) = (Money::ZERO, Money::ZERO);
+    for (_, mut m) in models {
+        let cost = |out: u64| {
+            cfg.prices.get(&m.model).map(|p| {
+                p.cost(
+                    &Usage {
+                        prompt: m.prompt_tokens,
+                        completion: out,
+                        ..Usage::default()
+                    },
+                    0,
+                )
+            })
+        };
+        let worst = cost(m.output_tokens_worst);
+        let typ = m.output_tokens_typical.and_then(cost);
+        m.cost_worst_usd = worst.map(Money::usd);
+        m.cost_typical_usd = typ.map(Money::usd);
+        if worst.is_none() {
+            e.unpriced_jobs += m.jobs;
+        }
+        worst_total += worst.unwrap_or(Money::ZERO);
+        typical_total += typ.unwrap_or(Money::ZERO);
+        e.jobs += m.jobs;
+        e.prompt_tokens += m.prompt_tokens;
+        e.output_tokens_worst += m.output_tokens_worst;
+        if let (Some(t), Some(mt)) = (e.output_tokens_typical.as_mut(), m.output_tokens_typical) {
+            *t += mt;
+        }
+        e.models.push(m);
+    }
+    e.cost_worst_usd = worst_total.usd();
+    e.cost_typical_usd = e.cost_typical_usd.map(|_| typical_total.usd());
+    let tokens = e.prompt_tokens + e.output_tokens_typical.unwrap_or(e.output_tokens_worst);
+    let by_requests = cfg.rpm.map(|r| e.jobs as f64 / r as f64);
+    let by_tokens = cfg.tpm.map(|t| tokens as f64 / t as f64);
+    e.minutes_at_limits = match (by_requests, by_tokens) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(e)
+}
+
+impl Estimate {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "{}: {} jobs, {} prompt tokens ({})\n",
+            self.input, self.jobs, self.prompt_tokens, self.tokenizer
+        );
+        for m in &self.models {
+            let range = match (m.cost_typical_usd, m.cost_worst_usd) {
+                (_, None) => "no known price".to_string(),
+                (Some(t), Some(w)) => format!(
+                    "{} typical, {} at most",
+                    Money::from_usd(t),
+                    Money::from_usd(w)
+                ),
+                (None, Some(w)) => format!("at most {}", Money::from_usd(w)),
+            };
+            s.push_str(&format!(
+                "  {:<36} {:>8} jobs  {:>11} in  {:>11} out at most  {}\n",
+                m.model, m.jobs, m.prompt_tokens, m.output_tokens_worst, range
+            ));
+        }
+        match (self.cost_typical_usd, &self.typical_from) {
+            (Some(t), Some(from)) => s.push_str(&format!(
+                "  total: {} typical ({} output tokens, from {from}), {} at most\n",
+                Money::from_usd(t),
+                self.output_tokens_typical.unwrap_or(0),
+                Money::from_usd(self.cost_worst_usd)
+            )),
+            _ => s.push_str(&format!(
+                "  total: at most {} (every job using its whole max_tokens; --assume-output-tokens N gives a typical figure)\n",
+                Money::from_usd(self.cost_worst_usd)
+            )),
+        }
+        if self.unpriced_jobs > 0 {
+            s.push_str(&format!(
+                "  {} jobs are for models with no known price and are not in the totals\n",
+                self.unpriced_jobs
+            ));
+        }
+        if let Some(min) = self.minutes_at_limits {
+            s.push_str(&format!(
+                "  time at the given rate limits: about {}\n",
+                human_minutes(min)
+            ));
+        }
+        s
+    }
+}
+
+fn human_minutes(min: f64) -> String {
+    if min < 1.0 {
+        format!("{:.0} s", min * 60.0)
+    } else if min < 120.0 {
+        format!("{min:.1} min")
+    } else {
+        format!("{:.1} h", min / 60.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_messages_like_openai() {
+        let bpe = tiktoken_rs::o200k_base_singleton();
+        let body = serde_json::json!({"messages": [{"role": "user", "content": "Hello world"}]});
+        // "Hello world" is 2 tokens, "user" 1, plus 3 framing and 3 priming.
+        assert_eq!(prompt_tokens(&body, bpe), 2 + 1 + 3 + 3);
+    }
+
+    #[test]
+    fn minutes_format() {
+        assert_eq!(human_minutes(0.5), "30 s");
+        assert_eq!(human_minutes(90.0), "90.0 min");
+        assert_eq!(human_minutes(600.0), "10.0 h");
+    }
+}
