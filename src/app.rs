@@ -4,7 +4,7 @@
 use crate::cli::{Command, PricesArgs, RunArgs, ServeMockArgs, StatusArgs, ValidateArgs};
 use crate::config::{self, ConfigError};
 use crate::cost::PriceTable;
-use crate::mock::{MockConfig, MockServer};
+use crate::mock::{Faults, MockConfig, MockServer, Storm};
 use crate::run::{self, RunError};
 use crate::secret::ApiKey;
 use crate::shutdown::Shutdown;
@@ -120,16 +120,22 @@ fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {
 }
 
 async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
-    for (name, rate) in [
-        ("--fail-rate", args.fail_rate),
-        ("--hang-rate", args.hang_rate),
-    ] {
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(AppError::Other(format!(
-                "{name} {rate}: expected a share between 0 and 1"
-            )));
-        }
+    let mut faults = Faults::default();
+    faults
+        .apply(&format!("server-error={}", args.fail_rate))
+        .map_err(AppError::Other)?;
+    faults
+        .apply(&format!("hang={}", args.hang_rate))
+        .map_err(AppError::Other)?;
+    for f in &args.faults {
+        faults.apply(f).map_err(AppError::Other)?;
     }
+    let storm = args
+        .storm
+        .as_deref()
+        .map(Storm::parse)
+        .transpose()
+        .map_err(AppError::Other)?;
     let api_key = match &args.require_key_env {
         Some(var) => Some(ApiKey::new(std::env::var(var).map_err(|_| {
             AppError::Other(format!("--require-key-env {var}: not set"))
@@ -138,10 +144,11 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
     };
     let config = MockConfig {
         latency: Duration::from_millis(args.latency_ms),
-        fail_rate: args.fail_rate,
-        hang_rate: args.hang_rate,
+        faults,
+        storm,
         rpm: args.rpm,
         tpm: args.tpm,
+        window: Duration::from_secs_f64(args.window_secs.max(0.001)),
         seed: args.seed,
         api_key,
         capture_bodies: false,

@@ -141,6 +141,10 @@ pub struct RunArgs {
     /// before a job that could cross it (exit 3).
     #[arg(long, value_name = "USD")]
     pub max_cost: Option<f64>,
+    /// Stop the run (exit 4) after this many jobs in a row fail with the same kind of error,
+    /// retries exhausted; 0 never stops [default: 20].
+    #[arg(long, value_name = "N")]
+    pub circuit_breaker: Option<u32>,
     /// Also retry jobs whose earlier record is a permanent failure (400, 404, 413, 422).
     #[arg(long)]
     pub retry_failed: bool,
@@ -244,12 +248,22 @@ pub struct ServeMockArgs {
     /// Share of requests accepted and never answered.
     #[arg(long, default_value_t = 0.0)]
     pub hang_rate: f64,
+    /// Inject a fault at a rate, KIND=RATE (repeatable): server-error, hang, close, garbage,
+    /// error-200, truncated, slow-body, 429, 429-date, content-filter, tool-calls, or all.
+    #[arg(long = "fault", value_name = "KIND=RATE")]
+    pub faults: Vec<String>,
+    /// Periodic outages, EVERY:LASTS in seconds (e.g. 60:20): all requests get 503 meanwhile.
+    #[arg(long, value_name = "EVERY:LASTS")]
+    pub storm: Option<String>,
     /// Requests per sliding minute before 429.
     #[arg(long)]
     pub rpm: Option<u64>,
     /// Tokens per sliding minute before 429.
     #[arg(long)]
     pub tpm: Option<u64>,
+    /// The window --rpm and --tpm count over, in seconds (shorter than a minute for quick tests).
+    #[arg(long, default_value_t = 60.0)]
+    pub window_secs: f64,
     /// Seed for fault injection and latency jitter.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

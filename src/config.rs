@@ -65,6 +65,7 @@ pub struct Spec {
     pub reserve_output_tokens: Option<u64>,
     pub keep_response: Option<bool>,
     pub max_cost: Option<f64>,
+    pub circuit_breaker: Option<u32>,
     pub prices: Option<PathBuf>,
     pub grace: Option<f64>,
     pub referer: Option<String>,
@@ -306,9 +307,8 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
                     .or(ms.and_then(|m| m.latency_ms))
                     .unwrap_or(200),
             ),
-            fail_rate,
             seed: fastrand::u64(..),
-            ..MockConfig::default()
+            ..MockConfig::with_fault(crate::mock::Fault::ServerError, fail_rate)
         })
     } else {
         Endpoint::Url(endpoint_text.clone())
@@ -385,6 +385,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             .or(spec.reserve_output_tokens)
             .unwrap_or(1024),
         retry_failed: args.retry_failed,
+        circuit_breaker: args.circuit_breaker.or(spec.circuit_breaker).unwrap_or(20),
         max_cost: match args.max_cost.or(spec.max_cost) {
             Some(usd) if usd.is_finite() && usd >= 0.0 => Some(crate::cost::Money::from_usd(usd)),
             Some(usd) => {

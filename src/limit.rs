@@ -166,6 +166,13 @@ impl Limiter {
         }
     }
 
+    /// The provider says its quota is used up until `d` from now: nobody sends until then.
+    pub fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut s = self.state();
+        s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
+    }
+
     /// A 429: nobody sends for `pause`, and the rate drops (at most once a second).
     pub fn rate_limited(&self, pause: Option<Duration>) {
         let now = Instant::now();

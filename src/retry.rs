@@ -84,6 +84,28 @@ pub fn parse_reset(value: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total.min(86_400.0)))
 }
 
+/// How long a provider's quota is used up, from `x-ratelimit-remaining-*` / `-reset-*`: when a
+/// remaining count is zero, until its reset. Sent on successful answers too, so the runner can
+/// pause before the 429 rather than after it.
+pub fn quota_exhausted(
+    remaining_requests: Option<&str>,
+    reset_requests: Option<&str>,
+    remaining_tokens: Option<&str>,
+    reset_tokens: Option<&str>,
+) -> Option<Duration> {
+    let empty = |r: Option<&str>| {
+        r.and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|n| n <= 0.0)
+    };
+    let req = empty(remaining_requests)
+        .then(|| reset_requests.and_then(parse_reset))
+        .flatten();
+    let tok = empty(remaining_tokens)
+        .then(|| reset_tokens.and_then(parse_reset))
+        .flatten();
+    req.max(tok).filter(|d| !d.is_zero())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +156,20 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn exhausted_quota_pauses_until_reset() {
+        assert_eq!(
+            quota_exhausted(Some("0"), Some("1.5s"), Some("900"), Some("1s")),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            quota_exhausted(Some("3"), Some("1s"), Some("0"), Some("20ms")),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(quota_exhausted(Some("3"), Some("1s"), None, None), None);
+        assert_eq!(quota_exhausted(None, None, None, None), None);
     }
 
     #[test]

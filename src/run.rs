@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub retry_failed: bool,
     /// Hard cap on the money recorded in the output, over all runs.
     pub max_cost: Option<Money>,
+    /// Jobs failing in a row with the same kind of error that stop the run (0: never).
+    pub circuit_breaker: u32,
     pub fresh: bool,
     /// Drop records of ids no longer in the job file.
     pub prune: bool,
@@ -173,6 +175,9 @@ struct Ctx {
     abort_notify: Notify,
     warned_unpriced: AtomicBool,
     budget: Option<Arc<dyn Budget>>,
+    /// Jobs failing in a row with the same kind of error; `breaker_at` of them stop the run.
+    streak: Mutex<(Option<ErrorKind>, u32)>,
+    breaker_at: u32,
 }
 
 /// A job's hold on the budget; settles with zero if the job ends without a record (shutdown,
@@ -213,6 +218,35 @@ impl Ctx {
         drop(a);
         self.abort_notify.notify_waiters();
         self.open();
+    }
+
+    /// The circuit breaker: a run where job after job fails the same way (an outage longer
+    /// than the retry budget, a model that does not exist) stops instead of marking a million
+    /// jobs failed.
+    fn note_result(&self, record: &Record) {
+        if self.breaker_at == 0 {
+            return;
+        }
+        let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        match &record.error {
+            None => *streak = (None, 0),
+            Some(e) if streak.0 == Some(e.kind) => streak.1 += 1,
+            Some(e) => *streak = (Some(e.kind), 1),
+        }
+        if streak.1 == self.breaker_at {
+            let e = record
+                .error
+                .as_ref()
+                .map(|e| (e.kind.as_str(), e.http_status, e.message.clone()));
+            drop(streak);
+            if let Some((kind, status, message)) = e {
+                let status = status.map(|s| format!("HTTP {s}, ")).unwrap_or_default();
+                self.abort(format!(
+                    "circuit breaker: {} jobs in a row failed with {kind} ({status}last: {message}); the provider looks down or the requests are wrong; re-run later to resume",
+                    self.breaker_at
+                ));
+            }
+        }
     }
 
     fn aborted(&self) -> bool {
@@ -347,6 +381,13 @@ async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<Hold>) -> T
             r = send => r,
             _ = ctx.shutdown.reached(Phase::Now) => return TaskEnd::Abandoned,
         };
+        if let crate::provider::Attempt::Http {
+            quota_exhausted: Some(d),
+            ..
+        } = &attempt
+        {
+            ctx.limiter.pause(*d);
+        }
         let raw = match (&attempt, ctx.keep_response) {
             (
                 crate::provider::Attempt::Http {
@@ -450,6 +491,7 @@ async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<Hold>) -> T
         if let Some(h) = hold {
             h.settle(cost_of_record);
         }
+        ctx.note_result(&record);
         let _ = ctx.writer.send(WriterMsg::Record(Box::new(record)));
         return TaskEnd::Recorded;
     }
@@ -660,6 +702,8 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         abort: Mutex::new(None),
         abort_notify: Notify::new(),
         warned_unpriced: AtomicBool::new(false),
+        streak: Mutex::new((None, 0)),
+        breaker_at: cfg.circuit_breaker,
         budget: cfg
             .max_cost
             .map(|cap| Arc::new(LocalBudget::new(cap, checkpoint.totals.spent)) as Arc<dyn Budget>),

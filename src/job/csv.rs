@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// Streams jobs from CSV rows.
 pub struct CsvJobs<R> {
     file: PathBuf,
-    reader: csv::Reader<R>,
+    reader: csv::Reader<QuoteCount<R>>,
     defaults: Arc<JobDefaults>,
     template: Template,
     /// Header names; `columns[i]` names field `i`.
@@ -25,6 +25,24 @@ pub struct CsvJobs<R> {
     record: csv::StringRecord,
     index: u64,
     failed: bool,
+    /// Line of the last row, if its last field spans lines (a suspect for an unclosed quote).
+    multiline_tail: Option<u64>,
+}
+
+/// Counts the `"` bytes read. Well-formed CSV always has an even number (fields open and close
+/// quotes, and escape them by doubling), so an odd count at the end means a quote never
+/// closed and the csv reader swallowed the rest of the file into one field.
+pub struct QuoteCount<R> {
+    inner: R,
+    quotes: u64,
+}
+
+impl<R: Read> Read for QuoteCount<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.quotes += buf[..n].iter().filter(|&&b| b == b'"').count() as u64;
+        Ok(n)
+    }
 }
 
 impl<R: Read> CsvJobs<R> {
@@ -39,7 +57,10 @@ impl<R: Read> CsvJobs<R> {
             .delimiter(delimiter)
             .has_headers(true)
             .flexible(false)
-            .from_reader(reader);
+            .from_reader(QuoteCount {
+                inner: reader,
+                quotes: 0,
+            });
         let columns: Vec<String> = reader
             .headers()
             .map_err(|e| csv_error(file, e))?
@@ -89,6 +110,7 @@ impl<R: Read> CsvJobs<R> {
             record: csv::StringRecord::new(),
             index: 0,
             failed: false,
+            multiline_tail: None,
         })
     }
 
@@ -170,9 +192,27 @@ impl<R: Read> Iterator for CsvJobs<R> {
         let read = self.reader.read_record(&mut record);
         self.record = record;
         match read {
-            Ok(false) => None,
+            Ok(false) => {
+                // Report an unclosed quote once, at the row that swallowed the rest.
+                let line = self.multiline_tail.take()?;
+                if self.reader.get_ref().quotes % 2 == 1 {
+                    self.failed = true;
+                    return Some(Err(InputError::invalid(
+                        &self.file,
+                        line,
+                        "unclosed quote: this row's last field runs to the end of the file",
+                    )));
+                }
+                None
+            }
             Ok(true) => {
                 let line = self.record.position().map_or(0, |p| p.line());
+                self.multiline_tail = self
+                    .record
+                    .iter()
+                    .next_back()
+                    .filter(|f| f.contains('\n'))
+                    .map(|_| line);
                 let job = self
                     .row_to_job(line)
                     .map_err(|m| InputError::invalid(&self.file, line, m));
@@ -249,6 +289,18 @@ mod tests {
         );
         let e = jobs("a,b\n1,2\n", "{a}", Some("rid")).unwrap_err();
         assert!(e.starts_with("t.csv:1: id column \"rid\" not found"), "{e}");
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_found() {
+        let out = jobs("a,b\n1,\"open\n2,x\n3,y\n", "{a}", None).unwrap();
+        assert_eq!(
+            out.last().unwrap().as_ref().unwrap_err(),
+            "t.csv:2: unclosed quote: this row's last field runs to the end of the file"
+        );
+        // A stray quote inside an unquoted field is tolerated, as the csv crate does.
+        let out = jobs("a,b\n12\" pizza,x\n", "{a}", None).unwrap();
+        assert!(out.iter().all(Result::is_ok));
     }
 
     #[test]

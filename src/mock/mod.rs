@@ -5,15 +5,20 @@
 //! (`GET /mock/stats`), so tests can assert on requests made. It is built on bare hyper to be
 //! fast: benchmarks use it as the server, and it must not hide the runner's costs.
 
+mod body;
 mod content;
+mod faults;
 mod window;
 
+pub use faults::{Fault, Faults, Storm};
 pub use window::SlidingWindow;
+
+use body::MockBody;
 
 use crate::cost::PriceTable;
 use crate::job::approx_tokens;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -30,14 +35,16 @@ use tokio::net::TcpListener;
 pub struct MockConfig {
     /// Mean answer latency; each answer takes it within ±25%.
     pub latency: Duration,
-    /// Share of requests answered 500, 502 or 503.
-    pub fail_rate: f64,
-    /// Share of requests accepted and never answered.
-    pub hang_rate: f64,
+    /// Faults injected by rate.
+    pub faults: Faults,
+    /// Periodic outages (503 for everyone).
+    pub storm: Option<Storm>,
     /// Requests per sliding minute before 429.
     pub rpm: Option<u64>,
     /// Tokens (prompt + completion) per sliding minute before 429.
     pub tpm: Option<u64>,
+    /// The window `rpm` and `tpm` count over: a minute, shorter in quick tests.
+    pub window: Duration,
     pub seed: u64,
     /// When set, requests must carry `Authorization: Bearer <key>` or get 401.
     pub api_key: Option<crate::secret::ApiKey>,
@@ -45,14 +52,24 @@ pub struct MockConfig {
     pub capture_bodies: bool,
 }
 
+impl MockConfig {
+    /// A simulator with one fault at `rate`.
+    pub fn with_fault(fault: Fault, rate: f64) -> Self {
+        let mut c = MockConfig::default();
+        c.faults.set(fault, rate);
+        c
+    }
+}
+
 impl Default for MockConfig {
     fn default() -> Self {
         MockConfig {
             latency: Duration::ZERO,
-            fail_rate: 0.0,
-            hang_rate: 0.0,
+            faults: Faults::default(),
+            storm: None,
             rpm: None,
             tpm: None,
+            window: window::MINUTE,
             seed: 0,
             api_key: None,
             capture_bodies: false,
@@ -72,6 +89,8 @@ pub struct Stats {
     pub hung: AtomicU64,
     pub bad_requests: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Other injected faults (close, garbage, error in a 200, cut or slow body).
+    pub faults: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
 }
@@ -86,6 +105,7 @@ pub struct StatsSnapshot {
     pub hung: u64,
     pub bad_requests: u64,
     pub unauthorized: u64,
+    pub faults: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
@@ -100,6 +120,7 @@ impl Stats {
             hung: self.hung.load(Relaxed),
             bad_requests: self.bad_requests.load(Relaxed),
             unauthorized: self.unauthorized.load(Relaxed),
+            faults: self.faults.load(Relaxed),
             prompt_tokens: self.prompt_tokens.load(Relaxed),
             completion_tokens: self.completion_tokens.load(Relaxed),
         }
@@ -110,14 +131,14 @@ struct State {
     config: MockConfig,
     stats: Arc<Stats>,
     window: Mutex<SlidingWindow>,
-    rng: Mutex<fastrand::Rng>,
+    /// The draw for faults and jitter, and the fault rates (changeable while serving).
+    chance: Mutex<(fastrand::Rng, Faults)>,
     models_json: Bytes,
     prices: PriceTable,
     started: std::time::SystemTime,
     next_id: AtomicU64,
     bodies: Mutex<Vec<Bytes>>,
-    /// The fail rate as f64 bits, changeable while serving (outage, then recovery).
-    fail_rate: AtomicU64,
+    started_at: Instant,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -135,14 +156,18 @@ impl MockServer {
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let state = Arc::new(State {
-            window: Mutex::new(SlidingWindow::new(config.rpm, config.tpm)),
-            rng: Mutex::new(fastrand::Rng::with_seed(config.seed)),
+            window: Mutex::new(SlidingWindow::with_window(
+                config.rpm,
+                config.tpm,
+                config.window,
+            )),
+            chance: Mutex::new((fastrand::Rng::with_seed(config.seed), config.faults)),
             models_json: models_json(&mock_prices()),
             prices: mock_prices(),
             started: std::time::SystemTime::now(),
             next_id: AtomicU64::new(0),
             bodies: Mutex::new(Vec::new()),
-            fail_rate: AtomicU64::new(config.fail_rate.to_bits()),
+            started_at: Instant::now(),
             stats: stats.clone(),
             config,
         });
@@ -163,7 +188,8 @@ impl MockServer {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+                        // An `Err` makes hyper drop the connection without an answer.
+                        async move { handle(&state, req).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
@@ -195,7 +221,8 @@ impl MockServer {
 
     /// Changes the share of requests answered 5xx, while serving.
     pub fn set_fail_rate(&self, rate: f64) {
-        self.state.fail_rate.store(rate.to_bits(), Relaxed);
+        let mut c = self.state.chance.lock().unwrap_or_else(|p| p.into_inner());
+        c.1.set(Fault::ServerError, rate);
     }
 
     /// The chat request bodies received (only with `capture_bodies`).
@@ -214,10 +241,12 @@ impl Drop for MockServer {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<MockBody>;
+/// An answer, or `Err` to close the connection without one.
+type Reply = Result<Resp, std::io::Error>;
 
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(MockBody::full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -230,10 +259,12 @@ fn error_response(status: StatusCode, kind: &str, message: &str) -> Resp {
     json_response(status, serde_json::to_vec(&body).unwrap_or_default())
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Resp {
+async fn handle(state: &State, req: Request<Incoming>) -> Reply {
     let path = req.uri().path();
-    match (req.method(), path) {
-        (&Method::POST, "/v1/chat/completions" | "/chat/completions") => chat(state, req).await,
+    Ok(match (req.method(), path) {
+        (&Method::POST, "/v1/chat/completions" | "/chat/completions") => {
+            return chat(state, req).await
+        }
         (&Method::GET, "/v1/models" | "/models") => {
             json_response(StatusCode::OK, state.models_json.clone())
         }
@@ -242,7 +273,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Resp {
             serde_json::to_vec(&state.stats.snapshot()).unwrap_or_default(),
         ),
         _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such route"),
-    }
+    })
 }
 
 #[derive(Deserialize)]
@@ -298,7 +329,9 @@ struct Choice<'a> {
 #[derive(Serialize)]
 struct MessageOut<'a> {
     role: &'static str,
-    content: &'a str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -310,7 +343,7 @@ struct UsageOut {
     cost: Option<f64>,
 }
 
-async fn chat(state: &State, req: Request<Incoming>) -> Resp {
+async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     let stats = &state.stats;
     stats.requests.fetch_add(1, Relaxed);
     if let Some(key) = &state.config.api_key {
@@ -324,18 +357,22 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
                 "invalid API key provided: {}",
                 sent.trim_start_matches("Bearer ")
             );
-            return error_response(StatusCode::UNAUTHORIZED, "authentication_error", &msg);
+            return Ok(error_response(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                &msg,
+            ));
         }
     }
     let body = match Limited::new(req.into_body(), 64 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             stats.bad_requests.fetch_add(1, Relaxed);
-            return error_response(
+            return Ok(error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "body too large",
-            );
+            ));
         }
     };
     if state.config.capture_bodies {
@@ -349,31 +386,31 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
         Ok(p) => p,
         Err(e) => {
             stats.bad_requests.fetch_add(1, Relaxed);
-            return error_response(
+            return Ok(error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 &e.to_string(),
-            );
+            ));
         }
     };
     if parsed.messages.is_empty() {
         stats.bad_requests.fetch_add(1, Relaxed);
-        return error_response(
+        return Ok(error_response(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "messages must not be empty",
-        );
+        ));
     }
     if parsed
         .temperature
         .is_some_and(|t| !(0.0..=2.0).contains(&t))
     {
         stats.bad_requests.fetch_add(1, Relaxed);
-        return error_response(
+        return Ok(error_response(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "temperature must be between 0 and 2",
-        );
+        ));
     }
 
     let prompt_tokens = approx_tokens(
@@ -391,10 +428,13 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
     let answer = content::answer(xxhash_rust::xxh3::xxh3_64(&body), max_tokens, json);
     let total = prompt_tokens + answer.completion_tokens;
 
+    // Rate limits first, as providers check them before doing any work.
+    let mut limit_headers = None;
     {
         let mut window = state.window.lock().unwrap_or_else(|p| p.into_inner());
         if window.is_limited() {
-            if let Err(wait) = window.admit(Instant::now(), total) {
+            let now = Instant::now();
+            if let Err(wait) = window.admit(now, total) {
                 drop(window);
                 stats.rate_limited.fetch_add(1, Relaxed);
                 let mut r = error_response(
@@ -405,35 +445,100 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 r.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                return r;
+                return Ok(r);
             }
+            limit_headers = Some(window.headroom(now));
         }
     }
 
-    let (fault, jitter) = {
-        let mut rng = state.rng.lock().unwrap_or_else(|p| p.into_inner());
-        (rng.f64(), rng.f64())
+    let (draw, jitter, faults) = {
+        let mut c = state.chance.lock().unwrap_or_else(|p| p.into_inner());
+        (c.0.f64(), c.0.f64(), c.1)
     };
     let cfg = &state.config;
     if !cfg.latency.is_zero() {
         tokio::time::sleep(cfg.latency.mul_f64(0.75 + jitter * 0.5)).await;
     }
-    if fault < cfg.hang_rate {
-        stats.hung.fetch_add(1, Relaxed);
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
-    if fault < cfg.hang_rate + f64::from_bits(state.fail_rate.load(Relaxed)) {
+    let storm = cfg
+        .storm
+        .is_some_and(|s| s.raging(state.started_at.elapsed()));
+    let fault = if storm {
+        Some(Fault::ServerError)
+    } else {
+        faults.pick(draw)
+    };
+    let server_error = |which: f64| {
         stats.server_errors.fetch_add(1, Relaxed);
-        let r = (fault * 1e6) as u64 % 3;
-        let (status, msg) = match r {
+        let (status, msg) = match (which * 1e6) as u64 % 3 {
+            _ if storm => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable (storm)",
+            ),
             0 => (StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
             1 => (StatusCode::BAD_GATEWAY, "upstream provider error"),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "model overloaded"),
         };
-        return error_response(status, "server_error", msg);
+        Ok(error_response(status, "server_error", msg))
+    };
+    let rate_limited = |date: bool| {
+        stats.rate_limited.fetch_add(1, Relaxed);
+        let mut r = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "slow down",
+        );
+        if date {
+            // An HTTP date has whole seconds: "now" is at most a second in the past, so a
+            // client that honours it waits no longer than the date says.
+            let at = std::time::SystemTime::now();
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+                r.headers_mut().insert(RETRY_AFTER, v);
+            }
+        }
+        Ok(r)
+    };
+    match fault {
+        Some(Fault::ServerError) => return server_error(draw),
+        Some(Fault::Hang) => {
+            stats.hung.fetch_add(1, Relaxed);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Err(std::io::Error::other("hung"));
+        }
+        Some(Fault::Close) => {
+            stats.faults.fetch_add(1, Relaxed);
+            return Err(std::io::Error::other("simulated close"));
+        }
+        Some(Fault::Garbage) => {
+            stats.faults.fetch_add(1, Relaxed);
+            let mut r = Response::new(MockBody::full("<html><body>502 Bad Gateway</body></html>"));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
+            return Ok(r);
+        }
+        Some(Fault::Error200) => {
+            stats.faults.fetch_add(1, Relaxed);
+            return Ok(json_response(
+                StatusCode::OK,
+                r#"{"error":{"message":"upstream model overloaded","code":502}}"#,
+            ));
+        }
+        Some(Fault::RateLimitPlain) => return rate_limited(false),
+        Some(Fault::RateLimitDate) => return rate_limited(true),
+        _ => {}
     }
 
     let n = state.next_id.fetch_add(1, Relaxed);
+    let (content, finish_reason, tool_calls) = match fault {
+        Some(Fault::ContentFilter) => (Some(""), "content_filter", None),
+        Some(Fault::ToolCalls) => (
+            None,
+            "tool_calls",
+            Some(
+                serde_json::json!([{"id": format!("call_{n}"), "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]),
+            ),
+        ),
+        _ => (Some(answer.content.as_str()), answer.finish_reason, None),
+    };
     let response = ChatResponse {
         id: format!("gen-mock-{n:016x}"),
         object: "chat.completion",
@@ -447,9 +552,10 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
             index: 0,
             message: MessageOut {
                 role: "assistant",
-                content: &answer.content,
+                content,
+                tool_calls,
             },
-            finish_reason: answer.finish_reason,
+            finish_reason,
         }],
         usage: UsageOut {
             prompt_tokens,
@@ -470,15 +576,37 @@ async fn chat(state: &State, req: Request<Incoming>) -> Resp {
                 }),
         },
     };
+    // The provider did the work: it counts as answered even if the body then goes wrong.
     stats.ok.fetch_add(1, Relaxed);
     stats.prompt_tokens.fetch_add(prompt_tokens, Relaxed);
     stats
         .completion_tokens
         .fetch_add(answer.completion_tokens, Relaxed);
-    json_response(
-        StatusCode::OK,
-        serde_json::to_vec(&response).unwrap_or_default(),
-    )
+    let bytes = Bytes::from(serde_json::to_vec(&response).unwrap_or_default());
+    let mut r = match fault {
+        Some(Fault::Truncated) => {
+            stats.faults.fetch_add(1, Relaxed);
+            Response::new(MockBody::cut(bytes))
+        }
+        Some(Fault::SlowBody) => {
+            stats.faults.fetch_add(1, Relaxed);
+            Response::new(MockBody::slow(bytes, Duration::from_secs(5)))
+        }
+        _ => Response::new(MockBody::full(bytes)),
+    };
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some((remaining, reset)) = limit_headers {
+        let h = r.headers_mut();
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from(remaining),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("{}ms", reset.as_millis())) {
+            h.insert("x-ratelimit-reset-requests", v);
+        }
+    }
+    Ok(r)
 }
 
 fn content_chars(content: &serde_json::Value) -> usize {

@@ -5,22 +5,31 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-const WINDOW: Duration = Duration::from_secs(60);
+/// The window providers count over.
+pub const MINUTE: Duration = Duration::from_secs(60);
 
 /// Sliding-window counter of requests and tokens.
 #[derive(Debug)]
 pub struct SlidingWindow {
     rpm: Option<u64>,
     tpm: Option<u64>,
+    /// The window's length: a minute, or shorter to make tests quick.
+    window: Duration,
     events: VecDeque<(Instant, u64)>,
     tokens: u64,
 }
 
 impl SlidingWindow {
     pub fn new(rpm: Option<u64>, tpm: Option<u64>) -> Self {
+        Self::with_window(rpm, tpm, MINUTE)
+    }
+
+    /// Limits counted over `window` instead of a minute.
+    pub fn with_window(rpm: Option<u64>, tpm: Option<u64>, window: Duration) -> Self {
         SlidingWindow {
             rpm,
             tpm,
+            window,
             events: VecDeque::new(),
             tokens: 0,
         }
@@ -33,7 +42,7 @@ impl SlidingWindow {
     /// Admits a request of `tokens` at `now`, or says how long until it could be admitted.
     pub fn admit(&mut self, now: Instant, tokens: u64) -> Result<(), Duration> {
         while let Some(&(t, n)) = self.events.front() {
-            if now.duration_since(t) < WINDOW {
+            if now.duration_since(t) < self.window {
                 break;
             }
             self.events.pop_front();
@@ -49,7 +58,7 @@ impl SlidingWindow {
             let mut wait = Duration::from_secs(1);
             for (i, &(t, n)) in self.events.iter().enumerate() {
                 freed_tokens += n;
-                wait = (t + WINDOW).saturating_duration_since(now);
+                wait = (t + self.window).saturating_duration_since(now);
                 let requests_ok = self.rpm.is_none_or(|r| (self.events.len() - i) as u64 <= r);
                 let tokens_ok = self
                     .tpm
@@ -63,6 +72,20 @@ impl SlidingWindow {
         self.events.push_back((now, tokens));
         self.tokens += tokens;
         Ok(())
+    }
+}
+
+impl SlidingWindow {
+    /// Requests left in the window now, and the time until the oldest request leaves it (the
+    /// `x-ratelimit-remaining-requests` / `x-ratelimit-reset-requests` a provider would send).
+    pub fn headroom(&self, now: Instant) -> (u64, Duration) {
+        let remaining = self
+            .rpm
+            .map_or(u64::MAX, |r| r.saturating_sub(self.events.len() as u64));
+        let reset = self.events.front().map_or(Duration::ZERO, |&(t, _)| {
+            (t + self.window).saturating_duration_since(now)
+        });
+        (remaining, reset)
     }
 }
 

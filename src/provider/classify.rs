@@ -50,6 +50,8 @@ pub enum Attempt {
         retry_after: Option<String>,
         reset_requests: Option<String>,
         reset_tokens: Option<String>,
+        /// The provider said a quota is used up (`x-ratelimit-remaining-*: 0`) until then.
+        quota_exhausted: Option<Duration>,
         body: bytes::Bytes,
     },
     /// No answer: the connection failed, or the answer took longer than the timeout.
@@ -110,6 +112,7 @@ pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
             reset_requests,
             reset_tokens,
             body,
+            ..
         } => (status, retry_after, reset_requests, reset_tokens, body),
     };
     let message = || error_message(&body);
@@ -210,6 +213,7 @@ mod tests {
             retry_after: None,
             reset_requests: None,
             reset_tokens: None,
+            quota_exhausted: None,
             body: bytes::Bytes::from(body.to_string()),
         }
     }
@@ -262,6 +266,7 @@ mod tests {
             retry_after: Some("7".into()),
             reset_requests: None,
             reset_tokens: None,
+            quota_exhausted: None,
             body: bytes::Bytes::new(),
         };
         assert!(
@@ -272,6 +277,7 @@ mod tests {
             retry_after: None,
             reset_requests: Some("1s".into()),
             reset_tokens: Some("6m0s".into()),
+            quota_exhausted: None,
             body: bytes::Bytes::new(),
         };
         assert!(

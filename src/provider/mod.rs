@@ -143,6 +143,12 @@ impl Client {
         let retry_after = header("retry-after");
         let reset_requests = header("x-ratelimit-reset-requests");
         let reset_tokens = header("x-ratelimit-reset-tokens");
+        let quota_exhausted = crate::retry::quota_exhausted(
+            header("x-ratelimit-remaining-requests").as_deref(),
+            reset_requests.as_deref(),
+            header("x-ratelimit-remaining-tokens").as_deref(),
+            reset_tokens.as_deref(),
+        );
         let mut buf = bytes::BytesMut::with_capacity(
             resp.content_length().unwrap_or(4096).min(1 << 20) as usize,
         );
@@ -166,6 +172,7 @@ impl Client {
             retry_after,
             reset_requests,
             reset_tokens,
+            quota_exhausted,
             body: buf.freeze(),
         }
     }

@@ -1,16 +1,15 @@
 //! The core runner end to end: retries, permanent failures, timeouts, CSV rendering.
 
 use crate::harness::*;
-use bulkprompt::mock::MockConfig;
+use bulkprompt::mock::{Fault, MockConfig};
 use bulkprompt::output::Status;
 use std::time::Duration;
 
 #[test]
 fn five_thousand_jobs_with_a_fifth_failing_all_end_ok_once() {
     let mock = Mock::start(MockConfig {
-        fail_rate: 0.2,
         seed: 7,
-        ..Default::default()
+        ..MockConfig::with_fault(Fault::ServerError, 0.2)
     });
     let dir = Dir::new();
     let input = dir.write("jobs.jsonl", chat_jobs(5000));
@@ -79,9 +78,8 @@ fn a_400_fails_its_job_at_once_and_the_rest_go_on() {
 #[test]
 fn hung_connections_time_out_and_are_retried() {
     let mock = Mock::start(MockConfig {
-        hang_rate: 0.3,
         seed: 3,
-        ..Default::default()
+        ..MockConfig::with_fault(Fault::Hang, 0.3)
     });
     let dir = Dir::new();
     let input = dir.write("jobs.jsonl", chat_jobs(40));

@@ -133,3 +133,92 @@ fn bom_crlf_and_a_missing_final_newline_are_accepted() {
     assert_code(&run(&input, &out, &mock.url(), &[]), 0);
     assert_eq!(records_by_id(&out).len(), 3);
 }
+
+#[test]
+fn a_line_over_the_cap_is_refused_without_reading_it_into_memory() {
+    let mut text = chat_jobs(2).into_bytes();
+    text.extend_from_slice(b"{\"id\":\"huge\",\"text\":\"");
+    text.extend(std::iter::repeat_n(b'x', 50 << 20));
+    text.extend_from_slice(b"\"}\n");
+    refused(
+        "jobs.jsonl",
+        &text,
+        &["--template", "{text}"],
+        "FILE:3: line is 52428823 bytes, over the 16777216-byte limit",
+    );
+}
+
+#[test]
+fn deeply_nested_json_is_refused() {
+    let mut text = chat_jobs(1);
+    text.push_str(&format!(
+        "{{\"id\":\"deep\",\"text\":\"x\",\"extra\":{}{}}}\n",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    ));
+    refused(
+        "jobs.jsonl",
+        text.as_bytes(),
+        &["--template", "{text}"],
+        "FILE:2:",
+    );
+}
+
+#[test]
+fn csv_problems_name_their_rows() {
+    refused(
+        "r.csv",
+        b"id,text\n1,a\n2\n3,c\n",
+        &["--template", "{text}"],
+        "FILE:3: row has 1 fields, the header has 2",
+    );
+    refused(
+        "q.csv",
+        b"id,text\n1,a\n2,\"never closed\n3,c\n",
+        &["--template", "{text}"],
+        "FILE:3: unclosed quote: this row's last field runs to the end of the file",
+    );
+    refused(
+        "m.csv",
+        b"text\na\n",
+        &["--template", "{text}", "--id-column", "review_id"],
+        "FILE:1: id column \"review_id\" not found",
+    );
+}
+
+#[test]
+fn a_batch_line_for_another_endpoint_is_refused() {
+    refused(
+        "batch.jsonl",
+        b"{\"custom_id\":\"a\",\"method\":\"POST\",\"url\":\"/v1/embeddings\",\"body\":{\"input\":\"x\"}}\n",
+        &[],
+        "FILE:1: field \"url\": only /v1/chat/completions is supported",
+    );
+}
+
+#[test]
+fn other_delimiters_and_quoted_headers_are_accepted() {
+    let mock = Mock::start(MockConfig {
+        capture_bodies: true,
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("r.csv", "\"id\";\"the text\"\r\n1;\"a; b\"\r\n2;c\r\n");
+    let out = dir.path("out.jsonl");
+    assert_code(
+        &run(
+            &input,
+            &out,
+            &mock.url(),
+            &["--delimiter", ";", "--template", "{the text}"],
+        ),
+        0,
+    );
+    let mut prompts: Vec<String> = mock
+        .bodies()
+        .iter()
+        .map(|b| b["messages"][0]["content"].as_str().unwrap().to_string())
+        .collect();
+    prompts.sort();
+    assert_eq!(prompts, ["a; b", "c"]);
+}

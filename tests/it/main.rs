@@ -4,6 +4,7 @@
 mod harness;
 
 mod core;
+mod hostile;
 mod input;
 mod money;
 mod ratelimit;

@@ -41,10 +41,11 @@ fn same_rpm_on_both_sides_means_few_429s_and_the_full_rate() {
 
 #[test]
 fn a_429_with_retry_after_is_honoured_and_the_job_completes() {
-    // The simulator allows 30 a minute; the runner is not told, so it meets 429s with
-    // Retry-After, pauses everyone, and still finishes every job once.
+    // The simulator allows 30 requests in any 3 seconds; the runner is not told, so it meets
+    // 429s with Retry-After, pauses everyone, and still finishes every job once.
     let mock = Mock::start(MockConfig {
         rpm: Some(30),
+        window: Duration::from_secs(3),
         ..Default::default()
     });
     let dir = Dir::new();
@@ -63,8 +64,6 @@ fn a_429_with_retry_after_is_honoured_and_the_job_completes() {
         ],
     );
     let s = summary(&sum);
-    // 30 go through; 2 meet a window that reopens in a minute, past the retry budget? No:
-    // Retry-After is honoured, so they wait and succeed.
     assert_code(&o, 0);
     assert_eq!(records_by_id(&out).len(), 32);
     assert!(s["http_429"].as_u64().unwrap() >= 1);

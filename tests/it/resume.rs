@@ -2,7 +2,7 @@
 //! failures and concurrent runs.
 
 use crate::harness::*;
-use bulkprompt::mock::MockConfig;
+use bulkprompt::mock::{Fault, MockConfig};
 use bulkprompt::output::Status;
 use std::time::{Duration, Instant};
 
@@ -180,10 +180,7 @@ fn same_prompt_under_two_ids_is_two_jobs() {
 
 #[test]
 fn transient_failures_retry_next_run_permanent_ones_only_when_asked() {
-    let mock = Mock::start(MockConfig {
-        fail_rate: 1.0,
-        ..Default::default()
-    });
+    let mock = Mock::start(MockConfig::with_fault(Fault::ServerError, 1.0));
     let dir = Dir::new();
     let mut jobs = chat_jobs(10);
     jobs.push_str(
