@@ -34,10 +34,29 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
             runtime(threads)?.block_on(serve_mock_cmd(args))
         }
         Command::Prices(args) => prices_cmd(args),
+        Command::Export(args) => export_cmd(args),
+    }
+}
+
+/// Thousands of requests in flight need thousands of sockets: raise the soft limit on open
+/// files to the hard one (often 1,024 soft against 500,000 or more hard).
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 
 fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> {
+    raise_open_files_limit();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         b.worker_threads(n.max(1));
@@ -80,7 +99,26 @@ fn estimate_cmd(args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
     Ok(0)
 }
 
+fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
+    use crate::output::parquet::{convert, ParquetOptions};
+    let options = ParquetOptions {
+        content_json: args.content_json,
+    };
+    let c =
+        convert(&args.input, &args.output, options).map_err(|e| AppError::Other(e.to_string()))?;
+    eprintln!(
+        "bulkprompt: wrote {} rows to {}",
+        c.rows,
+        args.output.display()
+    );
+    Ok(0)
+}
+
 fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
+    let mut args = args;
+    if crate::output::parquet::is_parquet(&args.output) {
+        args.output = crate::output::parquet::journal_path(&args.output);
+    }
     let s = crate::status::status(&args.output).map_err(|e| AppError::Run(e.into()))?;
     let mut out = std::io::stdout().lock();
     if args.json {

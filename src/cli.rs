@@ -42,6 +42,8 @@ pub enum Command {
     ServeMock(ServeMockArgs),
     /// Print the effective price table.
     Prices(PricesArgs),
+    /// Convert a JSONL output to Parquet (one row per id).
+    Export(ExportArgs),
 }
 
 /// How to read the job file (shared by run and validate).
@@ -89,6 +91,12 @@ pub struct JobArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Jsonl,
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormatArg {
     Jsonl,
     Csv,
@@ -98,9 +106,16 @@ pub enum InputFormatArg {
 pub struct RunArgs {
     #[command(flatten)]
     pub job: JobArgs,
-    /// Output file (JSONL). Default: the input's name with .results.jsonl.
+    /// Output file: JSONL, or Parquet by a .parquet extension. Default: the input's name with
+    /// .results.jsonl.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Output format, when the extension does not say.
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// Parquet: add content_json (the content parsed as JSON) and content_json_ok columns.
+    #[arg(long)]
+    pub content_json: bool,
     /// Base URL of an OpenAI-compatible API (…/v1), or `mock` for the in-process simulator.
     #[arg(long)]
     pub endpoint: Option<String>,
@@ -145,6 +160,9 @@ pub struct RunArgs {
     /// retries exhausted; 0 never stops [default: 20].
     #[arg(long, value_name = "N")]
     pub circuit_breaker: Option<u32>,
+    /// Send at most N jobs this run (try a sample first; re-run without it for the rest).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
     /// Also retry jobs whose earlier record is a permanent failure (400, 404, 413, 422).
     #[arg(long)]
     pub retry_failed: bool,
@@ -220,6 +238,18 @@ pub struct EstimateArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A JSONL output of a run.
+    pub input: PathBuf,
+    /// The Parquet file to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Add content_json (the content parsed as JSON) and content_json_ok columns.
+    #[arg(long)]
+    pub content_json: bool,
 }
 
 #[derive(Debug, Args)]

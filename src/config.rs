@@ -3,12 +3,13 @@
 //! `BULKPROMPT_MODEL`), then defaults. Paths in a spec are relative to the spec's folder, so a
 //! spec works from any working directory. A spec names the key's variable, never the key.
 
-use crate::cli::{InputFormatArg, JobArgs, RunArgs};
+use crate::cli::{InputFormatArg, JobArgs, OutputFormat, RunArgs};
 use crate::cost::PriceTable;
 use crate::job::request::JobDefaults;
 use crate::job::source::DEFAULT_MAX_LINE_BYTES;
 use crate::job::{InputFormat, InputSpec, Template};
 use crate::mock::MockConfig;
+use crate::output::parquet::{self, ParquetOptions};
 use crate::progress::ProgressMode;
 use crate::provider::DEFAULT_MAX_RESPONSE_BYTES;
 use crate::retry::Backoff;
@@ -65,6 +66,8 @@ pub struct Spec {
     pub reserve_output_tokens: Option<u64>,
     pub keep_response: Option<bool>,
     pub max_cost: Option<f64>,
+    pub format: Option<String>,
+    pub content_json: Option<bool>,
     pub circuit_breaker: Option<u32>,
     pub prices: Option<PathBuf>,
     pub grace: Option<f64>,
@@ -271,15 +274,30 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         .clone()
         .or_else(|| spec.output.clone())
         .unwrap_or_else(|| default_output(&input.path));
-    if output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-    {
-        return Err(ConfigError::Invalid(format!(
-            "{}: Parquet output is not available yet; write JSONL (-o results.jsonl)",
-            output.display()
-        )));
-    }
+    let format = args.format.or(match spec.format.as_deref() {
+        Some("parquet") => Some(OutputFormat::Parquet),
+        Some("jsonl") => Some(OutputFormat::Jsonl),
+        Some(other) => {
+            return Err(ConfigError::Invalid(format!(
+                "format {other:?}: expected jsonl or parquet"
+            )))
+        }
+        None => None,
+    });
+    // Parquet output: the run writes (and resumes from) a JSONL journal beside it.
+    let (output, parquet) = match format {
+        Some(OutputFormat::Parquet) => (parquet::journal_path(&output), Some(output)),
+        None if parquet::is_parquet(&output) => (parquet::journal_path(&output), Some(output)),
+        _ => (output, None),
+    };
+    let parquet = parquet.map(|p| {
+        (
+            p,
+            ParquetOptions {
+                content_json: args.content_json || spec.content_json.unwrap_or(false),
+            },
+        )
+    });
     let endpoint_text = args
         .endpoint
         .clone()
@@ -386,6 +404,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             .unwrap_or(1024),
         retry_failed: args.retry_failed,
         circuit_breaker: args.circuit_breaker.or(spec.circuit_breaker).unwrap_or(20),
+        limit: args.limit,
         max_cost: match args.max_cost.or(spec.max_cost) {
             Some(usd) if usd.is_finite() && usd >= 0.0 => Some(crate::cost::Money::from_usd(usd)),
             Some(usd) => {
@@ -408,6 +427,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         },
         grace: secs(args.grace.or(spec.grace).unwrap_or(30.0), "--grace")?,
         argv: argv.to_vec(),
+        parquet,
         max_errors: 20,
     })
 }

@@ -13,6 +13,7 @@ use crate::job::{self, InputError, InputSpec, Job, JobStream};
 use crate::limit::{Grant, Limiter};
 use crate::mock::{MockConfig, MockServer};
 use crate::output::jsonl::{self, JsonlWriter, WriteError, WriterMsg};
+use crate::output::parquet::{self, ParquetOptions};
 use crate::output::record::timestamp;
 use crate::output::{CostSource, Record, RecordError, Status};
 use crate::progress::{Counters, Latency, Outcome, ProgressMode, Reporter, Summary};
@@ -61,6 +62,8 @@ pub struct RunConfig {
     pub max_cost: Option<Money>,
     /// Jobs failing in a row with the same kind of error that stop the run (0: never).
     pub circuit_breaker: u32,
+    /// Send at most this many jobs this run (a sample before the whole file).
+    pub limit: Option<u64>,
     pub fresh: bool,
     /// Drop records of ids no longer in the job file.
     pub prune: bool,
@@ -70,6 +73,8 @@ pub struct RunConfig {
     pub grace: Duration,
     /// The command line, for the resume hint and the output's meta.
     pub argv: Vec<String>,
+    /// Parquet output: the file, written from the journal (`output`) at the end of the run.
+    pub parquet: Option<(PathBuf, ParquetOptions)>,
     /// Problems `validate` lists before giving up.
     pub max_errors: usize,
 }
@@ -748,9 +753,16 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
                 counters.skipped.fetch_add(1, Relaxed);
                 continue;
             }
-            Decision::New => tally.new += 1,
-            Decision::Retry => tally.retried += 1,
-            Decision::Changed => tally.changed += 1,
+            decision => {
+                if cfg.limit.is_some_and(|l| tally.dispatched >= l) {
+                    break;
+                }
+                match decision {
+                    Decision::Retry => tally.retried += 1,
+                    Decision::Changed => tally.changed += 1,
+                    _ => tally.new += 1,
+                }
+            }
         }
         let charge = ctx.charge(&job);
         let hold = match &ctx.budget {
@@ -856,6 +868,18 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             Err(e) => tracing::warn!("compaction task failed: {e}"),
         }
     }
+    // Parquet: convert the journal, whole or partial, so the file always reflects the journal.
+    let mut convert_error = None;
+    if let (Some((target, options)), None) = (&cfg.parquet, &write_error) {
+        let (journal, target, options) = (cfg.output.clone(), target.clone(), *options);
+        match tokio::task::spawn_blocking(move || parquet::convert(&journal, &target, options))
+            .await
+        {
+            Ok(Ok(c)) => tracing::debug!("wrote {} Parquet rows", c.rows),
+            Ok(Err(e)) => convert_error = Some(e.to_string()),
+            Err(e) => convert_error = Some(format!("conversion task failed: {e}")),
+        }
+    }
 
     let c = &counters;
     let ok = c.ok.load(Relaxed);
@@ -866,7 +890,15 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         total_jobs.saturating_sub(tally.skipped_done + tally.skipped_failed + ok + failed);
     // Failures in the output after this run: this run's, plus permanent ones it skipped.
     let output_failed = failed + tally.skipped_failed;
-    let (outcome, message) = if let Some(e) = &write_error {
+    let (outcome, message) = if let Some(e) = convert_error {
+        (
+            Outcome::OutputFailed,
+            Some(format!(
+                "{e}; the journal {} is intact, re-run to convert again",
+                cfg.output.display()
+            )),
+        )
+    } else if let Some(e) = &write_error {
         (
             Outcome::OutputFailed,
             Some(format!(
@@ -895,7 +927,12 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         exit_code: outcome.exit_code(),
         message,
         input: cfg.input.path.display().to_string(),
-        output: cfg.output.display().to_string(),
+        output: cfg
+            .parquet
+            .as_ref()
+            .map_or(&cfg.output, |(p, _)| p)
+            .display()
+            .to_string(),
         jobs: total_jobs,
         skipped_done: tally.skipped_done,
         skipped_failed: tally.skipped_failed,

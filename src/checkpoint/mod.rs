@@ -187,7 +187,10 @@ pub fn scan_read_only(path: &Path) -> Result<Checkpoint, CheckpointError> {
 }
 
 fn scan_with(path: &Path, repair: bool) -> Result<Checkpoint, CheckpointError> {
-    let mut cp = Checkpoint::default();
+    let mut cp = Checkpoint {
+        done: KeyMap::with_capacity(crate::job::keys::estimate_lines(path)),
+        ..Checkpoint::default()
+    };
     let mut file = match OpenOptions::new().read(true).write(repair).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(cp),

@@ -81,6 +81,30 @@ impl KeyMap {
     }
 }
 
+/// About how many lines `path` has, from the first MiB, rounded up by a tenth: enough to size a
+/// [`KeyMap`] once instead of doubling it (which would briefly hold the old and new vectors,
+/// half again the memory at the worst moment).
+pub fn estimate_lines(path: &std::path::Path) -> usize {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let size = f.metadata().map_or(0, |m| m.len());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    let lines = buf[..filled].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    if filled as u64 >= size {
+        return lines as usize;
+    }
+    (lines as f64 * size as f64 / filled as f64 * 1.1) as usize + 16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,7 +102,7 @@ pub fn validate(
     max_errors: usize,
     keep_ids: bool,
 ) -> Result<Validation, InputError> {
-    let mut ids = KeyMap::default();
+    let mut ids = KeyMap::with_capacity(super::keys::estimate_lines(&spec.path));
     let mut errors = Vec::new();
     let mut problems = 0u64;
     let mut jobs = 0u64;

@@ -41,6 +41,11 @@ const WORDS: &[&str] = &[
     "again",
     "not",
     "great",
+    // Answers are not all ASCII: outputs must carry any Unicode intact.
+    "très",
+    "naïve",
+    "日本製",
+    "отлично",
 ];
 
 const LABELS: &[&str] = &["positive", "negative", "neutral", "mixed"];

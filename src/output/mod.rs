@@ -1,6 +1,7 @@
 //! Results: the record schema and the append-only JSONL writer that is also the checkpoint.
 
 pub mod jsonl;
+pub mod parquet;
 pub mod record;
 
 pub use record::{CostSource, Record, RecordError, RecordHead, Status};

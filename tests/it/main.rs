@@ -7,6 +7,7 @@ mod core;
 mod hostile;
 mod input;
 mod money;
+mod parquet;
 mod ratelimit;
 mod resume;
 mod secrets;

@@ -1,0 +1,437 @@
+//! Parquet output. Parquet files cannot be appended to, so a run writes its append-only JSONL
+//! journal (`OUT.parquet.journal.jsonl`, the checkpoint, with every guarantee of JSONL output)
+//! and converts it at the end: streaming, in batches of 8,192 rows and row groups of at most
+//! 65,536, zstd-compressed, into a temporary file that is renamed over the target, so a reader
+//! never sees a half-written file.
+//!
+//! Columns have real types: strings, int64 token counts, float64 cost, timestamps in UTC. The
+//! `error` object becomes `error_kind`, `error_http_status`, `error_message`; each `metadata`
+//! key becomes a `meta_<key>` string column (CSV columns and JSONL metadata), so results join
+//! back to the input in one line of SQL; `metadata` itself is kept as JSON text. With
+//! `content_json`, two more columns hold the content parsed as JSON and whether it parsed.
+
+use super::Record;
+use crate::checkpoint::{for_each_head, CheckpointError};
+use crate::job::keys::KeyMap;
+use crate::job::source::{LineReader, RawLine};
+use crate::job::IdKey;
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const BATCH_ROWS: usize = 8192;
+const ROW_GROUP_ROWS: usize = 65_536;
+
+/// How to write the Parquet file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParquetOptions {
+    /// Add `content_json` (the content parsed as JSON, re-serialized) and `content_json_ok`.
+    pub content_json: bool,
+}
+
+/// Problems converting to Parquet.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetError {
+    /// The journal could not be read.
+    #[error(transparent)]
+    Journal(#[from] CheckpointError),
+    /// A line of the journal is not a record.
+    #[error("{path}:{line}: not a bulkprompt record: {message}")]
+    Record {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    /// The Parquet file could not be written.
+    #[error("writing {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+/// The journal beside a Parquet output: `results.parquet` -> `results.parquet.journal.jsonl`.
+pub fn journal_path(parquet: &Path) -> PathBuf {
+    let mut name = parquet.file_name().unwrap_or_default().to_os_string();
+    name.push(".journal.jsonl");
+    parquet.with_file_name(name)
+}
+
+/// Whether a path names Parquet output.
+pub fn is_parquet(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Converted {
+    pub rows: u64,
+    /// Lines skipped because a later line has the same id.
+    pub superseded: u64,
+}
+
+/// Converts a JSONL output (or journal) into a Parquet file, one row per id (the last record).
+pub fn convert(
+    jsonl: &Path,
+    parquet: &Path,
+    options: ParquetOptions,
+) -> Result<Converted, ParquetError> {
+    // Pass 1: the metadata keys (they become columns) and each id's last line.
+    let mut meta_keys = BTreeSet::new();
+    let mut has_response = false;
+    let mut last = KeyMap::with_capacity(crate::job::keys::estimate_lines(jsonl));
+    {
+        let file = File::open(jsonl).map_err(|source| CheckpointError::Io {
+            path: jsonl.to_path_buf(),
+            source,
+        })?;
+        for_each_head(jsonl, file, false, |line, head| {
+            last.push(IdKey::of(head.id.as_bytes()), line);
+            Ok(())
+        })?;
+        last.seal();
+        last.keep_last();
+        let file = File::open(jsonl).map_err(|source| CheckpointError::Io {
+            path: jsonl.to_path_buf(),
+            source,
+        })?;
+        let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);
+        while let Some(RawLine::Line { line }) =
+            lines.next_line().map_err(|source| CheckpointError::Io {
+                path: jsonl.to_path_buf(),
+                source,
+            })?
+        {
+            if lines.bytes().is_empty() {
+                continue;
+            }
+            #[derive(serde::Deserialize)]
+            struct Keys {
+                metadata: serde_json::Map<String, serde_json::Value>,
+                #[serde(default)]
+                response: Option<serde::de::IgnoredAny>,
+            }
+            let k: Keys =
+                serde_json::from_slice(lines.bytes()).map_err(|e| ParquetError::Record {
+                    path: jsonl.to_path_buf(),
+                    line,
+                    message: e.to_string(),
+                })?;
+            meta_keys.extend(k.metadata.into_iter().map(|(key, _)| key));
+            has_response |= k.response.is_some();
+        }
+    }
+    let meta_keys: Vec<String> = meta_keys.into_iter().collect();
+    let schema = Arc::new(schema(&meta_keys, has_response, options));
+
+    // Pass 2: stream the records into batches.
+    let tmp = {
+        let mut name = parquet.file_name().unwrap_or_default().to_os_string();
+        name.push(".tmp");
+        parquet.with_file_name(name)
+    };
+    let werr = |m: String| ParquetError::Write {
+        path: parquet.to_path_buf(),
+        message: m,
+    };
+    let out = File::create(&tmp).map_err(|e| werr(e.to_string()))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(concat!("bulkprompt ", env!("CARGO_PKG_VERSION")).to_string())
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| werr(e.to_string()))?;
+    let mut cols = Columns::new(&meta_keys, has_response, options);
+    let mut converted = Converted {
+        rows: 0,
+        superseded: 0,
+    };
+    let file = File::open(jsonl).map_err(|source| CheckpointError::Io {
+        path: jsonl.to_path_buf(),
+        source,
+    })?;
+    let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);
+    while let Some(RawLine::Line { line }) =
+        lines.next_line().map_err(|source| CheckpointError::Io {
+            path: jsonl.to_path_buf(),
+            source,
+        })?
+    {
+        if lines.bytes().is_empty() {
+            continue;
+        }
+        let r: Record =
+            serde_json::from_slice(lines.bytes()).map_err(|e| ParquetError::Record {
+                path: jsonl.to_path_buf(),
+                line,
+                message: e.to_string(),
+            })?;
+        if last.get(&IdKey::of(r.id.as_bytes())) != Some(line) {
+            converted.superseded += 1;
+            continue;
+        }
+        cols.push(&r);
+        converted.rows += 1;
+        if cols.len == BATCH_ROWS {
+            let batch = cols.finish(&schema).map_err(werr)?;
+            writer.write(&batch).map_err(|e| werr(e.to_string()))?;
+        }
+    }
+    if cols.len > 0 {
+        let batch = cols.finish(&schema).map_err(werr)?;
+        writer.write(&batch).map_err(|e| werr(e.to_string()))?;
+    }
+    let file = writer.into_inner().map_err(|e| werr(e.to_string()))?;
+    file.sync_all().map_err(|e| werr(e.to_string()))?;
+    drop(file);
+    std::fs::rename(&tmp, parquet).map_err(|e| werr(e.to_string()))?;
+    crate::checkpoint::sync_dir(parquet);
+    Ok(converted)
+}
+
+/// The column names and types.
+pub fn schema(meta_keys: &[String], has_response: bool, options: ParquetOptions) -> Schema {
+    let utc = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let mut fields = vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("index", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("response_model", DataType::Utf8, true),
+        Field::new("content", DataType::Utf8, true),
+        Field::new("finish_reason", DataType::Utf8, true),
+    ];
+    if has_response {
+        fields.push(Field::new("response", DataType::Utf8, true));
+    }
+    for name in [
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+    ] {
+        fields.push(Field::new(name, DataType::Int64, true));
+    }
+    fields.extend([
+        Field::new("cost_usd", DataType::Float64, true),
+        Field::new("cost_source", DataType::Utf8, true),
+        Field::new("latency_ms", DataType::Int64, false),
+        Field::new("attempts", DataType::Int64, false),
+        Field::new("error_kind", DataType::Utf8, true),
+        Field::new("error_http_status", DataType::Int32, true),
+        Field::new("error_message", DataType::Utf8, true),
+        Field::new("started_at", utc(), false),
+        Field::new("finished_at", utc(), false),
+        Field::new("fingerprint", DataType::Utf8, false),
+        Field::new("metadata", DataType::Utf8, false),
+    ]);
+    if options.content_json {
+        fields.push(Field::new("content_json", DataType::Utf8, true));
+        fields.push(Field::new("content_json_ok", DataType::Boolean, true));
+    }
+    for k in meta_keys {
+        fields.push(Field::new(format!("meta_{k}"), DataType::Utf8, true));
+    }
+    Schema::new(fields)
+}
+
+/// Column builders for one batch.
+struct Columns {
+    len: usize,
+    has_response: bool,
+    content_json: bool,
+    id: StringBuilder,
+    index: Int64Builder,
+    status: StringBuilder,
+    model: StringBuilder,
+    response_model: StringBuilder,
+    content: StringBuilder,
+    finish_reason: StringBuilder,
+    response: StringBuilder,
+    tokens: [Int64Builder; 5],
+    cost_usd: Float64Builder,
+    cost_source: StringBuilder,
+    latency_ms: Int64Builder,
+    attempts: Int64Builder,
+    error_kind: StringBuilder,
+    error_http_status: Int32Builder,
+    error_message: StringBuilder,
+    started_at: TimestampMillisecondBuilder,
+    finished_at: TimestampMillisecondBuilder,
+    fingerprint: StringBuilder,
+    metadata: StringBuilder,
+    content_json_text: StringBuilder,
+    content_json_ok: BooleanBuilder,
+    meta_keys: Vec<String>,
+    meta: Vec<StringBuilder>,
+}
+
+fn millis(ts: &str) -> i64 {
+    humantime::parse_rfc3339_weak(ts)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Columns {
+    fn new(meta_keys: &[String], has_response: bool, options: ParquetOptions) -> Self {
+        let s = StringBuilder::new;
+        let i = Int64Builder::new;
+        Columns {
+            len: 0,
+            has_response,
+            content_json: options.content_json,
+            id: s(),
+            index: i(),
+            status: s(),
+            model: s(),
+            response_model: s(),
+            content: s(),
+            finish_reason: s(),
+            response: s(),
+            tokens: [i(), i(), i(), i(), i()],
+            cost_usd: Float64Builder::new(),
+            cost_source: s(),
+            latency_ms: i(),
+            attempts: i(),
+            error_kind: s(),
+            error_http_status: Int32Builder::new(),
+            error_message: s(),
+            started_at: TimestampMillisecondBuilder::new().with_timezone("UTC"),
+            finished_at: TimestampMillisecondBuilder::new().with_timezone("UTC"),
+            fingerprint: s(),
+            metadata: s(),
+            content_json_text: s(),
+            content_json_ok: BooleanBuilder::new(),
+            meta_keys: meta_keys.to_vec(),
+            meta: meta_keys.iter().map(|_| s()).collect(),
+        }
+    }
+
+    fn push(&mut self, r: &Record) {
+        self.len += 1;
+        self.id.append_value(&r.id);
+        self.index.append_value(r.index as i64);
+        self.status.append_value(match r.status {
+            super::Status::Ok => "ok",
+            super::Status::Failed => "failed",
+        });
+        self.model.append_value(&r.model);
+        self.response_model
+            .append_option(r.response_model.as_deref());
+        self.content.append_option(r.content.as_deref());
+        self.finish_reason.append_option(r.finish_reason.as_deref());
+        if self.has_response {
+            self.response
+                .append_option(r.response.as_ref().map(|v| v.get()));
+        }
+        let t = [
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.total_tokens,
+            r.cached_tokens,
+            r.reasoning_tokens,
+        ];
+        for (b, v) in self.tokens.iter_mut().zip(t) {
+            b.append_option(v.map(|n| n as i64));
+        }
+        self.cost_usd.append_option(r.cost_usd);
+        self.cost_source
+            .append_option(r.cost_source.map(|c| match c {
+                super::CostSource::Provider => "provider",
+                super::CostSource::PriceTable => "price_table",
+            }));
+        self.latency_ms.append_value(r.latency_ms as i64);
+        self.attempts.append_value(i64::from(r.attempts));
+        self.error_kind
+            .append_option(r.error.as_ref().map(|e| e.kind.as_str()));
+        self.error_http_status
+            .append_option(r.error.as_ref().and_then(|e| e.http_status).map(i32::from));
+        self.error_message
+            .append_option(r.error.as_ref().map(|e| e.message.as_str()));
+        self.started_at.append_value(millis(&r.started_at));
+        self.finished_at.append_value(millis(&r.finished_at));
+        self.fingerprint.append_value(&r.fingerprint);
+        self.metadata
+            .append_value(serde_json::to_string(&r.metadata).unwrap_or_default());
+        if self.content_json {
+            let parsed = r
+                .content
+                .as_deref()
+                .map(serde_json::from_str::<serde_json::Value>);
+            match parsed {
+                Some(Ok(v)) => {
+                    self.content_json_text.append_value(v.to_string());
+                    self.content_json_ok.append_value(true);
+                }
+                Some(Err(_)) => {
+                    self.content_json_text.append_null();
+                    self.content_json_ok.append_value(false);
+                }
+                None => {
+                    self.content_json_text.append_null();
+                    self.content_json_ok.append_null();
+                }
+            }
+        }
+        for (k, b) in self.meta_keys.iter().zip(self.meta.iter_mut()) {
+            match r.metadata.get(k) {
+                Some(serde_json::Value::String(s)) => b.append_value(s),
+                Some(serde_json::Value::Null) | None => b.append_null(),
+                Some(other) => b.append_value(other.to_string()),
+            }
+        }
+    }
+
+    /// The batch so far, in schema order; the builders start over.
+    fn finish(&mut self, schema: &Arc<Schema>) -> Result<RecordBatch, String> {
+        self.len = 0;
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.id.finish()),
+            Arc::new(self.index.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.model.finish()),
+            Arc::new(self.response_model.finish()),
+            Arc::new(self.content.finish()),
+            Arc::new(self.finish_reason.finish()),
+        ];
+        if self.has_response {
+            cols.push(Arc::new(self.response.finish()));
+        }
+        for b in &mut self.tokens {
+            cols.push(Arc::new(b.finish()));
+        }
+        cols.extend([
+            Arc::new(self.cost_usd.finish()) as ArrayRef,
+            Arc::new(self.cost_source.finish()),
+            Arc::new(self.latency_ms.finish()),
+            Arc::new(self.attempts.finish()),
+            Arc::new(self.error_kind.finish()),
+            Arc::new(self.error_http_status.finish()),
+            Arc::new(self.error_message.finish()),
+            Arc::new(self.started_at.finish()),
+            Arc::new(self.finished_at.finish()),
+            Arc::new(self.fingerprint.finish()),
+            Arc::new(self.metadata.finish()),
+        ]);
+        if self.content_json {
+            cols.push(Arc::new(self.content_json_text.finish()));
+            cols.push(Arc::new(self.content_json_ok.finish()));
+        }
+        for b in &mut self.meta {
+            cols.push(Arc::new(b.finish()));
+        }
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| e.to_string())
+    }
+}
