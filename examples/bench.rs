@@ -63,6 +63,9 @@ fn main() {
     if wants(5) {
         rows.extend(resume_scan(&bin, dir.path(), 1_000_000 / scale));
     }
+    if wants(6) {
+        rows.extend(parquet_export(&bin, dir.path(), 1_000_000 / scale));
+    }
     print_table(&rows);
 }
 
@@ -590,8 +593,65 @@ fn resume_scan(bin: &Path, dir: &Path, jobs: usize) -> Vec<Row> {
     }]
 }
 
+/// Scenario 6: converting a journal of `records` records with 1 KB of content each.
+fn parquet_export(bin: &Path, dir: &Path, records: usize) -> Vec<Row> {
+    eprintln!("6. Parquet conversion: {records} records of 1 KB content");
+    let input = job_file(dir, &format!("pq{records}.jsonl"), records, false);
+    let journal = dir.join("pq.journal.jsonl");
+    write_output(&input, &journal, &"All good. ".repeat(102));
+    let size_mb = std::fs::metadata(&journal).map_or(0, |m| m.len()) as f64 / 1e6;
+    let out = dir.join("pq.parquet");
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .args([
+            "export",
+            journal.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("export");
+    let (code, cpu, rss_kb) = wait4(child.id());
+    std::mem::forget(child);
+    let wall = started.elapsed().as_secs_f64();
+    let rss = rss_kb as f64 / 1024.0;
+    let out_mb = std::fs::metadata(&out).map_or(0, |m| m.len()) as f64 / 1e6;
+    vec![
+        Row {
+            scenario: format!("6. Parquet conversion, {records} x 1 KB"),
+            figure: format!(
+                "{:.0} records/s ({wall:.1} s, {cpu:.1} s CPU, exit {code})",
+                records as f64 / wall
+            ),
+            reference: format!("journal {size_mb:.0} MB -> Parquet {out_mb:.0} MB"),
+            ratio: "-".into(),
+            target: "-".into(),
+            met: None,
+        },
+        Row {
+            scenario: "6. Parquet conversion: peak RSS".into(),
+            figure: format!("{rss:.0} MB"),
+            reference: "-".into(),
+            ratio: "-".into(),
+            target: "< 300 MB".into(),
+            met: Some(rss < 300.0),
+        },
+    ]
+}
+
 /// Writes an output where every job of `input` is done, as a finished run would leave it.
 fn write_done_output(input: &Path, out: &Path) {
+    write_output(
+        input,
+        out,
+        "{\"label\":\"positive\",\"confidence\":0.91,\"summary\":\"Arrived on time and works as described\"}",
+    );
+}
+
+/// Writes an output where every job of `input` is done, each with `content`.
+fn write_output(input: &Path, out: &Path, content: &str) {
     let spec = InputSpec {
         path: input.to_path_buf(),
         format: InputFormat::Jsonl,
@@ -601,7 +661,6 @@ fn write_done_output(input: &Path, out: &Path) {
     };
     let mut w = BufWriter::new(std::fs::File::create(out).expect("output"));
     let now = timestamp(SystemTime::now());
-    let content = "{\"label\":\"positive\",\"confidence\":0.91,\"summary\":\"Arrived on time and works as described\"}";
     for job in spec.open().expect("open") {
         let job = job.expect("job");
         let u = Usage {

@@ -5,6 +5,17 @@
 //! every result with its usage and cost ([`cost`]). [`run::run`] wires it together; the binary
 //! is a thin shell over [`app`]. [`mock`] is the offline simulator used by the demo, the tests
 //! and the benchmarks.
+//!
+//! Pricing a response, to the picodollar:
+//!
+//! ```
+//! use bulkprompt::cost::{PriceTable, Usage};
+//!
+//! let prices = PriceTable::embedded();
+//! let flash = prices.get("google/gemini-2.0-flash-001").unwrap();
+//! let usage = Usage { prompt: 1_000, completion: 200, ..Usage::default() };
+//! assert_eq!(flash.cost(&usage, 0).to_string(), "$0.000180");
+//! ```
 
 pub mod app;
 pub mod budget;

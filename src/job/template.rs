@@ -12,6 +12,19 @@ enum Piece {
 }
 
 /// A parsed prompt template.
+///
+/// ```
+/// use bulkprompt::job::Template;
+/// use std::borrow::Cow;
+///
+/// let t = Template::parse("Classify ({stars}★): {review} {{json}}").unwrap();
+/// let row = |f: &str| match f {
+///     "stars" => Some(Cow::Borrowed("5")),
+///     "review" => Some(Cow::Borrowed("Great, really")),
+///     _ => None,
+/// };
+/// assert_eq!(t.render(row).unwrap(), "Classify (5★): Great, really {json}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     pieces: Vec<Piece>,
