@@ -5,7 +5,9 @@ use bulkprompt::cli::{Cli, LogFormat};
 use clap::Parser;
 
 // Thousands of small allocations a second across threads (request bodies, responses, records):
-// mimalloc spends about a third less CPU on them than glibc's malloc here.
+// mimalloc spends about a third less CPU on them than glibc's malloc here. At thousands of
+// requests in flight it holds more memory; MIMALLOC_ARENA_EAGER_COMMIT=0 in the environment
+// trades about a quarter more CPU for about a third less (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -21,7 +21,7 @@ pub fn compact(path: &Path, keep: Option<&dyn Fn(&IdKey) -> bool>) -> Result<u64
         last.push(IdKey::of(head.id.as_bytes()), line);
         Ok(())
     })?;
-    last.seal();
+    last.seal_ordered();
     last.keep_last();
     let tmp = temp_path(path);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);

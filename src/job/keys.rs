@@ -39,6 +39,17 @@ impl KeyMap {
         }
     }
 
+    /// [`seal`](Self::seal) for maps whose values grow in push order (line numbers): sorting by
+    /// key and value keeps that order without the stable sort's scratch buffer (half the map
+    /// again, at its peak).
+    pub fn seal_ordered(&mut self) {
+        if !self.sealed {
+            debug_assert!(self.entries.windows(2).all(|w| w[0].1 <= w[1].1));
+            self.entries.sort_unstable();
+            self.sealed = true;
+        }
+    }
+
     /// Runs of equal keys: `(key, first value, later value)` for every repeat.
     pub fn repeats(&self) -> impl Iterator<Item = (IdKey, u64, u64)> + '_ {
         debug_assert!(self.sealed);

@@ -134,7 +134,7 @@ pub fn validate(
             file: spec.path.clone(),
         });
     }
-    ids.seal();
+    ids.seal_ordered();
     // Duplicates are rare: find their lines from the sorted hashes, then read the ids' text
     // back from the file only for those lines.
     let repeats: HashMap<u64, u64> = ids.repeats().map(|(_, first, dup)| (dup, first)).collect();
