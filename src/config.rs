@@ -252,6 +252,13 @@ pub fn load_spec(args: &JobArgs) -> Result<Spec, ConfigError> {
         .map(Option::unwrap_or_default)
 }
 
+/// The output: the flag, the spec's, or beside the input.
+fn output_path(flag: Option<&PathBuf>, spec: &Spec, input: &InputSpec) -> PathBuf {
+    flag.cloned()
+        .or_else(|| spec.output.clone())
+        .unwrap_or_else(|| default_output(&input.path))
+}
+
 /// `reviews.csv` -> `reviews.results.jsonl`, beside it.
 fn default_output(input: &Path) -> PathBuf {
     let stem = input.file_stem().unwrap_or_default().to_string_lossy();
@@ -269,11 +276,7 @@ fn secs(v: f64, flag: &str) -> Result<Duration, ConfigError> {
 pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigError> {
     let spec = load_spec(&args.job)?;
     let input = resolve_input(&args.job, &spec)?;
-    let output = args
-        .output
-        .clone()
-        .or_else(|| spec.output.clone())
-        .unwrap_or_else(|| default_output(&input.path));
+    let output = output_path(args.output.as_ref(), &spec, &input);
     let format = args.format.or(match spec.format.as_deref() {
         Some("parquet") => Some(OutputFormat::Parquet),
         Some("jsonl") => Some(OutputFormat::Jsonl),
@@ -438,11 +441,7 @@ pub fn resolve_estimate(
 ) -> Result<crate::estimate::EstimateConfig, ConfigError> {
     let spec = load_spec(&args.job)?;
     let input = resolve_input(&args.job, &spec)?;
-    let output = args
-        .output
-        .clone()
-        .or_else(|| spec.output.clone())
-        .unwrap_or_else(|| default_output(&input.path));
+    let output = output_path(args.output.as_ref(), &spec, &input);
     let prices = PriceTable::load_effective(args.prices.as_deref().or(spec.prices.as_deref()))
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     Ok(crate::estimate::EstimateConfig {

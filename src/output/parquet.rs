@@ -11,7 +11,7 @@
 //! `content_json`, two more columns hold the content parsed as JSON and whether it parsed.
 
 use super::Record;
-use crate::checkpoint::{for_each_head, CheckpointError};
+use crate::checkpoint::CheckpointError;
 use crate::job::keys::KeyMap;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
@@ -79,57 +79,61 @@ pub struct Converted {
     pub superseded: u64,
 }
 
+/// Calls `f` with each non-blank line of `path` and its number.
+fn for_each_line(
+    path: &Path,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), ParquetError>,
+) -> Result<(), ParquetError> {
+    let io = |source| {
+        ParquetError::Journal(CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let file = File::open(path).map_err(io)?;
+    let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);
+    while let Some(raw) = lines.next_line().map_err(io)? {
+        if let RawLine::Line { line } = raw {
+            if !lines.bytes().is_empty() {
+                f(line, lines.bytes())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Converts a JSONL output (or journal) into a Parquet file, one row per id (the last record).
 pub fn convert(
     jsonl: &Path,
     parquet: &Path,
     options: ParquetOptions,
 ) -> Result<Converted, ParquetError> {
-    // Pass 1: the metadata keys (they become columns) and each id's last line.
+    let bad = |line, e: serde_json::Error| ParquetError::Record {
+        path: jsonl.to_path_buf(),
+        line,
+        message: e.to_string(),
+    };
+    // Pass 1: each id's last line, the metadata keys (they become columns), whether any record
+    // kept its response.
+    let mut last = KeyMap::with_capacity(crate::job::keys::estimate_lines(jsonl));
     let mut meta_keys = BTreeSet::new();
     let mut has_response = false;
-    let mut last = KeyMap::with_capacity(crate::job::keys::estimate_lines(jsonl));
-    {
-        let file = File::open(jsonl).map_err(|source| CheckpointError::Io {
-            path: jsonl.to_path_buf(),
-            source,
-        })?;
-        for_each_head(jsonl, file, false, |line, head| {
-            last.push(IdKey::of(head.id.as_bytes()), line);
-            Ok(())
-        })?;
-        last.seal();
-        last.keep_last();
-        let file = File::open(jsonl).map_err(|source| CheckpointError::Io {
-            path: jsonl.to_path_buf(),
-            source,
-        })?;
-        let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);
-        while let Some(RawLine::Line { line }) =
-            lines.next_line().map_err(|source| CheckpointError::Io {
-                path: jsonl.to_path_buf(),
-                source,
-            })?
-        {
-            if lines.bytes().is_empty() {
-                continue;
-            }
-            #[derive(serde::Deserialize)]
-            struct Keys {
-                metadata: serde_json::Map<String, serde_json::Value>,
-                #[serde(default)]
-                response: Option<serde::de::IgnoredAny>,
-            }
-            let k: Keys =
-                serde_json::from_slice(lines.bytes()).map_err(|e| ParquetError::Record {
-                    path: jsonl.to_path_buf(),
-                    line,
-                    message: e.to_string(),
-                })?;
-            meta_keys.extend(k.metadata.into_iter().map(|(key, _)| key));
-            has_response |= k.response.is_some();
+    for_each_line(jsonl, |line, bytes| {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            id: String,
+            metadata: serde_json::Map<String, serde_json::Value>,
+            #[serde(default)]
+            response: Option<serde::de::IgnoredAny>,
         }
-    }
+        let h: Head = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
+        last.push(IdKey::of(h.id.as_bytes()), line);
+        meta_keys.extend(h.metadata.into_iter().map(|(key, _)| key));
+        has_response |= h.response.is_some();
+        Ok(())
+    })?;
+    last.seal_ordered();
+    last.keep_last();
     let meta_keys: Vec<String> = meta_keys.into_iter().collect();
     let schema = Arc::new(schema(&meta_keys, has_response, options));
 
@@ -156,29 +160,11 @@ pub fn convert(
         rows: 0,
         superseded: 0,
     };
-    let file = File::open(jsonl).map_err(|source| CheckpointError::Io {
-        path: jsonl.to_path_buf(),
-        source,
-    })?;
-    let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);
-    while let Some(RawLine::Line { line }) =
-        lines.next_line().map_err(|source| CheckpointError::Io {
-            path: jsonl.to_path_buf(),
-            source,
-        })?
-    {
-        if lines.bytes().is_empty() {
-            continue;
-        }
-        let r: Record =
-            serde_json::from_slice(lines.bytes()).map_err(|e| ParquetError::Record {
-                path: jsonl.to_path_buf(),
-                line,
-                message: e.to_string(),
-            })?;
+    for_each_line(jsonl, |line, bytes| {
+        let r: Record = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
         if last.get(&IdKey::of(r.id.as_bytes())) != Some(line) {
             converted.superseded += 1;
-            continue;
+            return Ok(());
         }
         cols.push(&r);
         converted.rows += 1;
@@ -186,7 +172,8 @@ pub fn convert(
             let batch = cols.finish(&schema).map_err(werr)?;
             writer.write(&batch).map_err(|e| werr(e.to_string()))?;
         }
-    }
+        Ok(())
+    })?;
     if cols.len > 0 {
         let batch = cols.finish(&schema).map_err(werr)?;
         writer.write(&batch).map_err(|e| werr(e.to_string()))?;
