@@ -356,3 +356,40 @@ fn a_second_run_on_the_same_output_is_refused_with_the_first_pid() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_second_signal_stops_at_once_and_leaves_the_output_whole() {
+    const JOBS: u64 = 200;
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(2000),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(JOBS as usize));
+    let out = dir.path("out.jsonl");
+    let child = run_cmd(
+        &input,
+        &out,
+        &mock.url(),
+        &["--concurrency", "16", "--grace", "60"],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    let signalled = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_code(&o, 130);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "a second signal must not wait out the 60 s grace"
+    );
+    // Every line is a whole record; the resume finishes the rest.
+    let partial = records_by_id(&out).len() as u64;
+    assert!(partial < JOBS);
+    assert_code(&run(&input, &out, &mock.url(), &["--concurrency", "64"]), 0);
+    assert_eq!(records_by_id(&out).len() as u64, JOBS);
+}
