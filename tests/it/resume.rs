@@ -218,6 +218,38 @@ fn transient_failures_retry_next_run_permanent_ones_only_when_asked() {
     assert_eq!(records_by_id(&out).len(), 11);
 }
 
+/// Runs with 16 in flight and `grace`, sends `signals` (300 ms apart) after `after`; the
+/// output and the time from the first signal to the exit.
+fn interrupted(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    mock: &Mock,
+    grace: &str,
+    after: Duration,
+    signals: &[i32],
+) -> (std::process::Output, Duration) {
+    let child = run_cmd(
+        input,
+        out,
+        &mock.url(),
+        &["--concurrency", "16", "--grace", grace],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(after);
+    let signalled = Instant::now();
+    for (i, &sig) in signals.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+    let o = child.wait_with_output().unwrap();
+    (o, signalled.elapsed())
+}
+
 #[test]
 fn sigterm_drains_exits_130_and_the_resume_finishes_without_rebuying() {
     const JOBS: u64 = 300;
@@ -228,20 +260,14 @@ fn sigterm_drains_exits_130_and_the_resume_finishes_without_rebuying() {
     let dir = Dir::new();
     let input = dir.write("jobs.jsonl", chat_jobs(JOBS as usize));
     let out = dir.path("out.jsonl");
-    let child = run_cmd(
+    let (o, took) = interrupted(
         &input,
         &out,
-        &mock.url(),
-        &["--concurrency", "16", "--grace", "5"],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let signalled = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
-    let took = signalled.elapsed();
+        &mock,
+        "5",
+        Duration::from_millis(1500),
+        &[libc::SIGTERM],
+    );
     assert_code(&o, 130);
     assert!(
         took < Duration::from_secs(5 + 3),
@@ -367,25 +393,19 @@ fn a_second_signal_stops_at_once_and_leaves_the_output_whole() {
     let dir = Dir::new();
     let input = dir.write("jobs.jsonl", chat_jobs(JOBS as usize));
     let out = dir.path("out.jsonl");
-    let child = run_cmd(
+    let signals = [libc::SIGTERM, libc::SIGINT];
+    let (o, took) = interrupted(
         &input,
         &out,
-        &mock.url(),
-        &["--concurrency", "16", "--grace", "60"],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(3000));
-    let signalled = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(300));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let o = child.wait_with_output().unwrap();
+        &mock,
+        "60",
+        Duration::from_millis(3000),
+        &signals,
+    );
     assert_code(&o, 130);
     assert!(
-        signalled.elapsed() < Duration::from_secs(10),
-        "a second signal must not wait out the 60 s grace"
+        took < Duration::from_secs(10),
+        "a second signal must not wait out the 60 s grace ({took:?})"
     );
     // Every line is a whole record; the resume finishes the rest.
     let partial = records_by_id(&out).len() as u64;
