@@ -1,0 +1,364 @@
+//! One job's life after the dispatcher admits it: attempts through the client, each judged by
+//! `classify`, retries with backoff (each through the limiter again), the record built with its
+//! usage and cost, the budget settled, the circuit breaker told, and the record handed to the
+//! writer. `Ctx` is what every task shares.
+
+use crate::budget::{Budget, Reservation};
+use crate::cost::{Money, PriceTable, Usage};
+use crate::job::Job;
+use crate::limit::{Grant, Limiter};
+use crate::output::jsonl::WriterMsg;
+use crate::output::record::timestamp;
+use crate::output::{CostSource, Record, RecordError, Status};
+use crate::progress::Counters;
+use crate::provider::{classify, Client, Completion, ErrorKind, Verdict};
+use crate::retry::Backoff;
+use crate::secret::ApiKey;
+use crate::shutdown::{Phase, Shutdown};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+
+/// State shared by the dispatcher and the job tasks.
+pub(super) struct Ctx {
+    pub(super) client: Client,
+    pub(super) limiter: Limiter,
+    pub(super) counters: Arc<Counters>,
+    pub(super) prices: PriceTable,
+    pub(super) writer: std::sync::mpsc::Sender<WriterMsg>,
+    pub(super) shutdown: Shutdown,
+    pub(super) max_attempts: u32,
+    pub(super) backoff: Backoff,
+    pub(super) default_output_tokens: u64,
+    pub(super) keep_response: bool,
+    pub(super) api_key: Option<ApiKey>,
+    /// Set once a first answer shows the endpoint and key work; until then one request at a time.
+    pub(super) opened: AtomicBool,
+    pub(super) opened_notify: Notify,
+    /// Why the run was aborted, if it was.
+    pub(super) abort: Mutex<Option<String>>,
+    pub(super) abort_notify: Notify,
+    pub(super) warned_unpriced: AtomicBool,
+    pub(super) budget: Option<Arc<dyn Budget>>,
+    /// Jobs failing in a row with the same kind of error; `breaker_at` of them stop the run.
+    pub(super) streak: Mutex<(Option<ErrorKind>, u32)>,
+    pub(super) breaker_at: u32,
+}
+
+/// A job's hold on the budget; settles with zero if the job ends without a record (shutdown,
+/// abort, or its task dropped), so an abandoned job never keeps money reserved.
+pub(super) struct Hold {
+    pub(super) budget: Arc<dyn Budget>,
+    pub(super) reservation: Option<Reservation>,
+}
+
+impl Hold {
+    pub(super) fn settle(mut self, actual: Money) {
+        if let Some(r) = self.reservation.take() {
+            self.budget.settle(r, actual);
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.budget.settle(r, Money::ZERO);
+        }
+    }
+}
+
+impl Ctx {
+    pub(super) fn open(&self) {
+        if !self.opened.swap(true, Relaxed) {
+            self.opened_notify.notify_waiters();
+        }
+    }
+
+    pub(super) fn abort(&self, reason: String) {
+        let mut a = self.abort.lock().unwrap_or_else(|p| p.into_inner());
+        if a.is_none() {
+            *a = Some(reason);
+        }
+        drop(a);
+        self.abort_notify.notify_waiters();
+        self.open();
+    }
+
+    /// The circuit breaker: a run where job after job fails the same way (an outage longer
+    /// than the retry budget, a model that does not exist) stops instead of marking a million
+    /// jobs failed.
+    pub(super) fn note_result(&self, record: &Record) {
+        if self.breaker_at == 0 {
+            return;
+        }
+        let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        match &record.error {
+            None => *streak = (None, 0),
+            Some(e) if streak.0 == Some(e.kind) => streak.1 += 1,
+            Some(e) => *streak = (Some(e.kind), 1),
+        }
+        if streak.1 == self.breaker_at {
+            let e = record
+                .error
+                .as_ref()
+                .map(|e| (e.kind.as_str(), e.http_status, e.message.clone()));
+            drop(streak);
+            if let Some((kind, status, message)) = e {
+                let status = status.map(|s| format!("HTTP {s}, ")).unwrap_or_default();
+                self.abort(format!(
+                    "circuit breaker: {} jobs in a row failed with {kind} ({status}last: {message}); the provider looks down or the requests are wrong; re-run later to resume",
+                    self.breaker_at
+                ));
+            }
+        }
+    }
+
+    pub(super) fn aborted(&self) -> bool {
+        self.abort
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Resolves when the run is aborted or asked to stop admitting.
+    pub(super) async fn stopping(&self) {
+        loop {
+            let notified = self.abort_notify.notified();
+            if self.aborted() {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.shutdown.reached(Phase::Draining) => return,
+            }
+        }
+    }
+
+    /// Never leak the key through a provider's error text.
+    pub(super) fn scrub(&self, message: String) -> String {
+        match &self.api_key {
+            Some(k) if !k.expose().is_empty() && message.contains(k.expose()) => {
+                message.replace(k.expose(), "(redacted)")
+            }
+            _ => message,
+        }
+    }
+
+    pub(super) fn charge(&self, job: &Job) -> u64 {
+        job.est_prompt_tokens as u64 + self.output_allowance(job)
+    }
+
+    pub(super) fn output_allowance(&self, job: &Job) -> u64 {
+        job.max_output_tokens
+            .map_or(self.default_output_tokens, u64::from)
+    }
+
+    /// The most `job` can cost. Prompt tokens are bounded by half the request body's bytes: a
+    /// byte-level BPE token is at least one byte, natural language averages three to four
+    /// bytes a token, and the body also carries JSON punctuation, tools and schemas.
+    pub(super) fn worst_case(&self, job: &Job) -> Money {
+        match self.prices.get(&job.model) {
+            Some(p) => p.worst_case(
+                job.body.len().div_ceil(2) as u64,
+                self.output_allowance(job),
+                job.images,
+            ),
+            // Refused before the run starts under --max-cost.
+            None => Money(u64::MAX / 4),
+        }
+    }
+
+    pub(super) fn cost(&self, job: &Job, c: &Completion) -> (Option<Money>, Option<CostSource>) {
+        if let Some(usd) = c.provider_cost {
+            return (Some(Money::from_usd(usd)), Some(CostSource::Provider));
+        }
+        let price = self
+            .prices
+            .get(&job.model)
+            .or_else(|| c.response_model.as_deref().and_then(|m| self.prices.get(m)));
+        match (price, &c.usage) {
+            (Some(p), Some(u)) => (Some(p.cost(u, job.images)), Some(CostSource::PriceTable)),
+            (None, Some(_)) => {
+                self.counters.unpriced.fetch_add(1, Relaxed);
+                if !self.warned_unpriced.swap(true, Relaxed) {
+                    tracing::warn!("model {:?} has no known price: its cost is recorded as null (add it with --prices)", job.model);
+                }
+                (None, None)
+            }
+            (_, None) => (None, None),
+        }
+    }
+}
+
+/// What became of one job task.
+pub(super) enum TaskEnd {
+    /// A record was handed to the writer.
+    Recorded,
+    /// Stopped before an answer (shutdown or abort): no record, the next run does it.
+    Abandoned,
+}
+
+fn base_record(job: &Job, started: SystemTime, attempts: u32, latency: Duration) -> Record {
+    Record {
+        id: job.id.to_string(),
+        index: job.index,
+        status: Status::Ok,
+        model: job.model.clone(),
+        response_model: None,
+        content: None,
+        finish_reason: None,
+        response: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        total_tokens: None,
+        cached_tokens: None,
+        reasoning_tokens: None,
+        cost_usd: None,
+        cost_source: None,
+        latency_ms: latency.as_millis() as u64,
+        attempts,
+        error: None,
+        started_at: timestamp(started),
+        finished_at: timestamp(SystemTime::now()),
+        metadata: job.metadata.clone(),
+        fingerprint: job.fingerprint.to_string(),
+    }
+}
+
+pub(super) async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
+    let started = SystemTime::now();
+    let charge = ctx.charge(&job);
+    let mut grant = Some(first);
+    let mut attempts = 0u32;
+    loop {
+        let g = match grant.take() {
+            Some(g) => g,
+            None => tokio::select! {
+                g = ctx.limiter.acquire(charge) => g,
+                _ = ctx.stopping() => return TaskEnd::Abandoned,
+            },
+        };
+        attempts += 1;
+        ctx.counters.requests.fetch_add(1, Relaxed);
+        let send = ctx.client.send(job.body.clone());
+        let (attempt, latency) = tokio::select! {
+            r = send => r,
+            _ = ctx.shutdown.reached(Phase::Now) => return TaskEnd::Abandoned,
+        };
+        if let crate::provider::Attempt::Http {
+            quota_exhausted: Some(d),
+            ..
+        } = &attempt
+        {
+            ctx.limiter.pause(*d);
+        }
+        let raw = match (&attempt, ctx.keep_response) {
+            (
+                crate::provider::Attempt::Http {
+                    status: 200..=299,
+                    body,
+                    ..
+                },
+                true,
+            ) => Some(body.clone()),
+            _ => None,
+        };
+        let failed = |kind: ErrorKind, status: Option<u16>, message: String| {
+            let mut r = base_record(&job, started, attempts, latency);
+            r.status = Status::Failed;
+            r.error = Some(RecordError {
+                kind,
+                http_status: status,
+                message: ctx.scrub(message),
+            });
+            r
+        };
+        let mut cost_of_record = Money::ZERO;
+        let record = match classify(attempt, SystemTime::now()) {
+            Verdict::Done(c) => {
+                ctx.open();
+                let total = c.usage.map_or(charge, |u| u.prompt + u.completion);
+                ctx.limiter.reconcile(g, total);
+                let (cost, source) = ctx.cost(&job, &c);
+                let mut r = base_record(&job, started, attempts, latency);
+                let u: Option<Usage> = c.usage;
+                r.response_model = c.response_model;
+                r.content = c.content;
+                r.finish_reason = c.finish_reason;
+                r.prompt_tokens = u.map(|u| u.prompt);
+                r.completion_tokens = u.map(|u| u.completion);
+                r.total_tokens = u.map(|u| u.prompt + u.completion);
+                r.cached_tokens = u.map(|u| u.cached);
+                r.reasoning_tokens = u.map(|u| u.reasoning);
+                r.cost_usd = cost.map(Money::usd);
+                r.cost_source = source;
+                cost_of_record = cost.unwrap_or(Money::ZERO);
+                r.response = raw.and_then(|b| serde_json::from_slice(&b).ok());
+                r
+            }
+            Verdict::Retry {
+                kind,
+                status,
+                after,
+                message,
+            } => {
+                ctx.limiter.reconcile(g, 0);
+                if status.is_some() {
+                    ctx.open();
+                }
+                if kind == ErrorKind::RateLimited {
+                    ctx.counters.http_429.fetch_add(1, Relaxed);
+                    ctx.limiter.rate_limited(after);
+                }
+                if attempts >= ctx.max_attempts {
+                    failed(
+                        kind,
+                        status,
+                        format!("{message} (gave up after {attempts} attempts)"),
+                    )
+                } else {
+                    if ctx.shutdown.phase() >= Phase::Draining || ctx.aborted() {
+                        return TaskEnd::Abandoned;
+                    }
+                    ctx.counters.retry(kind);
+                    tracing::debug!(id = %job.id, attempt = attempts, kind = kind.as_str(), "retrying: {message}");
+                    let wait = ctx.backoff.delay(attempts, fastrand::f64(), after);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = ctx.stopping() => return TaskEnd::Abandoned,
+                    }
+                    continue;
+                }
+            }
+            Verdict::Fail {
+                kind,
+                status,
+                message,
+            } => {
+                ctx.open();
+                ctx.limiter.reconcile(g, 0);
+                failed(kind, status, message)
+            }
+            Verdict::Abort {
+                kind,
+                status,
+                message,
+            } => {
+                ctx.limiter.reconcile(g, 0);
+                let message = ctx.scrub(message);
+                ctx.abort(format!(
+                    "the provider refused the credentials (HTTP {status}): {message}; check --api-key-env and the key's access to the model"
+                ));
+                failed(kind, Some(status), message)
+            }
+        };
+        if let Some(h) = hold {
+            h.settle(cost_of_record);
+        }
+        ctx.note_result(&record);
+        let _ = ctx.writer.send(WriterMsg::Record(Box::new(record)));
+        return TaskEnd::Recorded;
+    }
+}
