@@ -400,7 +400,6 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
                 break;
             }
         };
-        tally.seen += 1;
         match checkpoint.decide(&job, cfg.retry_failed) {
             Decision::Done => {
                 tally.skipped_done += 1;
@@ -621,7 +620,6 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
 
 #[derive(Default)]
 struct DispatchTally {
-    seen: u64,
     skipped_done: u64,
     skipped_failed: u64,
     new: u64,

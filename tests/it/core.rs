@@ -56,9 +56,7 @@ fn a_400_fails_its_job_at_once_and_the_rest_go_on() {
     let mock = Mock::start(MockConfig::default());
     let dir = Dir::new();
     let mut jobs = chat_jobs(20);
-    jobs.push_str(
-        "{\"id\":\"hot\",\"temperature\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
-    );
+    jobs.push_str(&rejected_job("hot"));
     let input = dir.write("jobs.jsonl", jobs);
     let out = dir.path("out.jsonl");
     let o = run(&input, &out, &mock.url(), &[]);

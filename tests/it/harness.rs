@@ -80,6 +80,11 @@ pub fn chat_jobs(n: usize) -> String {
         .collect()
 }
 
+/// A job the simulator rejects with 400 (temperature out of range): a permanent failure.
+pub fn rejected_job(id: &str) -> String {
+    format!("{{\"id\":\"{id}\",\"temperature\":9,\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}]}}\n")
+}
+
 /// Every record of a JSONL output, typed.
 pub fn records(path: &Path) -> Vec<Record> {
     let text = std::fs::read_to_string(path).unwrap();

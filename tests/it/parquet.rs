@@ -101,9 +101,7 @@ fn failed_rows_have_null_usage_and_their_error() {
     let mock = Mock::start(MockConfig::default());
     let dir = Dir::new();
     let mut jobs = chat_jobs(3);
-    jobs.push_str(
-        "{\"id\":\"bad\",\"temperature\":7,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
-    );
+    jobs.push_str(&rejected_job("bad"));
     let input = dir.write("jobs.jsonl", jobs);
     let out = dir.path("out.parquet");
     assert_code(&run(&input, &out, &mock.url(), &[]), 2);

@@ -183,9 +183,7 @@ fn transient_failures_retry_next_run_permanent_ones_only_when_asked() {
     let mock = Mock::start(MockConfig::with_fault(Fault::ServerError, 1.0));
     let dir = Dir::new();
     let mut jobs = chat_jobs(10);
-    jobs.push_str(
-        "{\"id\":\"bad\",\"temperature\":9,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
-    );
+    jobs.push_str(&rejected_job("bad"));
     let input = dir.write("jobs.jsonl", jobs);
     let out = dir.path("out.jsonl");
     // An outage: every job fails after its attempts (the 400 is checked before faults).
