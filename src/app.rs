@@ -11,21 +11,43 @@ use crate::shutdown::Shutdown;
 use std::io::Write;
 use std::time::Duration;
 
-/// Errors that end a command with exit 1.
+/// Errors that end a command; [`AppError::exit_code`] picks the code (README's table).
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// Flags, spec or environment do not hold together (exit 1).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A run (or a command reading an output) could not start or go on.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A file could not be written (exit 5).
+    #[error("{0}")]
+    Write(String),
+    /// Anything else that stops a command before it did its work (exit 1).
     #[error("{0}")]
     Other(String),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Run(e) => e.exit_code(),
+            AppError::Write(_) => 5,
+            AppError::Config(_) | AppError::Other(_) => 1,
+        }
+    }
 }
 
 /// Runs a command to completion; `Ok` is the exit code.
 pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
     match command {
-        Command::Run(args) => runtime(None)?.block_on(run_cmd(*args, argv)),
+        Command::Run(args) => {
+            let rt = runtime(None)?;
+            let result = rt.block_on(run_cmd(*args, argv));
+            // Reading threads interrupted by a signal may still be going: do not wait for them.
+            rt.shutdown_background();
+            result
+        }
         Command::Validate(args) => validate_cmd(args),
         Command::Status(args) => status_cmd(args),
         Command::Estimate(args) => estimate_cmd(args),
@@ -78,7 +100,7 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
         let json =
             serde_json::to_vec_pretty(&summary).map_err(|e| AppError::Other(e.to_string()))?;
         std::fs::write(&path, json)
-            .map_err(|e| AppError::Other(format!("{}: {e}", path.display())))?;
+            .map_err(|e| AppError::Write(format!("{}: {e}", path.display())))?;
     }
     Ok(summary.exit_code)
 }
@@ -104,8 +126,20 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
     let options = ParquetOptions {
         content_json: args.content_json,
     };
-    let c =
-        convert(&args.input, &args.output, options).map_err(|e| AppError::Other(e.to_string()))?;
+    if crate::paths::same_file(&args.input, &args.output) {
+        return Err(AppError::Other(format!(
+            "{} is the output being exported: writing Parquet to it would destroy it; give another -o",
+            args.output.display()
+        )));
+    }
+    // Write through a symlink to its target (the rename would replace the link otherwise).
+    let target = crate::paths::resolve(&args.output)
+        .map_err(|e| AppError::Write(format!("{}: {e}", args.output.display())))?;
+    crate::paths::check_writable(&target).map_err(|e| AppError::Write(e.to_string()))?;
+    let c = convert(&args.input, &target, options).map_err(|e| match e {
+        crate::output::parquet::ParquetError::Write { .. } => AppError::Write(e.to_string()),
+        _ => AppError::Other(e.to_string()),
+    })?;
     eprintln!(
         "bulkprompt: wrote {} rows to {}",
         c.rows,
@@ -190,6 +224,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
         seed: args.seed,
         api_key,
         capture_bodies: false,
+        cost_factor: None,
     };
     let server = MockServer::start((args.host, args.port).into(), config)
         .await

@@ -122,9 +122,15 @@ pub struct RunArgs {
     /// Environment variable holding the API key (the key itself is never a flag).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
-    /// Extra request header, "Name: value" (repeatable).
+    /// Extra request header, "Name: value" (repeatable). Values of headers named like a
+    /// credential (Authorization, x-api-key, ...key/token/secret...) are redacted wherever the
+    /// command line is shown or stored; prefer --header-env for them.
     #[arg(long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
+    /// Extra request header whose value is read from an environment variable, "Name: VAR"
+    /// (repeatable), e.g. --header-env "x-api-key: AZURE_KEY".
+    #[arg(long = "header-env", value_name = "NAME: VAR")]
+    pub header_envs: Vec<String>,
     /// OpenRouter attribution: HTTP-Referer header.
     #[arg(long)]
     pub referer: Option<String>,
@@ -169,6 +175,10 @@ pub struct RunArgs {
     /// Start over: truncate the output instead of resuming it.
     #[arg(long)]
     pub fresh: bool,
+    /// Move output lines that are not readable records to OUT.quarantine.jsonl and resume with
+    /// the rest (only those jobs run again), instead of refusing the output.
+    #[arg(long)]
+    pub repair: bool,
     /// Drop records of ids that are no longer in the job file.
     #[arg(long)]
     pub prune: bool,

@@ -293,6 +293,9 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         None if parquet::is_parquet(&output) => (parquet::journal_path(&output), Some(output)),
         _ => (output, None),
     };
+    // Every name the run writes sits beside the file the output really is, symlinks followed.
+    let output = resolve_target(&output)?;
+    let parquet = parquet.map(|p| resolve_target(&p)).transpose()?;
     let parquet = parquet.map(|p| {
         (
             p,
@@ -322,7 +325,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
                 "--mock-fail-rate {fail_rate}: expected 0 <= rate < 1"
             )));
         }
-        Endpoint::Mock(MockConfig {
+        Endpoint::Mock(Box::new(MockConfig {
             latency: Duration::from_millis(
                 args.mock_latency_ms
                     .or(ms.and_then(|m| m.latency_ms))
@@ -330,7 +333,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             ),
             seed: fastrand::u64(..),
             ..MockConfig::with_fault(crate::mock::Fault::ServerError, fail_rate)
-        })
+        }))
     } else {
         Endpoint::Url(endpoint_text.clone())
     };
@@ -367,9 +370,27 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
     }
     for h in &args.headers {
         let (name, value) = h.split_once(':').ok_or_else(|| {
-            ConfigError::Invalid(format!("--header {h:?}: expected \"Name: value\""))
+            ConfigError::Invalid(format!(
+                "--header {:?}: expected \"Name: value\"",
+                crate::secret::redact_header_arg(h)
+            ))
         })?;
         headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    for h in &args.header_envs {
+        let (name, var) = h
+            .split_once(':')
+            .map(|(n, v)| (n.trim(), v.trim()))
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!("--header-env {h:?}: expected \"Name: VAR\""))
+            })?;
+        let value = env(var).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "--header-env {name}: the environment variable {var} is not set or empty"
+            ))
+        })?;
+        headers.push((name.to_string(), value));
     }
     let prices_path = args.prices.clone().or_else(|| spec.prices.clone());
     let prices = PriceTable::load_effective(prices_path.as_deref())
@@ -418,6 +439,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             None => None,
         },
         fresh: args.fresh,
+        repair: args.repair,
         prune: args.prune,
         keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
         prices,
@@ -431,7 +453,24 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         grace: secs(args.grace.or(spec.grace).unwrap_or(30.0), "--grace")?,
         argv: argv.to_vec(),
         parquet,
+        reads: [
+            args.job.spec.clone(),
+            args.job.template_file.clone(),
+            spec.template_file.clone(),
+            prices_path,
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         max_errors: 20,
+    })
+}
+
+/// An output name resolved to the file it writes (see [`crate::paths::resolve`]).
+fn resolve_target(path: &Path) -> Result<PathBuf, ConfigError> {
+    crate::paths::resolve(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
     })
 }
 
@@ -454,17 +493,40 @@ pub fn resolve_estimate(
             .reserve_output_tokens
             .or(spec.reserve_output_tokens)
             .unwrap_or(1024),
-        output: output.exists().then_some(output),
+        // Only a regular file: a device or a pipe could be read for ever.
+        output: output.is_file().then_some(output),
     })
 }
 
-/// The command line to resume with: the same, minus `--fresh` (which would start over).
+/// The command line to resume with: the same, minus `--fresh` (which would start over) and
+/// `--repair` (done once), with secret header values redacted ([`redact_argv`]).
 pub fn resume_command(argv: &[String]) -> String {
-    argv.iter()
-        .filter(|a| a.as_str() != "--fresh")
+    redact_argv(argv)
+        .iter()
+        .filter(|a| a.as_str() != "--fresh" && a.as_str() != "--repair")
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The command line as it may be shown or stored: the value of every `--header` whose name
+/// looks secret (`Authorization`, `x-api-key`, anything with key, token, secret...) replaced by
+/// `(redacted)`. `--header-env` names a variable, never a value, and is kept.
+pub fn redact_argv(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut next_is_header = false;
+    for a in argv {
+        if next_is_header {
+            out.push(crate::secret::redact_header_arg(a));
+            next_is_header = false;
+        } else if let Some(v) = a.strip_prefix("--header=") {
+            out.push(format!("--header={}", crate::secret::redact_header_arg(v)));
+        } else {
+            next_is_header = a == "--header";
+            out.push(a.clone());
+        }
+    }
+    out
 }
 
 fn shell_quote(s: &str) -> String {

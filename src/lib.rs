@@ -29,6 +29,7 @@ pub mod job;
 pub mod limit;
 pub mod mock;
 pub mod output;
+pub mod paths;
 pub mod prices_sync;
 pub mod progress;
 pub mod provider;

@@ -5,10 +5,13 @@
 //! with the real `usage` afterwards, to pause everything on `Retry-After`, and to let one job
 //! larger than the burst through on its own; governor's GCRA cannot give tokens back.
 //!
-//! Sizing: a provider counting a sliding 60-second window sees at most `burst + rate * 60` from
-//! a token bucket, so the bucket refills at `(0.99 * limit - burst) / 60` a second with a burst
-//! of 1% of the limit. Any 60 seconds then carry at most 99% of the limit, and a long run
-//! achieves about 98% of it.
+//! Sizing: a provider counting a sliding 60-second window sees at most `floor(burst + rate *
+//! 60)` requests from a token bucket. From 100 a minute up, the burst is 1% of the limit and
+//! the bucket refills at `(0.99 * limit - burst) / 60` a second: any 60 seconds carry at most
+//! 99% of the limit, and a long run achieves about 98% of it. Below 100 a minute (free tiers
+//! allow 1 or 2) the burst is one request, which must fit whole, and the refill is
+//! `0.99 * limit / 60`: `floor(1 + 0.99 * limit) <= limit` still holds, so `--rpm 1` sends one
+//! request every 60.6 s.
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -32,7 +35,24 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn per_minute(limit: u64) -> Bucket {
+    /// A bucket for requests: each costs one, so the burst is at least one.
+    fn requests_per_minute(limit: u64) -> Bucket {
+        let target = limit as f64 * TARGET;
+        let burst = limit as f64 * BURST;
+        let (capacity, per_sec) = if burst >= 1.0 {
+            (burst, (target - burst) / 60.0)
+        } else {
+            (1.0, target / 60.0)
+        };
+        Bucket {
+            capacity,
+            per_sec,
+            level: capacity,
+        }
+    }
+
+    /// A bucket for tokens: a job larger than the burst waits for a full bucket and goes alone.
+    fn tokens_per_minute(limit: u64) -> Bucket {
         let target = limit as f64 * TARGET;
         let capacity = (limit as f64 * BURST).max(1.0).min(target);
         let per_sec = ((target - capacity) / 60.0).max(target / 600.0);
@@ -108,8 +128,8 @@ impl Limiter {
         Limiter {
             turn: tokio::sync::Mutex::new(()),
             state: std::sync::Mutex::new(State {
-                requests: rpm.filter(|&r| r > 0).map(Bucket::per_minute),
-                tokens: tpm.filter(|&t| t > 0).map(Bucket::per_minute),
+                requests: rpm.filter(|&r| r > 0).map(Bucket::requests_per_minute),
+                tokens: tpm.filter(|&t| t > 0).map(Bucket::tokens_per_minute),
                 last_refill: Instant::now(),
                 paused_until: None,
                 factor_at_decrease: 1.0,
@@ -222,6 +242,57 @@ mod tests {
             (580..=600).contains(&n),
             "{n} requests in the second minute"
         );
+    }
+
+    /// Grant times over `span` at `rpm`, checked against every sliding 60-second window.
+    async fn grants_at(rpm: u64, span: Duration) -> Vec<Instant> {
+        let l = Limiter::new(Some(rpm), None);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        loop {
+            l.acquire(0).await;
+            if Instant::now() >= start + span {
+                break;
+            }
+            at.push(Instant::now());
+        }
+        for (i, t) in at.iter().enumerate() {
+            let in_window = at[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) <= Duration::from_secs(60))
+                .count();
+            assert!(
+                in_window as u64 <= rpm,
+                "--rpm {rpm}: {in_window} requests in the minute from {:?}",
+                t.duration_since(start)
+            );
+        }
+        at
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn free_tier_limits_of_one_two_and_three_a_minute_send() {
+        for (rpm, least) in [(1, 9), (2, 19), (3, 29)] {
+            let at = grants_at(rpm, Duration::from_secs(600)).await;
+            // Ten minutes: about ten requests per one a minute (98-99% of the limit).
+            assert!(
+                at.len() as u64 >= least && at.len() as u64 <= rpm * 10,
+                "--rpm {rpm}: {} requests in ten minutes",
+                at.len()
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_around_the_burst_threshold_hold_the_window() {
+        for rpm in [50, 99, 100, 101, 250] {
+            let at = grants_at(rpm, Duration::from_secs(180)).await;
+            assert!(
+                at.len() as u64 >= rpm * 3 * 95 / 100,
+                "--rpm {rpm}: {}",
+                at.len()
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are answers; any other parse error is a usage error: exit 1
+            // (clap's own 2 means "finished with failed jobs" here).
+            use clap::error::ErrorKind;
+            let asked = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            std::process::exit(if asked { 0 } else { 1 });
+        }
+    };
     let quiet = matches!(&cli.command, bulkprompt::cli::Command::Run(a) if a.quiet);
     let level = match (cli.verbose, quiet) {
         (0, true) => tracing::Level::WARN,
@@ -34,7 +44,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bulkprompt: error: {e}");
-            1
+            e.exit_code()
         }
     };
     std::process::exit(code);

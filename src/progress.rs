@@ -23,7 +23,7 @@ pub enum ProgressMode {
     Quiet,
 }
 
-const KINDS: [ErrorKind; 8] = [
+const KINDS: [ErrorKind; 9] = [
     ErrorKind::RateLimited,
     ErrorKind::Server,
     ErrorKind::Timeout,
@@ -32,6 +32,7 @@ const KINDS: [ErrorKind; 8] = [
     ErrorKind::Client,
     ErrorKind::Auth,
     ErrorKind::Budget,
+    ErrorKind::Internal,
 ];
 
 fn kind_index(k: ErrorKind) -> usize {
@@ -51,8 +52,8 @@ pub struct Counters {
     pub unpriced: AtomicU64,
     pub requests: AtomicU64,
     pub http_429: AtomicU64,
-    retries: [AtomicU64; 8],
-    failed_by: [AtomicU64; 8],
+    retries: [AtomicU64; 9],
+    failed_by: [AtomicU64; 9],
 }
 
 impl Counters {
@@ -66,7 +67,7 @@ impl Counters {
     pub fn retries_total(&self) -> u64 {
         self.retries.iter().map(|a| a.load(Relaxed)).sum()
     }
-    fn by_kind(counts: &[AtomicU64; 8]) -> BTreeMap<String, u64> {
+    fn by_kind(counts: &[AtomicU64; 9]) -> BTreeMap<String, u64> {
         KINDS
             .iter()
             .zip(counts)
@@ -151,14 +152,20 @@ pub struct Summary {
     pub skipped_done: u64,
     /// Jobs whose earlier record is a permanent failure, skipped (no `--retry-failed`).
     pub skipped_failed: u64,
-    /// Jobs sent this run: never seen, failed before, or changed since their record.
+    /// Jobs that got a record this run, by why they ran: never seen before, failed before,
+    /// or changed since their record. `jobs = skipped_done + skipped_failed + new +
+    /// retried_failed + changed + not_run`.
     pub new: u64,
     pub retried_failed: u64,
     pub changed: u64,
-    /// Jobs not reached (interrupted, aborted, budget).
+    /// Jobs without a record from this run (not reached, or abandoned at a stop).
     pub not_run: u64,
+    /// Records written: `ok + failed + unwritten = new + retried_failed + changed`.
     pub ok: u64,
     pub failed: u64,
+    /// Answers that arrived but could not be written (a full disk), at most what was in
+    /// flight; the next run buys them again.
+    pub unwritten: u64,
     pub failed_by_kind: BTreeMap<String, u64>,
     /// HTTP attempts made.
     pub requests: u64,
@@ -205,7 +212,8 @@ impl Summary {
         if let Some(m) = &self.message {
             line(format!("  reason:    {m}"));
         }
-        let mut jobs = format!("  jobs:      {} in file", self.jobs);
+        let mut jobs = format!("  jobs:      {} in file:", self.jobs);
+        let mut sep = " ";
         for (n, what) in [
             (self.skipped_done, "already done"),
             (
@@ -218,11 +226,15 @@ impl Summary {
             (self.not_run, "not run"),
         ] {
             if n > 0 {
-                jobs.push_str(&format!(", {n} {what}"));
+                jobs.push_str(&format!("{sep}{n} {what}"));
+                sep = ", ";
             }
         }
         line(jobs);
         let mut results = format!("  results:   {} ok, {} failed", self.ok, self.failed);
+        if self.unwritten > 0 {
+            results.push_str(&format!(", {} answers not written", self.unwritten));
+        }
         if !self.failed_by_kind.is_empty() {
             let kinds: Vec<String> = self
                 .failed_by_kind

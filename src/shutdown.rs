@@ -53,16 +53,18 @@ impl Shutdown {
         let _ = rx.wait_for(|p| *p >= phase).await;
     }
 
-    /// Escalates on SIGINT and SIGTERM (Ctrl-C twice stops at once), reporting each step.
+    /// Escalates on SIGINT, SIGTERM and SIGHUP (a closed terminal or a dropped SSH session
+    /// drains like a Ctrl-C; twice stops at once).
     pub fn listen_for_signals(&self) {
         let this = self.clone();
         tokio::spawn(async move {
             #[cfg(unix)]
             {
                 use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (
+                let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
                     signal(SignalKind::interrupt()),
                     signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
                 ) else {
                     return;
                 };
@@ -70,6 +72,7 @@ impl Shutdown {
                     tokio::select! {
                         _ = int.recv() => {}
                         _ = term.recv() => {}
+                        _ = hup.recv() => {}
                     }
                     if this.escalate() == Phase::Now {
                         break;

@@ -47,12 +47,28 @@ pub struct JobCounts {
 
 /// Reads `output` (without changing it) and compares it with its job file.
 pub fn status(output: &Path) -> Result<Status, CheckpointError> {
-    if !output.exists() {
-        return Err(CheckpointError::Io {
-            path: output.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such output"),
-        });
+    let io = |source| CheckpointError::Io {
+        path: output.to_path_buf(),
+        source,
+    };
+    // Symlinks followed; a device or a pipe is never read (it could be endless).
+    let resolved = crate::paths::resolve(output).map_err(io)?;
+    match std::fs::metadata(&resolved) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(io(std::io::Error::other(
+                "not a regular file, so not an output",
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such output",
+            )))
+        }
+        Err(e) => return Err(io(e)),
     }
+    let output = resolved.as_path();
     let cp = checkpoint::scan_read_only(output)?;
     let t = &cp.totals;
     let mut s = Status {
@@ -63,7 +79,7 @@ pub fn status(output: &Path) -> Result<Status, CheckpointError> {
         failed_permanent: t.failed_permanent,
         prompt_tokens: t.prompt_tokens,
         completion_tokens: t.completion_tokens,
-        spent_usd: t.spent.usd(),
+        spent_usd: (t.spent + RunMeta::removed_cost(output)).usd(),
         ..Default::default()
     };
     let meta = match RunMeta::load(output)? {

@@ -1,58 +1,98 @@
 //! Compaction: after a run that re-ran jobs, the output holds more than one line for some ids.
 //! This rewrites it to hold only each id's last line (and, with `--prune`, only ids still in
 //! the job file), through a temporary file, an fsync and a rename: a crash at any point leaves
-//! either the old file or the new one, whole.
+//! either the old file or the new one, whole, and a failure (a full disk) leaves no temporary
+//! file behind. Money is never dropped with a line: what superseded lines cost is carried into
+//! the surviving record ([`super::latest`]), and what pruned records cost is reported so the
+//! caller can keep it in the run's meta before the new file replaces the old.
 
+use super::latest::{add_carried, Latest};
 use super::{for_each_head, io_err, sync_dir, temp_path, CheckpointError};
-use crate::job::keys::KeyMap;
+use crate::cost::Money;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
-use crate::output::RecordHead;
+use crate::output::{Record, RecordHead};
+use crate::paths::TempFile;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// Lines dropped (superseded or pruned).
+    pub dropped: u64,
+    /// Money of the records pruned (their ids are gone from the job file).
+    pub pruned_cost: Money,
+}
+
 /// Rewrites the output keeping only the last record of each id, and only ids `keep` accepts.
-/// Returns the lines dropped.
-pub fn compact(path: &Path, keep: Option<&dyn Fn(&IdKey) -> bool>) -> Result<u64, CheckpointError> {
+/// `before_replace` runs once the new file is whole and before it replaces the old one.
+pub fn compact(
+    path: &Path,
+    keep: Option<&dyn Fn(&IdKey) -> bool>,
+    before_replace: &mut dyn FnMut(&Compaction) -> Result<(), CheckpointError>,
+) -> Result<Compaction, CheckpointError> {
     let open = || File::open(path).map_err(io_err(path));
-    let mut last = KeyMap::default();
+    let mut latest = Latest::with_capacity(crate::job::keys::estimate_lines(path));
     for_each_head(path, open()?, false, |line, head| {
-        last.push(IdKey::of(head.id.as_bytes()), line);
+        latest.push(IdKey::of(head.id.as_bytes()), line, head.cost_usd);
         Ok(())
     })?;
-    last.seal_ordered();
-    last.keep_last();
-    let tmp = temp_path(path);
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io_err(&tmp))?);
+    latest.seal();
+    let tmp = TempFile::new(temp_path(path));
+    let file = File::create(tmp.path()).map_err(io_err(tmp.path()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, open()?), usize::MAX);
-    let mut dropped = 0;
+    let mut done = Compaction::default();
+    let mut rewritten = Vec::new();
     while let Some(RawLine::Line { line }) = lines.next_line().map_err(io_err(path))? {
         let bytes = lines.bytes();
         if bytes.is_empty() {
             continue;
         }
-        let head: RecordHead =
-            serde_json::from_slice(bytes).map_err(|e| CheckpointError::Corrupt {
-                path: path.to_path_buf(),
-                line,
-                message: e.to_string(),
-            })?;
+        let corrupt = |e: serde_json::Error| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            line,
+            message: e.to_string(),
+        };
+        let head: RecordHead = serde_json::from_slice(bytes).map_err(corrupt)?;
         let key = IdKey::of(head.id.as_bytes());
-        if last.get(&key) == Some(line) && keep.is_none_or(|k| k(&key)) {
-            out.write_all(bytes)
-                .and_then(|_| out.write_all(b"\n"))
-                .map_err(io_err(&tmp))?;
-        } else {
-            dropped += 1;
+        if !latest.is_last(&key, line) {
+            done.dropped += 1;
+            continue;
         }
+        let carried = latest.carried(line);
+        if keep.is_some_and(|k| !k(&key)) {
+            done.dropped += 1;
+            done.pruned_cost +=
+                carried.unwrap_or(Money::ZERO) + head.cost_usd.map_or(Money::ZERO, Money::from_usd);
+            continue;
+        }
+        let bytes = match carried {
+            None => bytes,
+            Some(c) => {
+                let mut r: Record = serde_json::from_slice(bytes).map_err(corrupt)?;
+                r.cost_usd = Some(add_carried(r.cost_usd, c));
+                rewritten.clear();
+                serde_json::to_writer(&mut rewritten, &r).map_err(corrupt)?;
+                &rewritten[..]
+            }
+        };
+        out.write_all(bytes)
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(io_err(tmp.path()))?;
     }
-    let file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err(&tmp))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| io_err(tmp.path())(e.into_error()))?;
+    file.sync_all().map_err(io_err(tmp.path()))?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    before_replace(&done)?;
+    std::fs::rename(tmp.path(), path).map_err(io_err(path))?;
+    tmp.keep();
     sync_dir(path);
-    Ok(dropped)
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -60,6 +100,10 @@ mod tests {
     use super::super::scan;
     use super::super::tests::line;
     use super::*;
+
+    fn no_hook(_: &Compaction) -> Result<(), CheckpointError> {
+        Ok(())
+    }
 
     #[test]
     fn compact_keeps_the_last_record_of_each_id() {
@@ -72,19 +116,46 @@ mod tests {
         ]
         .concat();
         std::fs::write(&p, text).unwrap();
-        assert!(scan(&p).unwrap().has_superseded());
-        assert_eq!(compact(&p, None).unwrap(), 1);
-        let after = std::fs::read_to_string(&p).unwrap();
-        assert_eq!(
-            after,
-            [line("b", "ok", 1, None), line("a", "ok", 1, None)].concat()
+        let before = scan(&p).unwrap();
+        assert!(before.has_superseded());
+        assert_eq!(compact(&p, None, &mut no_hook).unwrap().dropped, 1);
+        let after = scan(&p).unwrap();
+        assert!(!after.has_superseded());
+        // Every line cost 0.5: a's failed attempt is carried into its ok record.
+        assert_eq!(after.totals.spent, before.totals.spent);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with(&line("b", "ok", 1, None)), "{text}");
+        assert!(
+            text.lines().nth(1).unwrap().contains("\"cost_usd\":1.0"),
+            "{text}"
         );
-        assert!(!scan(&p).unwrap().has_superseded());
         let only_a = |k: &IdKey| *k == IdKey::of(b"a");
-        assert_eq!(compact(&p, Some(&only_a)).unwrap(), 1);
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            line("a", "ok", 1, None)
-        );
+        let mut seen = None;
+        let c = compact(&p, Some(&only_a), &mut |c| {
+            seen = Some(*c);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(c.dropped, 1);
+        assert_eq!(c.pruned_cost, Money::from_usd(0.5));
+        assert_eq!(seen, Some(c));
+    }
+
+    #[test]
+    fn a_failed_compaction_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        std::fs::write(
+            &p,
+            [line("a", "ok", 1, None), line("a", "ok", 1, None)].concat(),
+        )
+        .unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let e = compact(&p, None, &mut |_| {
+            Err(io_err(&p)(std::io::Error::other("disk full")))
+        });
+        assert!(e.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -13,10 +13,14 @@ pub struct OutputLock {
 }
 
 impl OutputLock {
+    /// `OUT.lock`. Callers pass the resolved output ([`crate::paths::resolve`]), so every name
+    /// of one file (symlinks) meets the same lock.
+    pub fn path_for(output: &Path) -> std::path::PathBuf {
+        crate::paths::sibling(output, ".lock")
+    }
+
     pub fn acquire(output: &Path) -> Result<Self, CheckpointError> {
-        let mut name = output.file_name().unwrap_or_default().to_os_string();
-        name.push(".lock");
-        let path = output.with_file_name(name);
+        let path = Self::path_for(output);
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -7,7 +7,7 @@ use super::{io_err, sync_dir, temp_path, CheckpointError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMeta {
     pub bulkprompt: String,
     /// The job file, absolute.
@@ -16,10 +16,19 @@ pub struct RunMeta {
     pub endpoint: String,
     /// The run's default model (jobs may name their own).
     pub model: Option<String>,
-    /// The command line of the latest run, and where it ran, for `status`.
+    /// The command line of the latest run (secret header values redacted), and where it ran,
+    /// for `status`.
     pub argv: Vec<String>,
     pub cwd: String,
     pub updated_at: String,
+    /// Money of records no longer in the output (pruned with `--prune`): still paid, so still
+    /// counted against `--max-cost` and in `status`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub removed_cost_usd: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// The settings that differ between an output's runs.
@@ -43,9 +52,7 @@ fn show(v: &Option<String>) -> String {
 
 impl RunMeta {
     pub fn path_for(output: &Path) -> PathBuf {
-        let mut name = output.file_name().unwrap_or_default().to_os_string();
-        name.push(".meta.json");
-        output.with_file_name(name)
+        crate::paths::sibling(output, ".meta.json")
     }
 
     /// The meta of an existing output, if it has one.
@@ -89,15 +96,29 @@ impl RunMeta {
         (!diffs.is_empty()).then_some(MetaMismatch(diffs))
     }
 
-    /// Writes the meta beside `output`, atomically.
+    /// Writes the meta beside `output`, atomically (no temporary file is left on a failure).
     pub fn store(&self, output: &Path) -> Result<(), CheckpointError> {
         let path = Self::path_for(output);
-        let tmp = temp_path(&path);
+        let tmp = crate::paths::TempFile::new(temp_path(&path));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| io_err(&path)(e.into()))?;
-        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(tmp.path())?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()
+        };
+        write().map_err(io_err(tmp.path()))?;
+        std::fs::rename(tmp.path(), &path).map_err(io_err(&path))?;
+        tmp.keep();
         sync_dir(&path);
         Ok(())
+    }
+
+    /// Money of records no longer in the output of `output`'s meta (zero without a meta).
+    pub fn removed_cost(output: &Path) -> crate::cost::Money {
+        match Self::load(output) {
+            Ok(Some(m)) => crate::cost::Money::from_usd(m.removed_cost_usd),
+            _ => crate::cost::Money::ZERO,
+        }
     }
 }
 
@@ -114,6 +135,7 @@ mod tests {
             argv: vec![],
             cwd: "/".into(),
             updated_at: "t".into(),
+            removed_cost_usd: 0.0,
         }
     }
 

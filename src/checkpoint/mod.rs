@@ -6,12 +6,15 @@
 //! keeps two runs from writing one output at once; [`RunMeta`] remembers what wrote it.
 
 mod compact;
+pub mod latest;
 mod lock;
 mod meta;
+mod repair;
 
-pub use compact::compact;
+pub use compact::{compact, Compaction};
 pub use lock::OutputLock;
 pub use meta::{MetaMismatch, RunMeta};
+pub use repair::{quarantine_path, repair};
 
 use crate::cost::Money;
 use crate::job::keys::KeyMap;
@@ -33,7 +36,7 @@ pub enum CheckpointError {
         source: io::Error,
     },
     /// A line in the middle of the output is not a record.
-    #[error("{path}:{line}: not a bulkprompt record ({message}); fix or move the file, or pass --fresh to start over")]
+    #[error("{path}:{line}: not a bulkprompt record ({message}); pass --repair to move unreadable lines aside and resume with the rest (only their jobs run again)")]
     Corrupt {
         path: PathBuf,
         line: u64,
@@ -298,9 +301,17 @@ pub(crate) fn for_each_head(
 
 /// `OUT.jsonl` -> `OUT.jsonl.compact.tmp`, beside it so the rename stays on one filesystem.
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".compact.tmp");
-    path.with_file_name(name)
+    crate::paths::sibling(path, ".compact.tmp")
+}
+
+/// Removes temporary files a killed run may have left beside `output` (a compaction, a meta
+/// update, a repair). Call with the output's lock held. Returns the files removed.
+pub fn remove_leftovers(output: &Path) -> Vec<PathBuf> {
+    let meta = RunMeta::path_for(output);
+    [temp_path(output), temp_path(&meta), repair::temp(output)]
+        .into_iter()
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .collect()
 }
 
 /// Makes a rename durable. Best effort: not every platform can fsync a directory.
@@ -321,11 +332,14 @@ pub(crate) fn sync_dir(path: &Path) {
 mod tests {
     use super::*;
 
+    /// A whole record line, as the runner writes it.
     pub(super) fn line(id: &str, status: &str, fp: u128, kind: Option<&str>) -> String {
         let error = kind.map_or("null".to_string(), |k| {
             format!("{{\"kind\":\"{k}\",\"http_status\":null,\"message\":\"x\"}}")
         });
-        format!("{{\"id\":\"{id}\",\"status\":\"{status}\",\"fingerprint\":\"{fp:032x}\",\"error\":{error},\"cost_usd\":0.5,\"prompt_tokens\":3,\"completion_tokens\":2}}\n")
+        format!(
+            "{{\"id\":\"{id}\",\"index\":0,\"status\":\"{status}\",\"model\":\"m\",\"response_model\":null,\"content\":null,\"finish_reason\":null,\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5,\"cached_tokens\":null,\"reasoning_tokens\":null,\"cost_usd\":0.5,\"cost_source\":null,\"latency_ms\":1,\"attempts\":1,\"error\":{error},\"started_at\":\"t\",\"finished_at\":\"t\",\"metadata\":{{}},\"fingerprint\":\"{fp:032x}\"}}\n"
+        )
     }
 
     #[test]

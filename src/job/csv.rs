@@ -72,6 +72,19 @@ impl<R: Read> CsvJobs<R> {
                 file: file.to_path_buf(),
             });
         }
+        // A column without a name, or a name twice, would silently lose a column's values.
+        for (i, c) in columns.iter().enumerate() {
+            if c.is_empty() {
+                return Err(header_err(format!("column {} has no name", i + 1)));
+            }
+            if let Some(first) = columns[..i].iter().position(|p| p == c) {
+                return Err(header_err(format!(
+                    "column name {c:?} appears twice (columns {} and {})",
+                    first + 1,
+                    i + 1
+                )));
+            }
+        }
         let template = defaults.template.clone().ok_or_else(|| {
             header_err(
                 "a CSV job file needs --template (or --template-file) to build prompts".into(),
@@ -278,6 +291,20 @@ mod tests {
         assert_eq!(out[0].as_ref().unwrap().id.as_str(), "x");
         let out = jobs("t\na\nb\n", "{t}", None).unwrap();
         assert_eq!(out[1].as_ref().unwrap().id.as_str(), "2");
+    }
+
+    #[test]
+    fn repeated_or_empty_column_names_are_refused() {
+        for (header, want) in [
+            (
+                "id,text,text",
+                "column name \"text\" appears twice (columns 2 and 3)",
+            ),
+            ("id,,text", "column 2 has no name"),
+        ] {
+            let e = jobs(&format!("{header}\n1,a,b\n"), "{text}", None).unwrap_err();
+            assert_eq!(e, format!("t.csv:1: {want}"));
+        }
     }
 
     #[test]

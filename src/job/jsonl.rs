@@ -46,11 +46,14 @@ impl<R: BufRead> JsonlJobs<R> {
     }
 
     fn parse(&self, line_no: u64, text: &str) -> Result<Job, InputError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
+        let value: Value = strict_value(text).map_err(|e| {
             self.err(
                 line_no,
                 Some(e.column() as u64),
-                format!("malformed JSON: {}", json_reason(&e)),
+                match e.classify() {
+                    serde_json::error::Category::Data => json_reason(&e),
+                    _ => format!("malformed JSON: {}", json_reason(&e)),
+                },
             )
         })?;
         let Value::Object(mut obj) = value else {
@@ -101,6 +104,77 @@ impl<R: BufRead> JsonlJobs<R> {
             (id, body, metadata)
         };
         finish(d, id, self.index, line_no, body, metadata).map_err(at)
+    }
+}
+
+/// Parses a JSON value like `serde_json::from_str`, but refuses an object with a repeated key
+/// (`{"id":"a","id":"b"}`), which serde_json would resolve silently by keeping the last.
+pub fn strict_value(text: &str) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = serde::Deserializer::deserialize_any(&mut de, StrictVisitor)?;
+    de.end()?;
+    Ok(v)
+}
+
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(Strict(x)) = seq.next_element()? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {k:?} appears twice in one object"
+                )));
+            }
+            let Strict(v) = map.next_value()?;
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
     }
 }
 
@@ -232,6 +306,30 @@ mod tests {
             model: Some("m".into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_an_error_at_any_depth() {
+        let out = jobs(
+            concat!(
+                "{\"id\":\"a\",\"id\":\"b\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
+                "{\"id\":\"c\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"content\":\"y\"}]}\n",
+                "{\"id\":\"d\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":1.5}\n",
+            )
+            .as_bytes(),
+            model(),
+        );
+        let e = out[0].as_ref().unwrap_err();
+        assert!(
+            e.starts_with("t.jsonl:1:") && e.contains("the key \"id\" appears twice"),
+            "{e}"
+        );
+        let e = out[1].as_ref().unwrap_err();
+        assert!(
+            e.starts_with("t.jsonl:2:") && e.contains("\"content\" appears twice"),
+            "{e}"
+        );
+        assert!(out[2].is_ok());
     }
 
     #[test]

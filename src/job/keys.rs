@@ -59,6 +59,15 @@ impl KeyMap {
         })
     }
 
+    /// The values of each key, in push order (call after [`seal_ordered`](Self::seal_ordered)
+    /// or [`seal`](Self::seal)).
+    pub fn runs(&self) -> impl Iterator<Item = impl Iterator<Item = u64> + '_> + '_ {
+        debug_assert!(self.sealed);
+        self.entries
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|run| run.iter().map(|e| e.1))
+    }
+
     /// Keeps only the last entry of each key.
     pub fn keep_last(&mut self) {
         debug_assert!(self.sealed);

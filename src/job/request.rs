@@ -108,14 +108,16 @@ pub fn finish(
                     kind(m)
                 ));
             };
-            match m.get("role") {
-                Some(Value::String(r)) => has_system |= r == "system" || r == "developer",
+            let role = match m.get("role") {
+                Some(Value::String(r)) => r.as_str(),
                 _ => {
                     return Err(format!(
                         "field \"messages[{i}].role\": missing or not a string"
                     ))
                 }
-            }
+            };
+            has_system |= role == "system" || role == "developer";
+            check_content(i, role, m)?;
             chars += content_chars(m.get("content")) + 16;
             images += count_images(m.get("content"));
         }
@@ -180,6 +182,34 @@ fn content_chars(content: Option<&Value>) -> usize {
             })
             .sum(),
         _ => 0,
+    }
+}
+
+/// A message's `content` must be text or a list of content parts; only an assistant message
+/// that calls tools (or a function) may go without.
+fn check_content(i: usize, role: &str, m: &Map<String, Value>) -> Result<(), String> {
+    match m.get("content") {
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(parts)) => {
+            match parts.iter().position(|p| !p.is_object()) {
+                Some(j) => Err(format!(
+                    "field \"messages[{i}].content[{j}]\": expected a content part (an object), found {}",
+                    kind(&parts[j])
+                )),
+                None => Ok(()),
+            }
+        }
+        None | Some(Value::Null)
+            if role == "assistant"
+                && (m.contains_key("tool_calls") || m.contains_key("function_call")) =>
+        {
+            Ok(())
+        }
+        None => Err(format!("field \"messages[{i}].content\": missing")),
+        Some(other) => Err(format!(
+            "field \"messages[{i}].content\": expected a string or a list of content parts, found {}",
+            kind(other)
+        )),
     }
 }
 
@@ -254,6 +284,38 @@ mod tests {
         };
         assert_eq!(f(a.clone()), f(b));
         assert_ne!(f(a), f(c));
+    }
+
+    #[test]
+    fn message_content_must_be_text_or_parts() {
+        let d = JobDefaults {
+            model: Some("m".into()),
+            ..JobDefaults::default()
+        };
+        let try_ = |messages: Value| {
+            finish(
+                &d,
+                JobId::new("a"),
+                0,
+                1,
+                obj(json!({"messages": messages})),
+                Map::new(),
+            )
+            .err()
+        };
+        assert!(try_(json!([{"role": "user"}]))
+            .unwrap()
+            .contains("messages[0].content\": missing"));
+        assert!(try_(json!([{"role": "user", "content": 5}]))
+            .unwrap()
+            .contains("found a number"));
+        assert!(try_(json!([{"role": "user", "content": ["x"]}]))
+            .unwrap()
+            .contains("content[0]"));
+        assert!(
+            try_(json!([{"role": "user", "content": [{"type": "text", "text": "x"}]}])).is_none()
+        );
+        assert!(try_(json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": null, "tool_calls": []}, {"role": "tool", "content": "r", "tool_call_id": "1"}])).is_none());
     }
 
     #[test]

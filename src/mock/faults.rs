@@ -28,10 +28,13 @@ pub enum Fault {
     ContentFilter,
     /// A paid answer with `tool_calls` instead of content.
     ToolCalls,
+    /// 500 whose message echoes the credential the client sent (as some providers' error
+    /// pages do): the runner must scrub it from everything it logs and writes.
+    EchoKey,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::ServerError,
         Fault::Hang,
         Fault::Close,
@@ -43,6 +46,7 @@ impl Fault {
         Fault::RateLimitDate,
         Fault::ContentFilter,
         Fault::ToolCalls,
+        Fault::EchoKey,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Fault {
             Fault::RateLimitDate => "429-date",
             Fault::ContentFilter => "content-filter",
             Fault::ToolCalls => "tool-calls",
+            Fault::EchoKey => "echo-key",
         }
     }
 
@@ -69,7 +74,7 @@ impl Fault {
 /// Rates of each fault (shares of requests).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Faults {
-    rates: [f64; 11],
+    rates: [f64; 12],
 }
 
 impl Faults {
@@ -172,11 +177,12 @@ mod tests {
     fn rates_add_up_and_pick_in_order() {
         let mut f = Faults::default();
         f.apply("all=0.05").unwrap();
-        assert!((f.total() - 0.55).abs() < 1e-9);
+        assert!((f.total() - 0.60).abs() < 1e-9);
         assert_eq!(f.pick(0.01), Some(Fault::ServerError));
         assert_eq!(f.pick(0.06), Some(Fault::Hang));
         assert_eq!(f.pick(0.54), Some(Fault::ToolCalls));
-        assert_eq!(f.pick(0.56), None);
+        assert_eq!(f.pick(0.56), Some(Fault::EchoKey));
+        assert_eq!(f.pick(0.61), None);
         assert!(f.apply("close=0.9").is_err());
         assert!(f.apply("nope=0.1").unwrap_err().contains("unknown"));
     }

@@ -50,6 +50,9 @@ pub struct MockConfig {
     pub api_key: Option<crate::secret::ApiKey>,
     /// Keep every chat request body, for tests to inspect ([`MockServer::bodies`]).
     pub capture_bodies: bool,
+    /// Report `usage.cost` on every answer at this multiple of the price table: a provider
+    /// whose bill differs from the list prices (a new surcharge, a wrong table).
+    pub cost_factor: Option<f64>,
 }
 
 impl MockConfig {
@@ -73,6 +76,7 @@ impl Default for MockConfig {
             seed: 0,
             api_key: None,
             capture_bodies: false,
+            cost_factor: None,
         }
     }
 }
@@ -346,6 +350,10 @@ struct UsageOut {
 async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     let stats = &state.stats;
     stats.requests.fetch_add(1, Relaxed);
+    let echoed = (state.config.faults.rate(Fault::EchoKey) > 0.0).then(|| {
+        let sent = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        String::from_utf8_lossy(sent.unwrap_or_default()).into_owned()
+    });
     if let Some(key) = &state.config.api_key {
         let expected = format!("Bearer {}", key.expose());
         let got = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
@@ -524,6 +532,19 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         }
         Some(Fault::RateLimitPlain) => return rate_limited(false),
         Some(Fault::RateLimitDate) => return rate_limited(true),
+        Some(Fault::EchoKey) => {
+            stats.server_errors.fetch_add(1, Relaxed);
+            let sent = echoed.unwrap_or_default();
+            let msg = format!(
+                "upstream rejected the credentials {}",
+                sent.trim_start_matches("Bearer ")
+            );
+            return Ok(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                &msg,
+            ));
+        }
         _ => {}
     }
 
@@ -561,18 +582,22 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
             prompt_tokens,
             completion_tokens: answer.completion_tokens,
             total_tokens: total,
-            cost: parsed
-                .usage
-                .as_ref()
-                .filter(|u| u.include)
-                .and_then(|_| state.prices.get(&parsed.model))
-                .map(|p| {
+            cost: state
+                .config
+                .cost_factor
+                .or(parsed
+                    .usage
+                    .as_ref()
+                    .filter(|u| u.include)
+                    .map(|_| PROVIDER_FEE))
+                .and_then(|factor| Some((factor, state.prices.get(&parsed.model)?)))
+                .map(|(factor, p)| {
                     let u = crate::cost::Usage {
                         prompt: prompt_tokens,
                         completion: answer.completion_tokens,
                         ..Default::default()
                     };
-                    p.cost(&u, 0).usd() * PROVIDER_FEE
+                    p.cost(&u, 0).usd() * factor
                 }),
         },
     };

@@ -110,40 +110,104 @@ impl JsonlWriter {
     }
 }
 
-/// Runs the writer on the current thread until the channel closes or a write fails. `each` is
-/// called for every record once it reached the file (the run counts progress there, once).
+/// How the writer ended.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// The first write failure, if any (the run then exits 5).
+    pub error: Option<WriteError>,
+    /// Records that arrived and could never be written (at most what was in flight).
+    pub unwritten: u64,
+    /// Records written by a retry after the failure.
+    pub written_late: u64,
+}
+
+/// How often a failed write is tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs the writer on the current thread until the channel closes. `each` is called for every
+/// record once it reached the file (the run counts progress there, once).
+///
+/// A write failure (a full disk) does not drop answers: `on_failure` is called once (the run
+/// stops admitting jobs), the failed batch and every record still arriving are kept in memory
+/// (bounded by the requests in flight), and the write is tried again every 200 ms, until
+/// `retry_for` after the failure. What is still unwritten then is counted, not lost silently.
 pub fn drain(
     mut writer: JsonlWriter,
     rx: mpsc::Receiver<WriterMsg>,
+    retry_for: Duration,
+    on_failure: impl FnOnce(&WriteError),
     mut each: impl FnMut(&Record),
-) -> Result<(), WriteError> {
-    let mut batch: Vec<Box<Record>> = Vec::with_capacity(BATCH);
+) -> Drained {
+    let mut out = Drained::default();
+    let mut on_failure = Some(on_failure);
+    let mut pending: Vec<Box<Record>> = Vec::with_capacity(BATCH);
+    let mut failed_at: Option<Instant> = None;
+    let mut open = true;
     loop {
-        let first = match rx.recv_timeout(SYNC_INTERVAL) {
-            Ok(m) => m,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                writer.sync()?;
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return writer.sync(),
+        let wait = if failed_at.is_some() && !pending.is_empty() {
+            RETRY_EVERY
+        } else {
+            SYNC_INTERVAL
         };
         let mut sync = false;
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m {
-                WriterMsg::Record(r) => batch.push(r),
-                WriterMsg::Sync => sync = true,
+        if open {
+            match rx.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut next = Some(first);
+                    while let Some(m) = next.take() {
+                        match m {
+                            WriterMsg::Record(r) => pending.push(r),
+                            WriterMsg::Sync => sync = true,
+                        }
+                        if failed_at.is_some() || pending.len() < BATCH {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => sync = true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    sync = true;
+                }
             }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
+        } else {
+            std::thread::sleep(RETRY_EVERY);
+        }
+        let mut result = Ok(());
+        if !pending.is_empty() {
+            result = writer.write(&pending);
+            if result.is_ok() {
+                if failed_at.is_some() {
+                    out.written_late += pending.len() as u64;
+                }
+                pending.drain(..).for_each(|r| each(&r));
             }
         }
-        if !batch.is_empty() {
-            writer.write(&batch)?;
-            batch.drain(..).for_each(|r| each(&r));
+        if result.is_ok() && sync {
+            result = writer.sync();
         }
-        if sync {
-            writer.sync()?;
+        if let Err(e) = result {
+            if failed_at.is_none() {
+                failed_at = Some(Instant::now());
+                tracing::warn!(
+                    "{e}; no more jobs are sent, answers in flight are kept and the write is retried for up to {}s",
+                    retry_for.as_secs()
+                );
+                if let Some(f) = on_failure.take() {
+                    f(&e);
+                }
+                out.error = Some(e);
+            }
+        }
+        let gave_up = failed_at.is_some_and(|t| t.elapsed() >= retry_for);
+        if !open && (pending.is_empty() || gave_up) {
+            out.unwritten += pending.len() as u64;
+            return out;
+        }
+        if gave_up && !pending.is_empty() {
+            // Keep receiving (so the run can finish), but stop holding what cannot be written.
+            out.unwritten += pending.len() as u64;
+            pending.clear();
         }
     }
 }

@@ -11,8 +11,8 @@
 //! `content_json`, two more columns hold the content parsed as JSON and whether it parsed.
 
 use super::Record;
+use crate::checkpoint::latest::{add_carried, Latest};
 use crate::checkpoint::CheckpointError;
-use crate::job::keys::KeyMap;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
 use arrow_array::builder::{
@@ -65,6 +65,11 @@ pub fn journal_path(parquet: &Path) -> PathBuf {
     parquet.with_file_name(name)
 }
 
+/// Where a conversion writes before the rename: `results.parquet` -> `results.parquet.tmp`.
+pub fn temp_path(parquet: &Path) -> PathBuf {
+    crate::paths::sibling(parquet, ".tmp")
+}
+
 /// Whether a path names Parquet output.
 pub fn is_parquet(path: &Path) -> bool {
     path.extension()
@@ -115,7 +120,7 @@ pub fn convert(
     };
     // Pass 1: each id's last line, the metadata keys (they become columns), whether any record
     // kept its response.
-    let mut last = KeyMap::with_capacity(crate::job::keys::estimate_lines(jsonl));
+    let mut last = Latest::with_capacity(crate::job::keys::estimate_lines(jsonl));
     let mut meta_keys = BTreeSet::new();
     let mut has_response = false;
     for_each_line(jsonl, |line, bytes| {
@@ -125,29 +130,27 @@ pub fn convert(
             metadata: serde_json::Map<String, serde_json::Value>,
             #[serde(default)]
             response: Option<serde::de::IgnoredAny>,
+            #[serde(default)]
+            cost_usd: Option<f64>,
         }
         let h: Head = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
-        last.push(IdKey::of(h.id.as_bytes()), line);
+        last.push(IdKey::of(h.id.as_bytes()), line, h.cost_usd);
         meta_keys.extend(h.metadata.into_iter().map(|(key, _)| key));
         has_response |= h.response.is_some();
         Ok(())
     })?;
-    last.seal_ordered();
-    last.keep_last();
+    last.seal();
     let meta_keys: Vec<String> = meta_keys.into_iter().collect();
     let schema = Arc::new(schema(&meta_keys, has_response, options));
 
     // Pass 2: stream the records into batches.
-    let tmp = {
-        let mut name = parquet.file_name().unwrap_or_default().to_os_string();
-        name.push(".tmp");
-        parquet.with_file_name(name)
-    };
+    // Removed on every failure path (a full disk): a leftover would keep the disk full.
+    let tmp = crate::paths::TempFile::new(temp_path(parquet));
     let werr = |m: String| ParquetError::Write {
         path: parquet.to_path_buf(),
         message: m,
     };
-    let out = File::create(&tmp).map_err(|e| werr(e.to_string()))?;
+    let out = File::create(tmp.path()).map_err(|e| werr(e.to_string()))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -161,10 +164,14 @@ pub fn convert(
         superseded: 0,
     };
     for_each_line(jsonl, |line, bytes| {
-        let r: Record = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
-        if last.get(&IdKey::of(r.id.as_bytes())) != Some(line) {
+        let mut r: Record = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
+        if !last.is_last(&IdKey::of(r.id.as_bytes()), line) {
             converted.superseded += 1;
             return Ok(());
+        }
+        // What superseded records of the id cost was paid too (see checkpoint::latest).
+        if let Some(c) = last.carried(line) {
+            r.cost_usd = Some(add_carried(r.cost_usd, c));
         }
         cols.push(&r);
         converted.rows += 1;
@@ -181,7 +188,8 @@ pub fn convert(
     let file = writer.into_inner().map_err(|e| werr(e.to_string()))?;
     file.sync_all().map_err(|e| werr(e.to_string()))?;
     drop(file);
-    std::fs::rename(&tmp, parquet).map_err(|e| werr(e.to_string()))?;
+    std::fs::rename(tmp.path(), parquet).map_err(|e| werr(e.to_string()))?;
+    tmp.keep();
     crate::checkpoint::sync_dir(parquet);
     Ok(converted)
 }

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Client,
     Auth,
     Budget,
+    /// A bug in bulkprompt (a job's task panicked); retried by the next run.
+    Internal,
 }
 
 impl ErrorKind {
@@ -32,6 +34,7 @@ impl ErrorKind {
             ErrorKind::Client => "client",
             ErrorKind::Auth => "auth",
             ErrorKind::Budget => "budget",
+            ErrorKind::Internal => "internal",
         }
     }
 

@@ -8,7 +8,7 @@ pub mod response;
 pub use classify::{classify, Attempt, ErrorKind, Verdict};
 pub use response::Completion;
 
-use crate::secret::ApiKey;
+use crate::secret::{ApiKey, Scrubber};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ pub struct ClientConfig {
     /// Idle connections kept per host; the concurrency.
     pub pool_size: usize,
     pub max_response_bytes: usize,
+    /// The run's secrets, scrubbed from every answer and error text as it arrives.
+    pub scrubber: Scrubber,
 }
 
 /// Problems building the client.
@@ -50,6 +52,7 @@ pub struct Client {
     http: reqwest::Client,
     url: reqwest::Url,
     max_response_bytes: usize,
+    scrubber: Scrubber,
 }
 
 /// `https://host/v1` + `/chat/completions`, without doubling slashes.
@@ -109,13 +112,36 @@ impl Client {
             http,
             url,
             max_response_bytes: cfg.max_response_bytes,
+            scrubber: cfg.scrubber.clone(),
         })
     }
 
-    /// One attempt: sends `body` and reads the answer (up to the size cap).
+    /// One attempt: sends `body` and reads the answer (up to the size cap). Every text in the
+    /// result (body, transport error) has the run's secrets scrubbed out already.
     pub async fn send(&self, body: Bytes) -> (Attempt, Duration) {
         let started = Instant::now();
-        let attempt = self.try_send(body).await;
+        let attempt = match self.try_send(body).await {
+            Attempt::Http {
+                status,
+                retry_after,
+                reset_requests,
+                reset_tokens,
+                quota_exhausted,
+                body,
+            } => Attempt::Http {
+                status,
+                retry_after,
+                reset_requests,
+                reset_tokens,
+                quota_exhausted,
+                body: self.scrubber.scrub_bytes(body),
+            },
+            Attempt::Transport { kind, message } => Attempt::Transport {
+                kind,
+                message: self.scrubber.scrub(message),
+            },
+            other => other,
+        };
         (attempt, started.elapsed())
     }
 

@@ -13,16 +13,21 @@ use crate::output::{CostSource, Record, RecordError, Status};
 use crate::progress::Counters;
 use crate::provider::{classify, Client, Completion, ErrorKind, Verdict};
 use crate::retry::Backoff;
-use crate::secret::ApiKey;
 use crate::shutdown::{Phase, Shutdown};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 /// State shared by the dispatcher and the job tasks.
 pub(super) struct Ctx {
     pub(super) client: Client,
+    /// Where requests go, for messages.
+    pub(super) endpoint: String,
     pub(super) limiter: Limiter,
     pub(super) counters: Arc<Counters>,
     pub(super) prices: PriceTable,
@@ -32,7 +37,6 @@ pub(super) struct Ctx {
     pub(super) backoff: Backoff,
     pub(super) default_output_tokens: u64,
     pub(super) keep_response: bool,
-    pub(super) api_key: Option<ApiKey>,
     /// Set once a first answer shows the endpoint and key work; until then one request at a time.
     pub(super) opened: AtomicBool,
     pub(super) opened_notify: Notify,
@@ -44,6 +48,10 @@ pub(super) struct Ctx {
     /// Jobs failing in a row with the same kind of error; `breaker_at` of them stop the run.
     pub(super) streak: Mutex<(Option<ErrorKind>, u32)>,
     pub(super) breaker_at: u32,
+    /// Per model, the worst ratio seen of a recorded cost to its job's worst case, where it
+    /// was above 1 (a provider billing more than the price table says): later reservations
+    /// for that model are scaled by it.
+    pub(super) cost_ratio: Mutex<HashMap<String, f64>>,
 }
 
 /// A job's hold on the budget; settles with zero if the job ends without a record (shutdown,
@@ -136,16 +144,6 @@ impl Ctx {
         }
     }
 
-    /// Never leak the key through a provider's error text.
-    pub(super) fn scrub(&self, message: String) -> String {
-        match &self.api_key {
-            Some(k) if !k.expose().is_empty() && message.contains(k.expose()) => {
-                message.replace(k.expose(), "(redacted)")
-            }
-            _ => message,
-        }
-    }
-
     pub(super) fn charge(&self, job: &Job) -> u64 {
         job.est_prompt_tokens as u64 + self.output_allowance(job)
     }
@@ -155,10 +153,51 @@ impl Ctx {
             .map_or(self.default_output_tokens, u64::from)
     }
 
-    /// The most `job` can cost. Prompt tokens are bounded by half the request body's bytes: a
-    /// byte-level BPE token is at least one byte, natural language averages three to four
-    /// bytes a token, and the body also carries JSON punctuation, tools and schemas.
+    /// The most `job` can cost: the price table's worst case ([`Ctx::table_worst_case`]),
+    /// scaled by what this run has learnt of the model's real bills.
     pub(super) fn worst_case(&self, job: &Job) -> Money {
+        let base = self.table_worst_case(job);
+        let ratios = self.cost_ratio.lock().unwrap_or_else(|p| p.into_inner());
+        match ratios.get(&job.model) {
+            Some(&r) => Money((base.0 as f64 * r).ceil().min(u64::MAX as f64 / 8.0) as u64),
+            None => base,
+        }
+    }
+
+    /// Learns from a recorded cost above the job's worst case: later reservations for the
+    /// model grow by the worst ratio seen, so a wrong price table (or a provider's surcharge)
+    /// cannot carry the run past `--max-cost` job after job.
+    fn learn_cost(&self, job: &Job, actual: Money) {
+        if self.budget.is_none() {
+            return;
+        }
+        let base = self.table_worst_case(job);
+        if actual <= base || base == Money::ZERO {
+            return;
+        }
+        let ratio = actual.0 as f64 / base.0 as f64;
+        let mut ratios = self.cost_ratio.lock().unwrap_or_else(|p| p.into_inner());
+        let known = ratios.get(&job.model).copied();
+        if known.is_none_or(|k| ratio > k) {
+            ratios.insert(job.model.clone(), ratio);
+            drop(ratios);
+            let say = format!(
+                "--max-cost: job {} of model {:?} cost {actual}, {ratio:.1}x the worst case the price table gives ({base}); later jobs of this model reserve {ratio:.1}x as much",
+                job.id, job.model
+            );
+            if known.is_none() {
+                tracing::warn!("{say}");
+            } else {
+                tracing::debug!("{say}");
+            }
+        }
+    }
+
+    /// The most `job` can cost by the price table. Prompt tokens are bounded by half the
+    /// request body's bytes: a byte-level BPE token is at least one byte, natural language
+    /// averages three to four bytes a token, and the body also carries JSON punctuation, tools
+    /// and schemas.
+    fn table_worst_case(&self, job: &Job) -> Money {
         match self.prices.get(&job.model) {
             Some(p) => p.worst_case(
                 job.body.len().div_ceil(2) as u64,
@@ -227,9 +266,62 @@ fn base_record(job: &Job, started: SystemTime, attempts: u32, latency: Duration)
     }
 }
 
-pub(super) async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
+/// Runs one job's task: [`execute`], with a panic caught and turned into a failed record (so
+/// a bug costs one job, counted and visible, never a silent hole in the output).
+pub(super) async fn run_job(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
     let started = SystemTime::now();
-    let charge = ctx.charge(&job);
+    match CatchUnwind(Box::pin(execute(&ctx, &job, first, hold))).await {
+        Ok(end) => end,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!(id = %job.id, "a job task panicked (a bulkprompt bug): {what}");
+            let mut r = base_record(&job, started, 0, Duration::ZERO);
+            r.status = Status::Failed;
+            r.error = Some(RecordError {
+                kind: ErrorKind::Internal,
+                http_status: None,
+                message: format!(
+                    "bulkprompt bug: this job's task panicked ({what}); the next run retries it"
+                ),
+            });
+            let _ = ctx.writer.send(WriterMsg::Record(Box::new(r)));
+            TaskEnd::Recorded
+        }
+    }
+}
+
+/// A future whose panic is caught and returned.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// Debug builds only: `BULKPROMPT_TEST_PANIC_ID=<id>` makes that job's task panic, so the
+/// integration tests can check that a bug in a task is recorded and counted.
+fn test_panic(job: &Job) {
+    #[cfg(debug_assertions)]
+    if std::env::var("BULKPROMPT_TEST_PANIC_ID").is_ok_and(|id| id == job.id.as_str()) {
+        panic!("test panic for job {}", job.id);
+    }
+    let _ = job;
+}
+
+async fn execute(ctx: &Ctx, job: &Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
+    let started = SystemTime::now();
+    let charge = ctx.charge(job);
     let mut grant = Some(first);
     let mut attempts = 0u32;
     loop {
@@ -247,6 +339,7 @@ pub(super) async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<
             r = send => r,
             _ = ctx.shutdown.reached(Phase::Now) => return TaskEnd::Abandoned,
         };
+        test_panic(job);
         if let crate::provider::Attempt::Http {
             quota_exhausted: Some(d),
             ..
@@ -265,24 +358,28 @@ pub(super) async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<
             ) => Some(body.clone()),
             _ => None,
         };
+        // Provider texts arrive scrubbed of the run's secrets (Client::send).
         let failed = |kind: ErrorKind, status: Option<u16>, message: String| {
-            let mut r = base_record(&job, started, attempts, latency);
+            let mut r = base_record(job, started, attempts, latency);
             r.status = Status::Failed;
             r.error = Some(RecordError {
                 kind,
                 http_status: status,
-                message: ctx.scrub(message),
+                message,
             });
             r
         };
         let mut cost_of_record = Money::ZERO;
         let record = match classify(attempt, SystemTime::now()) {
             Verdict::Done(c) => {
-                ctx.open();
                 let total = c.usage.map_or(charge, |u| u.prompt + u.completion);
                 ctx.limiter.reconcile(g, total);
-                let (cost, source) = ctx.cost(&job, &c);
-                let mut r = base_record(&job, started, attempts, latency);
+                let (cost, source) = ctx.cost(job, &c);
+                cost_of_record = cost.unwrap_or(Money::ZERO);
+                // Learn before opening the gate: the next reservation must see it.
+                ctx.learn_cost(job, cost_of_record);
+                ctx.open();
+                let mut r = base_record(job, started, attempts, latency);
                 let u: Option<Usage> = c.usage;
                 r.response_model = c.response_model;
                 r.content = c.content;
@@ -294,7 +391,6 @@ pub(super) async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<
                 r.reasoning_tokens = u.map(|u| u.reasoning);
                 r.cost_usd = cost.map(Money::usd);
                 r.cost_source = source;
-                cost_of_record = cost.unwrap_or(Money::ZERO);
                 r.response = raw.and_then(|b| serde_json::from_slice(&b).ok());
                 r
             }
@@ -313,6 +409,15 @@ pub(super) async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<
                     ctx.limiter.rate_limited(after);
                 }
                 if attempts >= ctx.max_attempts {
+                    if status.is_none() && !ctx.opened.load(Relaxed) {
+                        // Not one HTTP answer yet, and the first job used up its attempts:
+                        // the endpoint cannot be reached. Waiting on would never end.
+                        ctx.abort(format!(
+                            "cannot reach the endpoint {} ({} after {attempts} attempts: {message}); check --endpoint and the network, then re-run to resume",
+                            ctx.endpoint,
+                            kind.as_str()
+                        ));
+                    }
                     failed(
                         kind,
                         status,
@@ -347,7 +452,6 @@ pub(super) async fn execute(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<
                 message,
             } => {
                 ctx.limiter.reconcile(g, 0);
-                let message = ctx.scrub(message);
                 ctx.abort(format!(
                     "the provider refused the credentials (HTTP {status}): {message}; check --api-key-env and the key's access to the model"
                 ));
