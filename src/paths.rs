@@ -24,7 +24,9 @@ pub fn resolve(path: &Path) -> io::Result<PathBuf> {
                 p = normalize(&dir.join(target));
             }
             Ok(_) => return std::fs::canonicalize(&p),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Not there, or not reachable (a parent that is a file): the name as it is, and
+            // creating it reports the problem as an output error.
+            Err(_) => {
                 let name = p.file_name().map(|n| n.to_os_string());
                 let (Some(dir), Some(name)) = (p.parent(), name) else {
                     return Ok(p);
@@ -35,7 +37,6 @@ pub fn resolve(path: &Path) -> io::Result<PathBuf> {
                     Err(_) => p,
                 });
             }
-            Err(e) => return Err(e),
         }
     }
     Err(io::Error::other(format!(

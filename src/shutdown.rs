@@ -57,17 +57,19 @@ impl Shutdown {
     /// drains like a Ctrl-C; twice stops at once).
     pub fn listen_for_signals(&self) {
         let this = self.clone();
-        tokio::spawn(async move {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-                    signal(SignalKind::interrupt()),
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::hangup()),
-                ) else {
-                    return;
-                };
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            // Registered now, not in the task: a signal that arrives before the task first
+            // runs must drain the run too, not kill it.
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return;
+            };
+            tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = int.recv() => {}
@@ -78,8 +80,10 @@ impl Shutdown {
                         break;
                     }
                 }
-            }
-            #[cfg(not(unix))]
+            });
+        }
+        #[cfg(not(unix))]
+        tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
                 if this.escalate() == Phase::Now {
                     break;

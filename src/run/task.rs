@@ -164,25 +164,38 @@ impl Ctx {
         }
     }
 
-    /// Learns from a recorded cost above the job's worst case: later reservations for the
-    /// model grow by the worst ratio seen, so a wrong price table (or a provider's surcharge)
-    /// cannot carry the run past `--max-cost` job after job.
-    fn learn_cost(&self, job: &Job, actual: Money) {
-        if self.budget.is_none() {
+    /// Learns from a recorded cost the price table did not foresee: later reservations for
+    /// the model grow by the worst ratio seen, so a wrong price table (or a provider's
+    /// surcharge) cannot carry the run past `--max-cost` job after job. Two ratios count: the
+    /// provider's bill over the table's price of the same usage (exact when the provider's
+    /// markup is steady, whatever the answer's length), and the bill over the job's worst case
+    /// (an answer longer than its `max_tokens`).
+    fn learn_cost(&self, job: &Job, c: &Completion, actual: Money) {
+        if self.budget.is_none() || actual == Money::ZERO {
             return;
         }
-        let base = self.table_worst_case(job);
-        if actual <= base || base == Money::ZERO {
+        let worst = self.table_worst_case(job);
+        let listed = match (self.prices.get(&job.model), &c.usage) {
+            (Some(p), Some(u)) => p.cost(u, job.images),
+            _ => Money::ZERO,
+        };
+        let ratio_of = |base: Money| {
+            (base > Money::ZERO && actual > base).then(|| actual.0 as f64 / base.0 as f64)
+        };
+        let Some(ratio) = [ratio_of(listed), ratio_of(worst)]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max)
+        else {
             return;
-        }
-        let ratio = actual.0 as f64 / base.0 as f64;
+        };
         let mut ratios = self.cost_ratio.lock().unwrap_or_else(|p| p.into_inner());
         let known = ratios.get(&job.model).copied();
         if known.is_none_or(|k| ratio > k) {
             ratios.insert(job.model.clone(), ratio);
             drop(ratios);
             let say = format!(
-                "--max-cost: job {} of model {:?} cost {actual}, {ratio:.1}x the worst case the price table gives ({base}); later jobs of this model reserve {ratio:.1}x as much",
+                "--max-cost: job {} of model {:?} cost {actual}, {ratio:.2}x what the price table foresaw; later jobs of this model reserve {ratio:.2}x their worst case",
                 job.id, job.model
             );
             if known.is_none() {
@@ -319,7 +332,7 @@ fn test_panic(job: &Job) {
     let _ = job;
 }
 
-async fn execute(ctx: &Ctx, job: &Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
+async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> TaskEnd {
     let started = SystemTime::now();
     let charge = ctx.charge(job);
     let mut grant = Some(first);
@@ -376,8 +389,12 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, hold: Option<Hold>) -> Task
                 ctx.limiter.reconcile(g, total);
                 let (cost, source) = ctx.cost(job, &c);
                 cost_of_record = cost.unwrap_or(Money::ZERO);
-                // Learn before opening the gate: the next reservation must see it.
-                ctx.learn_cost(job, cost_of_record);
+                // Learn and settle before opening the gate: the first job goes alone so that
+                // the next reservation sees what it really cost.
+                ctx.learn_cost(job, &c, cost_of_record);
+                if let Some(h) = hold.take() {
+                    h.settle(cost_of_record);
+                }
                 ctx.open();
                 let mut r = base_record(job, started, attempts, latency);
                 let u: Option<Usage> = c.usage;

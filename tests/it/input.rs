@@ -222,3 +222,47 @@ fn other_delimiters_and_quoted_headers_are_accepted() {
     prompts.sort();
     assert_eq!(prompts, ["a; b", "c"]);
 }
+
+#[test]
+fn requests_the_provider_would_misread_are_refused_with_their_line() {
+    let chat = |id: &str, message: &str| {
+        format!("{{\"id\":\"{id}\",\"messages\":[{message}]}}\n")
+    };
+    let ok = chat("a", "{\"role\":\"user\",\"content\":\"x\"}");
+    refused(
+        "c.jsonl",
+        (ok.clone() + &chat("b", "{\"role\":\"user\"}")).as_bytes(),
+        &[],
+        "FILE:2: field \"messages[0].content\": missing",
+    );
+    refused(
+        "n.jsonl",
+        (ok.clone() + &chat("b", "{\"role\":\"user\",\"content\":5}")).as_bytes(),
+        &[],
+        "FILE:2: field \"messages[0].content\": expected a string or a list of content parts, found a number",
+    );
+    refused(
+        "d.jsonl",
+        format!("{ok}{{\"id\":\"b\",\"id\":\"c\",\"messages\":[]}}\n").as_bytes(),
+        &[],
+        "FILE:2:",
+    );
+    refused(
+        "d2.jsonl",
+        format!("{ok}{{\"id\":\"b\",\"id\":\"c\",\"messages\":[]}}\n").as_bytes(),
+        &[],
+        "the key \"id\" appears twice in one object",
+    );
+    refused(
+        "h.csv",
+        b"id,text,text\n1,a,b\n",
+        &["--template", "{text}"],
+        "FILE:1: column name \"text\" appears twice (columns 2 and 3)",
+    );
+    refused(
+        "e.csv",
+        b"id,,text\n1,a,b\n",
+        &["--template", "{text}"],
+        "FILE:1: column 2 has no name",
+    );
+}

@@ -8,6 +8,7 @@ mod hostile;
 mod input;
 mod money;
 mod parquet;
+mod promises;
 mod ratelimit;
 mod resume;
 mod secrets;
