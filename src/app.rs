@@ -89,8 +89,8 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> 
 }
 
 async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
-    let summary_path = args.summary_json.clone();
     let cfg = config::resolve_run(&args, &argv)?;
+    let summary_path = cfg.summary_json.clone();
     let shutdown = Shutdown::default();
     shutdown.listen_for_signals();
     let summary = run::run(cfg, shutdown).await?;

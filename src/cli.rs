@@ -289,7 +289,8 @@ pub struct ServeMockArgs {
     #[arg(long, default_value_t = 0.0)]
     pub hang_rate: f64,
     /// Inject a fault at a rate, KIND=RATE (repeatable): server-error, hang, close, garbage,
-    /// error-200, truncated, slow-body, 429, 429-date, content-filter, tool-calls, or all.
+    /// error-200, truncated, slow-body, 429, 429-date, content-filter, tool-calls, echo-key,
+    /// or all.
     #[arg(long = "fault", value_name = "KIND=RATE")]
     pub faults: Vec<String>,
     /// Periodic outages, EVERY:LASTS in seconds (e.g. 60:20): all requests get 503 meanwhile.

@@ -462,6 +462,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         .into_iter()
         .flatten()
         .collect(),
+        summary_json: args.summary_json.clone(),
         max_errors: 20,
     })
 }

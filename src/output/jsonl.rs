@@ -5,8 +5,10 @@
 //! per record. Data is fsynced in small groups: once 64 records are waiting for it and 100 ms
 //! have passed since the last fsync, and at least every second, which bounds fsyncs to ten a
 //! second on a fast run. On a write error (a full disk) the file is cut back to its last whole
-//! line, the error is reported, and nothing more is written: what is in the file stays valid and
-//! the run can resume once there is space.
+//! line and the run stops admitting jobs, but answers already paid for are not dropped: they are
+//! held in memory (at most what was in flight) and the write is retried until the grace period
+//! ends. What is in the file stays valid; what could never be written is counted, and the run
+//! resumes once there is space.
 
 use super::Record;
 use std::fs::{File, OpenOptions};

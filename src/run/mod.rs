@@ -82,6 +82,8 @@ pub struct RunConfig {
     pub parquet: Option<(PathBuf, ParquetOptions)>,
     /// Files the run reads besides the job file (spec, template, prices): never written.
     pub reads: Vec<PathBuf>,
+    /// Where the caller writes the summary as JSON, checked with the run's own files.
+    pub summary_json: Option<PathBuf>,
     /// Problems `validate` lists before giving up.
     pub max_errors: usize,
 }
@@ -200,6 +202,7 @@ fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
         w.push(target.clone());
         w.push(parquet::temp_path(target));
     }
+    w.extend(cfg.summary_json.clone());
     w
 }
 

@@ -225,9 +225,7 @@ fn other_delimiters_and_quoted_headers_are_accepted() {
 
 #[test]
 fn requests_the_provider_would_misread_are_refused_with_their_line() {
-    let chat = |id: &str, message: &str| {
-        format!("{{\"id\":\"{id}\",\"messages\":[{message}]}}\n")
-    };
+    let chat = |id: &str, message: &str| format!("{{\"id\":\"{id}\",\"messages\":[{message}]}}\n");
     let ok = chat("a", "{\"role\":\"user\",\"content\":\"x\"}");
     refused(
         "c.jsonl",

@@ -45,6 +45,11 @@ fn the_job_file_is_never_overwritten_by_the_output() {
         (&journal_named, dir.path("x.parquet"), vec!["--fresh"]),
         (&meta_named, dir.path("out.jsonl"), vec!["--fresh"]),
         (&input, spec.clone(), vec!["-c", spec.to_str().unwrap()]),
+        (
+            &input,
+            dir.path("o.jsonl"),
+            vec!["--summary-json", input.to_str().unwrap()],
+        ),
     ];
     for (job_file, out, extra) in cases {
         let before = std::fs::read(job_file).unwrap();
@@ -53,7 +58,12 @@ fn the_job_file_is_never_overwritten_by_the_output() {
         let err = stderr(&o);
         assert!(err.contains("the run would overwrite it"), "{err}");
         assert!(!err.contains("--fresh"), "must not suggest --fresh: {err}");
-        assert_eq!(std::fs::read(job_file).unwrap(), before, "{}", out.display());
+        assert_eq!(
+            std::fs::read(job_file).unwrap(),
+            before,
+            "{}",
+            out.display()
+        );
     }
     assert_eq!(std::fs::read(&spec).unwrap(), b"model = \"m\"\n");
     assert_eq!(mock.stats().requests, 0);
@@ -100,7 +110,11 @@ fn a_full_disk_during_compaction_leaves_no_temporary_file_and_a_leftover_is_remo
     assert_code(&o, 5);
     assert!(stderr(&o).contains("could not compact"), "{}", stderr(&o));
     assert!(!tmp.exists(), "the temporary file was left behind");
-    assert_eq!(std::fs::read(&out).unwrap(), doubled, "the output is untouched");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        doubled,
+        "the output is untouched"
+    );
     assert_eq!(mock.stats().requests, 200);
 
     // A leftover from a killed run is removed by the next, which compacts.
@@ -125,7 +139,12 @@ fn an_output_that_cannot_be_written_is_refused_before_the_first_request() {
     ] {
         let o = output_within(&mut run_cmd(&input, &out, &mock.url(), &[]), ENDS);
         assert_code(&o, 5);
-        assert!(stderr(&o).contains(says), "{}: {}", out.display(), stderr(&o));
+        assert!(
+            stderr(&o).contains(says),
+            "{}: {}",
+            out.display(),
+            stderr(&o)
+        );
     }
     // A Parquet target that cannot be written is found before sending too.
     let o = output_within(
@@ -156,12 +175,19 @@ fn a_corrupt_line_is_quarantined_by_repair_and_only_its_job_runs_again() {
     let o = run(&input, &out, &mock.url(), &[]);
     assert_code(&o, 1);
     let err = stderr(&o);
-    assert!(err.contains("out.jsonl:10:") && err.contains("--repair"), "{err}");
+    assert!(
+        err.contains("out.jsonl:10:") && err.contains("--repair"),
+        "{err}"
+    );
     assert_eq!(mock.stats().requests, 50);
 
     let o = run(&input, &out, &mock.url(), &["--repair"]);
     assert_code(&o, 0);
-    assert_eq!(mock.stats().requests, 51, "only the quarantined job ran again");
+    assert_eq!(
+        mock.stats().requests,
+        51,
+        "only the quarantined job ran again"
+    );
     let recs = records_by_id(&out);
     assert_eq!(recs.len(), 50);
     assert!(recs.contains_key(&lost_id));
@@ -179,11 +205,9 @@ fn a_symlinked_output_shares_the_lock_and_compaction_writes_through_the_link() {
     let out = dir.path("cc2.jsonl");
     let link = dir.path("cclink.jsonl");
     std::os::unix::fs::symlink("cc2.jsonl", &link).unwrap();
-    let (mut first, rx, reader) =
-        spawn_with_stderr_lines(run_cmd(&input, &out, &mock.url(), &["-v"]).args([
-            "--concurrency",
-            "8",
-        ]));
+    let (mut first, rx, reader) = spawn_with_stderr_lines(
+        run_cmd(&input, &out, &mock.url(), &["-v"]).args(["--concurrency", "8"]),
+    );
     wait_for_line(&rx, "ready at", ENDS);
     let second = run(&input, &link, &mock.url(), &[]);
     assert_code(&second, 1);
@@ -198,10 +222,16 @@ fn a_symlinked_output_shares_the_lock_and_compaction_writes_through_the_link() {
     drop(reader);
 
     // Finish through the link, then edit a job so the next run compacts through it.
-    assert_code(&run(&input, &link, &mock.url(), &["--concurrency", "64"]), 0);
+    assert_code(
+        &run(&input, &link, &mock.url(), &["--concurrency", "64"]),
+        0,
+    );
     let edited = chat_jobs(400).replacen("item number 7 ", "item number seven ", 1);
     std::fs::write(&input, edited).unwrap();
-    assert_code(&run(&input, &link, &mock.url(), &["--concurrency", "64"]), 0);
+    assert_code(
+        &run(&input, &link, &mock.url(), &["--concurrency", "64"]),
+        0,
+    );
     assert!(std::fs::symlink_metadata(&link)
         .unwrap()
         .file_type()
@@ -301,8 +331,9 @@ fn when_the_disk_stays_full_the_unwritten_answers_are_counted_and_bounded() {
     assert!(unwritten <= 64, "{unwritten} unwritten with 32 in flight");
     assert_eq!(written + unwritten, mock.stats().ok);
     assert!(
-        stderr(&o).contains(&format!("{unwritten} answers that arrived could not be written"))
-            || unwritten == 0,
+        stderr(&o).contains(&format!(
+            "{unwritten} answers that arrived could not be written"
+        )) || unwritten == 0,
         "{}",
         stderr(&o)
     );
@@ -350,14 +381,20 @@ fn the_cap_remembers_what_superseded_records_cost_across_edits() {
             "round {round}: the output says {in_output}, the runs paid {paid}"
         );
     }
-    assert!(paid <= cap + 1e-12, "seven edited runs paid {paid}, cap {cap}");
+    assert!(
+        paid <= cap + 1e-12,
+        "seven edited runs paid {paid}, cap {cap}"
+    );
     assert!(paid > whole, "the cap allowed more than one round");
     let st = bulkprompt()
         .args(["status", out.to_str().unwrap(), "--json"])
         .output()
         .unwrap();
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    assert!((st["spent_usd"].as_f64().unwrap() - paid).abs() < 1e-9, "{st}");
+    assert!(
+        (st["spent_usd"].as_f64().unwrap() - paid).abs() < 1e-9,
+        "{st}"
+    );
 }
 
 #[test]
@@ -379,7 +416,10 @@ fn pruned_records_stay_counted_against_the_cap() {
         .output()
         .unwrap();
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    assert!((st["spent_usd"].as_f64().unwrap() - paid).abs() < 1e-9, "{st}");
+    assert!(
+        (st["spent_usd"].as_f64().unwrap() - paid).abs() < 1e-9,
+        "{st}"
+    );
     // A cap below what was paid: nothing more may be sent.
     std::fs::write(&input, chat_jobs(30)).unwrap();
     let cap = format!("{:.9}", paid * 0.9);
@@ -550,12 +590,23 @@ fn an_unreachable_endpoint_ends_the_run_with_exit_4() {
             &input,
             &dir.path("out2.jsonl"),
             &mock.url(),
-            &["--max-attempts", "2", "--retry-base-ms", "10", "--timeout", "0.3"],
+            &[
+                "--max-attempts",
+                "2",
+                "--retry-base-ms",
+                "10",
+                "--timeout",
+                "0.3",
+            ],
         ),
         ENDS,
     );
     assert_code(&o, 4);
-    assert!(stderr(&o).contains("cannot reach the endpoint"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot reach the endpoint"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -623,22 +674,61 @@ fn exit_codes_follow_the_readme_table_row_by_row() {
     let good = dir.write("good.jsonl", chat_jobs(5));
     let code = |o: std::process::Output| o.status.code();
     // 0: every job ok.
-    assert_eq!(code(run(&good, &dir.path("o0.jsonl"), &mock.url(), &[])), Some(0));
+    assert_eq!(
+        code(run(&good, &dir.path("o0.jsonl"), &mock.url(), &[])),
+        Some(0)
+    );
     // 1: argument parser, configuration, input.
-    assert_eq!(code(bulkprompt().args(["run", "--no-such-flag"]).output().unwrap()), Some(1));
-    assert_eq!(code(bulkprompt().args(["run", "--rpm", "many", "x.jsonl"]).output().unwrap()), Some(1));
-    assert_eq!(code(bulkprompt().arg("run").arg(&good).output().unwrap()), Some(1));
-    let bad = dir.write("bad.jsonl", "{\"id\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":5}]}\n");
-    assert_eq!(code(run(&bad, &dir.path("o1.jsonl"), &mock.url(), &[])), Some(1));
+    assert_eq!(
+        code(
+            bulkprompt()
+                .args(["run", "--no-such-flag"])
+                .output()
+                .unwrap()
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        code(
+            bulkprompt()
+                .args(["run", "--rpm", "many", "x.jsonl"])
+                .output()
+                .unwrap()
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        code(bulkprompt().arg("run").arg(&good).output().unwrap()),
+        Some(1)
+    );
+    let bad = dir.write(
+        "bad.jsonl",
+        "{\"id\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":5}]}\n",
+    );
+    assert_eq!(
+        code(run(&bad, &dir.path("o1.jsonl"), &mock.url(), &[])),
+        Some(1)
+    );
     // Help and version are answers, not errors.
     assert_eq!(code(bulkprompt().arg("--help").output().unwrap()), Some(0));
-    assert_eq!(code(bulkprompt().arg("--version").output().unwrap()), Some(0));
+    assert_eq!(
+        code(bulkprompt().arg("--version").output().unwrap()),
+        Some(0)
+    );
     // 2: finished with failed jobs.
     let mixed = dir.write("mixed.jsonl", chat_jobs(3) + &rejected_job("bad"));
-    assert_eq!(code(run(&mixed, &dir.path("o2.jsonl"), &mock.url(), &[])), Some(2));
+    assert_eq!(
+        code(run(&mixed, &dir.path("o2.jsonl"), &mock.url(), &[])),
+        Some(2)
+    );
     // 3: the cost cap.
     assert_eq!(
-        code(run(&good, &dir.path("o3.jsonl"), &mock.url(), &["--model", FLASH, "--max-cost", "0.0000001"])),
+        code(run(
+            &good,
+            &dir.path("o3.jsonl"),
+            &mock.url(),
+            &["--model", FLASH, "--max-cost", "0.0000001"]
+        )),
         Some(3)
     );
     // 4: the provider refused the key.
@@ -647,24 +737,45 @@ fn exit_codes_follow_the_readme_table_row_by_row() {
         ..Default::default()
     });
     assert_eq!(
-        code(run_cmd(&good, &dir.path("o4.jsonl"), &locked.url(), &["--api-key-env", "K"]).env("K", "sk-wrong-123456").output().unwrap()),
+        code(
+            run_cmd(
+                &good,
+                &dir.path("o4.jsonl"),
+                &locked.url(),
+                &["--api-key-env", "K"]
+            )
+            .env("K", "sk-wrong-123456")
+            .output()
+            .unwrap()
+        ),
         Some(4)
     );
     // 5: the output cannot be written, found before anything is sent.
     let file = dir.write("a-file", "x");
-    assert_eq!(code(run(&good, &file.join("o5.jsonl"), &mock.url(), &[])), Some(5));
+    assert_eq!(
+        code(run(&good, &file.join("o5.jsonl"), &mock.url(), &[])),
+        Some(5)
+    );
     let unreadable = dir.path("no-access");
     std::fs::create_dir(&unreadable).unwrap();
     let is_root = unsafe { libc::geteuid() } == 0;
     if !is_root {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o500)).unwrap();
-        assert_eq!(code(run(&good, &unreadable.join("o.jsonl"), &mock.url(), &[])), Some(5));
+        assert_eq!(
+            code(run(&good, &unreadable.join("o.jsonl"), &mock.url(), &[])),
+            Some(5)
+        );
     }
     // 130: a signal (SIGTERM here; SIGHUP and SIGINT have their own tests).
     let slow = slow_mock(500);
     let many = dir.write("many.jsonl", chat_jobs(100));
-    let (mut child, rx, reader) = spawn_with_stderr_lines(&mut run_cmd(&many, &dir.path("o130.jsonl"), &slow.url(), &["-v"]));
+    let (mut child, rx, reader) = spawn_with_stderr_lines(&mut run_cmd(
+        &many,
+        &dir.path("o130.jsonl"),
+        &slow.url(),
+        &["-v"],
+    ));
     wait_for_line(&rx, "ready at", ENDS);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -678,7 +789,14 @@ fn exit_codes_follow_the_readme_table_row_by_row() {
 fn assert_counts_add_up(s: &serde_json::Value, text: &str) {
     let n = |k: &str| s[k].as_u64().unwrap();
     let jobs = n("jobs");
-    let parts = ["skipped_done", "skipped_failed", "new", "retried_failed", "changed", "not_run"];
+    let parts = [
+        "skipped_done",
+        "skipped_failed",
+        "new",
+        "retried_failed",
+        "changed",
+        "not_run",
+    ];
     let sum: u64 = parts.iter().map(|k| n(k)).sum();
     assert_eq!(sum, jobs, "{s}");
     assert_eq!(
@@ -691,7 +809,12 @@ fn assert_counts_add_up(s: &serde_json::Value, text: &str) {
         .find(|l| l.trim_start().starts_with("jobs:"))
         .unwrap_or_else(|| panic!("no jobs line: {text}"));
     let (head, rest) = line.split_once("in file:").unwrap();
-    let total: u64 = head.trim().trim_start_matches("jobs:").trim().parse().unwrap();
+    let total: u64 = head
+        .trim()
+        .trim_start_matches("jobs:")
+        .trim()
+        .parse()
+        .unwrap();
     let shown: u64 = rest
         .split(',')
         .map(|p| p.split_whitespace().next().unwrap().parse::<u64>().unwrap())
@@ -716,14 +839,29 @@ fn job_counts_in_the_summary_add_up_to_the_file() {
     };
     // A sample, then a cap stop among changed jobs, then the rest.
     let s = with_sum(&["--limit", "2", "--model", FLASH]);
-    assert_eq!((s["new"].as_u64(), s["not_run"].as_u64()), (Some(2), Some(198)));
+    assert_eq!(
+        (s["new"].as_u64(), s["not_run"].as_u64()),
+        (Some(2), Some(198))
+    );
     with_sum(&["--model", FLASH, "--max-tokens", "40"]);
     let whole = total_cost(&out);
     std::fs::write(&input, chat_jobs(200).replace("Summarize", "Describe")).unwrap();
     let cap = format!("{:.9}", whole * 1.3);
-    let s = with_sum(&["--model", FLASH, "--max-tokens", "40", "--max-cost", &cap, "--concurrency", "64"]);
+    let s = with_sum(&[
+        "--model",
+        FLASH,
+        "--max-tokens",
+        "40",
+        "--max-cost",
+        &cap,
+        "--concurrency",
+        "64",
+    ]);
     assert_eq!(s["outcome"], "budget");
-    assert!(s["changed"].as_u64().unwrap() > 0 && s["not_run"].as_u64().unwrap() > 0, "{s}");
+    assert!(
+        s["changed"].as_u64().unwrap() > 0 && s["not_run"].as_u64().unwrap() > 0,
+        "{s}"
+    );
 }
 
 #[test]
@@ -733,10 +871,15 @@ fn a_panicking_job_task_is_recorded_as_failed_and_counted() {
     let input = dir.write("jobs.jsonl", chat_jobs(20));
     let out = dir.path("out.jsonl");
     let sum = dir.path("s.json");
-    let o = run_cmd(&input, &out, &mock.url(), &["--summary-json", sum.to_str().unwrap()])
-        .env("BULKPROMPT_TEST_PANIC_ID", "j3")
-        .output()
-        .unwrap();
+    let o = run_cmd(
+        &input,
+        &out,
+        &mock.url(),
+        &["--summary-json", sum.to_str().unwrap()],
+    )
+    .env("BULKPROMPT_TEST_PANIC_ID", "j3")
+    .output()
+    .unwrap();
     assert_code(&o, 2);
     let recs = records_by_id(&out);
     assert_eq!(recs.len(), 20);
@@ -746,7 +889,10 @@ fn a_panicking_job_task_is_recorded_as_failed_and_counted() {
     assert_eq!(e.kind.as_str(), "internal");
     assert!(e.message.contains("panicked"), "{}", e.message);
     let s = summary(&sum);
-    assert_eq!((s["ok"].as_u64(), s["failed"].as_u64()), (Some(19), Some(1)));
+    assert_eq!(
+        (s["ok"].as_u64(), s["failed"].as_u64()),
+        (Some(19), Some(1))
+    );
     assert_eq!(s["failed_by_kind"]["internal"], 1);
     // The next run retries it.
     assert_code(&run(&input, &out, &mock.url(), &[]), 0);
