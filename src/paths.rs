@@ -180,9 +180,40 @@ impl TempFile {
         self.path.as_deref().unwrap_or(Path::new(""))
     }
 
-    /// The file was renamed into place: nothing to remove.
-    pub fn keep(mut self) {
+    /// Makes `file` (written at this temporary path) durable and puts it in place of `target`:
+    /// fsync the data, rename, fsync the folder. A crash at any point leaves the old file or the
+    /// new one, whole; a failure leaves no temporary file.
+    pub fn persist(mut self, file: std::fs::File, target: &Path) -> io::Result<()> {
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(self.path(), target)?;
         self.path = None;
+        sync_dir(target);
+        Ok(())
+    }
+}
+
+/// Writes a small file whole or not at all, through [`TempFile::persist`]: `target` +
+/// `.tmp`, beside it, so the rename stays on one filesystem.
+pub fn write_atomic(target: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = TempFile::new(sibling(target, ".tmp"));
+    let mut file = std::fs::File::create(tmp.path())?;
+    io::Write::write_all(&mut file, bytes)?;
+    tmp.persist(file, target)
+}
+
+/// Makes a rename in `path`'s folder durable. Best effort: not every platform can fsync a
+/// folder.
+pub fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
 }
 
@@ -237,14 +268,15 @@ mod tests {
     }
 
     #[test]
-    fn temp_files_are_removed_unless_kept() {
+    fn temp_files_are_removed_unless_persisted() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.tmp");
         std::fs::write(&p, "x").unwrap();
         drop(TempFile::new(p.clone()));
         assert!(!p.exists());
-        std::fs::write(&p, "x").unwrap();
-        TempFile::new(p.clone()).keep();
-        assert!(p.exists());
+        let target = dir.path().join("t");
+        write_atomic(&target, b"whole").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

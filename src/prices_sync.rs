@@ -172,10 +172,7 @@ pub fn write(table: &PriceTable, source: &str, path: &Path) -> Result<(), SyncEr
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, out).map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(werr)
+    crate::paths::write_atomic(path, out.as_bytes()).map_err(werr)
 }
 
 /// A TOML basic string.

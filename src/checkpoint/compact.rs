@@ -7,7 +7,7 @@
 //! caller can keep it in the run's meta before the new file replaces the old.
 
 use super::latest::{add_carried, Latest};
-use super::{for_each_head, io_err, sync_dir, temp_path, CheckpointError};
+use super::{for_each_head, io_err, temp_path, CheckpointError};
 use crate::cost::Money;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
@@ -86,12 +86,8 @@ pub fn compact(
     let file = out
         .into_inner()
         .map_err(|e| io_err(tmp.path())(e.into_error()))?;
-    file.sync_all().map_err(io_err(tmp.path()))?;
-    drop(file);
     before_replace(&done)?;
-    std::fs::rename(tmp.path(), path).map_err(io_err(path))?;
-    tmp.keep();
-    sync_dir(path);
+    tmp.persist(file, path).map_err(io_err(path))?;
     Ok(done)
 }
 

@@ -3,7 +3,7 @@
 //! message saying what differs, instead of silently mixing two runs' results in one file.
 //! `status` reads the stored command line to find the job file and its settings again.
 
-use super::{io_err, sync_dir, temp_path, CheckpointError};
+use super::{io_err, CheckpointError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -99,18 +99,8 @@ impl RunMeta {
     /// Writes the meta beside `output`, atomically (no temporary file is left on a failure).
     pub fn store(&self, output: &Path) -> Result<(), CheckpointError> {
         let path = Self::path_for(output);
-        let tmp = crate::paths::TempFile::new(temp_path(&path));
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| io_err(&path)(e.into()))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(tmp.path())?;
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.sync_all()
-        };
-        write().map_err(io_err(tmp.path()))?;
-        std::fs::rename(tmp.path(), &path).map_err(io_err(&path))?;
-        tmp.keep();
-        sync_dir(&path);
-        Ok(())
+        crate::paths::write_atomic(&path, &bytes).map_err(io_err(&path))
     }
 
     /// Money of records no longer in the output of `output`'s meta (zero without a meta).

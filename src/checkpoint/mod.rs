@@ -308,24 +308,14 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 /// update, a repair). Call with the output's lock held. Returns the files removed.
 pub fn remove_leftovers(output: &Path) -> Vec<PathBuf> {
     let meta = RunMeta::path_for(output);
-    [temp_path(output), temp_path(&meta), repair::temp(output)]
-        .into_iter()
-        .filter(|p| std::fs::remove_file(p).is_ok())
-        .collect()
-}
-
-/// Makes a rename durable. Best effort: not every platform can fsync a directory.
-pub(crate) fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    [
+        temp_path(output),
+        crate::paths::sibling(&meta, ".tmp"),
+        repair::temp(output),
+    ]
+    .into_iter()
+    .filter(|p| std::fs::remove_file(p).is_ok())
+    .collect()
 }
 
 #[cfg(test)]

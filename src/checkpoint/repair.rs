@@ -4,7 +4,7 @@
 //! rewrites the output without them through a temporary file and a rename; only the jobs of
 //! the quarantined lines run again.
 
-use super::{io_err, sync_dir, CheckpointError};
+use super::{io_err, CheckpointError};
 use crate::job::source::{LineReader, RawLine};
 use crate::job::Fingerprint;
 use crate::output::RecordHead;
@@ -87,11 +87,7 @@ pub fn repair(output: &Path) -> Result<u64, CheckpointError> {
     let g = good
         .into_inner()
         .map_err(|e| io_err(tmp.path())(e.into_error()))?;
-    g.sync_all().map_err(io_err(tmp.path()))?;
-    drop(g);
-    std::fs::rename(tmp.path(), output).map_err(io_err(output))?;
-    tmp.keep();
-    sync_dir(output);
+    tmp.persist(g, output).map_err(io_err(output))?;
     Ok(bad)
 }
 

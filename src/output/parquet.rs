@@ -186,11 +186,8 @@ pub fn convert(
         writer.write(&batch).map_err(|e| werr(e.to_string()))?;
     }
     let file = writer.into_inner().map_err(|e| werr(e.to_string()))?;
-    file.sync_all().map_err(|e| werr(e.to_string()))?;
-    drop(file);
-    std::fs::rename(tmp.path(), parquet).map_err(|e| werr(e.to_string()))?;
-    tmp.keep();
-    crate::checkpoint::sync_dir(parquet);
+    tmp.persist(file, parquet)
+        .map_err(|e| werr(e.to_string()))?;
     Ok(converted)
 }
 

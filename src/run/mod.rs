@@ -193,7 +193,7 @@ fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
         out.clone(),
         OutputLock::path_for(out),
         checkpoint::temp_path(out),
-        checkpoint::temp_path(&meta),
+        paths::sibling(&meta, ".tmp"),
         meta,
         checkpoint::quarantine_path(out),
         paths::sibling(out, ".repair.tmp"),

@@ -898,3 +898,24 @@ fn a_panicking_job_task_is_recorded_as_failed_and_counted() {
     assert_code(&run(&input, &out, &mock.url(), &[]), 0);
     assert_eq!(records_by_id(&out)["j3"].status, Status::Ok);
 }
+
+#[test]
+fn a_job_file_cut_short_while_running_is_not_a_success() {
+    let mock = slow_mock(50);
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(50_000));
+    let out = dir.path("out.jsonl");
+    let (mut child, rx, reader) = spawn_with_stderr_lines(&mut run_cmd(
+        &input,
+        &out,
+        &mock.url(),
+        &["-v", "--concurrency", "4"],
+    ));
+    wait_for_line(&rx, "ready at", ENDS);
+    std::fs::File::create(&input).unwrap();
+    let status = child.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.contains("the job file changed while running"), "{err}");
+    assert!(err.contains("resume:"), "{err}");
+}
