@@ -4,7 +4,7 @@
 //! spec works from any working directory. A spec names the key's variable, never the key.
 
 use crate::cli::{InputFormatArg, JobArgs, OutputFormat, RunArgs};
-use crate::cost::PriceTable;
+use crate::cost::{Money, PriceTable};
 use crate::job::request::JobDefaults;
 use crate::job::source::DEFAULT_MAX_LINE_BYTES;
 use crate::job::{InputFormat, InputSpec, Template};
@@ -13,7 +13,6 @@ use crate::output::parquet::{self, ParquetOptions};
 use crate::progress::ProgressMode;
 use crate::provider::DEFAULT_MAX_RESPONSE_BYTES;
 use crate::retry::Backoff;
-use crate::run::{Endpoint, RunConfig};
 use crate::secret::ApiKey;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -21,6 +20,74 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// An OpenAI-compatible base URL.
+    Url(String),
+    /// The simulator, started in-process on 127.0.0.1.
+    Mock(Box<MockConfig>),
+}
+
+/// Everything a run needs, resolved from flags, spec and defaults.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub input: InputSpec,
+    pub output: PathBuf,
+    pub endpoint: Endpoint,
+    pub api_key: Option<ApiKey>,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
+    pub allow_insecure_http: bool,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Output tokens charged to the limiter for jobs without `max_tokens`.
+    pub default_output_tokens: u64,
+    pub retry_failed: bool,
+    /// Hard cap on the money recorded in the output, over all runs.
+    pub max_cost: Option<Money>,
+    /// Jobs failing in a row with the same kind of error that stop the run (0: never).
+    pub circuit_breaker: u32,
+    /// Send at most this many jobs this run (a sample before the whole file).
+    pub limit: Option<u64>,
+    pub fresh: bool,
+    /// Move unreadable output lines to the quarantine file instead of refusing the output.
+    pub repair: bool,
+    /// Drop records of ids no longer in the job file.
+    pub prune: bool,
+    pub keep_response: bool,
+    pub prices: PriceTable,
+    pub progress: ProgressMode,
+    pub grace: Duration,
+    /// The command line, for the resume hint and the output's meta.
+    pub argv: Vec<String>,
+    /// Parquet output: the file, written from the journal (`output`) at the end of the run.
+    pub parquet: Option<(PathBuf, ParquetOptions)>,
+    /// Files the run reads besides the job file (spec, template, prices): never written.
+    pub reads: Vec<PathBuf>,
+    /// Where the caller writes the summary as JSON, checked with the run's own files.
+    pub summary_json: Option<PathBuf>,
+    /// Problems `validate` lists before giving up.
+    pub max_errors: usize,
+}
+
+/// Whether `url` points at this machine.
+pub fn is_loopback(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
 
 /// A configuration problem (exit 1, nothing sent).
 #[derive(Debug, thiserror::Error)]
@@ -346,11 +413,11 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         // The simulator and loopback servers (vLLM, a local mock) need no key: send one only if
         // the variable is set.
         (Some(var), Endpoint::Mock(_)) => env(var).map(ApiKey::new),
-        (Some(var), Endpoint::Url(u)) if crate::run::is_loopback(u) => env(var).map(ApiKey::new),
+        (Some(var), Endpoint::Url(u)) if is_loopback(u) => env(var).map(ApiKey::new),
         (Some(var), _) => Some(ApiKey::new(env(var).ok_or_else(|| {
             ConfigError::Invalid(format!("--api-key-env {var}: the environment variable {var} is not set or empty"))
         })?)),
-        (None, Endpoint::Url(u)) if !crate::run::is_loopback(u) => {
+        (None, Endpoint::Url(u)) if !is_loopback(u) => {
             return Err(ConfigError::Invalid(format!(
                 "no API key for {u}: name its environment variable with --api-key-env (e.g. --api-key-env OPENROUTER_API_KEY)"
             )))

@@ -4,7 +4,7 @@
 
 use crate::cost::Money;
 use crate::histogram::Histogram;
-use crate::provider::ErrorKind;
+use crate::output::ErrorKind;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

@@ -6,11 +6,11 @@
 //! the surviving record ([`super::latest`]), and what pruned records cost is reported so the
 //! caller can keep it in the run's meta before the new file replaces the old.
 
-use super::latest::{add_carried, Latest};
 use super::{for_each_head, io_err, temp_path, CheckpointError};
 use crate::cost::Money;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
+use crate::output::latest::{add_carried, Latest};
 use crate::output::{Record, RecordHead};
 use crate::paths::TempFile;
 use std::fs::File;

@@ -6,7 +6,6 @@
 //! keeps two runs from writing one output at once; [`RunMeta`] remembers what wrote it.
 
 mod compact;
-pub mod latest;
 mod lock;
 mod meta;
 mod repair;

@@ -1,7 +1,8 @@
 //! Results: the record schema and the append-only JSONL writer that is also the checkpoint.
 
 pub mod jsonl;
+pub mod latest;
 pub mod parquet;
 pub mod record;
 
-pub use record::{CostSource, Record, RecordError, RecordHead, Status};
+pub use record::{CostSource, ErrorKind, Record, RecordError, RecordHead, Status};

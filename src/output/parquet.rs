@@ -10,9 +10,8 @@
 //! back to the input in one line of SQL; `metadata` itself is kept as JSON text. With
 //! `content_json`, two more columns hold the content parsed as JSON and whether it parsed.
 
+use super::latest::{add_carried, Latest};
 use super::Record;
-use crate::checkpoint::latest::{add_carried, Latest};
-use crate::checkpoint::CheckpointError;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
 use arrow_array::builder::{
@@ -44,8 +43,12 @@ pub struct ParquetOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ParquetError {
     /// The journal could not be read.
-    #[error(transparent)]
-    Journal(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Journal {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A line of the journal is not a record.
     #[error("{path}:{line}: not a bulkprompt record: {message}")]
     Record {
@@ -89,11 +92,9 @@ fn for_each_line(
     path: &Path,
     mut f: impl FnMut(u64, &[u8]) -> Result<(), ParquetError>,
 ) -> Result<(), ParquetError> {
-    let io = |source| {
-        ParquetError::Journal(CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    let io = |source| ParquetError::Journal {
+        path: path.to_path_buf(),
+        source,
     };
     let file = File::open(path).map_err(io)?;
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, file), usize::MAX);

@@ -2,7 +2,6 @@
 //! in every JSONL line. `Record` is written by the runner and read back (as [`RecordHead`]) by
 //! the checkpoint scan and `status`.
 
-use crate::provider::ErrorKind;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -19,6 +18,43 @@ pub enum Status {
 pub enum CostSource {
     Provider,
     PriceTable,
+}
+
+/// The kinds of error a record can carry (`error.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    RateLimited,
+    Server,
+    Timeout,
+    Connection,
+    BadResponse,
+    Client,
+    Auth,
+    Budget,
+    /// A bug in bulkprompt (a job's task panicked); retried by the next run.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Server => "server",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::Client => "client",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Budget => "budget",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// Permanent failures are not retried on the next run unless `--retry-failed`.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, ErrorKind::Client)
+    }
 }
 
 /// `error` of a failed record.

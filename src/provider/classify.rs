@@ -3,46 +3,10 @@
 //! No I/O here, so every branch is unit-tested.
 
 use super::response::{parse_completion, Completion};
+pub use crate::output::ErrorKind;
 use crate::retry::{parse_reset, parse_retry_after};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::time::{Duration, SystemTime};
-
-/// The kinds of error a record can carry (`error.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    RateLimited,
-    Server,
-    Timeout,
-    Connection,
-    BadResponse,
-    Client,
-    Auth,
-    Budget,
-    /// A bug in bulkprompt (a job's task panicked); retried by the next run.
-    Internal,
-}
-
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::RateLimited => "rate_limited",
-            ErrorKind::Server => "server",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Connection => "connection",
-            ErrorKind::BadResponse => "bad_response",
-            ErrorKind::Client => "client",
-            ErrorKind::Auth => "auth",
-            ErrorKind::Budget => "budget",
-            ErrorKind::Internal => "internal",
-        }
-    }
-
-    /// Permanent failures are not retried on the next run unless `--retry-failed`.
-    pub fn is_permanent(self) -> bool {
-        matches!(self, ErrorKind::Client)
-    }
-}
 
 /// What one attempt produced, before judging it.
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 //! usage and cost, the budget settled, the circuit breaker told, and the record handed to the
 //! writer. `Ctx` is what every task shares.
 
+use super::latch::{Abort, Latch};
 use crate::budget::{Budget, Reservation};
 use crate::cost::{Money, PriceTable, Usage};
 use crate::job::Job;
@@ -21,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
 
 /// State shared by the dispatcher and the job tasks.
 pub(super) struct Ctx {
@@ -38,11 +38,9 @@ pub(super) struct Ctx {
     pub(super) default_output_tokens: u64,
     pub(super) keep_response: bool,
     /// Set once a first answer shows the endpoint and key work; until then one request at a time.
-    pub(super) opened: AtomicBool,
-    pub(super) opened_notify: Notify,
+    pub(super) opened: Latch,
     /// Why the run was aborted, if it was.
-    pub(super) abort: Mutex<Option<String>>,
-    pub(super) abort_notify: Notify,
+    pub(super) abort: Abort,
     pub(super) warned_unpriced: AtomicBool,
     pub(super) budget: Option<Arc<dyn Budget>>,
     /// Jobs failing in a row with the same kind of error; `breaker_at` of them stop the run.
@@ -79,18 +77,11 @@ impl Drop for Hold {
 
 impl Ctx {
     pub(super) fn open(&self) {
-        if !self.opened.swap(true, Relaxed) {
-            self.opened_notify.notify_waiters();
-        }
+        self.opened.set();
     }
 
     pub(super) fn abort(&self, reason: String) {
-        let mut a = self.abort.lock().unwrap_or_else(|p| p.into_inner());
-        if a.is_none() {
-            *a = Some(reason);
-        }
-        drop(a);
-        self.abort_notify.notify_waiters();
+        self.abort.abort(reason);
         self.open();
     }
 
@@ -124,23 +115,14 @@ impl Ctx {
     }
 
     pub(super) fn aborted(&self) -> bool {
-        self.abort
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.abort.is_set()
     }
 
     /// Resolves when the run is aborted or asked to stop admitting.
     pub(super) async fn stopping(&self) {
-        loop {
-            let notified = self.abort_notify.notified();
-            if self.aborted() {
-                return;
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = self.shutdown.reached(Phase::Draining) => return,
-            }
+        tokio::select! {
+            _ = self.abort.wait() => {}
+            _ = self.shutdown.reached(Phase::Draining) => {}
         }
     }
 
@@ -426,7 +408,7 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                     ctx.limiter.rate_limited(after);
                 }
                 if attempts >= ctx.max_attempts {
-                    if status.is_none() && !ctx.opened.load(Relaxed) {
+                    if status.is_none() && !ctx.opened.is_set() {
                         // Not one HTTP answer yet, and the first job used up its attempts:
                         // the endpoint cannot be reached. Waiting on would never end.
                         ctx.abort(format!(

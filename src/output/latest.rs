@@ -2,7 +2,8 @@
 //! (changed, or failed before) gets a new line; the old one is dropped when the output is
 //! compacted or converted. What the old line cost was paid all the same, so it is carried into
 //! the surviving record: a record's `cost_usd` is everything paid for its job, over all runs,
-//! and the output's total stays what the provider billed (the cost cap counts on it).
+//! and the output's total stays what the provider billed (the cost cap counts on it). Used by
+//! the checkpoint's compaction and by the Parquet conversion.
 
 use crate::cost::Money;
 use crate::job::keys::KeyMap;

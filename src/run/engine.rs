@@ -1,0 +1,126 @@
+//! The execution-engine seam. Every engine shares what comes before and after it (prepare, the
+//! checkpoint, the writer, the budget, progress, the summary) and differs only in how admitted
+//! jobs become records: the live engine ([`super::live`]) sends one request per job; a batch
+//! engine (provider batch APIs: submit, poll, collect) implements the same trait.
+//!
+//! [`Intake`] is the shared front: it reads the job stream, asks the checkpoint what each job
+//! needs, skips what is done, honours `--limit`, and counts every job it reads. An engine pulls
+//! the jobs that must run from it and reports how it ended in an [`EngineEnd`].
+
+use crate::budget::CapReached;
+use crate::checkpoint::{Checkpoint, Decision};
+use crate::job::{Job, JobStream};
+use crate::progress::Counters;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// How an engine turns jobs into records.
+pub(crate) trait Engine {
+    /// Runs every job `intake` yields (or until a stop), handing records to the writer, and
+    /// returns once no job of this run is in flight any more.
+    async fn execute(self, intake: &mut Intake<'_>) -> EngineEnd;
+}
+
+/// Why an engine stopped before the job file ended (none: it ran everything it was given).
+#[derive(Debug, Default)]
+pub(crate) struct EngineEnd {
+    /// Jobs that got a record this run, by why they ran.
+    pub(crate) new: u64,
+    pub(crate) retried: u64,
+    pub(crate) changed: u64,
+    /// The budget could not hold the next job's worst case.
+    pub(crate) cap_reached: Option<CapReached>,
+    /// The writer failed; dispatch stopped.
+    pub(crate) writer_broke: bool,
+}
+
+impl EngineEnd {
+    /// Counts a job that got a record, by what it was dispatched as.
+    pub(crate) fn recorded(&mut self, decision: Decision) {
+        match decision {
+            Decision::Retry => self.retried += 1,
+            Decision::Changed => self.changed += 1,
+            _ => self.new += 1,
+        }
+    }
+
+    pub(crate) fn answered(&self) -> u64 {
+        self.new + self.retried + self.changed
+    }
+}
+
+/// What the intake counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IntakeCounts {
+    /// Jobs read from the file.
+    pub(crate) read: u64,
+    pub(crate) skipped_done: u64,
+    pub(crate) skipped_failed: u64,
+    /// Jobs handed to the engine.
+    pub(crate) handed: u64,
+    /// The stream ended (as opposed to a stop, an error or `--limit`).
+    pub(crate) read_all: bool,
+}
+
+/// The shared front of every engine: jobs that must run, in file order.
+pub(crate) struct Intake<'a> {
+    stream: JobStream,
+    checkpoint: &'a Checkpoint,
+    retry_failed: bool,
+    limit: Option<u64>,
+    counters: &'a Counters,
+    pub(crate) counts: IntakeCounts,
+    /// The job file could not be read any more (it changed under the run).
+    pub(crate) error: Option<String>,
+}
+
+impl<'a> Intake<'a> {
+    pub(crate) fn new(
+        stream: JobStream,
+        checkpoint: &'a Checkpoint,
+        retry_failed: bool,
+        limit: Option<u64>,
+        counters: &'a Counters,
+    ) -> Self {
+        Intake {
+            stream,
+            checkpoint,
+            retry_failed,
+            limit,
+            counters,
+            counts: IntakeCounts::default(),
+            error: None,
+        }
+    }
+
+    /// The next job that must run, with why; `None` at the end of the file, on a read error
+    /// (kept in `error`) or when `--limit` is reached. Cancel-safe: a job is taken from the
+    /// stream only when it is returned or counted as skipped.
+    pub(crate) async fn next(&mut self) -> Option<(Job, Decision)> {
+        loop {
+            if self.limit.is_some_and(|l| self.counts.handed >= l) {
+                return None;
+            }
+            let job = match self.stream.next().await {
+                None => {
+                    self.counts.read_all = true;
+                    return None;
+                }
+                Some(Err(e)) => {
+                    self.error = Some(e.to_string());
+                    return None;
+                }
+                Some(Ok(job)) => job,
+            };
+            self.counts.read += 1;
+            match self.checkpoint.decide(&job, self.retry_failed) {
+                Decision::Done => self.counts.skipped_done += 1,
+                Decision::SkipFailed => self.counts.skipped_failed += 1,
+                decision => {
+                    self.counts.handed += 1;
+                    return Some((job, decision));
+                }
+            }
+            self.counters.skipped.fetch_add(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The live engine: one request per job. Each job that must run waits, in this order, for an
+//! in-flight permit, the first-request gate (until one answer shows the endpoint and key work,
+//! nothing else is sent, and that answer's cost is known before the next reservation), its
+//! budget reservation and the rate limiter; then a task makes its attempts ([`super::task`]).
+//! On a stop or a write failure it admits nothing more and lets the calls in flight finish within
+//! the grace period: they are paid for.
+
+use super::engine::{Engine, EngineEnd, Intake};
+use super::task::{run_job, Ctx, Hold, TaskEnd};
+use crate::budget::CapReached;
+use crate::checkpoint::Decision;
+use crate::limit::Grant;
+use crate::shutdown::Phase;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinSet};
+
+pub(super) struct LiveEngine {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) concurrency: usize,
+    pub(super) grace: Duration,
+    /// Notified when the writer fails.
+    pub(super) write_failed: Arc<Notify>,
+}
+
+/// What the dispatcher got for a job.
+enum Admit {
+    Go(OwnedSemaphorePermit, Grant, Option<Hold>),
+    /// The budget cannot hold the job's worst case.
+    Cap(CapReached),
+    Closed,
+}
+
+type Tasks = JoinSet<(Decision, TaskEnd)>;
+
+fn ended(end: &mut EngineEnd, r: Result<(Decision, TaskEnd), JoinError>) {
+    match r {
+        Ok((decision, TaskEnd::Recorded)) => end.recorded(decision),
+        Ok((_, TaskEnd::Abandoned)) => {}
+        // Job tasks catch their own panics (and record the job); only an abort lands here.
+        Err(e) if e.is_panic() => tracing::error!("a job task panicked: {e}"),
+        Err(_) => {}
+    }
+}
+
+impl Engine for LiveEngine {
+    async fn execute(self, intake: &mut Intake<'_>) -> EngineEnd {
+        let LiveEngine {
+            ctx,
+            concurrency,
+            grace,
+            write_failed,
+        } = self;
+        let concurrency = concurrency.max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let mut tasks = Tasks::new();
+        let mut end = EngineEnd::default();
+        let mut spawned = 0u64;
+        let failed = write_failed.notified();
+        tokio::pin!(failed);
+        loop {
+            while let Some(r) = tasks.try_join_next() {
+                ended(&mut end, r);
+            }
+            let next = tokio::select! {
+                biased;
+                _ = &mut failed => { end.writer_broke = true; break }
+                _ = ctx.stopping() => break,
+                j = intake.next() => j,
+            };
+            let Some((job, decision)) = next else { break };
+            let charge = ctx.charge(&job);
+            let admitted = async {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return Admit::Closed;
+                };
+                if spawned > 0 {
+                    ctx.opened.wait().await;
+                }
+                let hold = match &ctx.budget {
+                    None => None,
+                    Some(budget) => match budget.reserve(ctx.worst_case(&job)) {
+                        Ok(r) => Some(Hold {
+                            budget: budget.clone(),
+                            reservation: Some(r),
+                        }),
+                        Err(cap) => return Admit::Cap(cap),
+                    },
+                };
+                let grant = ctx.limiter.acquire(charge).await;
+                Admit::Go(permit, grant, hold)
+            };
+            let (permit, grant, hold) = tokio::select! {
+                biased;
+                _ = &mut failed => { end.writer_broke = true; break }
+                _ = ctx.stopping() => break,
+                a = admitted => match a {
+                    Admit::Go(permit, grant, hold) => (permit, grant, hold),
+                    Admit::Cap(cap) => { end.cap_reached = Some(cap); break }
+                    Admit::Closed => break,
+                },
+            };
+            spawned += 1;
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                let end = run_job(ctx, job, grant, hold).await;
+                drop(permit);
+                (decision, end)
+            });
+        }
+
+        // Let calls in flight finish: they are paid for. On a stop or a write failure, within
+        // the grace period (the writer keeps their answers and retries the write meanwhile).
+        let in_flight = concurrency - permits.available_permits();
+        let draining = ctx.shutdown.phase() >= Phase::Draining || end.writer_broke;
+        if draining && in_flight > 0 {
+            tracing::warn!(
+                "stopping: waiting up to {}s for {in_flight} requests in flight (press Ctrl-C again to stop now)",
+                grace.as_secs()
+            );
+        }
+        // Counted as they end, so a grace period that runs out loses no count.
+        let mut done = EngineEnd::default();
+        {
+            let all = async {
+                while let Some(r) = tasks.join_next().await {
+                    ended(&mut done, r);
+                }
+            };
+            tokio::pin!(all);
+            let bounded = async {
+                tokio::select! {
+                    _ = tokio::time::sleep(grace) => {}
+                    _ = ctx.shutdown.reached(Phase::Now) => {}
+                }
+            };
+            if draining {
+                tokio::select! {
+                    _ = &mut all => {}
+                    _ = bounded => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = &mut all => {}
+                    _ = &mut failed => {
+                        end.writer_broke = true;
+                        tokio::select! {
+                            _ = &mut all => {}
+                            _ = bounded => {}
+                        }
+                    }
+                }
+            }
+        }
+        end.new += done.new;
+        end.retried += done.retried;
+        end.changed += done.changed;
+        tasks.abort_all();
+        while let Some(r) = tasks.join_next().await {
+            ended(&mut end, r);
+        }
+        end
+    }
+}

@@ -1,0 +1,239 @@
+//! Stage 1, before anything is sent: the configuration checked (no file the run writes is one it
+//! reads; every output a regular, writable file), the output locked, leftovers of a killed run
+//! removed, the meta compared, unreadable lines quarantined on `--repair`, and the job file and
+//! the output read at the same time. Nothing is written to the output before this succeeds, and
+//! a signal meanwhile stops it at once.
+
+use super::RunError;
+use crate::checkpoint::{self, Checkpoint, OutputLock, RunMeta};
+use crate::config::{is_loopback, Endpoint, RunConfig};
+use crate::cost::Money;
+use crate::job::{self, keys::KeyMap};
+use crate::output::jsonl::WriteError;
+use crate::output::parquet;
+use crate::output::record::timestamp;
+use crate::paths;
+use crate::shutdown::{Phase, Shutdown};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+/// What this run is, for the output's meta.
+fn run_meta(cfg: &RunConfig) -> RunMeta {
+    let input = std::fs::canonicalize(&cfg.input.path).unwrap_or_else(|_| cfg.input.path.clone());
+    RunMeta {
+        bulkprompt: env!("CARGO_PKG_VERSION").into(),
+        input: input.display().to_string(),
+        endpoint: match &cfg.endpoint {
+            Endpoint::Url(u) => u.trim_end_matches('/').to_string(),
+            Endpoint::Mock(_) => "mock".into(),
+        },
+        model: cfg.input.defaults.model.clone(),
+        argv: crate::config::redact_argv(&cfg.argv),
+        cwd: std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        updated_at: timestamp(SystemTime::now()),
+        removed_cost_usd: 0.0,
+    }
+}
+
+/// Every file a run writes: the output (or journal), its lock, meta, quarantine and
+/// temporary files, and the Parquet target with its temporary file.
+fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
+    let out = &cfg.output;
+    let meta = RunMeta::path_for(out);
+    let mut w = vec![
+        out.clone(),
+        OutputLock::path_for(out),
+        checkpoint::temp_path(out),
+        paths::sibling(&meta, ".tmp"),
+        meta,
+        checkpoint::quarantine_path(out),
+        paths::sibling(out, ".repair.tmp"),
+    ];
+    if let Some((target, _)) = &cfg.parquet {
+        w.push(target.clone());
+        w.push(parquet::temp_path(target));
+    }
+    w.extend(cfg.summary_json.clone());
+    w
+}
+
+/// Refuses a run that would write over a file it reads (`-o jobs.jsonl`, a symlink to it, a
+/// job file named like the output's meta): checked before anything is opened for writing.
+fn check_overwrites(cfg: &RunConfig) -> Result<(), RunError> {
+    let reads = std::iter::once((&cfg.input.path, "the job file"))
+        .chain(cfg.reads.iter().map(|p| (p, "a file this run reads")));
+    for (read, what) in reads {
+        if let Some(w) = written_files(cfg)
+            .iter()
+            .find(|w| paths::same_file(w, read))
+        {
+            return Err(RunError::Overwrites {
+                written: w.clone(),
+                what,
+                read: read.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a run knows before it sends anything.
+pub(super) struct Prepared {
+    /// Jobs in the file.
+    pub(super) jobs: u64,
+    /// Their ids, kept only for `--prune`.
+    pub(super) input_ids: Option<KeyMap>,
+    /// Money of records pruned from the output by earlier runs.
+    pub(super) removed_cost: Money,
+    pub(super) checkpoint: Checkpoint,
+    pub(super) _lock: OutputLock,
+}
+
+/// Checks the configuration, locks the output, and reads the job file and the output (at the
+/// same time: they are independent, and on two cores that halves the wait for the first
+/// request). Nothing is sent and nothing is written to the output before this succeeds; a
+/// signal meanwhile stops it at once.
+pub(super) async fn prepare(
+    cfg: &RunConfig,
+    started: Instant,
+    shutdown: &Shutdown,
+) -> Result<Prepared, RunError> {
+    if let Endpoint::Url(u) = &cfg.endpoint {
+        if u.starts_with("http://")
+            && cfg.api_key.is_some()
+            && !is_loopback(u)
+            && !cfg.allow_insecure_http
+        {
+            return Err(RunError::Config(format!(
+                "refusing to send the API key over plain http to {u}; use https, or pass --allow-insecure-http"
+            )));
+        }
+    }
+    check_overwrites(cfg)?;
+    let targets = std::iter::once(&cfg.output).chain(cfg.parquet.as_ref().map(|(p, _)| p));
+    for target in targets {
+        if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| WriteError {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        paths::check_writable(target)?;
+    }
+    let lock = OutputLock::acquire(&cfg.output)?;
+    let mut leftovers = checkpoint::remove_leftovers(&cfg.output);
+    if let Some((target, _)) = &cfg.parquet {
+        let tmp = parquet::temp_path(target);
+        if std::fs::remove_file(&tmp).is_ok() {
+            leftovers.push(tmp);
+        }
+    }
+    for l in leftovers {
+        tracing::info!("removed {}, left by an interrupted run", l.display());
+    }
+    let mut meta = run_meta(cfg);
+    let has_records = std::fs::metadata(&cfg.output).is_ok_and(|m| m.len() > 0);
+    let old = RunMeta::load(&cfg.output)?;
+    if let (false, true, Some(old)) = (cfg.fresh, has_records, &old) {
+        if let Some(diff) = old.compare(&meta) {
+            return Err(RunError::Config(format!(
+                "{} was written by a different run ({diff}); pass --fresh to start it over, or -o to write elsewhere",
+                cfg.output.display()
+            )));
+        }
+    }
+    if !cfg.fresh {
+        meta.removed_cost_usd = old.as_ref().map_or(0.0, |m| m.removed_cost_usd);
+    }
+    if cfg.repair && !cfg.fresh {
+        let moved = checkpoint::repair(&cfg.output)?;
+        if moved > 0 {
+            tracing::warn!(
+                "--repair: moved {moved} unreadable line{} of {} to {}; their jobs run again",
+                if moved == 1 { "" } else { "s" },
+                cfg.output.display(),
+                checkpoint::quarantine_path(&cfg.output).display()
+            );
+        }
+    }
+    tracing::debug!("reading the job file {}", cfg.input.path.display());
+    let joined = RunError::Task;
+    let (input, max_errors, prune) = (cfg.input.clone(), cfg.max_errors, cfg.prune);
+    let validation =
+        tokio::task::spawn_blocking(move || job::source::validate(&input, max_errors, prune));
+    let out = cfg.output.clone();
+    let scan = (!cfg.fresh).then(|| tokio::task::spawn_blocking(move || checkpoint::scan(&out)));
+    let read = async {
+        let validation = validation.await.map_err(joined)??;
+        let checkpoint = match scan {
+            Some(scan) => scan.await.map_err(joined)??,
+            None => Checkpoint::default(),
+        };
+        Ok::<_, RunError>((validation, checkpoint))
+    };
+    // The reading threads cannot be cancelled; the runtime is shut down without waiting for
+    // them (app.rs), so a stop here ends the process at once.
+    let (validation, checkpoint) = tokio::select! {
+        r = read => r?,
+        _ = shutdown.reached(Phase::Draining) => {
+            return Err(RunError::Interrupted("reading the job file and the output"))
+        }
+    };
+    if !validation.errors.is_empty() {
+        return Err(RunError::InvalidInput {
+            errors: validation.errors,
+            more: validation.more_errors,
+        });
+    }
+    if let Some(cap) = cfg.max_cost {
+        let unpriced: Vec<&str> = validation
+            .models
+            .iter()
+            .filter(|m| cfg.prices.get(m).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unpriced.is_empty() {
+            return Err(RunError::Config(format!(
+                "--max-cost {cap}: no price is known for {}; add prices with --prices FILE or `bulkprompt prices --sync URL`",
+                unpriced.join(", ")
+            )));
+        }
+        if validation.without_max_tokens > 0 {
+            tracing::warn!(
+                "--max-cost: {} jobs set no max_tokens, so {} output tokens are reserved for each; a longer answer could overrun the cap (set --max-tokens to make it exact)",
+                validation.without_max_tokens,
+                cfg.default_output_tokens
+            );
+        }
+    }
+    tracing::debug!(
+        "read {} jobs and {} records of {} ids; ready at {:.2}s",
+        validation.jobs,
+        checkpoint.lines,
+        checkpoint.ids(),
+        started.elapsed().as_secs_f64()
+    );
+    if checkpoint.repaired_bytes > 0 {
+        tracing::warn!(
+            "{}: cut {} bytes of a record torn by an earlier crash",
+            cfg.output.display(),
+            checkpoint.repaired_bytes
+        );
+    }
+    meta.store(&cfg.output)?;
+    if cfg.fresh {
+        std::fs::File::create(&cfg.output).map_err(|source| WriteError {
+            path: cfg.output.clone(),
+            source,
+        })?;
+    }
+    Ok(Prepared {
+        jobs: validation.jobs,
+        input_ids: validation.ids,
+        removed_cost: Money::from_usd(meta.removed_cost_usd),
+        checkpoint,
+        _lock: lock,
+    })
+}
