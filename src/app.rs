@@ -3,12 +3,16 @@
 
 use crate::cli::{Command, PricesArgs, RunArgs, ServeMockArgs, StatusArgs, ValidateArgs};
 use crate::config::{self, ConfigError};
-use crate::cost::PriceTable;
+use crate::cost::{PriceError, PriceTable};
 use crate::mock::{Faults, MockConfig, MockServer, Storm};
+use crate::output::parquet::ParquetError;
+use crate::paths::TargetError;
+use crate::prices_sync::SyncError;
 use crate::run::{self, RunError};
 use crate::secret::ApiKey;
 use crate::shutdown::Shutdown;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Errors that end a command; [`AppError::exit_code`] picks the code (README's table).
@@ -20,22 +24,64 @@ pub enum AppError {
     /// A run (or a command reading an output) could not start or go on.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A flag's value this command cannot use (exit 1).
+    #[error("{0}")]
+    Usage(String),
+    /// The async runtime or a listening socket could not be set up (exit 1).
+    #[error("{what}")]
+    Setup {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A file could not be written (exit 5).
-    #[error("{0}")]
-    Write(String),
-    /// Anything else that stops a command before it did its work (exit 1).
-    #[error("{0}")]
-    Other(String),
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An export target cannot be written (exit 5).
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// An export could not read its source (exit 1) or write Parquet (exit 5).
+    #[error(transparent)]
+    Parquet(#[from] ParquetError),
+    /// The price table could not be read (exit 1).
+    #[error(transparent)]
+    Prices(#[from] PriceError),
+    /// Prices could not be fetched (exit 1) or written (exit 5).
+    #[error(transparent)]
+    Sync(#[from] SyncError),
 }
 
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Run(e) => e.exit_code(),
-            AppError::Write(_) => 5,
-            AppError::Config(_) | AppError::Other(_) => 1,
+            AppError::Write { .. }
+            | AppError::Target(_)
+            | AppError::Parquet(ParquetError::Write { .. })
+            | AppError::Sync(SyncError::Write { .. }) => 5,
+            _ => 1,
         }
     }
+}
+
+/// An error and its causes, each once: a cause whose text the message already holds (many
+/// messages end with `: {source}`) is not repeated.
+pub fn render_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Runs a command to completion; `Ok` is the exit code.
@@ -83,9 +129,10 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> 
     if let Some(n) = threads {
         b.worker_threads(n.max(1));
     }
-    b.enable_all()
-        .build()
-        .map_err(|e| AppError::Other(format!("starting the async runtime: {e}")))
+    b.enable_all().build().map_err(|source| AppError::Setup {
+        what: "starting the async runtime".into(),
+        source,
+    })
 }
 
 async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
@@ -97,10 +144,8 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(summary.render().as_bytes());
     if let Some(path) = summary_path {
-        let json =
-            serde_json::to_vec_pretty(&summary).map_err(|e| AppError::Other(e.to_string()))?;
-        std::fs::write(&path, json)
-            .map_err(|e| AppError::Write(format!("{}: {e}", path.display())))?;
+        let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+        std::fs::write(&path, json).map_err(|source| AppError::Write { path, source })?;
     }
     Ok(summary.exit_code)
 }
@@ -127,19 +172,18 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
         content_json: args.content_json,
     };
     if crate::paths::same_file(&args.input, &args.output) {
-        return Err(AppError::Other(format!(
+        return Err(AppError::Usage(format!(
             "{} is the output being exported: writing Parquet to it would destroy it; give another -o",
             args.output.display()
         )));
     }
     // Write through a symlink to its target (the rename would replace the link otherwise).
-    let target = crate::paths::resolve(&args.output)
-        .map_err(|e| AppError::Write(format!("{}: {e}", args.output.display())))?;
-    crate::paths::check_writable(&target).map_err(|e| AppError::Write(e.to_string()))?;
-    let c = convert(&args.input, &target, options).map_err(|e| match e {
-        crate::output::parquet::ParquetError::Write { .. } => AppError::Write(e.to_string()),
-        _ => AppError::Other(e.to_string()),
+    let target = crate::paths::resolve(&args.output).map_err(|source| AppError::Write {
+        path: args.output.clone(),
+        source,
     })?;
+    crate::paths::check_writable(&target)?;
+    let c = convert(&args.input, &target, options)?;
     eprintln!(
         "bulkprompt: wrote {} rows to {}",
         c.rows,
@@ -195,22 +239,22 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
     let mut faults = Faults::default();
     faults
         .apply(&format!("server-error={}", args.fail_rate))
-        .map_err(AppError::Other)?;
+        .map_err(AppError::Usage)?;
     faults
         .apply(&format!("hang={}", args.hang_rate))
-        .map_err(AppError::Other)?;
+        .map_err(AppError::Usage)?;
     for f in &args.faults {
-        faults.apply(f).map_err(AppError::Other)?;
+        faults.apply(f).map_err(AppError::Usage)?;
     }
     let storm = args
         .storm
         .as_deref()
         .map(Storm::parse)
         .transpose()
-        .map_err(AppError::Other)?;
+        .map_err(AppError::Usage)?;
     let api_key = match &args.require_key_env {
         Some(var) => Some(ApiKey::new(std::env::var(var).map_err(|_| {
-            AppError::Other(format!("--require-key-env {var}: not set"))
+            AppError::Usage(format!("--require-key-env {var}: not set"))
         })?)),
         None => None,
     };
@@ -225,10 +269,14 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
         api_key,
         capture_bodies: false,
         cost_factor: None,
+        script: Vec::new(),
     };
     let server = MockServer::start((args.host, args.port).into(), config)
         .await
-        .map_err(|e| AppError::Other(format!("binding {}:{}: {e}", args.host, args.port)))?;
+        .map_err(|source| AppError::Setup {
+            what: format!("binding {}:{}", args.host, args.port),
+            source,
+        })?;
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "bulkprompt mock listening on {}", server.base_url());
@@ -250,13 +298,10 @@ fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
             .clone()
             .or_else(PriceTable::user_file)
             .ok_or_else(|| {
-                AppError::Other("no home directory: give the file to write with -o".into())
+                AppError::Usage("no home directory: give the file to write with -o".into())
             })?;
-        let table = runtime(Some(1))?
-            .block_on(crate::prices_sync::fetch(url))
-            .map_err(|e| AppError::Other(e.to_string()))?;
-        crate::prices_sync::write(&table, url, &path)
-            .map_err(|e| AppError::Other(e.to_string()))?;
+        let table = runtime(Some(1))?.block_on(crate::prices_sync::fetch(url))?;
+        crate::prices_sync::write(&table, url, &path)?;
         eprintln!(
             "bulkprompt: synced {} model prices into {}",
             table.iter().count(),
@@ -264,8 +309,7 @@ fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
         );
         return Ok(0);
     }
-    let table = PriceTable::load_effective(args.prices.as_deref())
-        .map_err(|e| AppError::Other(e.to_string()))?;
+    let table = PriceTable::load_effective(args.prices.as_deref())?;
     let per_m = |p: u64| p as f64 / 1e6;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -1,6 +1,10 @@
 //! The client-side rate limiter: two token buckets (requests and tokens per minute), a global
 //! pause after a 429, and an AIMD factor that lowers the rate after 429s and recovers slowly.
 //!
+//! The run sees a limiter only through [`RateLimit`]: [`Limiter`] is the one-process
+//! implementation, and a limit shared by many workers (a Redis-backed one) implements the same
+//! four calls without touching the engine.
+//!
 //! Why not `governor`: we need to charge a job's *estimated* tokens up front and reconcile them
 //! with the real `usage` afterwards, to pause everything on `Retry-After`, and to let one job
 //! larger than the burst through on its own; governor's GCRA cannot give tokens back.
@@ -13,8 +17,37 @@
 //! `0.99 * limit / 60`: `floor(1 + 0.99 * limit) <= limit` still holds, so `--rpm 1` sends one
 //! request every 60.6 s.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// A rate limit the run's requests pass through.
+pub trait RateLimit: Send + Sync {
+    /// Waits until one request of `tokens` estimated tokens may be sent, and charges it.
+    fn acquire(&self, tokens: u64) -> Pin<Box<dyn Future<Output = Grant> + Send + '_>>;
+    /// Settles a grant with the tokens the response really used.
+    fn reconcile(&self, grant: Grant, actual: u64);
+    /// The provider says its quota is used up until `d` from now: nobody sends until then.
+    fn pause(&self, d: Duration);
+    /// A 429: nobody sends for `pause`, and the rate drops.
+    fn rate_limited(&self, pause: Option<Duration>);
+}
+
+impl RateLimit for Limiter {
+    fn acquire(&self, tokens: u64) -> Pin<Box<dyn Future<Output = Grant> + Send + '_>> {
+        Box::pin(Limiter::acquire(self, tokens))
+    }
+    fn reconcile(&self, grant: Grant, actual: u64) {
+        Limiter::reconcile(self, grant, actual)
+    }
+    fn pause(&self, d: Duration) {
+        Limiter::pause(self, d)
+    }
+    fn rate_limited(&self, pause: Option<Duration>) {
+        Limiter::rate_limited(self, pause)
+    }
+}
 
 /// Share of the limit the buckets aim at, leaving room for arrival jitter at the server.
 const TARGET: f64 = 0.99;

@@ -43,7 +43,7 @@ fn main() {
     let code = match bulkprompt::app::execute(cli.command, argv) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bulkprompt: error: {e}");
+            eprintln!("bulkprompt: error: {}", bulkprompt::app::render_chain(&e));
             e.exit_code()
         }
     };

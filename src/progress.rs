@@ -5,7 +5,7 @@
 use crate::cost::Money;
 use crate::histogram::Histogram;
 use crate::output::ErrorKind;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -89,7 +89,8 @@ impl Counters {
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Latency {
     pub p50: u64,
     pub p95: u64,
@@ -107,7 +108,7 @@ impl From<&Histogram> for Latency {
 }
 
 /// How the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Every job has an ok record.
@@ -138,8 +139,9 @@ impl Outcome {
     }
 }
 
-/// The end-of-run report (`--summary-json` writes this).
-#[derive(Debug, Clone, Serialize)]
+/// The end-of-run report (`--summary-json` writes this; it reads back as this type).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Summary {
     pub outcome: Outcome,
     pub exit_code: i32,

@@ -1,12 +1,11 @@
-//! `bulkprompt status OUT`: what an output holds against its job file. The job file and its
-//! settings are found again from the command line stored in the output's meta, so the answer
+//! `bulkprompt status OUT`: what an output holds against its job file. The job file and how
+//! the run read it (format, template, defaults) are kept in the output's meta, so the answer
 //! uses the same fingerprints a resume would: done, failed (by class), changed, pending, and
 //! records whose job is no longer in the file.
 
 use crate::checkpoint::{self, CheckpointError, Decision, RunMeta};
-use crate::cli::{Cli, Command};
-use crate::config;
 use crate::job::keys::KeyMap;
+use crate::job::InputSpec;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -99,25 +98,11 @@ pub fn status(output: &Path) -> Result<Status, CheckpointError> {
 }
 
 fn compare(meta: &RunMeta, cp: &checkpoint::Checkpoint) -> Result<JobCounts, String> {
-    use clap::Parser;
-    let cli = Cli::try_parse_from(&meta.argv)
-        .map_err(|e| format!("cannot re-read the run's command line: {e}"))?;
-    let Command::Run(args) = cli.command else {
-        return Err("the stored command line is not a run".into());
-    };
-    // Relative paths were relative to where the run started.
-    let base = PathBuf::from(&meta.cwd);
-    let mut job = args.job.clone();
-    for p in [&mut job.input, &mut job.spec, &mut job.template_file]
-        .into_iter()
-        .flatten()
-    {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
-    }
-    let spec = config::load_spec(&job).map_err(|e| e.to_string())?;
-    let input = config::resolve_input(&job, &spec).map_err(|e| e.to_string())?;
+    // The run kept how it read the job file; today's flags and environment play no part.
+    let settings = meta.job.as_ref().ok_or(
+        "this output was written by an older bulkprompt: run it once more to let status compare it with its job file",
+    )?;
+    let input = InputSpec::from_settings(PathBuf::from(&meta.input), settings)?;
     let jobs = input.open().map_err(|e| e.to_string())?;
     let mut c = JobCounts::default();
     let mut seen = KeyMap::default();

@@ -25,6 +25,9 @@ pub struct RunMeta {
     /// counted against `--max-cost` and in `status`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub removed_cost_usd: f64,
+    /// How the run read the job file, for `status` (absent in metas of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::job::source::InputSettings>,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -126,6 +129,7 @@ mod tests {
             cwd: "/".into(),
             updated_at: "t".into(),
             removed_cost_usd: 0.0,
+            job: None,
         }
     }
 

@@ -53,6 +53,67 @@ pub struct InputSpec {
 
 pub type Jobs = Box<dyn Iterator<Item = Result<Job, InputError>> + Send>;
 
+/// How a job file is read, as plain data: the output's meta keeps it, so `status` can read the
+/// job file again exactly as the run did, without the command line or today's environment.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputSettings {
+    /// `jsonl` or `csv`.
+    pub format: String,
+    pub delimiter: char,
+    pub model: Option<String>,
+    pub system: Option<String>,
+    pub template: Option<String>,
+    pub id_field: Option<String>,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub max_line_bytes: usize,
+}
+
+impl InputSpec {
+    pub fn settings(&self) -> InputSettings {
+        let d = &self.defaults;
+        InputSettings {
+            format: match self.format {
+                InputFormat::Jsonl => "jsonl".into(),
+                InputFormat::Csv => "csv".into(),
+            },
+            delimiter: char::from(self.delimiter),
+            model: d.model.clone(),
+            system: d.system.clone(),
+            template: d.template.as_ref().map(|t| t.text().to_string()),
+            id_field: d.id_field.clone(),
+            params: d.params.clone(),
+            max_line_bytes: self.max_line_bytes,
+        }
+    }
+
+    /// The spec `settings` describe, for the job file at `path`.
+    pub fn from_settings(path: PathBuf, s: &InputSettings) -> Result<InputSpec, String> {
+        let template = s
+            .template
+            .as_deref()
+            .map(super::Template::parse)
+            .transpose()
+            .map_err(|e| format!("template: {e}"))?;
+        Ok(InputSpec {
+            path,
+            format: if s.format == "csv" {
+                InputFormat::Csv
+            } else {
+                InputFormat::Jsonl
+            },
+            delimiter: u8::try_from(s.delimiter).map_err(|_| "delimiter: not one byte")?,
+            defaults: Arc::new(JobDefaults {
+                model: s.model.clone(),
+                system: s.system.clone(),
+                template,
+                id_field: s.id_field.clone(),
+                params: s.params.clone(),
+            }),
+            max_line_bytes: s.max_line_bytes,
+        })
+    }
+}
+
 impl InputSpec {
     /// Opens the file and returns its jobs in order.
     pub fn open(&self) -> Result<Jobs, InputError> {

@@ -28,6 +28,8 @@ enum Piece {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     pieces: Vec<Piece>,
+    /// The text it was parsed from (kept in the output's meta for `status`).
+    text: String,
 }
 
 /// Why a template text is not a template.
@@ -45,6 +47,11 @@ pub enum TemplateError {
 }
 
 impl Template {
+    /// The text the template was parsed from.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
@@ -84,7 +91,10 @@ impl Template {
         if !literal.is_empty() {
             pieces.push(Piece::Text(literal));
         }
-        Ok(Template { pieces })
+        Ok(Template {
+            pieces,
+            text: text.to_string(),
+        })
     }
 
     /// The placeholder names, each once.

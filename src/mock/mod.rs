@@ -53,6 +53,25 @@ pub struct MockConfig {
     /// Report `usage.cost` on every answer at this multiple of the price table: a provider
     /// whose bill differs from the list prices (a new surcharge, a wrong table).
     pub cost_factor: Option<f64>,
+    /// What the first requests get, in arrival order, one step each; later requests are served
+    /// as the rest of the configuration says. Tests assert exact sequences with it instead of
+    /// relying on fault rates.
+    pub script: Vec<Step>,
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A normal answer, whatever the fault rates say.
+    Ok,
+    /// 429 with `Retry-After` in whole seconds.
+    RateLimited { retry_after_secs: u64 },
+    /// 500.
+    ServerError,
+    /// Accept and never answer.
+    Hang,
+    /// Close the connection without answering.
+    Close,
 }
 
 impl MockConfig {
@@ -77,6 +96,7 @@ impl Default for MockConfig {
             api_key: None,
             capture_bodies: false,
             cost_factor: None,
+            script: Vec::new(),
         }
     }
 }
@@ -143,6 +163,8 @@ struct State {
     next_id: AtomicU64,
     bodies: Mutex<Vec<Bytes>>,
     started_at: Instant,
+    /// Requests that took a step of the script.
+    script_pos: AtomicU64,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -172,6 +194,7 @@ impl MockServer {
             next_id: AtomicU64::new(0),
             bodies: Mutex::new(Vec::new()),
             started_at: Instant::now(),
+            script_pos: AtomicU64::new(0),
             stats: stats.clone(),
             config,
         });
@@ -470,7 +493,32 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     let storm = cfg
         .storm
         .is_some_and(|s| s.raging(state.started_at.elapsed()));
-    let fault = if storm {
+    let step = if cfg.script.is_empty() {
+        None
+    } else {
+        cfg.script
+            .get(state.script_pos.fetch_add(1, Relaxed) as usize)
+            .copied()
+    };
+    let fault = if let Some(step) = step {
+        match step {
+            Step::Ok => None,
+            Step::RateLimited { retry_after_secs } => {
+                stats.rate_limited.fetch_add(1, Relaxed);
+                let mut r = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    "scripted 429",
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                return Ok(r);
+            }
+            Step::ServerError => Some(Fault::ServerError),
+            Step::Hang => Some(Fault::Hang),
+            Step::Close => Some(Fault::Close),
+        }
+    } else if storm {
         Some(Fault::ServerError)
     } else {
         faults.pick(draw)

@@ -23,12 +23,8 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Most records gathered into one write.
 const BATCH: usize = 512;
 
-/// Something the writer was asked to do.
-pub enum WriterMsg {
-    Record(Box<Record>),
-    /// Flush and fsync now.
-    Sync,
-}
+/// What the writer is sent: one record, boxed so the channel moves a pointer.
+pub type WriterMsg = Box<Record>;
 
 /// Why the writer stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -156,11 +152,8 @@ pub fn drain(
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut next = Some(first);
-                    while let Some(m) = next.take() {
-                        match m {
-                            WriterMsg::Record(r) => pending.push(r),
-                            WriterMsg::Sync => sync = true,
-                        }
+                    while let Some(r) = next.take() {
+                        pending.push(r);
                         if failed_at.is_some() || pending.len() < BATCH {
                             next = rx.try_recv().ok();
                         }

@@ -157,7 +157,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             Endpoint::Url(u) => u.clone(),
             Endpoint::Mock(_) => "the simulator".into(),
         },
-        limiter: Limiter::new(cfg.rpm, cfg.tpm),
+        limiter: Arc::new(Limiter::new(cfg.rpm, cfg.tpm)),
         counters: counters.clone(),
         prices: cfg.prices.clone(),
         writer: writer.sender.clone(),

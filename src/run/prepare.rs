@@ -34,6 +34,7 @@ fn run_meta(cfg: &RunConfig) -> RunMeta {
             .unwrap_or_default(),
         updated_at: timestamp(SystemTime::now()),
         removed_cost_usd: 0.0,
+        job: Some(cfg.input.settings()),
     }
 }
 

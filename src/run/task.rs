@@ -7,7 +7,7 @@ use super::latch::{Abort, Latch};
 use crate::budget::{Budget, Reservation};
 use crate::cost::{Money, PriceTable, Usage};
 use crate::job::Job;
-use crate::limit::{Grant, Limiter};
+use crate::limit::{Grant, RateLimit};
 use crate::output::jsonl::WriterMsg;
 use crate::output::record::timestamp;
 use crate::output::{CostSource, Record, RecordError, Status};
@@ -28,7 +28,7 @@ pub(super) struct Ctx {
     pub(super) client: Client,
     /// Where requests go, for messages.
     pub(super) endpoint: String,
-    pub(super) limiter: Limiter,
+    pub(super) limiter: Arc<dyn RateLimit>,
     pub(super) counters: Arc<Counters>,
     pub(super) prices: PriceTable,
     pub(super) writer: std::sync::mpsc::Sender<WriterMsg>,
@@ -283,7 +283,7 @@ pub(super) async fn run_job(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<
                     "bulkprompt bug: this job's task panicked ({what}); the next run retries it"
                 ),
             });
-            let _ = ctx.writer.send(WriterMsg::Record(Box::new(r)));
+            let _ = ctx.writer.send(Box::new(r));
             TaskEnd::Recorded
         }
     }
@@ -461,7 +461,7 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
             h.settle(cost_of_record);
         }
         ctx.note_result(&record);
-        let _ = ctx.writer.send(WriterMsg::Record(Box::new(record)));
+        let _ = ctx.writer.send(Box::new(record));
         return TaskEnd::Recorded;
     }
 }

@@ -166,6 +166,11 @@ pub fn assert_code(o: &Output, code: i32) {
     );
 }
 
+/// Reads a `--summary-json` file as the typed summary (an unknown field is an error).
+pub fn typed_summary(path: &Path) -> bulkprompt::progress::Summary {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// Reads a `--summary-json` file.
 pub fn summary(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()

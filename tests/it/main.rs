@@ -5,6 +5,7 @@ mod harness;
 
 mod core;
 mod hostile;
+mod inprocess;
 mod input;
 mod money;
 mod parquet;

@@ -833,6 +833,8 @@ fn job_counts_in_the_summary_add_up_to_the_file() {
         let mut a = extra.to_vec();
         a.extend(["--summary-json", sum.to_str().unwrap()]);
         let o = run(&input, &out, &mock.url(), &a);
+        // The summary decodes into its type: no field missing, none unknown.
+        let _ = typed_summary(&sum);
         let s = summary(&sum);
         assert_counts_add_up(&s, &stderr(&o));
         s

@@ -411,3 +411,31 @@ fn a_second_signal_stops_at_once_and_leaves_the_output_whole() {
     assert_code(&run(&input, &out, &mock.url(), &["--concurrency", "64"]), 0);
     assert_eq!(records_by_id(&out).len() as u64, JOBS);
 }
+
+#[test]
+fn status_reads_the_job_file_as_the_run_did_whatever_the_environment_says_now() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(12));
+    let out = dir.path("out.jsonl");
+    // The model comes from the environment, not the command line.
+    let o = bulkprompt()
+        .env("BULKPROMPT_MODEL", "model-a")
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(["--endpoint", &mock.url(), "--quiet"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let st = bulkprompt()
+        .env("BULKPROMPT_MODEL", "model-b")
+        .args(["status", out.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert_code(&st, 0);
+    let s: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(s["jobs"]["done"], 12, "{s}");
+    assert_eq!(s["jobs"]["changed"], 0, "{s}");
+}
