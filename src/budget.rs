@@ -15,12 +15,6 @@ use std::sync::Mutex;
 #[must_use = "a reservation must be settled"]
 pub struct Reservation(Money);
 
-impl Reservation {
-    pub fn amount(&self) -> Money {
-        self.0
-    }
-}
-
 /// Why a job could not reserve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapReached {
@@ -46,8 +40,6 @@ pub trait Budget: Send + Sync {
     fn reserve(&self, worst: Money) -> Result<Reservation, CapReached>;
     /// Replaces a reservation with what the job really cost (zero if it failed).
     fn settle(&self, reservation: Reservation, actual: Money);
-    /// Money recorded so far, earlier runs included.
-    fn spent(&self) -> Money;
 }
 
 #[derive(Debug)]
@@ -100,7 +92,10 @@ impl Budget for LocalBudget {
         l.reserved = Money(l.reserved.0.saturating_sub(reservation.0 .0));
         l.spent += actual;
     }
+}
 
+#[cfg(test)]
+impl LocalBudget {
     fn spent(&self) -> Money {
         self.ledger().spent
     }

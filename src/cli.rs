@@ -322,7 +322,7 @@ pub struct PricesArgs {
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
     /// Read prices from an OpenRouter-style model list (a base URL such as
-    /// https://openrouter.ai/api/v1, or its /models) and write them to the user's price file.
+    /// `https://openrouter.ai/api/v1`, or its /models) and write them to the user's price file.
     #[arg(long, value_name = "URL")]
     pub sync: Option<String>,
     /// With --sync: the file to write [default: ~/.config/bulkprompt/prices.toml].

@@ -1,10 +1,14 @@
 //! bulkprompt: a batch runner for bulk LLM prompts against OpenAI-compatible chat-completions
 //! endpoints. Job files stream in ([`job`]), a scheduler admits each job past the checkpoint
-//! ([`checkpoint`]), the rate limiter ([`limit`]) and an in-flight permit, the client
-//! ([`provider`]) makes and retries attempts ([`retry`]), and one writer ([`output`]) appends
+//! (`checkpoint`), the rate limiter (`limit`) and an in-flight permit, the client
+//! ([`provider`]) makes and retries attempts (`retry`), and one writer ([`output`]) appends
 //! every result with its usage and cost ([`cost`]). [`run::run`] wires it together; the binary
 //! is a thin shell over [`app`]. [`mock`] is the offline simulator used by the demo, the tests
 //! and the benchmarks.
+//!
+//! Embedding: resolve a [`config::RunConfig`] (for example with [`config::resolve_run`] from
+//! parsed [`cli`] flags), call [`run::run`] with a [`shutdown::Shutdown`] you can trigger, and
+//! read the [`progress::Summary`]; records are [`output::Record`]s.
 //!
 //! Pricing a response, to the picodollar:
 //!
@@ -18,23 +22,23 @@
 //! ```
 
 pub mod app;
-pub mod budget;
-pub mod checkpoint;
+pub(crate) mod budget;
+pub(crate) mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod cost;
-pub mod estimate;
-pub mod histogram;
+pub(crate) mod estimate;
+pub(crate) mod histogram;
 pub mod job;
-pub mod limit;
+pub(crate) mod limit;
 pub mod mock;
 pub mod output;
-pub mod paths;
-pub mod prices_sync;
+pub(crate) mod paths;
+pub(crate) mod prices_sync;
 pub mod progress;
 pub mod provider;
-pub mod retry;
+pub(crate) mod retry;
 pub mod run;
 pub mod secret;
 pub mod shutdown;
-pub mod status;
+pub(crate) mod status;

@@ -244,7 +244,8 @@ impl Limiter {
     }
 
     /// The current rate factor (1.0 when no 429 was seen recently).
-    pub fn factor(&self) -> f64 {
+    #[cfg(test)]
+    fn factor(&self) -> f64 {
         self.state().factor(Instant::now())
     }
 }

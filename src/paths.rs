@@ -124,9 +124,7 @@ pub fn check_writable(path: &Path) -> Result<(), TargetError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(path)(e)),
     }
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".probe-{}", std::process::id()));
-    let probe = path.with_file_name(name);
+    let probe = sibling(path, &format!(".probe-{}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

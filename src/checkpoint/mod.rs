@@ -10,9 +10,9 @@ mod lock;
 mod meta;
 mod repair;
 
-pub use compact::{compact, Compaction};
+pub use compact::compact;
 pub use lock::OutputLock;
-pub use meta::{MetaMismatch, RunMeta};
+pub use meta::RunMeta;
 pub use repair::{quarantine_path, repair};
 
 use crate::cost::Money;
@@ -123,10 +123,6 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn is_empty(&self) -> bool {
-        self.done.is_empty()
-    }
-
     /// Ids with a record.
     pub fn ids(&self) -> u64 {
         self.done.len() as u64

@@ -169,8 +169,9 @@ fn count_images(content: Option<&Value>) -> u32 {
     }
 }
 
-/// Characters of a message's content: a string, or text parts of a content array.
-fn content_chars(content: Option<&Value>) -> usize {
+/// Characters of a message's content: a string, or text parts of a content array. The one
+/// walk over content text: the runner's token estimate and the simulator's usage both use it.
+pub fn content_chars(content: Option<&Value>) -> usize {
     match content {
         Some(Value::String(s)) => s.chars().count(),
         Some(Value::Array(parts)) => parts

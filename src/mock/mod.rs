@@ -448,7 +448,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         parsed
             .messages
             .iter()
-            .map(|m| content_chars(&m.content) + 16)
+            .map(|m| crate::job::request::content_chars(Some(&m.content)) + 16)
             .sum(),
     ) as u64;
     let json = parsed
@@ -680,21 +680,6 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         }
     }
     Ok(r)
-}
-
-fn content_chars(content: &serde_json::Value) -> usize {
-    match content {
-        serde_json::Value::String(s) => s.chars().count(),
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .map(|p| {
-                p.get("text")
-                    .and_then(|t| t.as_str())
-                    .map_or(0, |t| t.chars().count())
-            })
-            .sum(),
-        _ => 0,
-    }
 }
 
 /// What the simulator charges when asked to report cost: its price table plus 5%, like a

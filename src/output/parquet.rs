@@ -63,9 +63,7 @@ pub enum ParquetError {
 
 /// The journal beside a Parquet output: `results.parquet` -> `results.parquet.journal.jsonl`.
 pub fn journal_path(parquet: &Path) -> PathBuf {
-    let mut name = parquet.file_name().unwrap_or_default().to_os_string();
-    name.push(".journal.jsonl");
-    parquet.with_file_name(name)
+    crate::paths::sibling(parquet, ".journal.jsonl")
 }
 
 /// Where a conversion writes before the rename: `results.parquet` -> `results.parquet.tmp`.

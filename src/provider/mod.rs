@@ -1,6 +1,6 @@
 //! The OpenAI-compatible HTTP client: one pooled reqwest client (rustls, keep-alive pool sized
 //! to the concurrency), the headers every request carries, and one attempt at a time. It does
-//! not decide anything: [`classify`] judges what an attempt produced.
+//! not decide anything: [`classify()`] judges what an attempt produced.
 
 pub mod classify;
 pub mod response;

@@ -1,11 +1,11 @@
 //! The orchestrator. A run is a row of stages, each in its own module with one job:
 //!
-//! 1. [`prepare`]: check, lock, read the job file and the output; nothing sent or written yet.
-//! 2. [`writer`]: the thread that owns the output and counts each record once.
-//! 3. an [`engine`]: jobs from the shared [`engine::Intake`] become records; today the
-//!    [`live`] engine (one request per job, [`task`] for one job's life).
-//! 4. [`finish`]: compaction and Parquet conversion.
-//! 5. [`summary`]: a pure function from the stages' counts to the summary and exit code.
+//! 1. `prepare`: check, lock, read the job file and the output; nothing sent or written yet.
+//! 2. `writer`: the thread that owns the output and counts each record once.
+//! 3. an `engine`: jobs from the shared `engine::Intake` become records; today the
+//!    `live` engine (one request per job, `task` for one job's life).
+//! 4. `finish`: compaction and Parquet conversion.
+//! 5. `summary`: a pure function from the stages' counts to the summary and exit code.
 //!
 //! It owns shutdown: on a stop it admits nothing more, lets in-flight calls finish within the
 //! grace period, and always leaves the output whole.
