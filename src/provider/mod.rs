@@ -120,28 +120,14 @@ impl Client {
     /// result (body, transport error) has the run's secrets scrubbed out already.
     pub async fn send(&self, body: Bytes) -> (Attempt, Duration) {
         let started = Instant::now();
-        let attempt = match self.try_send(body).await {
-            Attempt::Http {
-                status,
-                retry_after,
-                reset_requests,
-                reset_tokens,
-                quota_exhausted,
-                body,
-            } => Attempt::Http {
-                status,
-                retry_after,
-                reset_requests,
-                reset_tokens,
-                quota_exhausted,
-                body: self.scrubber.scrub_bytes(body),
-            },
-            Attempt::Transport { kind, message } => Attempt::Transport {
-                kind,
-                message: self.scrubber.scrub(message),
-            },
-            other => other,
-        };
+        let mut attempt = self.try_send(body).await;
+        match &mut attempt {
+            Attempt::Http { body, .. } => *body = self.scrubber.scrub_bytes(std::mem::take(body)),
+            Attempt::Transport { message, .. } => {
+                *message = self.scrubber.scrub(std::mem::take(message))
+            }
+            Attempt::TooLarge { .. } => {}
+        }
         (attempt, started.elapsed())
     }
 

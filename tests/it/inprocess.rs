@@ -123,3 +123,51 @@ fn a_stop_from_the_embedding_program_drains_and_reports_interrupted() {
     assert_eq!(s.new + s.not_run, 200);
     assert!(s.resume_command.is_some());
 }
+
+/// A whole run under tokio's paused clock: the simulator in the same runtime, the limiter's
+/// pacing measured in simulated time (a minute and a half of it passes in well under a second).
+#[test]
+fn the_limiter_paces_a_whole_run_over_simulated_minutes() {
+    use bulkprompt::mock::MockServer;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mock = MockServer::start(([127, 0, 0, 1], 0).into(), MockConfig::default())
+            .await
+            .unwrap();
+        let dir = Dir::new();
+        let input = dir.write("jobs.jsonl", chat_jobs(90));
+        let out = dir.path("out.jsonl");
+        let url = mock.base_url();
+        let cfg = config(&[
+            "bulkprompt",
+            "run",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--model",
+            "m",
+            "--quiet",
+            "--rpm",
+            "60",
+        ]);
+        let started = tokio::time::Instant::now();
+        let s = bulkprompt::run::run(cfg, Shutdown::default())
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!((s.outcome, s.ok, s.http_429), (Outcome::Completed, 90, 0));
+        // One request at once, then 0.99 a second: 89 more take about 90 simulated seconds
+        // (the sliding-window bound itself is the limiter's unit tests' business).
+        assert!(
+            (Duration::from_secs(88)..Duration::from_secs(95)).contains(&took),
+            "{took:?}"
+        );
+        assert_eq!(mock.stats().requests, 90);
+    });
+}

@@ -245,10 +245,18 @@ fn a_symlinked_output_shares_the_lock_and_compaction_writes_through_the_link() {
     );
 }
 
-#[test]
-fn answers_that_arrive_after_a_write_failure_are_written_once_space_returns() {
-    let mock = slow_mock(150);
-    let dir = Dir::new();
+/// 400 jobs, 32 in flight, a "disk" that fills at 16 KB; the job file, the output, the summary
+/// and the command.
+fn run_on_a_full_disk(
+    dir: &Dir,
+    mock: &Mock,
+    grace: &str,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::process::Command,
+) {
     let input = dir.write("jobs.jsonl", chat_jobs(400));
     let out = dir.path("out.jsonl");
     let sum = dir.path("s.json");
@@ -256,16 +264,18 @@ fn answers_that_arrive_after_a_write_failure_are_written_once_space_returns() {
         &input,
         &out,
         &mock.url(),
-        &[
-            "--concurrency",
-            "32",
-            "--grace",
-            "60",
-            "--summary-json",
-            sum.to_str().unwrap(),
-        ],
+        &["--concurrency", "32", "--grace", grace],
     );
+    cmd.arg("--summary-json").arg(&sum);
     with_file_size_limit(&mut cmd, 16 * 1024);
+    (input, out, sum, cmd)
+}
+
+#[test]
+fn answers_that_arrive_after_a_write_failure_are_written_once_space_returns() {
+    let mock = slow_mock(150);
+    let dir = Dir::new();
+    let (input, out, sum, mut cmd) = run_on_a_full_disk(&dir, &mock, "60");
     let (mut child, rx, reader) = spawn_with_stderr_lines(&mut cmd);
     wait_for_line(&rx, "the write is retried", ENDS);
     // Space comes back: lift the limit of the running process.
@@ -304,23 +314,7 @@ fn answers_that_arrive_after_a_write_failure_are_written_once_space_returns() {
 fn when_the_disk_stays_full_the_unwritten_answers_are_counted_and_bounded() {
     let mock = slow_mock(100);
     let dir = Dir::new();
-    let input = dir.write("jobs.jsonl", chat_jobs(400));
-    let out = dir.path("out.jsonl");
-    let sum = dir.path("s.json");
-    let mut cmd = run_cmd(
-        &input,
-        &out,
-        &mock.url(),
-        &[
-            "--concurrency",
-            "32",
-            "--grace",
-            "2",
-            "--summary-json",
-            sum.to_str().unwrap(),
-        ],
-    );
-    with_file_size_limit(&mut cmd, 16 * 1024);
+    let (_, out, sum, mut cmd) = run_on_a_full_disk(&dir, &mock, "2");
     let o = output_within(&mut cmd, ENDS);
     assert_code(&o, 5);
     let s = summary(&sum);
