@@ -42,3 +42,10 @@ pub mod run;
 pub mod secret;
 pub mod shutdown;
 pub(crate) mod status;
+
+// What an embedding program needs, at the root.
+pub use config::{resolve_run, RunConfig};
+pub use output::Record;
+pub use progress::Summary;
+pub use run::{run, RunError};
+pub use shutdown::Shutdown;

@@ -104,8 +104,6 @@ pub struct Job {
     pub est_prompt_tokens: u32,
     /// `max_tokens` / `max_completion_tokens` of the request, if it names one.
     pub max_output_tokens: Option<u32>,
-    /// Whether the request asks for JSON output (`response_format`).
-    pub wants_json: bool,
     /// Images in the messages (`image_url` parts), for per-image prices.
     pub images: u32,
 }

@@ -136,12 +136,6 @@ pub fn finish(
                 .ok_or_else(|| format!("field \"max_tokens\": expected a whole number, found {v}"))
         })
         .transpose()?;
-    let wants_json = matches!(
-        body.get("response_format")
-            .and_then(|r| r.get("type"))
-            .and_then(Value::as_str),
-        Some("json_object" | "json_schema")
-    );
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     Ok(Job {
         id,
@@ -153,7 +147,6 @@ pub fn finish(
         metadata,
         est_prompt_tokens,
         max_output_tokens,
-        wants_json,
         images,
     })
 }

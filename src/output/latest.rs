@@ -70,11 +70,6 @@ impl Latest {
     pub fn carried(&self, line: u64) -> Option<Money> {
         self.carried.get(&line).copied()
     }
-
-    /// Ids seen.
-    pub fn ids(&self) -> usize {
-        self.last.len()
-    }
 }
 
 /// `cost_usd` plus money carried from superseded records.
@@ -99,6 +94,5 @@ mod tests {
         assert_eq!(l.carried(4), Some(Money::from_usd(0.25)));
         assert_eq!(l.carried(2), None);
         assert_eq!(add_carried(Some(0.5), Money::from_usd(0.25)), 0.75);
-        assert_eq!(l.ids(), 2);
     }
 }

@@ -19,7 +19,7 @@ mod summary;
 mod task;
 mod writer;
 
-pub use crate::config::{is_loopback, Endpoint, RunConfig};
+pub use crate::config::{Endpoint, RunConfig};
 
 use crate::budget::{Budget, LocalBudget};
 use crate::checkpoint::CheckpointError;
