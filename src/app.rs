@@ -269,6 +269,13 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
         api_key,
         capture_bodies: false,
         cost_factor: None,
+        dialect: crate::mock::Dialect::parse(&args.dialect).ok_or_else(|| {
+            AppError::Usage(format!(
+                "--dialect {:?}: one of openai, openrouter, gemini, aiml",
+                args.dialect
+            ))
+        })?,
+        quota_after: args.quota_after,
         script: Vec::new(),
     };
     let server = MockServer::start((args.host, args.port).into(), config)

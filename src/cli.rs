@@ -308,6 +308,14 @@ pub struct ServeMockArgs {
     /// Seed for fault injection and latency jitter.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Whose manners: error shapes, rate-limit headers and what an exhausted account says
+    /// (openai, openrouter, gemini, aiml).
+    #[arg(long, default_value = "openai")]
+    pub dialect: String,
+    /// After this many answered requests the account is exhausted and every request is refused
+    /// as the dialect does it (429 insufficient_quota, 402, a per-day quota, 403).
+    #[arg(long, value_name = "N")]
+    pub quota_after: Option<u64>,
     /// Require `Authorization: Bearer <key>` with the key from this environment variable.
     #[arg(long, value_name = "VAR")]
     pub require_key_env: Option<String>,

@@ -23,7 +23,7 @@ pub enum ProgressMode {
     Quiet,
 }
 
-const KINDS: [ErrorKind; 9] = [
+const KINDS: [ErrorKind; 10] = [
     ErrorKind::RateLimited,
     ErrorKind::Server,
     ErrorKind::Timeout,
@@ -33,6 +33,7 @@ const KINDS: [ErrorKind; 9] = [
     ErrorKind::Auth,
     ErrorKind::Budget,
     ErrorKind::Internal,
+    ErrorKind::Quota,
 ];
 
 fn kind_index(k: ErrorKind) -> usize {
@@ -52,8 +53,8 @@ pub struct Counters {
     pub unpriced: AtomicU64,
     pub requests: AtomicU64,
     pub http_429: AtomicU64,
-    retries: [AtomicU64; 9],
-    failed_by: [AtomicU64; 9],
+    retries: [AtomicU64; 10],
+    failed_by: [AtomicU64; 10],
 }
 
 impl Counters {
@@ -67,7 +68,7 @@ impl Counters {
     pub fn retries_total(&self) -> u64 {
         self.retries.iter().map(|a| a.load(Relaxed)).sum()
     }
-    fn by_kind(counts: &[AtomicU64; 9]) -> BTreeMap<String, u64> {
+    fn by_kind(counts: &[AtomicU64; 10]) -> BTreeMap<String, u64> {
         KINDS
             .iter()
             .zip(counts)

@@ -7,9 +7,11 @@
 
 mod body;
 mod content;
+mod dialect;
 mod faults;
 mod window;
 
+pub use dialect::Dialect;
 pub use faults::{Fault, Faults, Storm};
 pub use window::SlidingWindow;
 
@@ -53,6 +55,12 @@ pub struct MockConfig {
     /// Report `usage.cost` on every answer at this multiple of the price table: a provider
     /// whose bill differs from the list prices (a new surcharge, a wrong table).
     pub cost_factor: Option<f64>,
+    /// Whose manners: error shapes, rate-limit headers, what an exhausted account says.
+    pub dialect: Dialect,
+    /// After this many answered requests the account is exhausted: every request gets the
+    /// dialect's refusal (OpenAI's `insufficient_quota`, OpenRouter's 402, Gemini's per-day
+    /// quota, AIML's 403).
+    pub quota_after: Option<u64>,
     /// What the first requests get, in arrival order, one step each; later requests are served
     /// as the rest of the configuration says. Tests assert exact sequences with it instead of
     /// relying on fault rates.
@@ -96,6 +104,8 @@ impl Default for MockConfig {
             api_key: None,
             capture_bodies: false,
             cost_factor: None,
+            dialect: Dialect::OpenAi,
+            quota_after: None,
             script: Vec::new(),
         }
     }
@@ -113,6 +123,8 @@ pub struct Stats {
     pub hung: AtomicU64,
     pub bad_requests: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Refused because the account is exhausted (`quota_after`).
+    pub refused: AtomicU64,
     /// Other injected faults (close, garbage, error in a 200, cut or slow body).
     pub faults: AtomicU64,
     pub prompt_tokens: AtomicU64,
@@ -129,6 +141,8 @@ pub struct StatsSnapshot {
     pub hung: u64,
     pub bad_requests: u64,
     pub unauthorized: u64,
+    #[serde(default)]
+    pub refused: u64,
     pub faults: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -144,6 +158,7 @@ impl Stats {
             hung: self.hung.load(Relaxed),
             bad_requests: self.bad_requests.load(Relaxed),
             unauthorized: self.unauthorized.load(Relaxed),
+            refused: self.refused.load(Relaxed),
             faults: self.faults.load(Relaxed),
             prompt_tokens: self.prompt_tokens.load(Relaxed),
             completion_tokens: self.completion_tokens.load(Relaxed),
@@ -165,6 +180,8 @@ struct State {
     started_at: Instant,
     /// Requests that took a step of the script.
     script_pos: AtomicU64,
+    /// `quota_after`, changeable while serving (`u64::MAX`: none).
+    quota_after: AtomicU64,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -195,6 +212,7 @@ impl MockServer {
             bodies: Mutex::new(Vec::new()),
             started_at: Instant::now(),
             script_pos: AtomicU64::new(0),
+            quota_after: AtomicU64::new(config.quota_after.unwrap_or(u64::MAX)),
             stats: stats.clone(),
             config,
         });
@@ -247,6 +265,12 @@ impl MockServer {
     }
 
     /// Changes the share of requests answered 5xx, while serving.
+    /// Exhausts the account after `n` answers in all (`None`: never), as if credits were added
+    /// or a quota reset.
+    pub fn set_quota_after(&self, n: Option<u64>) {
+        self.state.quota_after.store(n.unwrap_or(u64::MAX), Relaxed);
+    }
+
     pub fn set_fail_rate(&self, rate: f64) {
         let mut c = self.state.chance.lock().unwrap_or_else(|p| p.into_inner());
         c.1.set(Fault::ServerError, rate);
@@ -280,10 +304,18 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     r
 }
 
-fn error_response(status: StatusCode, kind: &str, message: &str) -> Resp {
-    let body =
-        serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
-    json_response(status, serde_json::to_vec(&body).unwrap_or_default())
+fn error_response(d: Dialect, status: StatusCode, kind: &str, message: &str) -> Resp {
+    json_response(status, d.error_body(status.as_u16(), kind, message))
+}
+
+/// A 429 asking to wait `secs`, in the dialect's shape (with `Retry-After` where it sends one).
+fn rate_limited_response(d: Dialect, secs: u64) -> Resp {
+    let (body, header) = d.rate_limited(secs);
+    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, body);
+    if header {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
 }
 
 async fn handle(state: &State, req: Request<Incoming>) -> Reply {
@@ -299,7 +331,12 @@ async fn handle(state: &State, req: Request<Incoming>) -> Reply {
             StatusCode::OK,
             serde_json::to_vec(&state.stats.snapshot()).unwrap_or_default(),
         ),
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such route"),
+        _ => error_response(
+            state.config.dialect,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        ),
     })
 }
 
@@ -389,6 +426,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
                 sent.trim_start_matches("Bearer ")
             );
             return Ok(error_response(
+                state.config.dialect,
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
                 &msg,
@@ -400,6 +438,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         Err(_) => {
             stats.bad_requests.fetch_add(1, Relaxed);
             return Ok(error_response(
+                state.config.dialect,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "body too large",
@@ -418,6 +457,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         Err(e) => {
             stats.bad_requests.fetch_add(1, Relaxed);
             return Ok(error_response(
+                state.config.dialect,
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 &e.to_string(),
@@ -427,6 +467,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     if parsed.messages.is_empty() {
         stats.bad_requests.fetch_add(1, Relaxed);
         return Ok(error_response(
+            state.config.dialect,
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "messages must not be empty",
@@ -438,6 +479,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     {
         stats.bad_requests.fetch_add(1, Relaxed);
         return Ok(error_response(
+            state.config.dialect,
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "temperature must be between 0 and 2",
@@ -459,6 +501,13 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     let answer = content::answer(xxhash_rust::xxh3::xxh3_64(&body), max_tokens, json);
     let total = prompt_tokens + answer.completion_tokens;
 
+    // An exhausted account refuses everything, before any rate limit.
+    if stats.ok.load(Relaxed) >= state.quota_after.load(Relaxed) {
+        stats.refused.fetch_add(1, Relaxed);
+        let (status, body) = state.config.dialect.exhausted();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+        return Ok(json_response(status, body));
+    }
     // Rate limits first, as providers check them before doing any work.
     let mut limit_headers = None;
     {
@@ -468,17 +517,12 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
             if let Err(wait) = window.admit(now, total) {
                 drop(window);
                 stats.rate_limited.fetch_add(1, Relaxed);
-                let mut r = error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_exceeded",
-                    "rate limit reached",
-                );
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                r.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-                return Ok(r);
+                return Ok(rate_limited_response(state.config.dialect, secs.max(1)));
             }
-            limit_headers = Some(window.headroom(now));
+            if state.config.dialect.sends_limit_headers() {
+                limit_headers = Some(window.headroom(now));
+            }
         }
     }
 
@@ -505,14 +549,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
             Step::Ok => None,
             Step::RateLimited { retry_after_secs } => {
                 stats.rate_limited.fetch_add(1, Relaxed);
-                let mut r = error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_exceeded",
-                    "scripted 429",
-                );
-                r.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
-                return Ok(r);
+                return Ok(rate_limited_response(cfg.dialect, retry_after_secs));
             }
             Step::ServerError => Some(Fault::ServerError),
             Step::Hang => Some(Fault::Hang),
@@ -534,11 +571,17 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
             1 => (StatusCode::BAD_GATEWAY, "upstream provider error"),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "model overloaded"),
         };
-        Ok(error_response(status, "server_error", msg))
+        Ok(error_response(
+            state.config.dialect,
+            status,
+            "server_error",
+            msg,
+        ))
     };
     let rate_limited = |date: bool| {
         stats.rate_limited.fetch_add(1, Relaxed);
         let mut r = error_response(
+            state.config.dialect,
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_exceeded",
             "slow down",
@@ -588,6 +631,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
                 sent.trim_start_matches("Bearer ")
             );
             return Ok(error_response(
+                state.config.dialect,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 &msg,

@@ -34,6 +34,9 @@ pub enum ErrorKind {
     Budget,
     /// A bug in bulkprompt (a job's task panicked); retried by the next run.
     Internal,
+    /// The provider's account is out of credits, or a daily quota is used up: the run stops
+    /// and the next run retries the job.
+    Quota,
 }
 
 impl ErrorKind {
@@ -48,6 +51,7 @@ impl ErrorKind {
             ErrorKind::Auth => "auth",
             ErrorKind::Budget => "budget",
             ErrorKind::Internal => "internal",
+            ErrorKind::Quota => "quota",
         }
     }
 

@@ -5,7 +5,6 @@
 use super::response::{parse_completion, Completion};
 pub use crate::output::ErrorKind;
 use crate::retry::{parse_reset, parse_retry_after};
-use serde::Deserialize;
 use std::time::{Duration, SystemTime};
 
 /// What one attempt produced, before judging it.
@@ -45,7 +44,8 @@ pub enum Verdict {
         status: Option<u16>,
         message: String,
     },
-    /// Nothing in this run can succeed (bad key, no access): stop the run.
+    /// Nothing in this run can succeed (bad key, no access: kind `auth`; no credits or a
+    /// used-up daily quota: kind `quota`): stop the run.
     Abort {
         kind: ErrorKind,
         status: u16,
@@ -82,9 +82,8 @@ pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
             ..
         } => (status, retry_after, reset_requests, reset_tokens, body),
     };
-    let message = || error_message(&body);
-    match status {
-        200..=299 => match parse_completion(&body) {
+    if (200..=299).contains(&status) {
+        return match parse_completion(&body) {
             Ok(c) => Verdict::Done(Box::new(c)),
             Err(message) => Verdict::Retry {
                 kind: ErrorKind::BadResponse,
@@ -92,82 +91,76 @@ pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
                 after: None,
                 message,
             },
-        },
+        };
+    }
+    let refusal = super::refusal::parse(&body);
+    let header_wait = || {
+        retry_after
+            .as_deref()
+            .and_then(|v| parse_retry_after(v, now))
+    };
+    if refusal.out_of_credits(status) {
+        return Verdict::Abort {
+            kind: ErrorKind::Quota,
+            status,
+            message: refusal.message,
+        };
+    }
+    match status {
         429 => {
-            let after = retry_after
-                .as_deref()
-                .and_then(|v| parse_retry_after(v, now))
+            if let Some(quota) = refusal.daily_quota() {
+                return Verdict::Abort {
+                    kind: ErrorKind::Quota,
+                    status,
+                    message: format!(
+                        "the daily quota {quota} is used up (it resets at midnight Pacific time): {}",
+                        refusal.message
+                    ),
+                };
+            }
+            let after = header_wait()
                 .or_else(|| {
                     let r = reset_requests.as_deref().and_then(parse_reset);
                     let t = reset_tokens.as_deref().and_then(parse_reset);
                     r.max(t)
-                });
+                })
+                .or(refusal.retry_delay);
             Verdict::Retry {
                 kind: ErrorKind::RateLimited,
                 status: Some(status),
                 after,
-                message: message(),
+                message: refusal.message,
             }
         }
         408 => Verdict::Retry {
             kind: ErrorKind::Timeout,
             status: Some(status),
             after: None,
-            message: message(),
+            message: refusal.message,
         },
-        409 | 425 | 500..=599 => {
-            let after = retry_after
-                .as_deref()
-                .and_then(|v| parse_retry_after(v, now));
-            Verdict::Retry {
-                kind: ErrorKind::Server,
-                status: Some(status),
-                after,
-                message: message(),
-            }
-        }
+        409 | 425 | 500..=599 => Verdict::Retry {
+            kind: ErrorKind::Server,
+            status: Some(status),
+            after: header_wait().or(refusal.retry_delay),
+            message: refusal.message,
+        },
         401 | 403 => Verdict::Abort {
             kind: ErrorKind::Auth,
             status,
-            message: message(),
+            message: refusal.message,
         },
         _ => Verdict::Fail {
             kind: ErrorKind::Client,
             status: Some(status),
-            message: message(),
+            message: refusal.message,
         },
     }
 }
 
-/// The provider's error message (`error.message`), else the start of the body.
+/// The provider's error message, whatever its dialect ([`super::refusal`]), else the start
+/// of the body.
 pub fn error_message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Wrapper {
-        error: Inner,
-    }
-    #[derive(Deserialize)]
-    struct Inner {
-        message: Option<String>,
-    }
-    if let Ok(Wrapper {
-        error: Inner { message: Some(m) },
-    }) = serde_json::from_slice::<Wrapper>(body)
-    {
-        return truncate(&m, 500);
-    }
-    truncate(&String::from_utf8_lossy(body), 500)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    let s = s.trim();
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    super::refusal::parse(body).message
 }
 
 #[cfg(test)]
@@ -190,6 +183,88 @@ mod tests {
     }
 
     const OK: &str = r#"{"choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+
+    #[test]
+    fn each_providers_way_of_saying_no() {
+        let abort_quota = |v: Verdict| match v {
+            Verdict::Abort {
+                kind: ErrorKind::Quota,
+                message,
+                ..
+            } => message,
+            other => panic!("{other:?}"),
+        };
+        // OpenAI: out of money is not "slow down".
+        let m = abort_quota(classify(
+            http(
+                429,
+                r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+            ),
+            now(),
+        ));
+        assert!(m.starts_with("You exceeded your current quota"), "{m}");
+        // OpenRouter: 402.
+        let m = abort_quota(classify(
+            http(
+                402,
+                r#"{"error":{"code":402,"message":"Insufficient credits"}}"#,
+            ),
+            now(),
+        ));
+        assert_eq!(m, "Insufficient credits");
+        // AIML API: 403 with its own shape.
+        let m = abort_quota(classify(
+            http(
+                403,
+                r#"{"message":"Insufficient balance","path":"/v1/chat/completions","requestId":"r","statusCode":403,"timestamp":"t"}"#,
+            ),
+            now(),
+        ));
+        assert_eq!(m, "Insufficient balance");
+        // Gemini: a per-day quota stops the run, naming the quota.
+        let m = abort_quota(classify(
+            http(
+                429,
+                r#"[{"error":{"code":429,"message":"Quota exceeded.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}]"#,
+            ),
+            now(),
+        ));
+        assert!(
+            m.contains("GenerateRequestsPerDayPerProjectPerModel-FreeTier")
+                && m.contains("midnight Pacific"),
+            "{m}"
+        );
+        // Gemini: a per-minute quota pauses for its retryDelay, with no header at all.
+        match classify(
+            http(
+                429,
+                r#"[{"error":{"code":429,"message":"Please retry in 47.2s.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"47s"}]}}]"#,
+            ),
+            now(),
+        ) {
+            Verdict::Retry {
+                kind: ErrorKind::RateLimited,
+                after,
+                message,
+                ..
+            } => {
+                assert_eq!(after, Some(Duration::from_secs(47)));
+                assert_eq!(message, "Please retry in 47.2s.");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A bad key stays an authentication stop.
+        assert!(matches!(
+            classify(
+                http(401, r#"{"error":{"message":"Invalid API key"}}"#),
+                now()
+            ),
+            Verdict::Abort {
+                kind: ErrorKind::Auth,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn success_parses() {

@@ -3,6 +3,7 @@
 //! not decide anything: [`classify()`] judges what an attempt produced.
 
 pub mod classify;
+pub mod refusal;
 pub mod response;
 
 pub use classify::{classify, Attempt, ErrorKind, Verdict};

@@ -451,9 +451,14 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                 message,
             } => {
                 ctx.limiter.reconcile(g, 0);
-                ctx.abort(format!(
-                    "the provider refused the credentials (HTTP {status}): {message}; check --api-key-env and the key's access to the model"
-                ));
+                ctx.abort(match kind {
+                    ErrorKind::Quota => format!(
+                        "the provider's account is out of credits or quota (HTTP {status}): {message}; the remaining jobs are pending: add credits or wait for the quota to reset, then re-run to resume"
+                    ),
+                    _ => format!(
+                        "the provider refused the credentials (HTTP {status}): {message}; check --api-key-env and the key's access to the model"
+                    ),
+                });
                 failed(kind, Some(status), message)
             }
         };

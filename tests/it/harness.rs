@@ -38,6 +38,10 @@ impl Mock {
         self.server.set_fail_rate(rate);
     }
 
+    pub fn set_quota_after(&self, n: Option<u64>) {
+        self.server.set_quota_after(n);
+    }
+
     pub fn bodies(&self) -> Vec<serde_json::Value> {
         self.server
             .bodies()

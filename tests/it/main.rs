@@ -10,6 +10,7 @@ mod input;
 mod money;
 mod parquet;
 mod promises;
+mod providers;
 mod ratelimit;
 mod resume;
 mod secrets;
