@@ -103,6 +103,7 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
         }
         Command::Prices(args) => prices_cmd(args),
         Command::Export(args) => export_cmd(args),
+        Command::Providers => providers_cmd(),
     }
 }
 
@@ -162,6 +163,27 @@ fn estimate_cmd(args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
         );
     } else {
         let _ = out.write_all(e.render().as_bytes());
+    }
+    Ok(0)
+}
+
+fn providers_cmd() -> Result<i32, AppError> {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<11} {:<58} {:<19} {:<13} out of money or quota",
+        "provider", "base URL", "key variable", "limit headers"
+    );
+    for p in crate::providers::PRESETS {
+        let _ = writeln!(
+            out,
+            "{:<11} {:<58} {:<19} {:<13} {}",
+            p.name,
+            p.base_url,
+            p.key_env.unwrap_or("-"),
+            if p.sends_limit_headers { "yes" } else { "no" },
+            p.exhausted
+        );
     }
     Ok(0)
 }

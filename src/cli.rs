@@ -44,6 +44,8 @@ pub enum Command {
     Prices(PricesArgs),
     /// Convert a JSONL output to Parquet (one row per id).
     Export(ExportArgs),
+    /// List the provider presets (`--provider`).
+    Providers,
 }
 
 /// How to read the job file (shared by run and validate).
@@ -119,6 +121,10 @@ pub struct RunArgs {
     /// Base URL of an OpenAI-compatible API (…/v1), or `mock` for the in-process simulator.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// A provider preset: its base URL, key variable and attribution headers
+    /// (openrouter, aimlapi, openai, gemini, vllm; `bulkprompt providers` lists them).
+    #[arg(long)]
+    pub provider: Option<String>,
     /// Environment variable holding the API key (the key itself is never a flag).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,

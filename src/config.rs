@@ -116,6 +116,7 @@ pub struct Spec {
     pub input_format: Option<String>,
     pub delimiter: Option<String>,
     pub endpoint: Option<String>,
+    pub provider: Option<String>,
     pub api_key_env: Option<String>,
     pub model: Option<String>,
     pub template: Option<String>,
@@ -371,14 +372,24 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             },
         )
     });
+    let provider = match args.provider.as_deref().or(spec.provider.as_deref()) {
+        Some(name) => Some(crate::providers::preset(name).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "--provider {name:?}: one of {}",
+                crate::providers::names()
+            ))
+        })?),
+        None => None,
+    };
     let endpoint_text = args
         .endpoint
         .clone()
         .or_else(|| spec.endpoint.clone())
         .or_else(|| env("BULKPROMPT_ENDPOINT"))
+        .or_else(|| provider.map(|p| p.base_url.to_string()))
         .ok_or_else(|| {
             ConfigError::Invalid(
-                "no endpoint: give --endpoint URL (or `mock` for the offline simulator)".into(),
+                "no endpoint: give --endpoint URL or --provider NAME (or `--endpoint mock` for the offline simulator)".into(),
             )
         })?;
     let endpoint = if endpoint_text == "mock" {
@@ -408,7 +419,8 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         .api_key_env
         .clone()
         .or_else(|| spec.api_key_env.clone())
-        .or_else(|| env("BULKPROMPT_API_KEY_ENV"));
+        .or_else(|| env("BULKPROMPT_API_KEY_ENV"))
+        .or_else(|| provider.and_then(|p| p.key_env).map(String::from));
     let api_key = match (&key_var, &endpoint) {
         // The simulator and loopback servers (vLLM, a local mock) need no key: send one only if
         // the variable is set.
@@ -432,7 +444,14 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
     if let Some(r) = args.referer.clone().or_else(|| spec.referer.clone()) {
         headers.push(("HTTP-Referer".into(), r));
     }
-    if let Some(t) = args.title.clone().or_else(|| spec.title.clone()) {
+    let title = args.title.clone().or_else(|| spec.title.clone());
+    // OpenRouter shows requests by app: name this one unless the user did.
+    let title = title.or_else(|| {
+        provider
+            .filter(|p| p.attribution)
+            .map(|_| "bulkprompt".to_string())
+    });
+    if let Some(t) = title {
         headers.push(("X-Title".into(), t));
     }
     for h in &args.headers {
@@ -668,6 +687,67 @@ mod tests {
         assert_eq!(
             lexical_join(Path::new("/a/b"), Path::new("./c")),
             PathBuf::from("/a/b/c")
+        );
+    }
+
+    fn resolve(argv: &[&str]) -> Result<RunConfig, ConfigError> {
+        use clap::Parser;
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let crate::cli::Command::Run(args) =
+            crate::cli::Cli::try_parse_from(&argv).unwrap().command
+        else {
+            panic!("not a run")
+        };
+        resolve_run(&args, &argv)
+    }
+
+    #[test]
+    fn a_provider_preset_fills_endpoint_key_and_attribution_and_flags_win() {
+        // SAFETY (edition 2021: safe): no other test reads this variable.
+        std::env::set_var("OPENROUTER_API_KEY", "sk-or-test-preset");
+        let cfg = resolve(&[
+            "b",
+            "run",
+            "x.jsonl",
+            "--provider",
+            "openrouter",
+            "--model",
+            "m",
+        ])
+        .unwrap();
+        assert!(matches!(&cfg.endpoint, Endpoint::Url(u) if u == "https://openrouter.ai/api/v1"));
+        assert_eq!(
+            cfg.api_key.as_ref().map(|k| k.expose()),
+            Some("sk-or-test-preset")
+        );
+        assert!(cfg
+            .headers
+            .contains(&("X-Title".into(), "bulkprompt".into())));
+        let cfg = resolve(&[
+            "b",
+            "run",
+            "x.jsonl",
+            "--provider",
+            "openrouter",
+            "--endpoint",
+            "http://127.0.0.1:9/v1",
+            "--title",
+            "mine",
+            "--model",
+            "m",
+        ])
+        .unwrap();
+        assert!(matches!(&cfg.endpoint, Endpoint::Url(u) if u == "http://127.0.0.1:9/v1"));
+        assert!(cfg.headers.contains(&("X-Title".into(), "mine".into())));
+        let cfg = resolve(&["b", "run", "x.jsonl", "--provider", "vllm", "--model", "m"]).unwrap();
+        assert!(cfg.api_key.is_none());
+        let e = resolve(&["b", "run", "x.jsonl", "--provider", "acme"])
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("one of openrouter, aimlapi, openai, gemini, vllm"),
+            "{e}"
         );
     }
 

@@ -37,6 +37,7 @@ pub(crate) mod paths;
 pub(crate) mod prices_sync;
 pub mod progress;
 pub mod provider;
+pub(crate) mod providers;
 pub(crate) mod retry;
 pub mod run;
 pub mod secret;

@@ -119,3 +119,28 @@ fn every_dialects_error_message_is_the_providers_own() {
         assert_eq!(e.http_status, Some(400));
     }
 }
+
+#[test]
+fn the_presets_are_listed() {
+    let o = bulkprompt().arg("providers").output().unwrap();
+    assert_code(&o, 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "openrouter",
+        "https://openrouter.ai/api/v1",
+        "OPENROUTER_API_KEY",
+        "AIMLAPI_API_KEY",
+        "GEMINI_API_KEY",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "vllm",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    // An unknown preset is a usage error naming the known ones.
+    let o = bulkprompt()
+        .args(["run", "x.jsonl", "--provider", "acme"])
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("one of openrouter"), "{}", stderr(&o));
+}
