@@ -298,6 +298,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
             ))
         })?,
         quota_after: args.quota_after,
+        advertise_rpm: args.advertise_rpm,
         script: Vec::new(),
     };
     let server = MockServer::start((args.host, args.port).into(), config)

@@ -318,6 +318,9 @@ pub struct ServeMockArgs {
     /// (openai, openrouter, gemini, aiml).
     #[arg(long, default_value = "openai")]
     pub dialect: String,
+    /// Requests a minute to advertise in `x-ratelimit-limit-requests` on every answer.
+    #[arg(long, value_name = "N")]
+    pub advertise_rpm: Option<u64>,
     /// After this many answered requests the account is exhausted and every request is refused
     /// as the dialect does it (429 insufficient_quota, 402, a per-day quota, 403).
     #[arg(long, value_name = "N")]

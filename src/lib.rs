@@ -46,6 +46,7 @@ pub(crate) mod status;
 
 // What an embedding program needs, at the root.
 pub use config::{resolve_run, RunConfig};
+pub use limit::Advertised;
 pub use output::Record;
 pub use progress::Summary;
 pub use run::{run, RunError};

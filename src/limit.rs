@@ -22,6 +22,13 @@ use std::pin::Pin;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The limits a provider says a key has (`x-ratelimit-limit-requests` / `-tokens`), per minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Advertised {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+}
+
 /// A rate limit the run's requests pass through.
 pub trait RateLimit: Send + Sync {
     /// Waits until one request of `tokens` estimated tokens may be sent, and charges it.
@@ -30,8 +37,13 @@ pub trait RateLimit: Send + Sync {
     fn reconcile(&self, grant: Grant, actual: u64);
     /// The provider says its quota is used up until `d` from now: nobody sends until then.
     fn pause(&self, d: Duration);
-    /// A 429: nobody sends for `pause`, and the rate drops.
-    fn rate_limited(&self, pause: Option<Duration>);
+    /// A 429: nobody sends for `pause`, and the rate drops. True when this made the pause
+    /// longer (so the caller can say so once, not at every 429).
+    fn rate_limited(&self, pause: Option<Duration>) -> bool;
+    /// The provider advertised its limits: never run faster than they allow.
+    fn advertised(&self, limits: Advertised);
+    /// The lowest limits the provider advertised during the run.
+    fn provider_limits(&self) -> Advertised;
 }
 
 impl RateLimit for Limiter {
@@ -44,8 +56,14 @@ impl RateLimit for Limiter {
     fn pause(&self, d: Duration) {
         Limiter::pause(self, d)
     }
-    fn rate_limited(&self, pause: Option<Duration>) {
+    fn rate_limited(&self, pause: Option<Duration>) -> bool {
         Limiter::rate_limited(self, pause)
+    }
+    fn advertised(&self, limits: Advertised) {
+        Limiter::advertised(self, limits)
+    }
+    fn provider_limits(&self) -> Advertised {
+        self.state().advertised
     }
 }
 
@@ -62,6 +80,8 @@ const RECOVERY_PER_SEC: f64 = 0.02;
 
 #[derive(Debug, Clone)]
 struct Bucket {
+    /// The per-minute limit it was sized for.
+    limit: u64,
     capacity: f64,
     per_sec: f64,
     level: f64,
@@ -78,6 +98,7 @@ impl Bucket {
             (1.0, target / 60.0)
         };
         Bucket {
+            limit,
             capacity,
             per_sec,
             level: capacity,
@@ -90,9 +111,18 @@ impl Bucket {
         let capacity = (limit as f64 * BURST).max(1.0).min(target);
         let per_sec = ((target - capacity) / 60.0).max(target / 600.0);
         Bucket {
+            limit,
             capacity,
             per_sec,
             level: capacity,
+        }
+    }
+
+    /// The same bucket sized for a lower limit, keeping what it holds (up to its new size).
+    fn lowered(&self, to: Bucket) -> Bucket {
+        Bucket {
+            level: self.level.min(to.capacity),
+            ..to
         }
     }
 
@@ -119,6 +149,8 @@ struct State {
     paused_until: Option<Instant>,
     /// AIMD factor as of `last_decrease`.
     factor_at_decrease: f64,
+    /// The lowest limits the provider advertised.
+    advertised: Advertised,
     last_decrease: Option<Instant>,
 }
 
@@ -166,6 +198,7 @@ impl Limiter {
                 last_refill: Instant::now(),
                 paused_until: None,
                 factor_at_decrease: 1.0,
+                advertised: Advertised::default(),
                 last_decrease: None,
             }),
         }
@@ -226,13 +259,54 @@ impl Limiter {
         s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
     }
 
-    /// A 429: nobody sends for `pause`, and the rate drops (at most once a second).
-    pub fn rate_limited(&self, pause: Option<Duration>) {
+    /// The provider advertised its limits: a bucket above them (or none at all) is brought
+    /// down to them. Never raised: `--rpm`/`--tpm` below the advertised limit stay.
+    pub fn advertised(&self, limits: Advertised) {
+        let mut s = self.state();
+        let now = Instant::now();
+        s.refill(now);
+        let low = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        s.advertised = Advertised {
+            rpm: low(s.advertised.rpm, limits.rpm),
+            tpm: low(s.advertised.tpm, limits.tpm),
+        };
+        if let Some(rpm) = limits.rpm {
+            if s.requests.as_ref().is_none_or(|b| rpm < b.limit) {
+                let new = Bucket::requests_per_minute(rpm);
+                s.requests = Some(match &s.requests {
+                    Some(b) => b.lowered(new),
+                    None => new,
+                });
+                tracing::info!("the provider allows {rpm} requests a minute: pacing to that");
+            }
+        }
+        if let Some(tpm) = limits.tpm {
+            if s.tokens.as_ref().is_none_or(|b| tpm < b.limit) {
+                let new = Bucket::tokens_per_minute(tpm);
+                s.tokens = Some(match &s.tokens {
+                    Some(b) => b.lowered(new),
+                    None => new,
+                });
+                tracing::info!("the provider allows {tpm} tokens a minute: pacing to that");
+            }
+        }
+    }
+
+    /// A 429: nobody sends for `pause`, and the rate drops (at most once a second). True when
+    /// the pause got longer.
+    pub fn rate_limited(&self, pause: Option<Duration>) -> bool {
         let now = Instant::now();
         let mut s = self.state();
         s.refill(now);
+        let mut longer = false;
         if let Some(p) = pause {
             let until = now + p;
+            longer = s
+                .paused_until
+                .is_none_or(|t| until > t + Duration::from_secs(1));
             s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
         }
         if s.last_decrease
@@ -241,6 +315,7 @@ impl Limiter {
             s.factor_at_decrease = (s.factor(now) * DECREASE).max(MIN_FACTOR);
             s.last_decrease = Some(now);
         }
+        longer
     }
 
     /// The current rate factor (1.0 when no 429 was seen recently).
@@ -359,6 +434,38 @@ mod tests {
         assert!(l.factor() < 0.9);
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(l.factor(), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn advertised_limits_lower_the_buckets_and_never_raise_them() {
+        let l = Limiter::new(Some(6000), None);
+        l.advertised(Advertised {
+            rpm: Some(60),
+            tpm: None,
+        });
+        let start = Instant::now();
+        for _ in 0..11 {
+            l.acquire(0).await;
+        }
+        // One at once (the new burst), then 0.99 a second.
+        assert!(
+            start.elapsed() >= Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        l.advertised(Advertised {
+            rpm: Some(6000),
+            tpm: Some(1000),
+        });
+        assert_eq!(
+            RateLimit::provider_limits(&l),
+            Advertised {
+                rpm: Some(60),
+                tpm: Some(1000)
+            }
+        );
+        assert_eq!(l.state().requests.as_ref().unwrap().limit, 60);
+        assert_eq!(l.state().tokens.as_ref().unwrap().limit, 1000);
     }
 
     #[tokio::test(start_paused = true)]

@@ -187,6 +187,8 @@ pub struct Summary {
     pub requests_per_sec: f64,
     /// Ids whose latest record in the output is a failure, over all runs.
     pub output_failed: u64,
+    /// The lowest limits the provider advertised (`x-ratelimit-limit-*`), per minute.
+    pub provider_limits: crate::limit::Advertised,
     pub resume_command: Option<String>,
 }
 
@@ -261,6 +263,18 @@ impl Summary {
         }
         req.push_str(&format!(", {} x 429", self.http_429));
         line(req);
+        let p = self.provider_limits;
+        if p.rpm.is_some() || p.tpm.is_some() {
+            let show = |v: Option<u64>, what: &str| v.map(|n| format!("{n} {what}"));
+            let parts: Vec<String> = [show(p.rpm, "requests"), show(p.tpm, "tokens")]
+                .into_iter()
+                .flatten()
+                .collect();
+            line(format!(
+                "  provider:  allows {} a minute (advertised; never exceeded)",
+                parts.join(", ")
+            ));
+        }
         line(format!(
             "  tokens:    {} in, {} out",
             self.prompt_tokens, self.completion_tokens

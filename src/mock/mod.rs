@@ -57,6 +57,9 @@ pub struct MockConfig {
     pub cost_factor: Option<f64>,
     /// Whose manners: error shapes, rate-limit headers, what an exhausted account says.
     pub dialect: Dialect,
+    /// Requests a minute to advertise in `x-ratelimit-limit-requests` on every answer (in the
+    /// dialects that send such headers), whatever `rpm` enforces.
+    pub advertise_rpm: Option<u64>,
     /// After this many answered requests the account is exhausted: every request gets the
     /// dialect's refusal (OpenAI's `insufficient_quota`, OpenRouter's 402, Gemini's per-day
     /// quota, AIML's 403).
@@ -105,6 +108,7 @@ impl Default for MockConfig {
             capture_bodies: false,
             cost_factor: None,
             dialect: Dialect::OpenAi,
+            advertise_rpm: None,
             quota_after: None,
             script: Vec::new(),
         }
@@ -713,6 +717,10 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     };
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let (Some(n), true) = (cfg.advertise_rpm, cfg.dialect.sends_limit_headers()) {
+        r.headers_mut()
+            .insert("x-ratelimit-limit-requests", HeaderValue::from(n));
+    }
     if let Some((remaining, reset)) = limit_headers {
         let h = r.headers_mut();
         h.insert(

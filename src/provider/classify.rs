@@ -18,6 +18,8 @@ pub enum Attempt {
         reset_tokens: Option<String>,
         /// The provider said a quota is used up (`x-ratelimit-remaining-*: 0`) until then.
         quota_exhausted: Option<Duration>,
+        /// The limits the provider says the key has (`x-ratelimit-limit-*`).
+        advertised: crate::limit::Advertised,
         body: bytes::Bytes,
     },
     /// No answer: the connection failed, or the answer took longer than the timeout.
@@ -174,6 +176,7 @@ mod tests {
             reset_requests: None,
             reset_tokens: None,
             quota_exhausted: None,
+            advertised: Default::default(),
             body: bytes::Bytes::from(body.to_string()),
         }
     }
@@ -309,6 +312,7 @@ mod tests {
             reset_requests: None,
             reset_tokens: None,
             quota_exhausted: None,
+            advertised: Default::default(),
             body: bytes::Bytes::new(),
         };
         assert!(
@@ -320,6 +324,7 @@ mod tests {
             reset_requests: Some("1s".into()),
             reset_tokens: Some("6m0s".into()),
             quota_exhausted: None,
+            advertised: Default::default(),
             body: bytes::Bytes::new(),
         };
         assert!(

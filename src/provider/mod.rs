@@ -156,6 +156,18 @@ impl Client {
         let retry_after = header("retry-after");
         let reset_requests = header("x-ratelimit-reset-requests");
         let reset_tokens = header("x-ratelimit-reset-tokens");
+        let per_minute = |name: &str| {
+            header(name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|n| n.is_finite() && *n >= 1.0)
+                .map(|n| n as u64)
+        };
+        // OpenAI's names; OpenRouter's `x-ratelimit-limit` counts requests.
+        let advertised = crate::limit::Advertised {
+            rpm: per_minute("x-ratelimit-limit-requests")
+                .or_else(|| per_minute("x-ratelimit-limit")),
+            tpm: per_minute("x-ratelimit-limit-tokens"),
+        };
         let quota_exhausted = crate::retry::quota_exhausted(
             header("x-ratelimit-remaining-requests").as_deref(),
             reset_requests.as_deref(),
@@ -186,6 +198,7 @@ impl Client {
             reset_requests,
             reset_tokens,
             quota_exhausted,
+            advertised,
             body: buf.freeze(),
         }
     }

@@ -175,6 +175,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             .max_cost
             .map(|cap| Arc::new(LocalBudget::new(cap, spent_before)) as Arc<dyn Budget>),
         cost_ratio: Mutex::new(Default::default()),
+        completions: Mutex::new(Default::default()),
     });
     let reporter = Reporter::start(cfg.progress, prepared.jobs, counters.clone());
 
@@ -202,6 +203,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         ));
     }
     let abort = ctx.abort.reason();
+    let provider_limits = ctx.limiter.provider_limits();
     drop(ctx); // with the job tasks gone, this closes the writer's channel
     reporter.finish().await;
     let written = writer.join()?;
@@ -256,6 +258,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             completion_tokens: c.completion_tokens.load(Relaxed),
             spent: c.spent(),
             unpriced: c.unpriced.load(Relaxed),
+            provider_limits,
         },
         unwritten: written.drained.unwritten,
         spent_before,

@@ -108,6 +108,7 @@ pub(super) struct Counted {
     pub(super) completion_tokens: u64,
     pub(super) spent: Money,
     pub(super) unpriced: u64,
+    pub(super) provider_limits: crate::limit::Advertised,
 }
 
 /// Everything the summary is made of.
@@ -164,6 +165,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         elapsed_secs: t.elapsed_secs,
         requests_per_sec: c.requests as f64 / t.elapsed_secs.max(1e-9),
         output_failed,
+        provider_limits: c.provider_limits,
         resume_command: (t.stops.early() || not_run > 0).then_some(t.resume_command),
     }
 }

@@ -50,7 +50,13 @@ pub(super) struct Ctx {
     /// was above 1 (a provider billing more than the price table says): later reservations
     /// for that model are scaled by it.
     pub(super) cost_ratio: Mutex<HashMap<String, f64>>,
+    /// Per model, the completion tokens answers really used: once enough are seen, the token
+    /// bucket reserves their 95th percentile instead of every job's whole `max_tokens`.
+    pub(super) completions: Mutex<HashMap<String, crate::histogram::Histogram>>,
 }
+
+/// Answers of a model seen before its typical length replaces `max_tokens` in the token bucket.
+const LEARN_AFTER: u64 = 20;
 
 /// A job's hold on the budget; settles with zero if the job ends without a record (shutdown,
 /// abort, or its task dropped), so an abandoned job never keeps money reserved.
@@ -126,8 +132,31 @@ impl Ctx {
         }
     }
 
+    /// What the token bucket is charged for `job`: its prompt estimate and the output it will
+    /// likely use (reconciled with the real usage when the answer comes). The budget keeps
+    /// reserving the whole allowance ([`Ctx::worst_case`]): it is a hard cap.
     pub(super) fn charge(&self, job: &Job) -> u64 {
-        job.est_prompt_tokens as u64 + self.output_allowance(job)
+        let allowance = self.output_allowance(job);
+        let learned = {
+            let seen = self.completions.lock().unwrap_or_else(|p| p.into_inner());
+            seen.get(&job.model)
+                .filter(|h| h.count() >= LEARN_AFTER)
+                .and_then(|h| h.quantile(0.95))
+        };
+        job.est_prompt_tokens as u64 + learned.map_or(allowance, |l| l.clamp(1, allowance))
+    }
+
+    /// Notes how many completion tokens an answer of `model` used.
+    fn learn_completion(&self, model: &str, tokens: u64) {
+        let mut seen = self.completions.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get_mut(model) {
+            Some(h) => h.record(tokens),
+            None => {
+                let mut h = crate::histogram::Histogram::default();
+                h.record(tokens);
+                seen.insert(model.to_string(), h);
+            }
+        }
     }
 
     pub(super) fn output_allowance(&self, job: &Job) -> u64 {
@@ -336,11 +365,17 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
         };
         test_panic(job);
         if let crate::provider::Attempt::Http {
-            quota_exhausted: Some(d),
+            quota_exhausted,
+            advertised,
             ..
         } = &attempt
         {
-            ctx.limiter.pause(*d);
+            if let Some(d) = quota_exhausted {
+                ctx.limiter.pause(*d);
+            }
+            if *advertised != crate::limit::Advertised::default() {
+                ctx.limiter.advertised(*advertised);
+            }
         }
         let raw = match (&attempt, ctx.keep_response) {
             (
@@ -369,6 +404,9 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
             Verdict::Done(c) => {
                 let total = c.usage.map_or(charge, |u| u.prompt + u.completion);
                 ctx.limiter.reconcile(g, total);
+                if let Some(u) = &c.usage {
+                    ctx.learn_completion(&job.model, u.completion);
+                }
                 let (cost, source) = ctx.cost(job, &c);
                 cost_of_record = cost.unwrap_or(Money::ZERO);
                 // Learn and settle before opening the gate: the first job goes alone so that
@@ -405,7 +443,14 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                 }
                 if kind == ErrorKind::RateLimited {
                     ctx.counters.http_429.fetch_add(1, Relaxed);
-                    ctx.limiter.rate_limited(after);
+                    if ctx.limiter.rate_limited(after) {
+                        if let Some(d) = after.filter(|d| *d >= Duration::from_secs(1)) {
+                            tracing::info!(
+                                "dispatch paused {:.0} s: the provider's rate limit (HTTP 429)",
+                                d.as_secs_f64()
+                            );
+                        }
+                    }
                 }
                 if attempts >= ctx.max_attempts {
                     if status.is_none() && !ctx.opened.is_set() {

@@ -171,3 +171,56 @@ fn the_limiter_paces_a_whole_run_over_simulated_minutes() {
         assert_eq!(mock.stats().requests, 90);
     });
 }
+
+/// The token bucket learns how long answers really are: after 20 answers it reserves their
+/// 95th percentile instead of every job's whole `max_tokens` (reconciled with the real usage as
+/// before), so a run whose answers are short is not paced as if each used 1,000 tokens.
+#[test]
+fn the_token_bucket_learns_the_typical_answer_length() {
+    use bulkprompt::mock::MockServer;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mock = MockServer::start(([127, 0, 0, 1], 0).into(), MockConfig::default())
+            .await
+            .unwrap();
+        let dir = Dir::new();
+        let input = dir.write("jobs.jsonl", chat_jobs(200));
+        let out = dir.path("out.jsonl");
+        let url = mock.base_url();
+        let cfg = config(&[
+            "bulkprompt",
+            "run",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--endpoint",
+            &url,
+            "--model",
+            "m",
+            "--quiet",
+            "--tpm",
+            "60000",
+            "--max-tokens",
+            "1000",
+        ]);
+        let started = tokio::time::Instant::now();
+        let s = bulkprompt::run::run(cfg, Shutdown::default())
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!((s.outcome, s.ok), (Outcome::Completed, 200));
+        // Reserving 1,000 output tokens a job would take over 200 s at 60,000 a minute; the
+        // first 20 jobs do, the rest reserve what answers use.
+        let used = s.prompt_tokens + s.completion_tokens;
+        assert!(
+            used < 60_000 * 60 / 100,
+            "{used} tokens: the test needs short answers"
+        );
+        assert!(took < Duration::from_secs(60), "{took:?}");
+        assert!(took > Duration::from_secs(15), "{took:?}");
+    });
+}

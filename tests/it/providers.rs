@@ -144,3 +144,37 @@ fn the_presets_are_listed() {
     assert_code(&o, 1);
     assert!(stderr(&o).contains("one of openrouter"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_runner_never_runs_faster_than_the_provider_says_the_key_allows() {
+    let mock = Mock::start(MockConfig {
+        advertise_rpm: Some(600),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(40));
+    let out = dir.path("out.jsonl");
+    let sum = dir.path("s.json");
+    let started = Instant::now();
+    // --rpm far above what the key has: the advertised limit wins.
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--rpm", "60000", "--summary-json", sum.to_str().unwrap()],
+    );
+    assert_code(&o, 0);
+    // After the first answer: a burst of 6, then 9.8 a second for the other 33.
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let s = typed_summary(&sum);
+    assert_eq!(s.provider_limits.rpm, Some(600));
+    assert!(
+        stderr(&o).contains("provider:  allows 600 requests a minute"),
+        "{}",
+        stderr(&o)
+    );
+}
