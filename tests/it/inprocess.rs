@@ -124,10 +124,9 @@ fn a_stop_from_the_embedding_program_drains_and_reports_interrupted() {
     assert!(s.resume_command.is_some());
 }
 
-/// A whole run under tokio's paused clock: the simulator in the same runtime, the limiter's
-/// pacing measured in simulated time (a minute and a half of it passes in well under a second).
-#[test]
-fn the_limiter_paces_a_whole_run_over_simulated_minutes() {
+/// Runs `jobs` chat jobs with `extra` flags under tokio's paused clock, the simulator in the
+/// same runtime; the summary and the simulated time the run took.
+fn paused_run(jobs: usize, extra: &[&str]) -> (bulkprompt::progress::Summary, Duration) {
     use bulkprompt::mock::MockServer;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -139,10 +138,10 @@ fn the_limiter_paces_a_whole_run_over_simulated_minutes() {
             .await
             .unwrap();
         let dir = Dir::new();
-        let input = dir.write("jobs.jsonl", chat_jobs(90));
+        let input = dir.write("jobs.jsonl", chat_jobs(jobs));
         let out = dir.path("out.jsonl");
         let url = mock.base_url();
-        let cfg = config(&[
+        let mut argv = vec![
             "bulkprompt",
             "run",
             input.to_str().unwrap(),
@@ -153,23 +152,30 @@ fn the_limiter_paces_a_whole_run_over_simulated_minutes() {
             "--model",
             "m",
             "--quiet",
-            "--rpm",
-            "60",
-        ]);
+        ];
+        argv.extend(extra);
+        let cfg = config(&argv);
         let started = tokio::time::Instant::now();
         let s = bulkprompt::run::run(cfg, Shutdown::default())
             .await
             .unwrap();
-        let took = started.elapsed();
-        assert_eq!((s.outcome, s.ok, s.http_429), (Outcome::Completed, 90, 0));
-        // One request at once, then 0.99 a second: 89 more take about 90 simulated seconds
-        // (the sliding-window bound itself is the limiter's unit tests' business).
-        assert!(
-            (Duration::from_secs(88)..Duration::from_secs(95)).contains(&took),
-            "{took:?}"
-        );
-        assert_eq!(mock.stats().requests, 90);
-    });
+        assert_eq!(mock.stats().requests, s.requests);
+        (s, started.elapsed())
+    })
+}
+
+/// A whole run under tokio's paused clock: the limiter's pacing measured in simulated time (a
+/// minute and a half of it passes in well under a second).
+#[test]
+fn the_limiter_paces_a_whole_run_over_simulated_minutes() {
+    let (s, took) = paused_run(90, &["--rpm", "60"]);
+    assert_eq!((s.outcome, s.ok, s.http_429), (Outcome::Completed, 90, 0));
+    // One request at once, then 0.99 a second: 89 more take about 90 simulated seconds
+    // (the sliding-window bound itself is the limiter's unit tests' business).
+    assert!(
+        (Duration::from_secs(88)..Duration::from_secs(95)).contains(&took),
+        "{took:?}"
+    );
 }
 
 /// The token bucket learns how long answers really are: after 20 answers it reserves their
@@ -177,50 +183,15 @@ fn the_limiter_paces_a_whole_run_over_simulated_minutes() {
 /// before), so a run whose answers are short is not paced as if each used 1,000 tokens.
 #[test]
 fn the_token_bucket_learns_the_typical_answer_length() {
-    use bulkprompt::mock::MockServer;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mock = MockServer::start(([127, 0, 0, 1], 0).into(), MockConfig::default())
-            .await
-            .unwrap();
-        let dir = Dir::new();
-        let input = dir.write("jobs.jsonl", chat_jobs(200));
-        let out = dir.path("out.jsonl");
-        let url = mock.base_url();
-        let cfg = config(&[
-            "bulkprompt",
-            "run",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--endpoint",
-            &url,
-            "--model",
-            "m",
-            "--quiet",
-            "--tpm",
-            "60000",
-            "--max-tokens",
-            "1000",
-        ]);
-        let started = tokio::time::Instant::now();
-        let s = bulkprompt::run::run(cfg, Shutdown::default())
-            .await
-            .unwrap();
-        let took = started.elapsed();
-        assert_eq!((s.outcome, s.ok), (Outcome::Completed, 200));
-        // Reserving 1,000 output tokens a job would take over 200 s at 60,000 a minute; the
-        // first 20 jobs do, the rest reserve what answers use.
-        let used = s.prompt_tokens + s.completion_tokens;
-        assert!(
-            used < 60_000 * 60 / 100,
-            "{used} tokens: the test needs short answers"
-        );
-        assert!(took < Duration::from_secs(60), "{took:?}");
-        assert!(took > Duration::from_secs(15), "{took:?}");
-    });
+    let (s, took) = paused_run(200, &["--tpm", "60000", "--max-tokens", "1000"]);
+    assert_eq!((s.outcome, s.ok), (Outcome::Completed, 200));
+    // Reserving 1,000 output tokens a job would take over 200 s at 60,000 a minute; the first
+    // 20 jobs do, the rest reserve what answers use.
+    let used = s.prompt_tokens + s.completion_tokens;
+    assert!(
+        used < 60_000 * 60 / 100,
+        "{used} tokens: the test needs short answers"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(took > Duration::from_secs(15), "{took:?}");
 }
