@@ -302,15 +302,20 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 /// Removes temporary files a killed run may have left beside `output` (a compaction, a meta
 /// update, a repair). Call with the output's lock held. Returns the files removed.
 pub fn remove_leftovers(output: &Path) -> Vec<PathBuf> {
-    let meta = RunMeta::path_for(output);
+    temp_files(output)
+        .into_iter()
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .collect()
+}
+
+/// The temporary files the checkpoint writes beside `output`: compaction's, the meta's
+/// ([`crate::paths::write_atomic`]) and `--repair`'s.
+pub fn temp_files(output: &Path) -> [PathBuf; 3] {
     [
         temp_path(output),
-        crate::paths::sibling(&meta, ".tmp"),
+        crate::paths::sibling(&RunMeta::path_for(output), ".tmp"),
         repair::temp(output),
     ]
-    .into_iter()
-    .filter(|p| std::fs::remove_file(p).is_ok())
-    .collect()
 }
 
 #[cfg(test)]

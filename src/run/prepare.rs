@@ -42,16 +42,13 @@ fn run_meta(cfg: &RunConfig) -> RunMeta {
 /// temporary files, and the Parquet target with its temporary file.
 fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
     let out = &cfg.output;
-    let meta = RunMeta::path_for(out);
     let mut w = vec![
         out.clone(),
         OutputLock::path_for(out),
-        checkpoint::temp_path(out),
-        paths::sibling(&meta, ".tmp"),
-        meta,
+        RunMeta::path_for(out),
         checkpoint::quarantine_path(out),
-        paths::sibling(out, ".repair.tmp"),
     ];
+    w.extend(checkpoint::temp_files(out));
     if let Some((target, _)) = &cfg.parquet {
         w.push(target.clone());
         w.push(parquet::temp_path(target));

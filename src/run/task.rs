@@ -345,7 +345,8 @@ fn test_panic(job: &Job) {
 
 async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> TaskEnd {
     let started = SystemTime::now();
-    let charge = ctx.charge(job);
+    // What the dispatcher charged the first grant: retries are charged the same.
+    let charge = first.tokens;
     let mut grant = Some(first);
     let mut attempts = 0u32;
     loop {
