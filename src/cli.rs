@@ -149,6 +149,10 @@ pub struct RunArgs {
     /// Tokens per minute (prompt estimate + max output, reconciled with real usage).
     #[arg(long)]
     pub tpm: Option<u64>,
+    /// Do not pace to the x-ratelimit-* headers the provider sends (limits, remaining, reset);
+    /// Retry-After and 429s are still honoured.
+    #[arg(long)]
+    pub ignore_limit_headers: bool,
     /// Requests in flight at once [default: 64].
     #[arg(long)]
     pub concurrency: Option<usize>,

@@ -43,6 +43,10 @@ pub struct RunConfig {
     pub allow_insecure_http: bool,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Without `--rpm`: the provider's documented default to start finding its limit from.
+    pub start_rpm: Option<u64>,
+    /// Do not pace to the provider's advertised `x-ratelimit-limit-*`.
+    pub ignore_limit_headers: bool,
     pub concurrency: usize,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -127,6 +131,7 @@ pub struct Spec {
     pub temperature: Option<f64>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    pub ignore_limit_headers: Option<bool>,
     pub concurrency: Option<usize>,
     pub max_attempts: Option<u32>,
     pub timeout: Option<f64>,
@@ -505,6 +510,9 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         allow_insecure_http: args.allow_insecure_http,
         rpm: args.rpm.or(spec.rpm),
         tpm: args.tpm.or(spec.tpm),
+        start_rpm: provider.and_then(|p| p.start_rpm),
+        ignore_limit_headers: args.ignore_limit_headers
+            || spec.ignore_limit_headers.unwrap_or(false),
         concurrency,
         max_attempts: args.max_attempts.or(spec.max_attempts).unwrap_or(6).max(1),
         backoff,

@@ -16,6 +16,15 @@
 //! allow 1 or 2) the burst is one request, which must fit whole, and the refill is
 //! `0.99 * limit / 60`: `floor(1 + 0.99 * limit) <= limit` still holds, so `--rpm 1` sends one
 //! request every 60.6 s.
+//!
+//! Finding a limit nobody states: without `--rpm`, the limiter counts, per second over the last
+//! minute, the answers the provider accepted and the 429s it gave. When 429s become congestion
+//! (at least three in ten seconds, and no fewer than the answers accepted in them) the provider
+//! is counting a window that is full: the requests it accepted in the last minute are what it
+//! allows, and the limiter paces to 90% of that (multiplicative decrease, measured rather than
+//! guessed). While the pace binds and no 429 came for a minute, it rises by 5% every ten seconds
+//! (additive increase); a 429 then measures again (at most every ten seconds). A stray 429 among
+//! many accepted answers starts nothing, so a provider that refuses at random is not throttled.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,6 +53,10 @@ pub trait RateLimit: Send + Sync {
     fn advertised(&self, limits: Advertised);
     /// The lowest limits the provider advertised during the run.
     fn provider_limits(&self) -> Advertised;
+    /// The provider answered a request without refusing it for its rate (any status but 429).
+    fn answered(&self);
+    /// The requests-a-minute limit found from the provider's 429s, when one was.
+    fn found_rpm(&self) -> Option<u64>;
 }
 
 impl RateLimit for Limiter {
@@ -65,6 +78,17 @@ impl RateLimit for Limiter {
     fn provider_limits(&self) -> Advertised {
         self.state().advertised
     }
+    fn answered(&self) {
+        let now = Instant::now();
+        self.state().recent.count(now, 1, 0);
+    }
+    fn found_rpm(&self) -> Option<u64> {
+        let s = self.state();
+        s.finding
+            .as_ref()
+            .filter(|f| f.found && f.last_429.is_some())
+            .and(s.requests.as_ref().map(|b| b.limit))
+    }
 }
 
 /// Share of the limit the buckets aim at, leaving room for arrival jitter at the server.
@@ -77,6 +101,68 @@ const MIN_FACTOR: f64 = 0.1;
 const DECREASE: f64 = 0.7;
 /// Factor regained per second without a 429.
 const RECOVERY_PER_SEC: f64 = 0.02;
+/// A found limit paces to this share of what the provider accepted in the last minute.
+const FOUND_SHARE: f64 = 0.9;
+/// A found limit rises by this share ...
+const RAISE: f64 = 0.05;
+/// ... at most this often, and measures again after a 429 at most this often.
+const ADJUST_EVERY: Duration = Duration::from_secs(10);
+/// 429s in the last ten seconds that can make congestion.
+const CONGESTED_AT: u64 = 3;
+
+/// Accepted answers and 429s per second over the last minute.
+#[derive(Debug)]
+struct Recent {
+    start: Instant,
+    /// Per slot: the second (since `start`) it counts, accepted, refused.
+    slots: [(u64, u64, u64); 60],
+}
+
+impl Recent {
+    fn new(start: Instant) -> Self {
+        Recent {
+            start,
+            slots: [(0, 0, 0); 60],
+        }
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_secs()
+    }
+
+    fn count(&mut self, now: Instant, accepted: u64, refused: u64) {
+        let s = self.second(now);
+        let slot = &mut self.slots[(s % 60) as usize];
+        if slot.0 != s {
+            *slot = (s, 0, 0);
+        }
+        slot.1 += accepted;
+        slot.2 += refused;
+    }
+
+    /// Accepted and refused over the last `secs` seconds (this one included).
+    fn last(&self, now: Instant, secs: u64) -> (u64, u64) {
+        let s = self.second(now);
+        self.slots
+            .iter()
+            .filter(|slot| slot.0 <= s && slot.0 + secs > s)
+            .fold((0, 0), |(a, r), slot| (a + slot.1, r + slot.2))
+    }
+}
+
+/// The requests limit being found (no `--rpm`): its state between 429s.
+#[derive(Debug)]
+struct Finding {
+    /// `--rpm`: the found limit never goes above it.
+    ceiling: Option<u64>,
+    /// The requests bucket is a found (or a starting) limit, not `--rpm` or the advertised one.
+    found: bool,
+    /// The last 429, and the last time the found limit was set or raised.
+    last_429: Option<Instant>,
+    last_change: Instant,
+    /// The found limit held a request back since it last changed.
+    binding: bool,
+}
 
 #[derive(Debug, Clone)]
 struct Bucket {
@@ -152,6 +238,10 @@ struct State {
     /// The lowest limits the provider advertised.
     advertised: Advertised,
     last_decrease: Option<Instant>,
+    recent: Recent,
+    /// Some when the requests limit is found from the provider's answers (no `--rpm`); the
+    /// requests bucket is then the found one (or the advertised one until a 429 says less).
+    finding: Option<Finding>,
 }
 
 impl State {
@@ -164,12 +254,103 @@ impl State {
         }
     }
 
+    /// The factor the requests bucket refills at: a found limit is its own decrease.
+    fn requests_factor(&self, now: Instant) -> f64 {
+        if self.finding.as_ref().is_some_and(|f| f.found) {
+            1.0
+        } else {
+            self.factor(now)
+        }
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.duration_since(self.last_refill);
         self.last_refill = now;
-        let f = self.factor(now);
-        for b in [&mut self.requests, &mut self.tokens].into_iter().flatten() {
-            b.refill(elapsed, f);
+        let (fr, ft) = (self.requests_factor(now), self.factor(now));
+        if let Some(b) = self.requests.as_mut() {
+            b.refill(elapsed, fr);
+        }
+        if let Some(b) = self.tokens.as_mut() {
+            b.refill(elapsed, ft);
+        }
+    }
+
+    /// The most a found limit may be: `--rpm` and what the provider advertised.
+    fn found_ceiling(&self) -> Option<u64> {
+        let ceiling = self.finding.as_ref().and_then(|f| f.ceiling);
+        match (ceiling, self.advertised.rpm) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sets the found requests limit to `rpm` (never above the ceiling).
+    fn set_found(&mut self, rpm: u64, now: Instant) {
+        let rpm = self.found_ceiling().map_or(rpm, |c| rpm.min(c)).max(1);
+        let new = Bucket::requests_per_minute(rpm);
+        self.requests = Some(match &self.requests {
+            Some(b) => Bucket {
+                level: b.level.min(new.capacity),
+                ..new
+            },
+            // Found in congestion: the provider's window is full, so no burst now.
+            None => Bucket { level: 0.0, ..new },
+        });
+        if let Some(f) = self.finding.as_mut() {
+            f.found = true;
+            f.last_change = now;
+            f.binding = false;
+        }
+    }
+
+    /// A 429 while finding the limit: measure what the provider accepts.
+    fn found_429(&mut self, now: Instant) {
+        let Some(f) = self.finding.as_mut() else {
+            return;
+        };
+        let since_change = now.duration_since(f.last_change);
+        f.last_429 = Some(now);
+        let (accepted_10, refused_10) = self.recent.last(now, 10);
+        let limit = self.requests.as_ref().map(|b| b.limit);
+        let measure = if f.found {
+            since_change >= ADJUST_EVERY
+        } else {
+            // Nothing found yet: only congestion starts it, never a stray 429.
+            refused_10 >= CONGESTED_AT && refused_10 >= accepted_10
+        };
+        if !measure {
+            return;
+        }
+        let (accepted, _) = self.recent.last(now, 60);
+        let rpm = ((accepted as f64 * FOUND_SHARE) as u64).max(1);
+        if limit.is_none_or(|l| rpm < l) {
+            self.set_found(rpm, now);
+            tracing::info!(
+                "the provider refuses requests for their rate and states no limit: pacing to {rpm} requests a minute (90% of what it accepted in the last minute)"
+            );
+        } else if let Some(f) = self.finding.as_mut() {
+            f.last_change = now;
+        }
+    }
+
+    /// No 429 for a minute while the found limit held requests back: raise it.
+    fn found_raise(&mut self, now: Instant) {
+        let Some(f) = self.finding.as_ref().filter(|f| f.found) else {
+            return;
+        };
+        let Some(limit) = self.requests.as_ref().map(|b| b.limit) else {
+            return;
+        };
+        let quiet = f
+            .last_429
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+        if f.binding && quiet && now.duration_since(f.last_change) >= ADJUST_EVERY {
+            if self.found_ceiling().is_some_and(|c| limit >= c) {
+                return;
+            }
+            let raised = limit + ((limit as f64 * RAISE) as u64).max(1);
+            self.set_found(raised, now);
+            tracing::debug!("no 429 for a minute: pacing to {raised} requests a minute");
         }
     }
 }
@@ -200,8 +381,35 @@ impl Limiter {
                 factor_at_decrease: 1.0,
                 advertised: Advertised::default(),
                 last_decrease: None,
+                recent: Recent::new(Instant::now()),
+                finding: None,
             }),
         }
+    }
+
+    /// Finds the requests limit from the provider's answers when they say less than `--rpm`
+    /// (or when there is none), starting from `start` requests a minute when there is no
+    /// `--rpm` and the provider's documented default is known.
+    pub fn finding(self, start: Option<u64>) -> Self {
+        {
+            let mut s = self.state();
+            let now = Instant::now();
+            let ceiling = s.requests.as_ref().map(|b| b.limit);
+            s.finding = Some(Finding {
+                ceiling,
+                found: false,
+                last_429: None,
+                last_change: now,
+                binding: false,
+            });
+            if let (None, Some(rpm)) = (ceiling, start.filter(|&r| r > 0)) {
+                s.requests = Some(Bucket::requests_per_minute(rpm));
+                if let Some(f) = s.finding.as_mut() {
+                    f.found = true;
+                }
+            }
+        }
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -215,15 +423,22 @@ impl Limiter {
             let wait = {
                 let now = Instant::now();
                 let mut s = self.state();
+                s.found_raise(now);
                 s.refill(now);
                 let f = s.factor(now);
                 let pause = s
                     .paused_until
                     .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+                let fr = s.requests_factor(now);
                 let req = s
                     .requests
                     .as_ref()
-                    .map_or(Duration::ZERO, |b| b.wait_for(1.0, f));
+                    .map_or(Duration::ZERO, |b| b.wait_for(1.0, fr));
+                if !req.is_zero() {
+                    if let Some(f) = s.finding.as_mut() {
+                        f.binding = true;
+                    }
+                }
                 // A job larger than the burst waits for a full bucket, then goes alone.
                 let tok = s.tokens.as_ref().map_or(Duration::ZERO, |b| {
                     b.wait_for((tokens as f64).min(b.capacity), f)
@@ -309,6 +524,8 @@ impl Limiter {
                 .is_none_or(|t| until > t + Duration::from_secs(1));
             s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
         }
+        s.recent.count(now, 0, 1);
+        s.found_429(now);
         if s.last_decrease
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
@@ -466,6 +683,55 @@ mod tests {
         );
         assert_eq!(l.state().requests.as_ref().unwrap().limit, 60);
         assert_eq!(l.state().tokens.as_ref().unwrap().limit, 1000);
+    }
+
+    fn requests_limit(l: &Limiter) -> Option<u64> {
+        l.state().requests.as_ref().map(|b| b.limit)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stray_429_finds_nothing_but_congestion_finds_what_was_accepted() {
+        let l = Limiter::new(None, None).finding(None);
+        for _ in 0..100 {
+            RateLimit::answered(&l);
+        }
+        l.rate_limited(None);
+        l.rate_limited(None);
+        l.rate_limited(None);
+        assert_eq!(
+            requests_limit(&l),
+            None,
+            "3 refused of 103 is not congestion"
+        );
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        for _ in 0..3 {
+            l.rate_limited(None);
+        }
+        // Refused as often as accepted in ten seconds: 90% of the 100 accepted in the minute.
+        assert_eq!(requests_limit(&l), Some(90));
+        // It goes on 429: measured again at most every ten seconds, never raised by that.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        l.rate_limited(None);
+        assert_eq!(requests_limit(&l), Some(90));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_found_limit_rises_while_it_binds_and_no_429_comes() {
+        let l = Limiter::new(None, None).finding(Some(60));
+        let start = Instant::now();
+        // Two and a half minutes of requests as fast as the limit lets them go.
+        while start.elapsed() < Duration::from_secs(150) {
+            l.acquire(0).await;
+        }
+        let raised = requests_limit(&l).unwrap();
+        assert!(raised > 60, "{raised}");
+        // --rpm is a ceiling the finding never passes.
+        let l = Limiter::new(Some(60), None).finding(None);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(150) {
+            l.acquire(0).await;
+        }
+        assert_eq!(requests_limit(&l), Some(60));
     }
 
     #[tokio::test(start_paused = true)]

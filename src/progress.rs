@@ -189,6 +189,9 @@ pub struct Summary {
     pub output_failed: u64,
     /// The lowest limits the provider advertised (`x-ratelimit-limit-*`), per minute.
     pub provider_limits: crate::limit::Advertised,
+    /// The requests-a-minute limit found from the provider's 429s (it stated none, or less
+    /// than it enforces), as the run ended.
+    pub found_rpm: Option<u64>,
     pub resume_command: Option<String>,
 }
 
@@ -273,6 +276,11 @@ impl Summary {
             line(format!(
                 "  provider:  allows {} a minute (advertised; never exceeded)",
                 parts.join(", ")
+            ));
+        }
+        if let Some(n) = self.found_rpm {
+            line(format!(
+                "  provider:  refused beyond about {n} requests a minute (found from its 429s; paced to it)"
             ));
         }
         line(format!(

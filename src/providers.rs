@@ -16,6 +16,9 @@ pub struct Preset {
     pub sends_limit_headers: bool,
     /// How it says it is out of money or quota.
     pub exhausted: &'static str,
+    /// Without `--rpm` and without headers: the documented requests-a-minute default the
+    /// runner starts from before it finds the key's own limit from the 429s.
+    pub start_rpm: Option<u64>,
 }
 
 pub const PRESETS: [Preset; 5] = [
@@ -26,6 +29,7 @@ pub const PRESETS: [Preset; 5] = [
         attribution: true,
         sends_limit_headers: true,
         exhausted: "402 Insufficient credits",
+        start_rpm: None,
     },
     Preset {
         name: "aimlapi",
@@ -34,6 +38,7 @@ pub const PRESETS: [Preset; 5] = [
         attribution: false,
         sends_limit_headers: false,
         exhausted: "403 about the balance",
+        start_rpm: None,
     },
     Preset {
         name: "openai",
@@ -42,6 +47,7 @@ pub const PRESETS: [Preset; 5] = [
         attribution: false,
         sends_limit_headers: true,
         exhausted: "429 insufficient_quota",
+        start_rpm: None,
     },
     Preset {
         name: "gemini",
@@ -50,6 +56,9 @@ pub const PRESETS: [Preset; 5] = [
         attribution: false,
         sends_limit_headers: false,
         exhausted: "429 RESOURCE_EXHAUSTED, a per-day quota",
+        // Google's published Tier 1 limit for gemini-2.0-flash; the free tier's 15 is found
+        // from the first 429s (their retryDelay pauses dispatch meanwhile).
+        start_rpm: Some(2000),
     },
     Preset {
         name: "vllm",
@@ -58,6 +67,7 @@ pub const PRESETS: [Preset; 5] = [
         attribution: false,
         sends_limit_headers: false,
         exhausted: "-",
+        start_rpm: None,
     },
 ];
 

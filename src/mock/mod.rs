@@ -268,13 +268,13 @@ impl MockServer {
         self.stats.snapshot()
     }
 
-    /// Changes the share of requests answered 5xx, while serving.
     /// Exhausts the account after `n` answers in all (`None`: never), as if credits were added
     /// or a quota reset.
     pub fn set_quota_after(&self, n: Option<u64>) {
         self.state.quota_after.store(n.unwrap_or(u64::MAX), Relaxed);
     }
 
+    /// Changes the share of requests answered 5xx, while serving.
     pub fn set_fail_rate(&self, rate: f64) {
         let mut c = self.state.chance.lock().unwrap_or_else(|p| p.into_inner());
         c.1.set(Fault::ServerError, rate);
@@ -517,7 +517,8 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     {
         let mut window = state.window.lock().unwrap_or_else(|p| p.into_inner());
         if window.is_limited() {
-            let now = Instant::now();
+            // tokio's clock, so that a test can run the window over paused, simulated minutes.
+            let now = tokio::time::Instant::now();
             if let Err(wait) = window.admit(now, total) {
                 drop(window);
                 stats.rate_limited.fetch_add(1, Relaxed);
@@ -717,9 +718,17 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     };
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let (Some(n), true) = (cfg.advertise_rpm, cfg.dialect.sends_limit_headers()) {
-        r.headers_mut()
-            .insert("x-ratelimit-limit-requests", HeaderValue::from(n));
+    // The limit it enforces, as providers say it (or the one it was told to advertise).
+    if cfg.dialect.sends_limit_headers() {
+        let per_minute = cfg.window == window::MINUTE;
+        if let Some(n) = cfg.advertise_rpm.or(cfg.rpm.filter(|_| per_minute)) {
+            r.headers_mut()
+                .insert("x-ratelimit-limit-requests", HeaderValue::from(n));
+        }
+        if let Some(n) = cfg.tpm.filter(|_| per_minute) {
+            r.headers_mut()
+                .insert("x-ratelimit-limit-tokens", HeaderValue::from(n));
+        }
     }
     if let Some((remaining, reset)) = limit_headers {
         let h = r.headers_mut();

@@ -3,7 +3,8 @@
 //! number of whole seconds until enough of the window has expired.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The window providers count over.
 pub const MINUTE: Duration = Duration::from_secs(60);

@@ -115,7 +115,8 @@ pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
                     kind: ErrorKind::Quota,
                     status,
                     message: format!(
-                        "the daily quota {quota} is used up (it resets at midnight Pacific time): {}",
+                        "the daily quota {quota} is used up until it resets at {}: {}",
+                        super::pacific::describe_reset(now),
                         refusal.message
                     ),
                 };
@@ -234,7 +235,7 @@ mod tests {
         ));
         assert!(
             m.contains("GenerateRequestsPerDayPerProjectPerModel-FreeTier")
-                && m.contains("midnight Pacific"),
+                && m.contains("00:00 Pacific time ("),
             "{m}"
         );
         // Gemini: a per-minute quota pauses for its retryDelay, with no header at all.

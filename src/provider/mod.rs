@@ -3,6 +3,7 @@
 //! not decide anything: [`classify()`] judges what an attempt produced.
 
 pub mod classify;
+mod pacific;
 pub mod refusal;
 pub mod response;
 

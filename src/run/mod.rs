@@ -157,7 +157,8 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             Endpoint::Url(u) => u.clone(),
             Endpoint::Mock(_) => "the simulator".into(),
         },
-        limiter: Arc::new(Limiter::new(cfg.rpm, cfg.tpm)),
+        limiter: Arc::new(Limiter::new(cfg.rpm, cfg.tpm).finding(cfg.start_rpm)),
+        ignore_limit_headers: cfg.ignore_limit_headers,
         counters: counters.clone(),
         prices: cfg.prices.clone(),
         writer: writer.sender.clone(),
@@ -204,6 +205,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     }
     let abort = ctx.abort.reason();
     let provider_limits = ctx.limiter.provider_limits();
+    let found_rpm = ctx.limiter.found_rpm();
     drop(ctx); // with the job tasks gone, this closes the writer's channel
     reporter.finish().await;
     let written = writer.join()?;
@@ -259,6 +261,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             spent: c.spent(),
             unpriced: c.unpriced.load(Relaxed),
             provider_limits,
+            found_rpm,
         },
         unwritten: written.drained.unwritten,
         spent_before,

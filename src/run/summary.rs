@@ -109,6 +109,7 @@ pub(super) struct Counted {
     pub(super) spent: Money,
     pub(super) unpriced: u64,
     pub(super) provider_limits: crate::limit::Advertised,
+    pub(super) found_rpm: Option<u64>,
 }
 
 /// Everything the summary is made of.
@@ -166,6 +167,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         requests_per_sec: c.requests as f64 / t.elapsed_secs.max(1e-9),
         output_failed,
         provider_limits: c.provider_limits,
+        found_rpm: c.found_rpm,
         resume_command: (t.stops.early() || not_run > 0).then_some(t.resume_command),
     }
 }

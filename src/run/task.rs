@@ -29,6 +29,9 @@ pub(super) struct Ctx {
     /// Where requests go, for messages.
     pub(super) endpoint: String,
     pub(super) limiter: Arc<dyn RateLimit>,
+    /// `--ignore-limit-headers`: the `x-ratelimit-*` headers (limits, remaining, reset) do not
+    /// pace the run; `Retry-After` still does.
+    pub(super) ignore_limit_headers: bool,
     pub(super) counters: Arc<Counters>,
     pub(super) prices: PriceTable,
     pub(super) writer: std::sync::mpsc::Sender<WriterMsg>,
@@ -366,16 +369,22 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
         };
         test_panic(job);
         if let crate::provider::Attempt::Http {
+            status,
             quota_exhausted,
             advertised,
             ..
         } = &attempt
         {
-            if let Some(d) = quota_exhausted {
-                ctx.limiter.pause(*d);
+            if *status != 429 {
+                ctx.limiter.answered();
             }
-            if *advertised != crate::limit::Advertised::default() {
-                ctx.limiter.advertised(*advertised);
+            if !ctx.ignore_limit_headers {
+                if let Some(d) = quota_exhausted {
+                    ctx.limiter.pause(*d);
+                }
+                if *advertised != crate::limit::Advertised::default() {
+                    ctx.limiter.advertised(*advertised);
+                }
             }
         }
         let raw = match (&attempt, ctx.keep_response) {

@@ -125,8 +125,30 @@ fn a_stop_from_the_embedding_program_drains_and_reports_interrupted() {
 }
 
 /// Runs `jobs` chat jobs with `extra` flags under tokio's paused clock, the simulator in the
-/// same runtime; the summary and the simulated time the run took.
+/// same runtime; the summary and the simulated time from the first request to the end.
 fn paused_run(jobs: usize, extra: &[&str]) -> (bulkprompt::progress::Summary, Duration) {
+    let r = paused_run_against(MockConfig::default(), jobs, extra, Duration::ZERO);
+    (r.summary, r.took)
+}
+
+/// What a run under the paused clock saw.
+struct PausedRun {
+    summary: bulkprompt::progress::Summary,
+    /// From the first request to the end of the run.
+    took: Duration,
+    /// The simulator's counts `sample_at` after the first request, and at the end.
+    sampled: bulkprompt::mock::StatsSnapshot,
+    end: bulkprompt::mock::StatsSnapshot,
+}
+
+/// [`paused_run`] against a simulator configured as `mock`, its counts sampled `sample_at`
+/// into the run.
+fn paused_run_against(
+    mock: MockConfig,
+    jobs: usize,
+    extra: &[&str],
+    sample_at: Duration,
+) -> PausedRun {
     use bulkprompt::mock::MockServer;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -134,7 +156,7 @@ fn paused_run(jobs: usize, extra: &[&str]) -> (bulkprompt::progress::Summary, Du
         .build()
         .unwrap();
     rt.block_on(async {
-        let mock = MockServer::start(([127, 0, 0, 1], 0).into(), MockConfig::default())
+        let mock = MockServer::start(([127, 0, 0, 1], 0).into(), mock)
             .await
             .unwrap();
         let dir = Dir::new();
@@ -155,12 +177,27 @@ fn paused_run(jobs: usize, extra: &[&str]) -> (bulkprompt::progress::Summary, Du
         ];
         argv.extend(extra);
         let cfg = config(&argv);
-        let started = tokio::time::Instant::now();
-        let s = bulkprompt::run::run(cfg, Shutdown::default())
-            .await
-            .unwrap();
+        // From the first request: validation runs on threads of its own, and the paused clock
+        // may jump while the runtime waits for them.
+        let sampler = async {
+            while mock.stats().requests == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let first = tokio::time::Instant::now();
+            tokio::time::sleep(sample_at).await;
+            (first, mock.stats())
+        };
+        let (s, (first, sampled)) =
+            tokio::join!(bulkprompt::run::run(cfg, Shutdown::default()), sampler);
+        let s = s.unwrap();
+        let took = first.elapsed();
         assert_eq!(mock.stats().requests, s.requests);
-        (s, started.elapsed())
+        PausedRun {
+            summary: s,
+            took,
+            sampled,
+            end: mock.stats(),
+        }
     })
 }
 
@@ -194,4 +231,107 @@ fn the_token_bucket_learns_the_typical_answer_length() {
     );
     assert!(took < Duration::from_secs(60), "{took:?}");
     assert!(took > Duration::from_secs(15), "{took:?}");
+}
+
+/// A provider that states no limit (AIML's dialect: no headers, no Retry-After) enforcing 600
+/// requests a minute, and no `--rpm`: the runner finds the limit from the 429s. The first
+/// minute fills the provider's window at once; after it, fewer than 5% of requests are refused
+/// and the rate reached is at least 80% of the limit. Six simulated minutes.
+#[test]
+fn a_limit_nobody_states_is_found_from_the_429s() {
+    let r = paused_run_against(
+        MockConfig {
+            rpm: Some(600),
+            dialect: bulkprompt::mock::Dialect::Aiml,
+            ..Default::default()
+        },
+        3600,
+        &["--max-attempts", "30"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        (r.summary.outcome, r.summary.ok),
+        (Outcome::Completed, 3600),
+        "{:?}",
+        r.summary.failed_by_kind
+    );
+    let after = r.took - Duration::from_secs(60);
+    let refused = r.end.rate_limited - r.sampled.rate_limited;
+    let sent = r.end.requests - r.sampled.requests;
+    let ok = r.end.ok - r.sampled.ok;
+    let per_minute = ok as f64 * 60.0 / after.as_secs_f64();
+    eprintln!(
+        "first minute: {} ok, {} refused; then {ok} ok, {refused} refused of {sent} in {after:?}: {per_minute:.0}/min",
+        r.sampled.ok, r.sampled.rate_limited
+    );
+    assert!(
+        (refused as f64) < 0.05 * sent as f64,
+        "{refused} of {sent} refused after the first minute"
+    );
+    assert!(per_minute >= 480.0, "{per_minute:.0} a minute");
+    assert!(per_minute <= 600.0, "{per_minute:.0} a minute");
+    let found = r
+        .summary
+        .found_rpm
+        .expect("the summary names the limit found");
+    // It probes upwards while no 429 comes: a few 5% steps above the limit at most.
+    assert!((480..=700).contains(&found), "{found}");
+}
+
+/// The same provider with no limit at all but a 429 now and then: nothing is found, nothing is
+/// throttled (a stray 429 is not congestion).
+#[test]
+fn a_stray_429_does_not_throttle_a_run() {
+    let mut faults = bulkprompt::mock::Faults::default();
+    faults.set(bulkprompt::mock::Fault::RateLimitPlain, 0.1);
+    let r = paused_run_against(
+        MockConfig {
+            faults,
+            dialect: bulkprompt::mock::Dialect::Aiml,
+            ..Default::default()
+        },
+        3000,
+        &["--max-attempts", "30", "--retry-base-ms", "10"],
+        Duration::ZERO,
+    );
+    assert_eq!(
+        (r.summary.outcome, r.summary.ok),
+        (Outcome::Completed, 3000)
+    );
+    assert!(r.end.rate_limited > 100, "{:?}", r.end);
+    assert!(r.took < Duration::from_secs(10), "{:?}", r.took);
+}
+
+/// A simulator enforcing 600 a minute and saying so in `x-ratelimit-limit-requests`, the runner
+/// given `--rpm 1200`: reading the headers, it keeps under the advertised limit and is refused
+/// less than with header reading off (`--ignore-limit-headers`), where only 429s teach it.
+#[test]
+fn advertised_limits_spare_the_429s_that_ignoring_them_costs() {
+    let mock = || MockConfig {
+        rpm: Some(600),
+        ..Default::default()
+    };
+    let args = ["--rpm", "1200", "--max-attempts", "30"];
+    let read = paused_run_against(mock(), 1500, &args, Duration::ZERO);
+    let ignored = paused_run_against(
+        mock(),
+        1500,
+        &[&args[..], &["--ignore-limit-headers"]].concat(),
+        Duration::ZERO,
+    );
+    for r in [&read, &ignored] {
+        assert_eq!(
+            (r.summary.outcome, r.summary.ok),
+            (Outcome::Completed, 1500)
+        );
+    }
+    assert_eq!(read.summary.provider_limits.rpm, Some(600));
+    eprintln!(
+        "headers read: {} refused in {:?}; ignored: {} refused in {:?}",
+        read.end.rate_limited, read.took, ignored.end.rate_limited, ignored.took
+    );
+    // 1,500 at 600 a minute: at least two minutes and a half, whatever the burst.
+    assert!(read.took >= Duration::from_secs(140), "{:?}", read.took);
+    assert_eq!(read.end.rate_limited, 0);
+    assert!(ignored.end.rate_limited > 0);
 }
