@@ -55,9 +55,34 @@ pub struct Counters {
     pub http_429: AtomicU64,
     retries: [AtomicU64; 10],
     failed_by: [AtomicU64; 10],
+    /// Dispatch is paused until then, and why (for the progress line).
+    paused: std::sync::Mutex<Option<(Instant, &'static str)>>,
 }
 
 impl Counters {
+    /// Dispatch is paused for `d` because of `why`: the progress line says so.
+    pub fn paused(&self, d: Duration, why: &'static str) {
+        let until = Instant::now() + d;
+        let mut p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_none_or(|(t, _)| t < until) {
+            *p = Some((until, why));
+        }
+    }
+
+    /// "paused 14 s: rate limit · " while dispatch is paused, else nothing.
+    fn pause_note(&self) -> String {
+        let p = *self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        match p {
+            Some((until, why)) if until > Instant::now() => {
+                let left = until
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64();
+                format!("paused {:.0} s: {why} · ", left.ceil())
+            }
+            _ => String::new(),
+        }
+    }
+
     pub fn retry(&self, kind: ErrorKind) {
         self.retries[kind_index(kind)].fetch_add(1, Relaxed);
     }
@@ -376,7 +401,8 @@ impl Reporter {
                     ),
                 };
                 let msg = format!(
-                    "{:.0} req/s · tok {}/{} · {}{projected} · {} retries · {} failed",
+                    "{}{:.0} req/s · tok {}/{} · {}{projected} · {} retries · {} failed",
+                    c.pause_note(),
                     c.requests.load(Relaxed) as f64 / secs,
                     human(c.prompt_tokens.load(Relaxed)),
                     human(c.completion_tokens.load(Relaxed)),
@@ -415,5 +441,23 @@ impl Reporter {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_shows_until_it_ends_and_the_longest_wins() {
+        let c = Counters::default();
+        assert_eq!(c.pause_note(), "");
+        c.paused(Duration::from_secs(47), "rate limit");
+        c.paused(Duration::from_secs(5), "something shorter");
+        assert_eq!(c.pause_note(), "paused 47 s: rate limit · ");
+        c.paused(Duration::from_millis(1), "x");
+        *c.paused.lock().unwrap() = Some((Instant::now(), "over"));
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(c.pause_note(), "");
     }
 }

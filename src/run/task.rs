@@ -381,6 +381,8 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
             if !ctx.ignore_limit_headers {
                 if let Some(d) = quota_exhausted {
                     ctx.limiter.pause(*d);
+                    ctx.counters
+                        .paused(*d, "the provider's quota for this minute is used up");
                 }
                 if *advertised != crate::limit::Advertised::default() {
                     ctx.limiter.advertised(*advertised);
@@ -453,6 +455,9 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                 }
                 if kind == ErrorKind::RateLimited {
                     ctx.counters.http_429.fetch_add(1, Relaxed);
+                    if let Some(d) = after {
+                        ctx.counters.paused(d, "rate limit");
+                    }
                     if ctx.limiter.rate_limited(after) {
                         if let Some(d) = after.filter(|d| *d >= Duration::from_secs(1)) {
                             tracing::info!(
