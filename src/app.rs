@@ -190,8 +190,25 @@ fn providers_cmd() -> Result<i32, AppError> {
 
 fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
     use crate::output::parquet::{convert, ParquetOptions};
+    // Typed columns from the schema given, or the one the run used (its meta).
+    let schema = match &args.json_schema {
+        Some(path) => Some(
+            crate::answer::SchemaFile::load(path, None)
+                .map_err(AppError::Usage)?
+                .schema,
+        ),
+        None => crate::checkpoint::RunMeta::load(&args.input)
+            .ok()
+            .flatten()
+            .and_then(|m| m.job)
+            .and_then(|j| crate::answer::run_schema(&j.params).cloned()),
+    };
     let options = ParquetOptions {
         content_json: args.content_json,
+        parsed_columns: schema
+            .as_ref()
+            .map(crate::answer::typed_columns)
+            .unwrap_or_default(),
     };
     if crate::paths::same_file(&args.input, &args.output) {
         return Err(AppError::Usage(format!(
@@ -300,6 +317,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
         quota_after: args.quota_after,
         advertise_rpm: args.advertise_rpm,
         script: Vec::new(),
+        refuse_unknown_models: args.refuse_unknown_models,
     };
     let server = MockServer::start((args.host, args.port).into(), config)
         .await

@@ -87,6 +87,13 @@ pub struct JobArgs {
     /// --param 'response_format={"type":"json_object"}'.
     #[arg(long = "param", value_name = "KEY=JSON")]
     pub params: Vec<String>,
+    /// JSON Schema every answer must match: sent as a strict `json_schema` response_format to
+    /// jobs without one, each answer validated into the record's `parsed`.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
+    /// The schema's name sent to the provider [default: the schema file's name].
+    #[arg(long, value_name = "NAME", requires = "json_schema")]
+    pub schema_name: Option<String>,
     /// Longest input line accepted, in bytes.
     #[arg(long)]
     pub max_line_bytes: Option<usize>,
@@ -182,6 +189,14 @@ pub struct RunArgs {
     /// Also retry jobs whose earlier record is a permanent failure (400, 404, 413, 422).
     #[arg(long)]
     pub retry_failed: bool,
+    /// Times a job whose answer does not match its schema (or is not the JSON object asked
+    /// for) is asked again; each invalid answer is paid for [default: 1].
+    #[arg(long, value_name = "N")]
+    pub retry_invalid: Option<u32>,
+    /// Model to try when the provider says a job's model does not exist or is not available
+    /// (404; a 400/422 about the model; 503 after the retries). Repeatable, tried in order.
+    #[arg(long = "fallback-model", value_name = "MODEL")]
+    pub fallback_models: Vec<String>,
     /// Start over: truncate the output instead of resuming it.
     #[arg(long)]
     pub fresh: bool,
@@ -270,6 +285,10 @@ pub struct ExportArgs {
     /// Add content_json (the content parsed as JSON) and content_json_ok columns.
     #[arg(long)]
     pub content_json: bool,
+    /// Typed parsed_<property> columns from this JSON Schema [default: the run's own
+    /// --json-schema, from the output's meta].
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -329,6 +348,9 @@ pub struct ServeMockArgs {
     /// as the dialect does it (429 insufficient_quota, 402, a per-day quota, 403).
     #[arg(long, value_name = "N")]
     pub quota_after: Option<u64>,
+    /// Answer 404 for models the simulator's price table does not know.
+    #[arg(long)]
+    pub refuse_unknown_models: bool,
     /// Require `Authorization: Bearer <key>` with the key from this environment variable.
     #[arg(long, value_name = "VAR")]
     pub require_key_env: Option<String>,

@@ -53,6 +53,10 @@ pub struct RunConfig {
     /// Output tokens charged to the limiter for jobs without `max_tokens`.
     pub default_output_tokens: u64,
     pub retry_failed: bool,
+    /// Times an answer that does not match its schema is asked again.
+    pub retry_invalid: u32,
+    /// Models tried in turn when the provider says a job's model is not there.
+    pub fallback_models: Vec<String>,
     /// Hard cap on the money recorded in the output, over all runs.
     pub max_cost: Option<Money>,
     /// Jobs failing in a row with the same kind of error that stop the run (0: never).
@@ -125,6 +129,11 @@ pub struct Spec {
     pub model: Option<String>,
     pub template: Option<String>,
     pub template_file: Option<PathBuf>,
+    pub json_schema: Option<PathBuf>,
+    pub schema_name: Option<String>,
+    pub retry_invalid: Option<u32>,
+    #[serde(default)]
+    pub fallback_models: Vec<String>,
     pub system: Option<String>,
     pub id_column: Option<String>,
     pub max_tokens: Option<u32>,
@@ -180,6 +189,7 @@ impl Spec {
             &mut spec.input,
             &mut spec.output,
             &mut spec.template_file,
+            &mut spec.json_schema,
             &mut spec.prices,
         ]
         .into_iter()
@@ -268,6 +278,16 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
         params.insert(k.trim().to_string(), value);
     }
+    if let Some(path) = args.json_schema.as_ref().or(spec.json_schema.as_ref()) {
+        if params.contains_key("response_format") {
+            return Err(ConfigError::Invalid(
+                "--json-schema and a response_format parameter: give one of them".into(),
+            ));
+        }
+        let name = args.schema_name.as_deref().or(spec.schema_name.as_deref());
+        let file = crate::answer::SchemaFile::load(path, name).map_err(ConfigError::Invalid)?;
+        params.insert("response_format".into(), file.response_format());
+    }
     let defaults = JobDefaults {
         model: args
             .model
@@ -278,6 +298,7 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         template,
         id_field: args.id_column.clone().or_else(|| spec.id_column.clone()),
         params,
+        ..Default::default()
     };
     let format = match (args.input_format, spec.input_format.as_deref()) {
         (Some(InputFormatArg::Csv), _) | (None, Some("csv")) => InputFormat::Csv,
@@ -374,6 +395,9 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             p,
             ParquetOptions {
                 content_json: args.content_json || spec.content_json.unwrap_or(false),
+                parsed_columns: crate::answer::run_schema(&input.defaults.params)
+                    .map(crate::answer::typed_columns)
+                    .unwrap_or_default(),
             },
         )
     });
@@ -521,6 +545,12 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             .or(spec.reserve_output_tokens)
             .unwrap_or(1024),
         retry_failed: args.retry_failed,
+        retry_invalid: args.retry_invalid.or(spec.retry_invalid).unwrap_or(1),
+        fallback_models: if args.fallback_models.is_empty() {
+            spec.fallback_models.clone()
+        } else {
+            args.fallback_models.clone()
+        },
         circuit_breaker: args.circuit_breaker.or(spec.circuit_breaker).unwrap_or(20),
         limit: args.limit,
         max_cost: match args.max_cost.or(spec.max_cost) {
@@ -551,6 +581,8 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             args.job.spec.clone(),
             args.job.template_file.clone(),
             spec.template_file.clone(),
+            args.job.json_schema.clone(),
+            spec.json_schema.clone(),
             prices_path,
         ]
         .into_iter()

@@ -21,6 +21,7 @@
 //! assert_eq!(flash.cost(&usage, 0).to_string(), "$0.000180");
 //! ```
 
+pub mod answer;
 pub mod app;
 pub(crate) mod budget;
 pub(crate) mod checkpoint;

@@ -23,7 +23,7 @@ pub enum ProgressMode {
     Quiet,
 }
 
-const KINDS: [ErrorKind; 10] = [
+const KINDS: [ErrorKind; 11] = [
     ErrorKind::RateLimited,
     ErrorKind::Server,
     ErrorKind::Timeout,
@@ -34,6 +34,7 @@ const KINDS: [ErrorKind; 10] = [
     ErrorKind::Budget,
     ErrorKind::Internal,
     ErrorKind::Quota,
+    ErrorKind::InvalidOutput,
 ];
 
 fn kind_index(k: ErrorKind) -> usize {
@@ -53,13 +54,22 @@ pub struct Counters {
     pub unpriced: AtomicU64,
     pub requests: AtomicU64,
     pub http_429: AtomicU64,
-    retries: [AtomicU64; 10],
-    failed_by: [AtomicU64; 10],
+    retries: [AtomicU64; 11],
+    failed_by: [AtomicU64; 11],
+    /// Answers that did not match their schema (paid for), and what they cost.
+    pub invalid_answers: AtomicU64,
+    pub invalid_cost: AtomicU64,
     /// Dispatch is paused until then, and why (for the progress line).
     paused: std::sync::Mutex<Option<(Instant, &'static str)>>,
 }
 
 impl Counters {
+    /// An answer that did not match its schema, paid `cost`.
+    pub fn invalid(&self, cost: Money) {
+        self.invalid_answers.fetch_add(1, Relaxed);
+        self.invalid_cost.fetch_add(cost.0, Relaxed);
+    }
+
     /// Dispatch is paused for `d` because of `why`: the progress line says so.
     pub fn paused(&self, d: Duration, why: &'static str) {
         let until = Instant::now() + d;
@@ -93,7 +103,7 @@ impl Counters {
     pub fn retries_total(&self) -> u64 {
         self.retries.iter().map(|a| a.load(Relaxed)).sum()
     }
-    fn by_kind(counts: &[AtomicU64; 10]) -> BTreeMap<String, u64> {
+    fn by_kind(counts: &[AtomicU64; 11]) -> BTreeMap<String, u64> {
         KINDS
             .iter()
             .zip(counts)
@@ -214,6 +224,9 @@ pub struct Summary {
     pub output_failed: u64,
     /// The lowest limits the provider advertised (`x-ratelimit-limit-*`), per minute.
     pub provider_limits: crate::limit::Advertised,
+    /// Answers that did not match their job's schema (each paid for), and what they cost.
+    pub invalid_answers: u64,
+    pub invalid_cost_usd: f64,
     /// The requests-a-minute limit found from the provider's 429s (it stated none, or less
     /// than it enforces), as the run ended.
     pub found_rpm: Option<u64>,
@@ -312,6 +325,18 @@ impl Summary {
             "  tokens:    {} in, {} out",
             self.prompt_tokens, self.completion_tokens
         ));
+        if self.invalid_answers > 0 {
+            let left = self
+                .failed_by_kind
+                .get("invalid_output")
+                .copied()
+                .unwrap_or(0);
+            line(format!(
+                "  invalid:   {} answers did not match the schema ({} paid for them); {left} jobs left invalid",
+                self.invalid_answers,
+                Money::from_usd(self.invalid_cost_usd)
+            ));
+        }
         let mut cost = format!("  cost:      {} this run", Money::from_usd(self.cost_usd));
         if self.total_cost_usd > self.cost_usd {
             cost.push_str(&format!(

@@ -106,6 +106,8 @@ pub struct Job {
     pub max_output_tokens: Option<u32>,
     /// Images in the messages (`image_url` parts), for per-image prices.
     pub images: u32,
+    /// What its answers must be (its `response_format`).
+    pub expect: crate::answer::Expect,
 }
 
 /// Where an input problem is: file, line and, where known, column or field.

@@ -3,6 +3,7 @@
 //! and fingerprints it. Shared by the JSONL and CSV readers so both shapes behave the same.
 
 use super::{approx_tokens, Fingerprint, Job, JobId, Template};
+use crate::answer::Expect;
 use serde_json::{Map, Value};
 
 /// What the run adds to jobs that do not say it themselves.
@@ -18,6 +19,9 @@ pub struct JobDefaults {
     pub id_field: Option<String>,
     /// Request parameters added to bodies that do not set them (temperature, max_tokens, ...).
     pub params: Map<String, Value>,
+    /// What `params.response_format` expects of answers, worked out once for every job that
+    /// takes it.
+    pub default_expect: std::sync::OnceLock<Result<Expect, String>>,
 }
 
 impl JobDefaults {
@@ -52,6 +56,20 @@ pub fn finish(
     mut body: Map<String, Value>,
     metadata: Map<String, Value>,
 ) -> Result<Job, String> {
+    let expect = if body.contains_key("response_format") {
+        own_expect(&body)?
+    } else {
+        defaults
+            .default_expect
+            .get_or_init(|| {
+                let mut only = Map::new();
+                if let Some(rf) = defaults.params.get("response_format") {
+                    only.insert("response_format".into(), rf.clone());
+                }
+                own_expect(&only)
+            })
+            .clone()?
+    };
     for (k, v) in &defaults.params {
         if !body.contains_key(k) {
             // `max_tokens` and `max_completion_tokens` are one setting under two names.
@@ -148,7 +166,35 @@ pub fn finish(
         est_prompt_tokens,
         max_output_tokens,
         images,
+        expect,
     })
+}
+
+/// What a body's own `response_format` expects; each distinct schema is checked once per
+/// thread (a file of a million jobs usually repeats one schema).
+fn own_expect(body: &Map<String, Value>) -> Result<Expect, String> {
+    thread_local! {
+        static CHECKED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let expect = Expect::of_request(body)?;
+    if let Expect::Schema(s) = &expect {
+        let known = CHECKED.with(|c| c.borrow().contains(&s.hash));
+        if !known {
+            crate::answer::check_schema(&s.value).map_err(|e| {
+                format!(
+                    "field \"response_format.json_schema.schema\": not a valid JSON Schema: {e}"
+                )
+            })?;
+            CHECKED.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() >= 64 {
+                    c.remove(0);
+                }
+                c.push(s.hash);
+            });
+        }
+    }
+    Ok(expect)
 }
 
 /// `image_url` parts of a message's content array.

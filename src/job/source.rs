@@ -108,6 +108,7 @@ impl InputSpec {
                 template,
                 id_field: s.id_field.clone(),
                 params: s.params.clone(),
+                ..Default::default()
             }),
             max_line_bytes: s.max_line_bytes,
         })

@@ -96,6 +96,14 @@ pub fn answer(seed: u64, max_tokens: Option<u64>, json: bool) -> Answer {
     }
 }
 
+/// A few lowercase words, for generated strings.
+pub fn words(rng: &mut fastrand::Rng, n: usize) -> String {
+    (0..n)
+        .map(|_| WORDS[rng.usize(..WORDS.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn sentence(rng: &mut fastrand::Rng, words: usize) -> String {
     let mut s = String::with_capacity(words * 8);
     for i in 0..words {

@@ -31,10 +31,15 @@ pub enum Fault {
     /// 500 whose message echoes the credential the client sent (as some providers' error
     /// pages do): the runner must scrub it from everything it logs and writes.
     EchoKey,
+    /// A paid structured answer that breaks its schema (a wrong type for its first property).
+    OffSchema,
+    /// A paid structured answer wrapped in a markdown fence (```json ... ```), as Gemini
+    /// models often return it.
+    Fenced,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 14] = [
         Fault::ServerError,
         Fault::Hang,
         Fault::Close,
@@ -47,6 +52,8 @@ impl Fault {
         Fault::ContentFilter,
         Fault::ToolCalls,
         Fault::EchoKey,
+        Fault::OffSchema,
+        Fault::Fenced,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +70,8 @@ impl Fault {
             Fault::ContentFilter => "content-filter",
             Fault::ToolCalls => "tool-calls",
             Fault::EchoKey => "echo-key",
+            Fault::OffSchema => "off-schema",
+            Fault::Fenced => "fenced",
         }
     }
 
@@ -74,7 +83,7 @@ impl Fault {
 /// Rates of each fault (shares of requests).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Faults {
-    rates: [f64; 12],
+    rates: [f64; 14],
 }
 
 impl Faults {
@@ -177,12 +186,14 @@ mod tests {
     fn rates_add_up_and_pick_in_order() {
         let mut f = Faults::default();
         f.apply("all=0.05").unwrap();
-        assert!((f.total() - 0.60).abs() < 1e-9);
+        assert!((f.total() - 0.70).abs() < 1e-9);
         assert_eq!(f.pick(0.01), Some(Fault::ServerError));
         assert_eq!(f.pick(0.06), Some(Fault::Hang));
         assert_eq!(f.pick(0.54), Some(Fault::ToolCalls));
         assert_eq!(f.pick(0.56), Some(Fault::EchoKey));
-        assert_eq!(f.pick(0.61), None);
+        assert_eq!(f.pick(0.61), Some(Fault::OffSchema));
+        assert_eq!(f.pick(0.66), Some(Fault::Fenced));
+        assert_eq!(f.pick(0.71), None);
         assert!(f.apply("close=0.9").is_err());
         assert!(f.apply("nope=0.1").unwrap_err().contains("unknown"));
     }

@@ -9,6 +9,7 @@ mod body;
 mod content;
 mod dialect;
 mod faults;
+mod schema;
 mod window;
 
 pub use dialect::Dialect;
@@ -68,6 +69,8 @@ pub struct MockConfig {
     /// as the rest of the configuration says. Tests assert exact sequences with it instead of
     /// relying on fault rates.
     pub script: Vec<Step>,
+    /// Answer 404 for a model the simulator's price table does not know, as providers do.
+    pub refuse_unknown_models: bool,
 }
 
 /// One scripted answer.
@@ -111,6 +114,7 @@ impl Default for MockConfig {
             advertise_rpm: None,
             quota_after: None,
             script: Vec::new(),
+            refuse_unknown_models: false,
         }
     }
 }
@@ -133,6 +137,11 @@ pub struct Stats {
     pub faults: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// `image_url` parts received in answered requests' messages.
+    pub images: AtomicU64,
+    /// What the answers cost at the simulator's price table, in picodollars: what a provider
+    /// would bill.
+    pub billed: AtomicU64,
 }
 
 /// A snapshot of [`Stats`], as `GET /mock/stats` returns it.
@@ -150,6 +159,11 @@ pub struct StatsSnapshot {
     pub faults: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    #[serde(default)]
+    pub images: u64,
+    /// Picodollars ([`crate::cost::Money`]).
+    #[serde(default)]
+    pub billed: u64,
 }
 
 impl Stats {
@@ -166,6 +180,8 @@ impl Stats {
             faults: self.faults.load(Relaxed),
             prompt_tokens: self.prompt_tokens.load(Relaxed),
             completion_tokens: self.completion_tokens.load(Relaxed),
+            images: self.images.load(Relaxed),
+            billed: self.billed.load(Relaxed),
         }
     }
 }
@@ -353,6 +369,41 @@ struct ChatRequest {
     temperature: Option<f64>,
     response_format: Option<ResponseFormat>,
     usage: Option<UsageRequest>,
+    /// Choices to return.
+    n: Option<u32>,
+    #[serde(default)]
+    tools: Vec<serde_json::Value>,
+    tool_choice: Option<serde_json::Value>,
+}
+
+impl ChatRequest {
+    /// The function a `tool_choice` requires ("required": the first tool), with its
+    /// parameters' schema.
+    fn required_function(&self) -> Option<(String, serde_json::Value)> {
+        let function = |t: &serde_json::Value| {
+            let f = t.get("function")?;
+            Some((
+                f.get("name")?.as_str()?.to_string(),
+                f.get("parameters")
+                    .cloned()
+                    .unwrap_or(serde_json::json!({})),
+            ))
+        };
+        match self.tool_choice.as_ref()? {
+            serde_json::Value::String(s) if s == "required" => {
+                self.tools.first().and_then(function)
+            }
+            c @ serde_json::Value::Object(_) => {
+                let name = c.get("function")?.get("name")?.as_str()?;
+                self.tools
+                    .iter()
+                    .filter_map(function)
+                    .find(|(n, _)| n == name)
+                    .or_else(|| Some((name.to_string(), serde_json::json!({}))))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// OpenRouter's `"usage": {"include": true}`: report the cost in the response.
@@ -374,6 +425,45 @@ struct ChatMessage {
 struct ResponseFormat {
     #[serde(rename = "type")]
     kind: String,
+    json_schema: Option<JsonSchemaFormat>,
+}
+
+#[derive(Deserialize)]
+struct JsonSchemaFormat {
+    schema: Option<serde_json::Value>,
+}
+
+/// Counts the `image_url` parts of the messages; `Err` for a `data:` URL whose base64 does not
+/// decode (providers answer 400).
+fn count_images(messages: &[ChatMessage]) -> Result<u64, String> {
+    let mut n = 0;
+    for m in messages {
+        let serde_json::Value::Array(parts) = &m.content else {
+            continue;
+        };
+        for p in parts {
+            if p.get("type").and_then(|t| t.as_str()) != Some("image_url") {
+                continue;
+            }
+            n += 1;
+            let url = p
+                .get("image_url")
+                .and_then(|i| i.get("url"))
+                .and_then(|u| u.as_str())
+                .ok_or("image_url part without a url")?;
+            if let Some(rest) = url.strip_prefix("data:") {
+                let (_, data) = rest
+                    .split_once(";base64,")
+                    .ok_or("a data: URL must be base64 (data:TYPE;base64,...)")?;
+                data_encoding::BASE64
+                    .decode(data.as_bytes())
+                    .map_err(|e| format!("invalid base64 image data: {e}"))?;
+            } else if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!("image url must be http(s) or data:, got {url:.40}"));
+            }
+        }
+    }
+    Ok(n)
 }
 
 #[derive(Serialize)]
@@ -383,21 +473,21 @@ struct ChatResponse<'a> {
     created: u64,
     model: &'a str,
     provider: &'static str,
-    choices: [Choice<'a>; 1],
+    choices: Vec<Choice>,
     usage: UsageOut,
 }
 
 #[derive(Serialize)]
-struct Choice<'a> {
+struct Choice {
     index: u32,
-    message: MessageOut<'a>,
-    finish_reason: &'a str,
+    message: MessageOut,
+    finish_reason: &'static str,
 }
 
 #[derive(Serialize)]
-struct MessageOut<'a> {
+struct MessageOut {
     role: &'static str,
-    content: Option<&'a str>,
+    content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<serde_json::Value>,
 }
@@ -497,13 +587,46 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
             .map(|m| crate::job::request::content_chars(Some(&m.content)) + 16)
             .sum(),
     ) as u64;
+    if state.config.refuse_unknown_models && state.prices.get(&parsed.model).is_none() {
+        stats.bad_requests.fetch_add(1, Relaxed);
+        return Ok(error_response(
+            state.config.dialect,
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            &format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                parsed.model
+            ),
+        ));
+    }
+    let images = match count_images(&parsed.messages) {
+        Ok(n) => n,
+        Err(e) => {
+            stats.bad_requests.fetch_add(1, Relaxed);
+            return Ok(error_response(
+                state.config.dialect,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &e,
+            ));
+        }
+    };
     let json = parsed
         .response_format
         .as_ref()
         .is_some_and(|f| f.kind != "text");
+    let schema = parsed
+        .response_format
+        .as_ref()
+        .filter(|f| f.kind == "json_schema")
+        .and_then(|f| f.json_schema.as_ref())
+        .and_then(|j| j.schema.as_ref());
     let max_tokens = parsed.max_completion_tokens.or(parsed.max_tokens);
-    let answer = content::answer(xxhash_rust::xxh3::xxh3_64(&body), max_tokens, json);
-    let total = prompt_tokens + answer.completion_tokens;
+    let seed = xxhash_rust::xxh3::xxh3_64(&body);
+    let answer = content::answer(seed, max_tokens, json);
+    let choices_wanted = parsed.n.unwrap_or(1).clamp(1, 16) as u64;
+    // Several choices cost several answers (a fair estimate for the window's tokens).
+    let total = prompt_tokens + answer.completion_tokens * choices_wanted;
 
     // An exhausted account refuses everything, before any rate limit.
     if stats.ok.load(Relaxed) >= state.quota_after.load(Relaxed) {
@@ -646,17 +769,71 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     }
 
     let n = state.next_id.fetch_add(1, Relaxed);
-    let (content, finish_reason, tool_calls) = match fault {
-        Some(Fault::ContentFilter) => (Some(""), "content_filter", None),
-        Some(Fault::ToolCalls) => (
-            None,
-            "tool_calls",
-            Some(
-                serde_json::json!([{"id": format!("call_{n}"), "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]),
-            ),
-        ),
-        _ => (Some(answer.content.as_str()), answer.finish_reason, None),
+    let required = parsed.required_function();
+    let mut completion_tokens = 0;
+    let choices: Vec<Choice> = (0..choices_wanted)
+        .map(|i| {
+            let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(i));
+            let (content, finish_reason, tool_calls): (Option<String>, &'static str, _) =
+                match (fault, &required, schema) {
+                    (Some(Fault::ContentFilter), _, _) => (Some(String::new()), "content_filter", None),
+                    (Some(Fault::ToolCalls), None, _) => (
+                        None,
+                        "tool_calls",
+                        Some(serde_json::json!([{"id": format!("call_{n}"), "type": "function", "function": {"name": "lookup", "arguments": "{}"}}])),
+                    ),
+                    (_, Some((name, params)), _) => {
+                        let args = schema::conforming(params, &mut rng);
+                        (
+                            None,
+                            "tool_calls",
+                            Some(serde_json::json!([{"id": format!("call_{n}_{i}"), "type": "function",
+                                "function": {"name": name, "arguments": args.to_string()}}])),
+                        )
+                    }
+                    (_, None, Some(schema)) => {
+                        let value = if fault == Some(Fault::OffSchema) {
+                            schema::off_schema(schema, &mut rng)
+                        } else {
+                            schema::conforming(schema, &mut rng)
+                        };
+                        let text = if fault == Some(Fault::Fenced) {
+                            format!("```json\n{value:#}\n```")
+                        } else {
+                            value.to_string()
+                        };
+                        (Some(text), "stop", None)
+                    }
+                    (_, None, None) if i == 0 => {
+                        (Some(answer.content.clone()), answer.finish_reason, None)
+                    }
+                    (_, None, None) => {
+                        let a = content::answer(seed.wrapping_add(i), max_tokens, json);
+                        (Some(a.content), a.finish_reason, None)
+                    }
+                };
+            completion_tokens += match (&content, i) {
+                (_, 0) if schema.is_none() && required.is_none() => answer.completion_tokens,
+                (Some(c), _) => approx_tokens(c.len()) as u64,
+                (None, _) => 8,
+            };
+            Choice {
+                index: i as u32,
+                message: MessageOut {
+                    role: "assistant",
+                    content,
+                    tool_calls,
+                },
+                finish_reason,
+            }
+        })
+        .collect();
+    let answer = content::Answer {
+        completion_tokens,
+        ..answer
     };
+    let total = prompt_tokens + answer.completion_tokens;
+    stats.images.fetch_add(images, Relaxed);
     let response = ChatResponse {
         id: format!("gen-mock-{n:016x}"),
         object: "chat.completion",
@@ -666,15 +843,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
             .map_or(0, |d| d.as_secs()),
         model: &parsed.model,
         provider: "bulkprompt-mock",
-        choices: [Choice {
-            index: 0,
-            message: MessageOut {
-                role: "assistant",
-                content,
-                tool_calls,
-            },
-            finish_reason,
-        }],
+        choices,
         usage: UsageOut {
             prompt_tokens,
             completion_tokens: answer.completion_tokens,
@@ -694,12 +863,20 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
                         completion: answer.completion_tokens,
                         ..Default::default()
                     };
-                    p.cost(&u, 0).usd() * factor
+                    p.cost(&u, images as u32).usd() * factor
                 }),
         },
     };
     // The provider did the work: it counts as answered even if the body then goes wrong.
     stats.ok.fetch_add(1, Relaxed);
+    if let Some(p) = state.prices.get(&parsed.model) {
+        let u = crate::cost::Usage {
+            prompt: prompt_tokens,
+            completion: answer.completion_tokens,
+            ..Default::default()
+        };
+        stats.billed.fetch_add(p.cost(&u, images as u32).0, Relaxed);
+    }
     stats.prompt_tokens.fetch_add(prompt_tokens, Relaxed);
     stats
         .completion_tokens

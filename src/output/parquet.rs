@@ -12,6 +12,7 @@
 
 use super::latest::{add_carried, Latest};
 use super::Record;
+use crate::answer::ColumnType;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
 use arrow_array::builder::{
@@ -33,10 +34,22 @@ const BATCH_ROWS: usize = 8192;
 const ROW_GROUP_ROWS: usize = 65_536;
 
 /// How to write the Parquet file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParquetOptions {
     /// Add `content_json` (the content parsed as JSON, re-serialized) and `content_json_ok`.
     pub content_json: bool,
+    /// One typed `parsed_<property>` column each, from the run's answer schema.
+    pub parsed_columns: Vec<(String, ColumnType)>,
+}
+
+/// Columns written only when some record has the field.
+#[derive(Debug, Clone, Copy, Default)]
+struct Present {
+    response: bool,
+    parsed: bool,
+    tool_calls: bool,
+    choices: bool,
+    fallback_model: bool,
 }
 
 /// Problems converting to Parquet.
@@ -121,26 +134,40 @@ pub fn convert(
     // kept its response.
     let mut last = Latest::with_capacity(crate::job::keys::estimate_lines(jsonl));
     let mut meta_keys = BTreeSet::new();
-    let mut has_response = false;
+    let mut present = Present::default();
     for_each_line(jsonl, |line, bytes| {
+        use serde::de::IgnoredAny;
         #[derive(serde::Deserialize)]
         struct Head {
             id: String,
             metadata: serde_json::Map<String, serde_json::Value>,
             #[serde(default)]
-            response: Option<serde::de::IgnoredAny>,
+            response: Option<IgnoredAny>,
+            #[serde(default)]
+            parsed: Option<IgnoredAny>,
+            #[serde(default)]
+            tool_calls: Option<IgnoredAny>,
+            #[serde(default)]
+            choices: Option<IgnoredAny>,
+            #[serde(default)]
+            fallback_model: Option<IgnoredAny>,
             #[serde(default)]
             cost_usd: Option<f64>,
         }
         let h: Head = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
         last.push(IdKey::of(h.id.as_bytes()), line, h.cost_usd);
         meta_keys.extend(h.metadata.into_iter().map(|(key, _)| key));
-        has_response |= h.response.is_some();
+        present.response |= h.response.is_some();
+        present.parsed |= h.parsed.is_some();
+        present.tool_calls |= h.tool_calls.is_some();
+        present.choices |= h.choices.is_some();
+        present.fallback_model |= h.fallback_model.is_some();
         Ok(())
     })?;
     last.seal();
+    present.parsed |= !options.parsed_columns.is_empty();
     let meta_keys: Vec<String> = meta_keys.into_iter().collect();
-    let schema = Arc::new(schema(&meta_keys, has_response, options));
+    let schema = Arc::new(schema(&meta_keys, present, &options));
 
     // Pass 2: stream the records into batches.
     // Removed on every failure path (a full disk): a leftover would keep the disk full.
@@ -157,7 +184,7 @@ pub fn convert(
         .build();
     let mut writer =
         ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| werr(e.to_string()))?;
-    let mut cols = Columns::new(&meta_keys, has_response, options);
+    let mut cols = Columns::new(&meta_keys, present, &options);
     let mut converted = Converted {
         rows: 0,
         superseded: 0,
@@ -191,7 +218,7 @@ pub fn convert(
 }
 
 /// The column names and types.
-pub fn schema(meta_keys: &[String], has_response: bool, options: ParquetOptions) -> Schema {
+fn schema(meta_keys: &[String], present: Present, options: &ParquetOptions) -> Schema {
     let utc = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
     let mut fields = vec![
         Field::new("id", DataType::Utf8, false),
@@ -202,8 +229,16 @@ pub fn schema(meta_keys: &[String], has_response: bool, options: ParquetOptions)
         Field::new("content", DataType::Utf8, true),
         Field::new("finish_reason", DataType::Utf8, true),
     ];
-    if has_response {
-        fields.push(Field::new("response", DataType::Utf8, true));
+    for (on, name) in [
+        (present.parsed, "parsed"),
+        (present.tool_calls, "tool_calls"),
+        (present.choices, "choices"),
+        (present.fallback_model, "fallback_model"),
+        (present.response, "response"),
+    ] {
+        if on {
+            fields.push(Field::new(name, DataType::Utf8, true));
+        }
     }
     for name in [
         "prompt_tokens",
@@ -231,6 +266,15 @@ pub fn schema(meta_keys: &[String], has_response: bool, options: ParquetOptions)
         fields.push(Field::new("content_json", DataType::Utf8, true));
         fields.push(Field::new("content_json_ok", DataType::Boolean, true));
     }
+    for (name, ty) in &options.parsed_columns {
+        let dt = match ty {
+            ColumnType::Utf8 | ColumnType::Json => DataType::Utf8,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Boolean => DataType::Boolean,
+        };
+        fields.push(Field::new(format!("parsed_{name}"), dt, true));
+    }
     for k in meta_keys {
         fields.push(Field::new(format!("meta_{k}"), DataType::Utf8, true));
     }
@@ -238,9 +282,52 @@ pub fn schema(meta_keys: &[String], has_response: bool, options: ParquetOptions)
 }
 
 /// Column builders for one batch.
+/// A `parsed_<property>` column's builder.
+enum Typed {
+    Utf8(StringBuilder),
+    Json(StringBuilder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+}
+
+impl Typed {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::Utf8 => Typed::Utf8(StringBuilder::new()),
+            ColumnType::Json => Typed::Json(StringBuilder::new()),
+            ColumnType::Int64 => Typed::Int64(Int64Builder::new()),
+            ColumnType::Float64 => Typed::Float64(Float64Builder::new()),
+            ColumnType::Boolean => Typed::Boolean(BooleanBuilder::new()),
+        }
+    }
+
+    /// Appends `v` (null when absent or of another type than the schema says).
+    fn push(&mut self, v: Option<&serde_json::Value>) {
+        use serde_json::Value;
+        let v = v.filter(|v| !v.is_null());
+        match self {
+            Typed::Utf8(b) => b.append_option(v.and_then(Value::as_str)),
+            Typed::Json(b) => b.append_option(v.map(Value::to_string)),
+            Typed::Int64(b) => b.append_option(v.and_then(Value::as_i64)),
+            Typed::Float64(b) => b.append_option(v.and_then(Value::as_f64)),
+            Typed::Boolean(b) => b.append_option(v.and_then(Value::as_bool)),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Typed::Utf8(b) | Typed::Json(b) => Arc::new(b.finish()),
+            Typed::Int64(b) => Arc::new(b.finish()),
+            Typed::Float64(b) => Arc::new(b.finish()),
+            Typed::Boolean(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
 struct Columns {
     len: usize,
-    has_response: bool,
+    present: Present,
     content_json: bool,
     id: StringBuilder,
     index: Int64Builder,
@@ -250,6 +337,12 @@ struct Columns {
     content: StringBuilder,
     finish_reason: StringBuilder,
     response: StringBuilder,
+    parsed: StringBuilder,
+    tool_calls: StringBuilder,
+    choices: StringBuilder,
+    fallback_model: StringBuilder,
+    typed_names: Vec<String>,
+    typed: Vec<Typed>,
     tokens: [Int64Builder; 5],
     cost_usd: Float64Builder,
     cost_source: StringBuilder,
@@ -276,12 +369,12 @@ fn millis(ts: &str) -> i64 {
 }
 
 impl Columns {
-    fn new(meta_keys: &[String], has_response: bool, options: ParquetOptions) -> Self {
+    fn new(meta_keys: &[String], present: Present, options: &ParquetOptions) -> Self {
         let s = StringBuilder::new;
         let i = Int64Builder::new;
         Columns {
             len: 0,
-            has_response,
+            present,
             content_json: options.content_json,
             id: s(),
             index: i(),
@@ -291,6 +384,20 @@ impl Columns {
             content: s(),
             finish_reason: s(),
             response: s(),
+            parsed: s(),
+            tool_calls: s(),
+            choices: s(),
+            fallback_model: s(),
+            typed_names: options
+                .parsed_columns
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect(),
+            typed: options
+                .parsed_columns
+                .iter()
+                .map(|(_, t)| Typed::new(*t))
+                .collect(),
             tokens: [i(), i(), i(), i(), i()],
             cost_usd: Float64Builder::new(),
             cost_source: s(),
@@ -323,7 +430,27 @@ impl Columns {
             .append_option(r.response_model.as_deref());
         self.content.append_option(r.content.as_deref());
         self.finish_reason.append_option(r.finish_reason.as_deref());
-        if self.has_response {
+        let p = self.present;
+        if p.parsed {
+            self.parsed
+                .append_option(r.parsed.as_ref().map(|v| v.to_string()));
+        }
+        if p.tool_calls {
+            self.tool_calls
+                .append_option(r.tool_calls.as_ref().map(|v| v.get()));
+        }
+        if p.choices {
+            self.choices.append_option(
+                r.choices
+                    .as_ref()
+                    .and_then(|c| serde_json::to_string(c).ok()),
+            );
+        }
+        if p.fallback_model {
+            self.fallback_model
+                .append_option(r.fallback_model.as_deref());
+        }
+        if p.response {
             self.response
                 .append_option(r.response.as_ref().map(|v| v.get()));
         }
@@ -376,6 +503,9 @@ impl Columns {
                 }
             }
         }
+        for (name, b) in self.typed_names.iter().zip(self.typed.iter_mut()) {
+            b.push(r.parsed.as_ref().and_then(|v| v.get(name)));
+        }
         for (k, b) in self.meta_keys.iter().zip(self.meta.iter_mut()) {
             match r.metadata.get(k) {
                 Some(serde_json::Value::String(s)) => b.append_value(s),
@@ -397,8 +527,17 @@ impl Columns {
             Arc::new(self.content.finish()),
             Arc::new(self.finish_reason.finish()),
         ];
-        if self.has_response {
-            cols.push(Arc::new(self.response.finish()));
+        let p = self.present;
+        for (on, b) in [
+            (p.parsed, &mut self.parsed),
+            (p.tool_calls, &mut self.tool_calls),
+            (p.choices, &mut self.choices),
+            (p.fallback_model, &mut self.fallback_model),
+            (p.response, &mut self.response),
+        ] {
+            if on {
+                cols.push(Arc::new(b.finish()));
+            }
         }
         for b in &mut self.tokens {
             cols.push(Arc::new(b.finish()));
@@ -419,6 +558,9 @@ impl Columns {
         if self.content_json {
             cols.push(Arc::new(self.content_json_text.finish()));
             cols.push(Arc::new(self.content_json_ok.finish()));
+        }
+        for b in &mut self.typed {
+            cols.push(b.finish());
         }
         for b in &mut self.meta {
             cols.push(Arc::new(b.finish()));

@@ -37,6 +37,10 @@ pub enum ErrorKind {
     /// The provider's account is out of credits, or a daily quota is used up: the run stops
     /// and the next run retries the job.
     Quota,
+    /// The answer does not match the job's schema (or is not the JSON asked for), after
+    /// `--retry-invalid` more tries. Paid for, so the next run does not buy it again unless
+    /// `--retry-failed`.
+    InvalidOutput,
 }
 
 impl ErrorKind {
@@ -52,12 +56,13 @@ impl ErrorKind {
             ErrorKind::Budget => "budget",
             ErrorKind::Internal => "internal",
             ErrorKind::Quota => "quota",
+            ErrorKind::InvalidOutput => "invalid_output",
         }
     }
 
     /// Permanent failures are not retried on the next run unless `--retry-failed`.
     pub fn is_permanent(self) -> bool {
-        matches!(self, ErrorKind::Client)
+        matches!(self, ErrorKind::Client | ErrorKind::InvalidOutput)
     }
 }
 
@@ -80,7 +85,19 @@ pub struct Record {
     pub model: String,
     pub response_model: Option<String>,
     pub content: Option<String>,
+    /// The content parsed and validated against the job's schema (or JSON object), else null.
+    #[serde(default)]
+    pub parsed: Option<Value>,
     pub finish_reason: Option<String>,
+    /// The first choice's `tool_calls`, as the provider sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Box<RawValue>>,
+    /// Every choice, when the request asked for more than one (`n` > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<Choice>>,
+    /// The fallback model that answered, when the job's own model could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<Box<RawValue>>,
     pub prompt_tokens: Option<u64>,
@@ -97,6 +114,18 @@ pub struct Record {
     pub finished_at: String,
     pub metadata: Map<String, Value>,
     pub fingerprint: String,
+}
+
+/// One of several choices (`n` > 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choice {
+    pub content: Option<String>,
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parsed: Option<Value>,
 }
 
 /// The fields a resume needs, read without building the whole record.

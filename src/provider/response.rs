@@ -4,11 +4,11 @@
 //! `--keep-response`.
 
 use crate::cost::Usage;
-use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// What the runner keeps of a successful response.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Completion {
     pub content: Option<String>,
     pub finish_reason: Option<String>,
@@ -16,8 +16,18 @@ pub struct Completion {
     pub usage: Option<Usage>,
     /// Provider-reported cost in USD (OpenRouter `usage.cost`).
     pub provider_cost: Option<f64>,
-    /// Whether the first choice asked for tool calls.
-    pub tool_calls: bool,
+    /// The first choice's tool calls, as sent.
+    pub tool_calls: Option<Box<RawValue>>,
+    /// The other choices (`n` > 1), in order after the first.
+    pub more: Vec<OtherChoice>,
+}
+
+/// A choice after the first.
+#[derive(Debug, Clone)]
+pub struct OtherChoice {
+    pub content: Option<String>,
+    pub finish_reason: Option<String>,
+    pub tool_calls: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -37,7 +47,12 @@ struct ChoiceIn {
 #[derive(Deserialize)]
 struct MessageIn {
     content: Option<String>,
-    tool_calls: Option<IgnoredAny>,
+    tool_calls: Option<Box<RawValue>>,
+}
+
+/// `tool_calls: null` is no tool calls.
+fn calls(raw: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
+    raw.filter(|r| r.get() != "null")
 }
 
 #[derive(Deserialize)]
@@ -66,8 +81,8 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
         let start = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
         format!("response is not a chat completion ({e}): {start}")
     })?;
-    let choice = match b.choices {
-        Some(mut c) if !c.is_empty() => c.swap_remove(0),
+    let mut choices = match b.choices {
+        Some(c) if !c.is_empty() => c.into_iter(),
         _ => {
             return Err(match b.error {
                 Some(e) => format!(
@@ -78,10 +93,26 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
             })
         }
     };
-    let (content, tool_calls) = match choice.message {
-        Some(m) => (m.content, m.tool_calls.is_some()),
-        None => (None, false),
+    let Some(choice) = choices.next() else {
+        return Err("response has no choices".into());
     };
+    let (content, tool_calls) = match choice.message {
+        Some(m) => (m.content, calls(m.tool_calls)),
+        None => (None, None),
+    };
+    let more = choices
+        .map(|c| {
+            let (content, tool_calls) = match c.message {
+                Some(m) => (m.content, calls(m.tool_calls)),
+                None => (None, None),
+            };
+            OtherChoice {
+                content,
+                finish_reason: c.finish_reason,
+                tool_calls,
+            }
+        })
+        .collect();
     let (usage, provider_cost) = match b.usage {
         Some(u) => (
             Some(Usage {
@@ -107,6 +138,7 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
         usage,
         provider_cost,
         tool_calls,
+        more,
     })
 }
 
@@ -141,7 +173,8 @@ mod tests {
     fn tool_calls_and_null_content_are_kept() {
         let body = br#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"1"}]},"finish_reason":"tool_calls"}]}"#;
         let c = parse_completion(body).unwrap();
-        assert!(c.tool_calls && c.content.is_none() && c.usage.is_none());
+        assert_eq!(c.tool_calls.unwrap().get(), r#"[{"id":"1"}]"#);
+        assert!(c.content.is_none() && c.usage.is_none());
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub(super) async fn finish(
     }
     // Parquet: convert the journal, whole or partial, so the file always reflects the journal.
     if let Some((target, options)) = &cfg.parquet {
-        let (journal, target, options) = (cfg.output.clone(), target.clone(), *options);
+        let (journal, target, options) = (cfg.output.clone(), target.clone(), options.clone());
         match tokio::task::spawn_blocking(move || parquet::convert(&journal, &target, options))
             .await
         {

@@ -177,6 +177,9 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             .map(|cap| Arc::new(LocalBudget::new(cap, spent_before)) as Arc<dyn Budget>),
         cost_ratio: Mutex::new(Default::default()),
         completions: Mutex::new(Default::default()),
+        validators: Default::default(),
+        retry_invalid: cfg.retry_invalid,
+        fallback_models: cfg.fallback_models.clone(),
     });
     let reporter = Reporter::start(cfg.progress, prepared.jobs, counters.clone());
 
@@ -262,6 +265,8 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             unpriced: c.unpriced.load(Relaxed),
             provider_limits,
             found_rpm,
+            invalid_answers: c.invalid_answers.load(Relaxed),
+            invalid_cost: crate::cost::Money(c.invalid_cost.load(Relaxed)),
         },
         unwritten: written.drained.unwritten,
         spent_before,

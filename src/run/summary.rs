@@ -110,6 +110,8 @@ pub(super) struct Counted {
     pub(super) unpriced: u64,
     pub(super) provider_limits: crate::limit::Advertised,
     pub(super) found_rpm: Option<u64>,
+    pub(super) invalid_answers: u64,
+    pub(super) invalid_cost: Money,
 }
 
 /// Everything the summary is made of.
@@ -168,6 +170,8 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         output_failed,
         provider_limits: c.provider_limits,
         found_rpm: c.found_rpm,
+        invalid_answers: c.invalid_answers,
+        invalid_cost_usd: c.invalid_cost.usd(),
         resume_command: (t.stops.early() || not_run > 0).then_some(t.resume_command),
     }
 }

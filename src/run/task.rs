@@ -9,7 +9,7 @@ use crate::cost::{Money, PriceTable, Usage};
 use crate::job::Job;
 use crate::limit::{Grant, RateLimit};
 use crate::output::jsonl::WriterMsg;
-use crate::output::record::timestamp;
+use crate::output::record::{timestamp, Choice};
 use crate::output::{CostSource, Record, RecordError, Status};
 use crate::progress::Counters;
 use crate::provider::{classify, Client, Completion, ErrorKind, Verdict};
@@ -56,6 +56,12 @@ pub(super) struct Ctx {
     /// Per model, the completion tokens answers really used: once enough are seen, the token
     /// bucket reserves their 95th percentile instead of every job's whole `max_tokens`.
     pub(super) completions: Mutex<HashMap<String, crate::histogram::Histogram>>,
+    /// Compiled answer schemas.
+    pub(super) validators: crate::answer::Validators,
+    /// Times an invalid answer is asked again.
+    pub(super) retry_invalid: u32,
+    /// Models tried in turn when the provider says a job's model is not there.
+    pub(super) fallback_models: Vec<String>,
 }
 
 /// Answers of a model seen before its typical length replaces `max_tokens` in the token bucket.
@@ -170,9 +176,14 @@ impl Ctx {
     /// The most `job` can cost: the price table's worst case ([`Ctx::table_worst_case`]),
     /// scaled by what this run has learnt of the model's real bills.
     pub(super) fn worst_case(&self, job: &Job) -> Money {
-        let base = self.table_worst_case(job);
+        self.worst_case_of(job, &job.model)
+    }
+
+    /// [`Ctx::worst_case`] of `job` sent to `model` (a fallback).
+    pub(super) fn worst_case_of(&self, job: &Job, model: &str) -> Money {
+        let base = self.table_worst_case(job, model);
         let ratios = self.cost_ratio.lock().unwrap_or_else(|p| p.into_inner());
-        match ratios.get(&job.model) {
+        match ratios.get(model) {
             Some(&r) => Money((base.0 as f64 * r).ceil().min(u64::MAX as f64 / 8.0) as u64),
             None => base,
         }
@@ -184,12 +195,12 @@ impl Ctx {
     /// provider's bill over the table's price of the same usage (exact when the provider's
     /// markup is steady, whatever the answer's length), and the bill over the job's worst case
     /// (an answer longer than its `max_tokens`).
-    fn learn_cost(&self, job: &Job, c: &Completion, actual: Money) {
+    fn learn_cost(&self, job: &Job, model: &str, c: &Completion, actual: Money) {
         if self.budget.is_none() || actual == Money::ZERO {
             return;
         }
-        let worst = self.table_worst_case(job);
-        let listed = match (self.prices.get(&job.model), &c.usage) {
+        let worst = self.table_worst_case(job, model);
+        let listed = match (self.prices.get(model), &c.usage) {
             (Some(p), Some(u)) => p.cost(u, job.images),
             _ => Money::ZERO,
         };
@@ -204,13 +215,13 @@ impl Ctx {
             return;
         };
         let mut ratios = self.cost_ratio.lock().unwrap_or_else(|p| p.into_inner());
-        let known = ratios.get(&job.model).copied();
+        let known = ratios.get(model).copied();
         if known.is_none_or(|k| ratio > k) {
-            ratios.insert(job.model.clone(), ratio);
+            ratios.insert(model.to_string(), ratio);
             drop(ratios);
             let say = format!(
-                "--max-cost: job {} of model {:?} cost {actual}, {ratio:.2}x what the price table foresaw; later jobs of this model reserve {ratio:.2}x their worst case",
-                job.id, job.model
+                "--max-cost: job {} of model {model:?} cost {actual}, {ratio:.2}x what the price table foresaw; later jobs of this model reserve {ratio:.2}x their worst case",
+                job.id
             );
             if known.is_none() {
                 tracing::warn!("{say}");
@@ -224,8 +235,8 @@ impl Ctx {
     /// request body's bytes: a byte-level BPE token is at least one byte, natural language
     /// averages three to four bytes a token, and the body also carries JSON punctuation, tools
     /// and schemas.
-    fn table_worst_case(&self, job: &Job) -> Money {
-        match self.prices.get(&job.model) {
+    fn table_worst_case(&self, job: &Job, model: &str) -> Money {
+        match self.prices.get(model) {
             Some(p) => p.worst_case(
                 job.body.len().div_ceil(2) as u64,
                 self.output_allowance(job),
@@ -236,20 +247,25 @@ impl Ctx {
         }
     }
 
-    pub(super) fn cost(&self, job: &Job, c: &Completion) -> (Option<Money>, Option<CostSource>) {
+    pub(super) fn cost(
+        &self,
+        job: &Job,
+        model: &str,
+        c: &Completion,
+    ) -> (Option<Money>, Option<CostSource>) {
         if let Some(usd) = c.provider_cost {
             return (Some(Money::from_usd(usd)), Some(CostSource::Provider));
         }
         let price = self
             .prices
-            .get(&job.model)
+            .get(model)
             .or_else(|| c.response_model.as_deref().and_then(|m| self.prices.get(m)));
         match (price, &c.usage) {
             (Some(p), Some(u)) => (Some(p.cost(u, job.images)), Some(CostSource::PriceTable)),
             (None, Some(_)) => {
                 self.counters.unpriced.fetch_add(1, Relaxed);
                 if !self.warned_unpriced.swap(true, Relaxed) {
-                    tracing::warn!("model {:?} has no known price: its cost is recorded as null (add it with --prices)", job.model);
+                    tracing::warn!("model {model:?} has no known price: its cost is recorded as null (add it with --prices)");
                 }
                 (None, None)
             }
@@ -274,7 +290,11 @@ fn base_record(job: &Job, started: SystemTime, attempts: u32, latency: Duration)
         model: job.model.clone(),
         response_model: None,
         content: None,
+        parsed: None,
         finish_reason: None,
+        tool_calls: None,
+        choices: None,
+        fallback_model: None,
         response: None,
         prompt_tokens: None,
         completion_tokens: None,
@@ -346,26 +366,88 @@ fn test_panic(job: &Job) {
     let _ = job;
 }
 
+/// Whether a refusal says the model does not exist or is not available (a fallback applies).
+fn model_unavailable(status: Option<u16>, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    match status {
+        Some(404) => true,
+        Some(400 | 422) => {
+            m.contains("model")
+                && [
+                    "not found",
+                    "does not exist",
+                    "unknown",
+                    "not available",
+                    "invalid model",
+                    "not a valid model",
+                    "no endpoints",
+                    "unsupported",
+                ]
+                .iter()
+                .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
+}
+
+/// The request body with another model.
+fn with_model(body: &bytes::Bytes, model: &str) -> bytes::Bytes {
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(mut m) => {
+            m.insert("model".into(), serde_json::Value::String(model.into()));
+            serde_json::to_vec(&m)
+                .map(Into::into)
+                .unwrap_or_else(|_| body.clone())
+        }
+        Err(_) => body.clone(),
+    }
+}
+
+/// A job's attempts: sends, classifies, retries (through the limiter again), asks again after
+/// an invalid answer (`--retry-invalid`), falls back to the next model when the provider says
+/// a model is not there, and hands one record to the writer. Money paid for answers that were
+/// not kept (invalid ones) is carried into the job's record, whatever ends it, so the output's
+/// total is what the provider billed.
 async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> TaskEnd {
     let started = SystemTime::now();
     // What the dispatcher charged the first grant: retries are charged the same.
     let charge = first.tokens;
     let mut grant = Some(first);
     let mut attempts = 0u32;
+    // Attempts at the current model (`--max-attempts` is per model).
+    let mut tries = 0u32;
+    // 0: the job's own model; i: the i-th `--fallback-model`.
+    let mut model_at = 0usize;
+    let mut model: &str = &job.model;
+    let mut body = job.body.clone();
+    // Paid for answers that were not kept, and the last of them as a record: written if the
+    // job ends without another (a stop), so no paid answer goes unrecorded.
+    let mut paid = Money::ZERO;
+    let mut invalid = 0u32;
+    let mut pending: Option<Record> = None;
+    let abandon = |pending: Option<Record>| match pending {
+        Some(r) => {
+            ctx.note_result(&r);
+            let _ = ctx.writer.send(Box::new(r));
+            TaskEnd::Recorded
+        }
+        None => TaskEnd::Abandoned,
+    };
     loop {
         let g = match grant.take() {
             Some(g) => g,
             None => tokio::select! {
                 g = ctx.limiter.acquire(charge) => g,
-                _ = ctx.stopping() => return TaskEnd::Abandoned,
+                _ = ctx.stopping() => return abandon(pending),
             },
         };
         attempts += 1;
+        tries += 1;
         ctx.counters.requests.fetch_add(1, Relaxed);
-        let send = ctx.client.send(job.body.clone());
+        let send = ctx.client.send(body.clone());
         let (attempt, latency) = tokio::select! {
             r = send => r,
-            _ = ctx.shutdown.reached(Phase::Now) => return TaskEnd::Abandoned,
+            _ = ctx.shutdown.reached(Phase::Now) => return abandon(pending),
         };
         test_panic(job);
         if let crate::provider::Attempt::Http {
@@ -400,48 +482,122 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
             ) => Some(body.clone()),
             _ => None,
         };
+        let fallback = (model_at > 0).then(|| model.to_string());
         // Provider texts arrive scrubbed of the run's secrets (Client::send).
         let failed = |kind: ErrorKind, status: Option<u16>, message: String| {
             let mut r = base_record(job, started, attempts, latency);
             r.status = Status::Failed;
+            r.fallback_model = fallback.clone();
             r.error = Some(RecordError {
                 kind,
                 http_status: status,
                 message,
             });
+            if paid > Money::ZERO {
+                r.cost_usd = Some(paid.usd());
+                r.cost_source = Some(CostSource::PriceTable);
+            }
             r
         };
-        let mut cost_of_record = Money::ZERO;
+        // The next model to try, if the provider says this one is not there.
+        let next_model = ctx.fallback_models.get(model_at);
         let record = match classify(attempt, SystemTime::now()) {
             Verdict::Done(c) => {
                 let total = c.usage.map_or(charge, |u| u.prompt + u.completion);
                 ctx.limiter.reconcile(g, total);
                 if let Some(u) = &c.usage {
-                    ctx.learn_completion(&job.model, u.completion);
+                    ctx.learn_completion(model, u.completion);
                 }
-                let (cost, source) = ctx.cost(job, &c);
-                cost_of_record = cost.unwrap_or(Money::ZERO);
+                let (cost, source) = ctx.cost(job, model, &c);
+                let this = cost.unwrap_or(Money::ZERO);
                 // Learn and settle before opening the gate: the first job goes alone so that
                 // the next reservation sees what it really cost.
-                ctx.learn_cost(job, &c, cost_of_record);
+                ctx.learn_cost(job, model, &c, this);
                 if let Some(h) = hold.take() {
-                    h.settle(cost_of_record);
+                    h.settle(this);
                 }
                 ctx.open();
+                let checked = ctx.validators.check(&job.expect, c.content.as_deref());
                 let mut r = base_record(job, started, attempts, latency);
                 let u: Option<Usage> = c.usage;
                 r.response_model = c.response_model;
-                r.content = c.content;
+                r.fallback_model = fallback.clone();
                 r.finish_reason = c.finish_reason;
                 r.prompt_tokens = u.map(|u| u.prompt);
                 r.completion_tokens = u.map(|u| u.completion);
                 r.total_tokens = u.map(|u| u.prompt + u.completion);
                 r.cached_tokens = u.map(|u| u.cached);
                 r.reasoning_tokens = u.map(|u| u.reasoning);
-                r.cost_usd = cost.map(Money::usd);
+                r.cost_usd = match (paid > Money::ZERO, cost) {
+                    (true, _) => Some((paid + this).usd()),
+                    (false, c) => c.map(Money::usd),
+                };
                 r.cost_source = source;
                 r.response = raw.and_then(|b| serde_json::from_slice(&b).ok());
-                r
+                if !c.more.is_empty() {
+                    let parse = |content: Option<&str>| {
+                        ctx.validators.check(&job.expect, content).ok().flatten()
+                    };
+                    let mut all = vec![Choice {
+                        content: c.content.clone(),
+                        finish_reason: r.finish_reason.clone(),
+                        tool_calls: c.tool_calls.clone(),
+                        parsed: checked.as_ref().ok().cloned().flatten(),
+                    }];
+                    all.extend(c.more.into_iter().map(|m| Choice {
+                        parsed: parse(m.content.as_deref()),
+                        content: m.content,
+                        finish_reason: m.finish_reason,
+                        tool_calls: m.tool_calls,
+                    }));
+                    r.choices = Some(all);
+                }
+                r.content = c.content;
+                r.tool_calls = c.tool_calls;
+                match checked {
+                    Ok(parsed) => {
+                        r.parsed = parsed;
+                        r
+                    }
+                    Err(why) => {
+                        ctx.counters.invalid(this);
+                        paid += this;
+                        invalid += 1;
+                        r.status = Status::Failed;
+                        r.error = Some(RecordError {
+                            kind: ErrorKind::InvalidOutput,
+                            http_status: None,
+                            message: format!(
+                                "{why} ({invalid} invalid answer{} paid for)",
+                                if invalid == 1 { "" } else { "s" }
+                            ),
+                        });
+                        let again = invalid <= ctx.retry_invalid
+                            && ctx.shutdown.phase() < Phase::Draining
+                            && !ctx.aborted();
+                        // The next answer is paid for too: it reserves its worst case again.
+                        let held = match (&ctx.budget, again) {
+                            (Some(b), true) => match b.reserve(ctx.worst_case_of(job, model)) {
+                                Ok(res) => Some(Some(Hold {
+                                    budget: b.clone(),
+                                    reservation: Some(res),
+                                })),
+                                Err(_) => None,
+                            },
+                            (None, true) => Some(None),
+                            (_, false) => None,
+                        };
+                        match held {
+                            Some(h) => {
+                                hold = h;
+                                tracing::debug!(id = %job.id, "asking again: {why}");
+                                pending = Some(r);
+                                continue;
+                            }
+                            None => r,
+                        }
+                    }
+                }
             }
             Verdict::Retry {
                 kind,
@@ -467,7 +623,15 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                         }
                     }
                 }
-                if attempts >= ctx.max_attempts {
+                if tries >= ctx.max_attempts {
+                    if let (Some(503), Some(next)) = (status, next_model) {
+                        tracing::debug!(id = %job.id, "model {model:?} unavailable (503): trying {next:?}");
+                        model_at += 1;
+                        model = next;
+                        body = with_model(&job.body, model);
+                        tries = 0;
+                        continue;
+                    }
                     if status.is_none() && !ctx.opened.is_set() {
                         // Not one HTTP answer yet, and the first job used up its attempts:
                         // the endpoint cannot be reached. Waiting on would never end.
@@ -484,14 +648,14 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                     )
                 } else {
                     if ctx.shutdown.phase() >= Phase::Draining || ctx.aborted() {
-                        return TaskEnd::Abandoned;
+                        return abandon(pending);
                     }
                     ctx.counters.retry(kind);
                     tracing::debug!(id = %job.id, attempt = attempts, kind = kind.as_str(), "retrying: {message}");
-                    let wait = ctx.backoff.delay(attempts, fastrand::f64(), after);
+                    let wait = ctx.backoff.delay(tries, fastrand::f64(), after);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = ctx.stopping() => return TaskEnd::Abandoned,
+                        _ = ctx.stopping() => return abandon(pending),
                     }
                     continue;
                 }
@@ -503,7 +667,38 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
             } => {
                 ctx.open();
                 ctx.limiter.reconcile(g, 0);
-                failed(kind, status, message)
+                match next_model {
+                    Some(next) if model_unavailable(status, &message) => {
+                        tracing::debug!(id = %job.id, "model {model:?} not available ({message}): trying {next:?}");
+                        model_at += 1;
+                        model = next;
+                        body = with_model(&job.body, model);
+                        tries = 0;
+                        // Its price may differ: the reservation is made again for it.
+                        let mut refused = None;
+                        if let (Some(b), Some(h)) = (&ctx.budget, hold.take()) {
+                            h.settle(Money::ZERO);
+                            match b.reserve(ctx.worst_case_of(job, model)) {
+                                Ok(res) => {
+                                    hold = Some(Hold {
+                                        budget: b.clone(),
+                                        reservation: Some(res),
+                                    })
+                                }
+                                Err(cap) => refused = Some(cap),
+                            }
+                        }
+                        match refused {
+                            Some(cap) => failed(
+                                ErrorKind::Budget,
+                                None,
+                                format!("fallback model {model:?} not tried: {cap}"),
+                            ),
+                            None => continue,
+                        }
+                    }
+                    _ => failed(kind, status, message),
+                }
             }
             Verdict::Abort {
                 kind,
@@ -522,9 +717,8 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                 failed(kind, Some(status), message)
             }
         };
-        if let Some(h) = hold {
-            h.settle(cost_of_record);
-        }
+        // Paid answers settled their holds as they came; what is left was not paid.
+        drop(hold);
         ctx.note_result(&record);
         let _ = ctx.writer.send(Box::new(record));
         return TaskEnd::Recorded;

@@ -7,6 +7,7 @@ mod core;
 mod hostile;
 mod inprocess;
 mod input;
+mod labeling;
 mod money;
 mod parquet;
 mod promises;

@@ -1,0 +1,273 @@
+//! Labeling: answers validated against a JSON Schema into `parsed` and typed Parquet columns,
+//! invalid answers asked again and paid for exactly, images, tool calls, several choices and
+//! fallback models, all against the simulator.
+
+use crate::harness::*;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::Array;
+use arrow_schema::DataType;
+use bulkprompt::mock::{Fault, MockConfig};
+use bulkprompt::output::Status;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::path::{Path, PathBuf};
+
+const MODEL: &str = "google/gemini-2.0-flash-001";
+
+fn demo(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("jobs")
+        .join(name)
+}
+
+/// The demo's flags for the reviews CSV, with the schema.
+fn label_args<'a>(schema: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--model",
+        MODEL,
+        "--id-column",
+        "review_id",
+        "--template",
+        "Review of the {product} ({stars} stars). {title}: {review}",
+        "--json-schema",
+        schema,
+    ];
+    a.extend(extra);
+    a
+}
+
+fn validator() -> jsonschema::Validator {
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(demo("review-labels.schema.json")).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+#[test]
+fn a_schema_run_over_the_demo_csv_gives_every_record_a_valid_parsed_label() {
+    let mut mock_cfg = MockConfig::default();
+    mock_cfg.faults.set(Fault::Fenced, 0.3);
+    mock_cfg.capture_bodies = true;
+    let mock = Mock::start(mock_cfg);
+    let dir = Dir::new();
+    let out = dir.path("labels.jsonl");
+    let schema = demo("review-labels.schema.json");
+    let o = run(
+        &demo("reviews.csv"),
+        &out,
+        &mock.url(),
+        &label_args(schema.to_str().unwrap(), &["--schema-name", "review_label"]),
+    );
+    assert_code(&o, 0);
+    let recs = records_by_id(&out);
+    assert_eq!(recs.len(), 300);
+    let v = validator();
+    let mut fenced = 0;
+    for r in recs.values() {
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        let parsed = r.parsed.as_ref().expect("parsed");
+        assert!(v.is_valid(parsed), "{parsed}");
+        fenced += usize::from(r.content.as_deref().unwrap().starts_with("```"));
+    }
+    assert!(fenced > 30, "{fenced} fenced answers were unwrapped");
+    // Sent as a strict json_schema response_format, named as asked.
+    let body = &mock.bodies()[0];
+    let rf = &body["response_format"];
+    assert_eq!(rf["type"], "json_schema");
+    assert_eq!(rf["json_schema"]["name"], "review_label");
+    assert_eq!(rf["json_schema"]["strict"], true);
+    assert_eq!(rf["json_schema"]["schema"]["required"][0], "sentiment");
+}
+
+#[test]
+fn invalid_answers_are_asked_again_counted_and_paid_for_exactly() {
+    let mut mock_cfg = MockConfig::default();
+    mock_cfg.faults.set(Fault::OffSchema, 0.2);
+    mock_cfg.seed = 11;
+    let mock = Mock::start(mock_cfg);
+    let dir = Dir::new();
+    let out = dir.path("labels.parquet");
+    let sum = dir.path("s.json");
+    let schema = demo("review-labels.schema.json");
+    let o = run(
+        &demo("reviews.csv"),
+        &out,
+        &mock.url(),
+        &label_args(
+            schema.to_str().unwrap(),
+            &[
+                "--retry-invalid",
+                "2",
+                "--summary-json",
+                sum.to_str().unwrap(),
+            ],
+        ),
+    );
+    // Some jobs may draw three invalid answers in a row (0.8% each): those are failures.
+    let journal = dir.path("labels.parquet.journal.jsonl");
+    let recs = records_by_id(&journal);
+    assert_eq!(recs.len(), 300);
+    let s = typed_summary(&sum);
+    let invalid_left = recs
+        .values()
+        .filter(|r| {
+            r.error
+                .as_ref()
+                .is_some_and(|e| e.kind.as_str() == "invalid_output")
+        })
+        .count();
+    assert_code(&o, if invalid_left > 0 { 2 } else { 0 });
+    assert!(invalid_left <= 10, "{invalid_left}");
+    let v = validator();
+    for r in recs.values() {
+        match r.status {
+            // Wherever a valid retry came, the record is it.
+            Status::Ok => assert!(v.is_valid(r.parsed.as_ref().unwrap())),
+            Status::Failed => {
+                let e = r.error.as_ref().unwrap();
+                assert_eq!(e.kind.as_str(), "invalid_output");
+                assert!(
+                    e.message.contains("does not match the schema"),
+                    "{}",
+                    e.message
+                );
+                assert!(r.parsed.is_none() && r.attempts == 3);
+            }
+        }
+    }
+    // The summary counts every invalid answer; the simulator answered each one.
+    let retried = recs
+        .values()
+        .map(|r| u64::from(r.attempts - 1))
+        .sum::<u64>();
+    assert_eq!(s.invalid_answers, retried + invalid_left as u64);
+    assert!(s.invalid_answers > 30, "{}", s.invalid_answers);
+    assert_eq!(mock.stats().ok, 300 + retried);
+    assert!(s.invalid_cost_usd > 0.0);
+    // Money is exact: what the records say is what the simulator billed.
+    let recorded: f64 = recs.values().map(|r| r.cost_usd.unwrap()).sum();
+    let billed = mock.stats().billed as f64 / 1e12;
+    assert!(
+        (recorded - billed).abs() < 1e-9,
+        "recorded {recorded} vs billed {billed}"
+    );
+    // A re-run does not buy the invalid ones again.
+    let o = run(
+        &demo("reviews.csv"),
+        &out,
+        &mock.url(),
+        &label_args(schema.to_str().unwrap(), &[]),
+    );
+    assert!(
+        o.status.code() == Some(0) || o.status.code() == Some(2),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(mock.stats().ok, 300 + retried);
+
+    // Parquet: parsed as JSON text and one typed column per property.
+    let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&out).unwrap()).unwrap();
+    let types: Vec<(String, DataType)> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    for (name, t) in [
+        ("parsed", DataType::Utf8),
+        ("parsed_sentiment", DataType::Utf8),
+        ("parsed_rating", DataType::Int64),
+        ("parsed_reason", DataType::Utf8),
+    ] {
+        assert!(
+            types.contains(&(name.to_string(), t.clone())),
+            "{name}: {types:?}"
+        );
+    }
+    let batches: Vec<_> = b.build().unwrap().collect::<Result<_, _>>().unwrap();
+    let mut by_label = std::collections::BTreeMap::new();
+    for batch in &batches {
+        let ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+        let labels = batch
+            .column_by_name("parsed_sentiment")
+            .unwrap()
+            .as_string::<i32>();
+        let ratings = batch
+            .column_by_name("parsed_rating")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            let r = &recs[ids.value(i)];
+            match &r.parsed {
+                Some(p) => {
+                    assert_eq!(labels.value(i), p["sentiment"].as_str().unwrap());
+                    assert_eq!(ratings.value(i), p["rating"].as_i64().unwrap());
+                    *by_label.entry(labels.value(i).to_string()).or_insert(0) += 1;
+                }
+                None => assert!(labels.is_null(i) && ratings.is_null(i)),
+            }
+        }
+    }
+    assert!(by_label.len() >= 3, "{by_label:?}");
+
+    // export finds the run's schema in its meta: the same typed columns.
+    let exported = dir.path("again.parquet");
+    let o = bulkprompt()
+        .args(["export"])
+        .arg(&journal)
+        .arg("-o")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let b =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&exported).unwrap()).unwrap();
+    assert_eq!(
+        b.schema()
+            .field_with_name("parsed_rating")
+            .unwrap()
+            .data_type(),
+        &DataType::Int64
+    );
+}
+
+#[test]
+fn a_schema_that_is_not_one_is_refused_before_anything_is_sent() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    let out = dir.path("out.jsonl");
+    for (file, text, says) in [
+        (
+            "bad.json",
+            r#"{"type": "strin"}"#,
+            "not a valid JSON Schema",
+        ),
+        (
+            "broken.json",
+            "{\"type\":\n  \"object\",,}",
+            "broken.json:2:",
+        ),
+    ] {
+        let schema = dir.write(file, text);
+        let o = run(
+            &input,
+            &out,
+            &mock.url(),
+            &["--json-schema", schema.to_str().unwrap()],
+        );
+        assert_code(&o, 1);
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
+    // A job's own schema is checked as its line is.
+    let job = r#"{"id":"a","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"objekt"}}}}"#;
+    let input = dir.write("own.jsonl", format!("{job}\n"));
+    let o = run(&input, &out, &mock.url(), &[]);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("own.jsonl:1")
+            && stderr(&o).contains("response_format.json_schema.schema"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(mock.stats().requests, 0);
+}
