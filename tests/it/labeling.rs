@@ -271,3 +271,105 @@ fn a_schema_that_is_not_one_is_refused_before_anything_is_sent() {
     );
     assert_eq!(mock.stats().requests, 0);
 }
+
+#[test]
+fn tool_calls_and_several_choices_are_kept() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write(
+        "reviews.csv",
+        "id,review\nr1,Great speaker\nr2,Broke in a week\n",
+    );
+    let out = dir.path("out.jsonl");
+    let tools = r#"[{"type":"function","function":{"name":"record_label","parameters":{"type":"object","properties":{"label":{"type":"string","enum":["good","bad"]}},"required":["label"]}}}]"#;
+    let tools_param = format!("tools={tools}");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--template",
+            "{review}",
+            "--param",
+            &tools_param,
+            "--param",
+            "tool_choice=required",
+        ],
+    );
+    assert_code(&o, 0);
+    for r in records_by_id(&out).values() {
+        assert_eq!(r.finish_reason.as_deref(), Some("tool_calls"));
+        let calls: serde_json::Value =
+            serde_json::from_str(r.tool_calls.as_ref().expect("tool_calls").get()).unwrap();
+        assert_eq!(calls[0]["function"]["name"], "record_label");
+        let args: serde_json::Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["label"] == "good" || args["label"] == "bad", "{args}");
+    }
+
+    // n = 3 with a schema: every choice kept, each parsed; content is the first.
+    let out = dir.path("choices.jsonl");
+    let schema = demo("review-labels.schema.json");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--template",
+            "{review}",
+            "--param",
+            "n=3",
+            "--json-schema",
+            schema.to_str().unwrap(),
+        ],
+    );
+    assert_code(&o, 0);
+    for r in records_by_id(&out).values() {
+        let choices = r.choices.as_ref().expect("choices");
+        assert_eq!(choices.len(), 3);
+        assert_eq!(choices[0].content, r.content);
+        assert!(choices.iter().all(|c| c.parsed.is_some()));
+        assert_eq!(choices[0].parsed, r.parsed);
+    }
+}
+
+#[test]
+fn an_unknown_model_falls_back_to_the_next_and_the_record_says_so() {
+    let mock = Mock::start(MockConfig {
+        refuse_unknown_models: true,
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(5));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--model",
+            "acme/retired-model",
+            "--fallback-model",
+            "acme/also-gone",
+            "--fallback-model",
+            MODEL,
+        ],
+    );
+    assert_code(&o, 0);
+    for r in records_by_id(&out).values() {
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.model, "acme/retired-model");
+        assert_eq!(r.fallback_model.as_deref(), Some(MODEL));
+        assert_eq!(r.attempts, 3);
+        // Priced as the model that answered.
+        assert!(r.cost_usd.unwrap() > 0.0);
+    }
+    // Without a fallback: a 404 is the job's failure, with the provider's message.
+    let out = dir.path("none.jsonl");
+    let o = run(&input, &out, &mock.url(), &["--model", "acme/retired-model"]);
+    assert_code(&o, 2);
+    let r = records(&out).pop().unwrap();
+    let e = r.error.unwrap();
+    assert_eq!((e.kind.as_str(), e.http_status), ("client", Some(404)));
+    assert!(e.message.contains("does not exist"), "{}", e.message);
+}
