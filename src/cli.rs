@@ -91,6 +91,13 @@ pub struct JobArgs {
     /// jobs without one, each answer validated into the record's `parsed`.
     #[arg(long, value_name = "FILE")]
     pub json_schema: Option<PathBuf>,
+    /// Column (CSV) or field (plain JSONL record) holding an image: an http(s) or data: URL,
+    /// or a PNG, JPEG, GIF or WebP file relative to the job file's folder (repeatable).
+    #[arg(long = "image-column", value_name = "COL")]
+    pub image_columns: Vec<String>,
+    /// Largest image file accepted, in bytes [default: 20 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_image_bytes: Option<u64>,
     /// The schema's name sent to the provider [default: the schema file's name].
     #[arg(long, value_name = "NAME", requires = "json_schema")]
     pub schema_name: Option<String>,

@@ -131,6 +131,9 @@ pub struct Spec {
     pub template_file: Option<PathBuf>,
     pub json_schema: Option<PathBuf>,
     pub schema_name: Option<String>,
+    #[serde(default)]
+    pub image_columns: Vec<String>,
+    pub max_image_bytes: Option<u64>,
     pub retry_invalid: Option<u32>,
     #[serde(default)]
     pub fallback_models: Vec<String>,
@@ -298,6 +301,15 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         template,
         id_field: args.id_column.clone().or_else(|| spec.id_column.clone()),
         params,
+        image_columns: if args.image_columns.is_empty() {
+            spec.image_columns.clone()
+        } else {
+            args.image_columns.clone()
+        },
+        max_image_bytes: args
+            .max_image_bytes
+            .or(spec.max_image_bytes)
+            .unwrap_or(crate::job::image::DEFAULT_MAX_BYTES),
         ..Default::default()
     };
     let format = match (args.input_format, spec.input_format.as_deref()) {

@@ -34,6 +34,8 @@ pub struct ModelEstimate {
     pub model: String,
     pub jobs: u64,
     pub prompt_tokens: u64,
+    /// Images sent (`image_url` parts), priced per image where the model has a price.
+    pub images: u64,
     /// Output tokens if every job uses its whole allowance.
     pub output_tokens_worst: u64,
     /// Output tokens in the typical case, when one is known.
@@ -50,6 +52,7 @@ pub struct Estimate {
     pub tokenizer: &'static str,
     pub jobs: u64,
     pub prompt_tokens: u64,
+    pub images: u64,
     pub output_tokens_worst: u64,
     pub output_tokens_typical: Option<u64>,
     /// Where the typical answer length came from.
@@ -129,6 +132,7 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
             });
         m.jobs += 1;
         m.prompt_tokens += prompt_tokens(&body, bpe);
+        m.images += u64::from(job.images);
         let allowance = job
             .max_output_tokens
             .map_or(cfg.reserve_output_tokens, u64::from);
@@ -147,6 +151,7 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
         tokenizer: "o200k_base (exact for current OpenAI models, an approximation for others)",
         jobs: 0,
         prompt_tokens: 0,
+        images: 0,
         output_tokens_worst: 0,
         output_tokens_typical: typical.map(|_| 0),
         typical_from,
@@ -166,7 +171,7 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
                         completion: out,
                         ..Usage::default()
                     },
-                    0,
+                    u32::try_from(m.images).unwrap_or(u32::MAX),
                 )
             })
         };
@@ -181,6 +186,7 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
         typical_total += typ.unwrap_or(Money::ZERO);
         e.jobs += m.jobs;
         e.prompt_tokens += m.prompt_tokens;
+        e.images += m.images;
         e.output_tokens_worst += m.output_tokens_worst;
         if let (Some(t), Some(mt)) = (e.output_tokens_typical.as_mut(), m.output_tokens_typical) {
             *t += mt;
@@ -201,8 +207,12 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
 
 impl Estimate {
     pub fn render(&self) -> String {
+        let images = match self.images {
+            0 => String::new(),
+            n => format!(", {n} images (priced per image)"),
+        };
         let mut s = format!(
-            "{}: {} jobs, {} prompt tokens ({})\n",
+            "{}: {} jobs, {} prompt tokens{images} ({})\n",
             self.input, self.jobs, self.prompt_tokens, self.tokenizer
         );
         for m in &self.models {

@@ -159,9 +159,28 @@ impl<R: Read> CsvJobs<R> {
                 )
             })
             .collect();
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        let attached = self.defaults.attach(base, |name| {
+            self.columns
+                .iter()
+                .position(|c| c == name)
+                .and_then(|i| rec.get(i))
+                .map(str::to_string)
+        })?;
         let mut body = Map::new();
-        body.insert("messages".into(), self.defaults.templated_messages(prompt));
-        finish(&self.defaults, id, self.index, line, body, metadata)
+        body.insert(
+            "messages".into(),
+            self.defaults.templated_messages(prompt, &attached),
+        );
+        finish(
+            &self.defaults,
+            id,
+            self.index,
+            line,
+            body,
+            metadata,
+            attached,
+        )
     }
 }
 

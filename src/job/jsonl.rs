@@ -65,8 +65,9 @@ impl<R: BufRead> JsonlJobs<R> {
         };
         let d = &*self.defaults;
         let at = |m: String| self.err(line_no, None, m);
-        let (id, body, metadata) = if obj.contains_key("custom_id") {
-            batch_line(obj).map_err(at)?
+        let (id, body, metadata, attached) = if obj.contains_key("custom_id") {
+            let (id, body, metadata) = batch_line(obj).map_err(at)?;
+            (id, body, metadata, Default::default())
         } else if obj.contains_key("messages") {
             let id = take_id(&mut obj, d, self.index).map_err(at)?;
             let metadata = match obj.remove("metadata") {
@@ -79,7 +80,7 @@ impl<R: BufRead> JsonlJobs<R> {
                     )))
                 }
             };
-            (id, obj, metadata)
+            (id, obj, metadata, Default::default())
         } else {
             let Some(template) = &d.template else {
                 return Err(at(
@@ -99,11 +100,19 @@ impl<R: BufRead> JsonlJobs<R> {
                 .into_iter()
                 .filter(|(k, _)| !used.contains(k.as_str()))
                 .collect();
+            let base = self.file.parent().unwrap_or(Path::new(""));
+            let attached = d
+                .attach(base, |name| match metadata.get(name) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Null) | None => None,
+                    Some(other) => Some(other.to_string()),
+                })
+                .map_err(at)?;
             let mut body = Map::new();
-            body.insert("messages".into(), d.templated_messages(prompt));
-            (id, body, metadata)
+            body.insert("messages".into(), d.templated_messages(prompt, &attached));
+            (id, body, metadata, attached)
         };
-        finish(d, id, self.index, line_no, body, metadata).map_err(at)
+        finish(d, id, self.index, line_no, body, metadata, attached).map_err(at)
     }
 }
 

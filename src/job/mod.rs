@@ -3,6 +3,7 @@
 //! fingerprint are fixed, and its token estimates are known, so the scheduler never re-parses.
 
 pub mod csv;
+pub mod image;
 pub mod jsonl;
 pub mod keys;
 pub mod request;
@@ -66,6 +67,18 @@ impl Fingerprint {
     pub fn of(body: &[u8]) -> Self {
         Fingerprint(xxhash_rust::xxh3::xxh3_128(body))
     }
+    /// The body's fingerprint, with the hashes of the files it will carry.
+    pub fn with_files(body: &[u8], files: &[u128]) -> Self {
+        if files.is_empty() {
+            return Self::of(body);
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(body);
+        for f in files {
+            h.update(&f.to_le_bytes());
+        }
+        Fingerprint(h.digest128())
+    }
     pub fn parse(s: &str) -> Option<Self> {
         u128::from_str_radix(s, 16).ok().map(Fingerprint)
     }
@@ -108,6 +121,8 @@ pub struct Job {
     pub images: u32,
     /// What its answers must be (its `response_format`).
     pub expect: crate::answer::Expect,
+    /// Local images, embedded into `body` when the job is sent.
+    pub image_files: Vec<image::ImageFile>,
 }
 
 /// Where an input problem is: file, line and, where known, column or field.

@@ -22,6 +22,18 @@ pub struct JobDefaults {
     /// What `params.response_format` expects of answers, worked out once for every job that
     /// takes it.
     pub default_expect: std::sync::OnceLock<Result<Expect, String>>,
+    /// Columns or fields holding an image (a URL or a file path).
+    pub image_columns: Vec<String>,
+    /// Largest image file accepted.
+    pub max_image_bytes: u64,
+}
+
+/// Images a templated job carries: their content parts, local files and the files' hashes.
+#[derive(Debug, Default)]
+pub struct Attached {
+    parts: Vec<Value>,
+    files: Vec<super::image::ImageFile>,
+    hashes: Vec<u128>,
 }
 
 impl JobDefaults {
@@ -29,14 +41,51 @@ impl JobDefaults {
         self.id_field.as_deref().unwrap_or("id")
     }
 
-    /// The messages of a templated job: optional system prompt, then the rendered user prompt.
-    pub fn templated_messages(&self, prompt: String) -> Value {
+    /// The messages of a templated job: optional system prompt, then the rendered user prompt
+    /// (with the row's images after it).
+    pub fn templated_messages(&self, prompt: String, images: &Attached) -> Value {
         let mut messages = Vec::with_capacity(2);
         if let Some(system) = &self.system {
             messages.push(message("system", system.clone()));
         }
-        messages.push(message("user", prompt));
+        if images.parts.is_empty() {
+            messages.push(message("user", prompt));
+        } else {
+            let mut parts = vec![serde_json::json!({"type": "text", "text": prompt})];
+            parts.extend(images.parts.iter().cloned());
+            messages.push(serde_json::json!({"role": "user", "content": parts}));
+        }
         Value::Array(messages)
+    }
+
+    /// The images of a row or record: `cell` gives an image column's value. Files are
+    /// relative to `base` (the job file's folder).
+    pub fn attach(
+        &self,
+        base: &std::path::Path,
+        cell: impl Fn(&str) -> Option<String>,
+    ) -> Result<Attached, String> {
+        use super::image::{part, resolve, Image, DEFAULT_MAX_BYTES};
+        let mut a = Attached::default();
+        let max = if self.max_image_bytes == 0 {
+            DEFAULT_MAX_BYTES
+        } else {
+            self.max_image_bytes
+        };
+        for col in &self.image_columns {
+            let Some(v) = cell(col) else { continue };
+            match resolve(&v, base, max).map_err(|e| format!("column \"{col}\": {e}"))? {
+                None => {}
+                Some(img) => {
+                    a.parts.push(part(&img, a.files.len()));
+                    if let Image::File(f, h) = img {
+                        a.files.push(f);
+                        a.hashes.push(h);
+                    }
+                }
+            }
+        }
+        Ok(a)
     }
 }
 
@@ -55,6 +104,7 @@ pub fn finish(
     line: u64,
     mut body: Map<String, Value>,
     metadata: Map<String, Value>,
+    attached: Attached,
 ) -> Result<Job, String> {
     let expect = if body.contains_key("response_format") {
         own_expect(&body)?
@@ -160,13 +210,14 @@ pub fn finish(
         index,
         line,
         model,
-        fingerprint: Fingerprint::of(&bytes),
+        fingerprint: Fingerprint::with_files(&bytes, &attached.hashes),
         body: bytes.into(),
         metadata,
         est_prompt_tokens,
         max_output_tokens,
         images,
         expect,
+        image_files: attached.files,
     })
 }
 
@@ -297,7 +348,16 @@ mod tests {
         let body = obj(
             json!({"model": "own", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 7}),
         );
-        let job = finish(&d, JobId::new("a"), 0, 1, body, Map::new()).unwrap();
+        let job = finish(
+            &d,
+            JobId::new("a"),
+            0,
+            1,
+            body,
+            Map::new(),
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(job.model, "own");
         assert_eq!(job.max_output_tokens, Some(7));
         let sent: Value = serde_json::from_slice(&job.body).unwrap();
@@ -318,7 +378,7 @@ mod tests {
         let c =
             obj(json!({"seed": 2, "messages": [{"content": "x", "role": "user"}], "model": "m"}));
         let f = |m| {
-            finish(&d, JobId::new("a"), 0, 1, m, Map::new())
+            finish(&d, JobId::new("a"), 0, 1, m, Map::new(), Default::default())
                 .unwrap()
                 .fingerprint
         };
@@ -340,6 +400,7 @@ mod tests {
                 1,
                 obj(json!({"messages": messages})),
                 Map::new(),
+                Default::default(),
             )
             .err()
         };
@@ -368,6 +429,7 @@ mod tests {
             1,
             obj(json!({"messages": [{"role": "user", "content": "x"}]})),
             Map::new(),
+            Default::default(),
         );
         assert!(e.unwrap_err().contains("no model"));
         let d = JobDefaults {
@@ -381,6 +443,7 @@ mod tests {
             1,
             obj(json!({"messages": "hi"})),
             Map::new(),
+            Default::default(),
         );
         assert!(e.unwrap_err().contains("expected an array"));
     }
@@ -399,11 +462,12 @@ mod tests {
             1,
             obj(json!({"messages": [{"role": "user", "content": "x"}]})),
             Map::new(),
+            Default::default(),
         )
         .unwrap();
         let sent: Value = serde_json::from_slice(&job.body).unwrap();
         assert_eq!(sent["messages"][0]["role"], "system");
-        let job = finish(&d, JobId::new("a"), 0, 1, obj(json!({"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "x"}]})), Map::new()).unwrap();
+        let job = finish(&d, JobId::new("a"), 0, 1, obj(json!({"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "x"}]})), Map::new(), Default::default()).unwrap();
         let sent: Value = serde_json::from_slice(&job.body).unwrap();
         assert_eq!(sent["messages"].as_array().unwrap().len(), 2);
     }

@@ -66,6 +66,10 @@ pub struct InputSettings {
     pub id_field: Option<String>,
     pub params: serde_json::Map<String, serde_json::Value>,
     pub max_line_bytes: usize,
+    #[serde(default)]
+    pub image_columns: Vec<String>,
+    #[serde(default)]
+    pub max_image_bytes: u64,
 }
 
 impl InputSpec {
@@ -83,6 +87,8 @@ impl InputSpec {
             id_field: d.id_field.clone(),
             params: d.params.clone(),
             max_line_bytes: self.max_line_bytes,
+            image_columns: d.image_columns.clone(),
+            max_image_bytes: d.max_image_bytes,
         }
     }
 
@@ -108,6 +114,8 @@ impl InputSpec {
                 template,
                 id_field: s.id_field.clone(),
                 params: s.params.clone(),
+                image_columns: s.image_columns.clone(),
+                max_image_bytes: s.max_image_bytes,
                 ..Default::default()
             }),
             max_line_bytes: s.max_line_bytes,

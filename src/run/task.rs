@@ -419,7 +419,35 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
     // 0: the job's own model; i: the i-th `--fallback-model`.
     let mut model_at = 0usize;
     let mut model: &str = &job.model;
-    let mut body = job.body.clone();
+    // Local images are read and encoded now, as the job goes, never held for the whole file.
+    let base_body = if job.image_files.is_empty() {
+        job.body.clone()
+    } else {
+        let (body, files) = (job.body.clone(), job.image_files.clone());
+        let embedded = tokio::task::spawn_blocking(move || crate::job::image::embed(&body, &files))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match embedded {
+            Ok(b) => b.into(),
+            Err(message) => {
+                let mut r = base_record(job, started, 0, Duration::ZERO);
+                r.status = Status::Failed;
+                r.error = Some(RecordError {
+                    kind: ErrorKind::Client,
+                    http_status: None,
+                    message: format!(
+                        "{message}; not sent (fix the file, then re-run with --retry-failed)"
+                    ),
+                });
+                ctx.limiter.reconcile(first, 0);
+                ctx.open();
+                ctx.note_result(&r);
+                let _ = ctx.writer.send(Box::new(r));
+                return TaskEnd::Recorded;
+            }
+        }
+    };
+    let mut body = base_body.clone();
     // Paid for answers that were not kept, and the last of them as a record: written if the
     // job ends without another (a stop), so no paid answer goes unrecorded.
     let mut paid = Money::ZERO;
@@ -628,7 +656,7 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                         tracing::debug!(id = %job.id, "model {model:?} unavailable (503): trying {next:?}");
                         model_at += 1;
                         model = next;
-                        body = with_model(&job.body, model);
+                        body = with_model(&base_body, model);
                         tries = 0;
                         continue;
                     }
@@ -672,7 +700,7 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                         tracing::debug!(id = %job.id, "model {model:?} not available ({message}): trying {next:?}");
                         model_at += 1;
                         model = next;
-                        body = with_model(&job.body, model);
+                        body = with_model(&base_body, model);
                         tries = 0;
                         // Its price may differ: the reservation is made again for it.
                         let mut refused = None;

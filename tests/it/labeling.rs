@@ -366,10 +366,139 @@ fn an_unknown_model_falls_back_to_the_next_and_the_record_says_so() {
     }
     // Without a fallback: a 404 is the job's failure, with the provider's message.
     let out = dir.path("none.jsonl");
-    let o = run(&input, &out, &mock.url(), &["--model", "acme/retired-model"]);
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--model", "acme/retired-model"],
+    );
     assert_code(&o, 2);
     let r = records(&out).pop().unwrap();
     let e = r.error.unwrap();
     assert_eq!((e.kind.as_str(), e.http_status), ("client", Some(404)));
     assert!(e.message.contains("does not exist"), "{}", e.message);
+}
+
+/// A tiny PNG and JPEG (their magic bytes and a little more: the simulator only checks that
+/// the base64 decodes, the runner that the type is known).
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01";
+const JPEG: &[u8] = b"\xff\xd8\xff\xe0\0\x10JFIF\0\x01";
+
+#[test]
+fn images_from_files_and_urls_are_sent_as_data_urls_and_checked_first() {
+    let mock = Mock::start(MockConfig {
+        capture_bodies: true,
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    dir.write("img/shoe.png", PNG);
+    dir.write("img/bag.jpg", JPEG);
+    let csv = "id,caption,photo\n\
+               p1,a shoe,img/shoe.png\n\
+               p2,a bag,img/bag.jpg\n\
+               p3,a hat,https://example.test/hat.webp\n\
+               p4,no photo,\n";
+    let input = dir.write("products.csv", csv);
+    let out = dir.path("out.jsonl");
+    let args = [
+        "--template",
+        "Describe: {caption}",
+        "--image-column",
+        "photo",
+        "--model",
+        MODEL,
+    ];
+    let o = run(&input, &out, &mock.url(), &args);
+    assert_code(&o, 0);
+    let b64 = |bytes: &[u8]| {
+        // The runner's encoding, checked against a plain implementation.
+        let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut s = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |a, &b| a << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    s.push(table[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    s.push('=');
+                }
+            }
+        }
+        s
+    };
+    let mut urls = std::collections::BTreeMap::new();
+    for body in mock.bodies() {
+        let content = &body["messages"][0]["content"];
+        let text = match content {
+            serde_json::Value::Array(parts) => {
+                if let Some(url) = parts
+                    .get(1)
+                    .map(|p| p["image_url"]["url"].as_str().unwrap())
+                {
+                    urls.insert(
+                        parts[0]["text"].as_str().unwrap().to_string(),
+                        url.to_string(),
+                    );
+                }
+                parts[0]["text"].as_str().unwrap().to_string()
+            }
+            serde_json::Value::String(s) => s.clone(),
+            _ => panic!("{content}"),
+        };
+        assert!(text.starts_with("Describe"));
+    }
+    assert_eq!(
+        urls["Describe: a shoe"],
+        format!("data:image/png;base64,{}", b64(PNG))
+    );
+    assert_eq!(
+        urls["Describe: a bag"],
+        format!("data:image/jpeg;base64,{}", b64(JPEG))
+    );
+    assert_eq!(urls["Describe: a hat"], "https://example.test/hat.webp");
+    assert!(!urls.contains_key("Describe: no photo"));
+    assert_eq!(mock.stats().images, 3);
+    // Priced per image: the model's per-image price is in the record's cost.
+    let recs = records_by_id(&out);
+    let text_only = recs["p4"].cost_usd.unwrap();
+    assert!(recs["p1"].cost_usd.unwrap() > text_only);
+
+    // A changed image re-runs its job (its fingerprint covers the bytes); the others stay.
+    dir.write("img/shoe.png", [PNG, b"changed"].concat());
+    let before = mock.stats().requests;
+    let o = run(&input, &out, &mock.url(), &args);
+    assert_code(&o, 0);
+    assert_eq!(mock.stats().requests, before + 1);
+
+    // A missing file and a file that is no image: input errors with their lines, nothing sent.
+    let bad = dir.write(
+        "bad.csv",
+        "id,caption,photo\nq1,x,img/gone.png\nq2,y,products.csv\n",
+    );
+    let before = mock.stats().requests;
+    let o = run(&bad, &dir.path("bad.jsonl"), &mock.url(), &args);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("bad.csv:2") && err.contains("gone.png"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.csv:3") && err.contains("not a PNG, JPEG, GIF or WebP"),
+        "{err}"
+    );
+    assert_eq!(mock.stats().requests, before);
+
+    // estimate counts the images.
+    let o = bulkprompt()
+        .args(["estimate"])
+        .arg(&input)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["images"], 3, "{e}");
 }
