@@ -41,4 +41,18 @@ cost_json = sum(r["cost_usd"] for r in records if r["cost_usd"] is not None)
 check("sum of cost_usd", abs(cost_pq - cost_json) < 1e-12, f"({cost_pq:.9f} vs {cost_json:.9f})")
 ids_pq = sorted(table.column("id").to_pylist())
 check("ids", ids_pq == sorted(r["id"] for r in records))
+# A labeling run: typed parsed_<property> columns holding the validated labels.
+if "parsed_rating" in table.schema.names:
+    for name, typ in {"parsed": pa.string(), "parsed_sentiment": pa.string(), "parsed_rating": pa.int64(), "parsed_reason": pa.string()}.items():
+        got = table.schema.field(name).type
+        check(f"type of {name}", got == typ, f"({got})")
+    by_id = {r["id"]: r for r in records}
+    rows = table.select(["id", "parsed_sentiment", "parsed_rating"]).to_pylist()
+    same = all(
+        (by_id[row["id"]]["parsed"] or {}).get("sentiment") == row["parsed_sentiment"]
+        and (by_id[row["id"]]["parsed"] or {}).get("rating") == row["parsed_rating"]
+        for row in rows
+    )
+    check("labels match the journal's parsed values", same)
+    check("labels present", sum(1 for row in rows if row["parsed_sentiment"]) > 0)
 sys.exit(1 if failures else 0)
