@@ -104,6 +104,7 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
         Command::Prices(args) => prices_cmd(args),
         Command::Export(args) => export_cmd(args),
         Command::Providers => providers_cmd(),
+        Command::Batches(args) => batches_cmd(args),
     }
 }
 
@@ -184,6 +185,121 @@ fn providers_cmd() -> Result<i32, AppError> {
             if p.sends_limit_headers { "yes" } else { "no" },
             p.exhausted
         );
+    }
+    Ok(0)
+}
+
+fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
+    use crate::batch::{journal, openai};
+    let mut output = args.output.clone();
+    if crate::output::parquet::is_parquet(&output) {
+        output = crate::output::parquet::journal_path(&output);
+    }
+    let path = journal::journal_path(&output);
+    if !path.exists() {
+        return Err(AppError::Usage(format!(
+            "{}: no batch journal: {} was not written by a batch-mode run",
+            path.display(),
+            args.output.display()
+        )));
+    }
+    let listed = journal::list(&path).map_err(|e| AppError::Usage(e.to_string()))?;
+    let mut states: Vec<Option<String>> = vec![None; listed.len()];
+    if args.check || args.cancel {
+        let preset = match &args.provider {
+            Some(name) => Some(crate::providers::preset(name).ok_or_else(|| {
+                AppError::Usage(format!(
+                    "--provider {name:?}: one of {}",
+                    crate::providers::names()
+                ))
+            })?),
+            None => None,
+        };
+        let base_url = args
+            .endpoint
+            .clone()
+            .or_else(|| preset.map(|p| p.base_url.to_string()))
+            .ok_or_else(|| {
+                AppError::Usage("--check and --cancel need --endpoint or --provider".into())
+            })?;
+        let key_env = args
+            .api_key_env
+            .clone()
+            .or_else(|| preset.and_then(|p| p.key_env).map(str::to_string));
+        let api_key = key_env
+            .as_deref()
+            .and_then(|v| std::env::var(v).ok())
+            .filter(|k| !k.is_empty())
+            .map(crate::secret::ApiKey::new);
+        let client = crate::provider::Client::new(&crate::provider::ClientConfig {
+            base_url,
+            scrubber: crate::secret::Scrubber::new(api_key.as_ref(), std::iter::empty()),
+            api_key,
+            headers: Vec::new(),
+            timeout: Duration::from_secs(120),
+            pool_size: 4,
+            max_response_bytes: crate::provider::DEFAULT_MAX_RESPONSE_BYTES,
+        })
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+        let rt = runtime(Some(1))?;
+        for (l, state) in listed.iter().zip(states.iter_mut()) {
+            let (None, Some(id)) = (&l.ended, &l.batch_id) else {
+                continue;
+            };
+            let got = rt.block_on(async {
+                if args.cancel {
+                    openai::cancel(&client, id).await
+                } else {
+                    openai::get(&client, id).await
+                }
+            });
+            *state = Some(match got {
+                Ok(info) => info.status,
+                Err(e) => format!("unknown ({e})"),
+            });
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<serde_json::Value> = listed
+            .iter()
+            .zip(&states)
+            .map(|(l, s)| {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                v["provider_status"] = serde_json::json!(s);
+                v
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<36} {:>7} {:<16} state",
+            "key", "model", "jobs", "batch"
+        );
+        for (l, s) in listed.iter().zip(&states) {
+            let state = match (&l.ended, s) {
+                (Some(e), _) => format!("ended ({e}), collected"),
+                (None, Some(s)) => format!("open ({s} at the provider)"),
+                (None, None) => "open: a run collects it".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<20} {:<36} {:>7} {:<16} {state}",
+                l.key,
+                l.model,
+                l.jobs,
+                l.batch_id.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    let open = listed.iter().filter(|l| l.ended.is_none()).count();
+    if args.cancel && open > 0 {
+        eprintln!("bulkprompt: asked to cancel {open} open batches; re-run the same command to collect what they answered");
     }
     Ok(0)
 }
@@ -318,6 +434,12 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
         advertise_rpm: args.advertise_rpm,
         script: Vec::new(),
         refuse_unknown_models: args.refuse_unknown_models,
+        batch: crate::mock::BatchConfig {
+            delay: Duration::from_millis(args.batch_delay_ms),
+            latency: Duration::from_millis(args.batch_latency_ms),
+            fail_rate: args.batch_fail_rate,
+            expire_rate: args.batch_expire_rate,
+        },
     };
     let server = MockServer::start((args.host, args.port).into(), config)
         .await

@@ -40,6 +40,9 @@ pub trait Budget: Send + Sync {
     fn reserve(&self, worst: Money) -> Result<Reservation, CapReached>;
     /// Replaces a reservation with what the job really cost (zero if it failed).
     fn settle(&self, reservation: Reservation, actual: Money);
+    /// Holds `worst` whatever the cap says: money already committed (a batch an earlier run
+    /// submitted), so that nothing new is reserved against it.
+    fn hold(&self, worst: Money) -> Reservation;
 }
 
 #[derive(Debug)]
@@ -91,6 +94,12 @@ impl Budget for LocalBudget {
         let mut l = self.ledger();
         l.reserved = Money(l.reserved.0.saturating_sub(reservation.0 .0));
         l.spent += actual;
+    }
+
+    fn hold(&self, worst: Money) -> Reservation {
+        let mut l = self.ledger();
+        l.reserved = Money(l.reserved.0 + worst.0);
+        Reservation(worst)
     }
 }
 

@@ -46,6 +46,8 @@ pub enum Command {
     Export(ExportArgs),
     /// List the provider presets (`--provider`).
     Providers,
+    /// List an output's batches (batch mode) and their states; --cancel the open ones.
+    Batches(BatchesArgs),
 }
 
 /// How to read the job file (shared by run and validate).
@@ -104,6 +106,18 @@ pub struct JobArgs {
     /// Longest input line accepted, in bytes.
     #[arg(long)]
     pub max_line_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Live,
+    Batch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BatchApiArg {
+    Openai,
+    Openrouter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -200,6 +214,22 @@ pub struct RunArgs {
     /// for) is asked again; each invalid answer is paid for [default: 1].
     #[arg(long, value_name = "N")]
     pub retry_invalid: Option<u32>,
+    /// live: one request per job; batch: the provider's batch API at about half the price,
+    /// answers within 24 h [default: live].
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Batch mode: submit the batches and exit 6; re-run the same command to collect.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Batch mode: seconds between polls of open batches [default: 30; at least 1].
+    #[arg(long, value_name = "SECS")]
+    pub poll_interval: Option<f64>,
+    /// Batch mode: the batch protocol [default: openai].
+    #[arg(long, value_enum)]
+    pub batch_api: Option<BatchApiArg>,
+    /// Batch mode: most lines in one batch [default: 50000].
+    #[arg(long, value_name = "N")]
+    pub batch_max_lines: Option<usize>,
     /// Model to try when the provider says a job's model does not exist or is not available
     /// (404; a 400/422 about the model; 503 after the retries). Repeatable, tried in order.
     #[arg(long = "fallback-model", value_name = "MODEL")]
@@ -277,6 +307,9 @@ pub struct EstimateArgs {
     /// Price table overrides (TOML).
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
+    /// Price as for this mode: batch prices are the batch APIs' (about half) [default: live].
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
@@ -296,6 +329,30 @@ pub struct ExportArgs {
     /// --json-schema, from the output's meta].
     #[arg(long, value_name = "FILE")]
     pub json_schema: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchesArgs {
+    /// The output of a batch-mode run.
+    pub output: PathBuf,
+    /// Ask the provider for each open batch's state (needs the endpoint and key).
+    #[arg(long)]
+    pub check: bool,
+    /// Cancel every open batch; the next run collects their partial results.
+    #[arg(long)]
+    pub cancel: bool,
+    /// Base URL of the provider (as for `run`).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// A provider preset (as for `run`).
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Environment variable holding the key (as for `run`).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +415,18 @@ pub struct ServeMockArgs {
     /// Answer 404 for models the simulator's price table does not know.
     #[arg(long)]
     pub refuse_unknown_models: bool,
+    /// Batch API: a batch ends this long after it is created.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub batch_delay_ms: u64,
+    /// Batch API: every call takes this long.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub batch_latency_ms: u64,
+    /// Batch API: share of lines that fail with a 500.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub batch_fail_rate: f64,
+    /// Batch API: share of batches that expire with half their lines answered.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    pub batch_expire_rate: f64,
     /// Require `Authorization: Bearer <key>` with the key from this environment variable.
     #[arg(long, value_name = "VAR")]
     pub require_key_env: Option<String>,

@@ -57,6 +57,8 @@ pub struct RunConfig {
     pub retry_invalid: u32,
     /// Models tried in turn when the provider says a job's model is not there.
     pub fallback_models: Vec<String>,
+    /// `--mode batch`: the batch engine's settings (`None`: live).
+    pub batch: Option<crate::run::BatchSettings>,
     /// Hard cap on the money recorded in the output, over all runs.
     pub max_cost: Option<Money>,
     /// Jobs failing in a row with the same kind of error that stop the run (0: never).
@@ -137,6 +139,9 @@ pub struct Spec {
     pub retry_invalid: Option<u32>,
     #[serde(default)]
     pub fallback_models: Vec<String>,
+    pub mode: Option<String>,
+    pub poll_interval: Option<f64>,
+    pub batch_max_lines: Option<usize>,
     pub system: Option<String>,
     pub id_column: Option<String>,
     pub max_tokens: Option<u32>,
@@ -558,6 +563,50 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             .unwrap_or(1024),
         retry_failed: args.retry_failed,
         retry_invalid: args.retry_invalid.or(spec.retry_invalid).unwrap_or(1),
+        batch: {
+            let batch = match (args.mode, spec.mode.as_deref()) {
+                (Some(crate::cli::ModeArg::Batch), _) | (None, Some("batch")) => true,
+                (Some(crate::cli::ModeArg::Live), _) | (None, Some("live") | None) => false,
+                (None, Some(other)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "mode {other:?}: expected live or batch"
+                    )))
+                }
+            };
+            if !batch && (args.no_wait || args.poll_interval.is_some() || args.batch_api.is_some())
+            {
+                return Err(ConfigError::Invalid(
+                    "--no-wait, --poll-interval and --batch-api need --mode batch".into(),
+                ));
+            }
+            if args.batch_api == Some(crate::cli::BatchApiArg::Openrouter) {
+                return Err(ConfigError::Invalid(
+                    "--batch-api openrouter: not supported yet; the OpenAI-style batch API (OpenAI, Gemini's OpenAI-compatible endpoint) is".into(),
+                ));
+            }
+            match batch {
+                false => None,
+                true => {
+                    let d = crate::run::BatchSettings::default();
+                    Some(crate::run::BatchSettings {
+                        poll: secs(
+                            args.poll_interval
+                                .or(spec.poll_interval)
+                                .unwrap_or(30.0)
+                                .max(1.0),
+                            "--poll-interval",
+                        )?,
+                        max_lines: args
+                            .batch_max_lines
+                            .or(spec.batch_max_lines)
+                            .unwrap_or(d.max_lines)
+                            .clamp(1, 50_000),
+                        no_wait: args.no_wait,
+                        ..d
+                    })
+                }
+            }
+        },
         fallback_models: if args.fallback_models.is_empty() {
             spec.fallback_models.clone()
         } else {
@@ -634,6 +683,8 @@ pub fn resolve_estimate(
             .unwrap_or(1024),
         // Only a regular file: a device or a pipe could be read for ever.
         output: output.is_file().then_some(output),
+        batch: args.mode == Some(crate::cli::ModeArg::Batch)
+            || (args.mode.is_none() && spec.mode.as_deref() == Some("batch")),
     })
 }
 

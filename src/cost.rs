@@ -63,7 +63,14 @@ pub struct Price {
     /// Price of cached input tokens; the input price where none is published.
     pub cached_input: Option<u64>,
     pub image: Option<u64>,
+    /// The batch price as thousandths of the live price; [`DEFAULT_BATCH_PERMILLE`] where
+    /// none is given.
+    pub batch_permille: Option<u32>,
 }
+
+/// Batch APIs charge half the live price: OpenAI's Batch API ("50% discount"), Gemini's Batch
+/// Mode ("50% of the standard cost"), as both document it.
+pub const DEFAULT_BATCH_PERMILLE: u32 = 500;
 
 /// Token counts from a response's `usage`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,6 +96,12 @@ impl Price {
                 .saturating_add(u.completion.saturating_mul(self.output))
                 .saturating_add(u64::from(images).saturating_mul(self.image.unwrap_or(0))),
         )
+    }
+
+    /// Cost of one answer from a batch: the live cost at the batch share.
+    pub fn batch_cost(&self, u: &Usage, images: u32) -> Money {
+        let share = self.batch_permille.unwrap_or(DEFAULT_BATCH_PERMILLE);
+        Money((u128::from(self.cost(u, images).0) * u128::from(share) / 1000) as u64)
     }
 
     /// The most a request can cost: every prompt token at the full input price, the whole
@@ -136,6 +149,8 @@ struct Entry {
     output: f64,
     cached_input: Option<f64>,
     image: Option<f64>,
+    /// The batch price as a share of the live price (0.5 where the provider documents half).
+    batch: Option<f64>,
     #[allow(dead_code)]
     source: Option<String>,
     #[allow(dead_code)]
@@ -211,6 +226,9 @@ impl PriceTable {
                     cached_input: e.cached_input.map(per_million),
                     // per thousand images -> per image, in picodollars
                     image: e.image.map(|usd| (usd.max(0.0) * 1e9).round() as u64),
+                    batch_permille: e
+                        .batch
+                        .map(|share| (share.clamp(0.0, 1.0) * 1000.0).round() as u32),
                 },
             );
         }
@@ -281,6 +299,7 @@ mod tests {
             output: 400,
             cached_input: Some(25),
             image: None,
+            batch_permille: None,
         };
         let u = Usage {
             prompt: 10,

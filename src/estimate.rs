@@ -26,6 +26,8 @@ pub struct EstimateConfig {
     pub reserve_output_tokens: u64,
     /// An earlier output, whose median answer length is the typical case.
     pub output: Option<PathBuf>,
+    /// Price at the batch APIs' prices.
+    pub batch: bool,
 }
 
 /// One model's share of the job file.
@@ -59,6 +61,8 @@ pub struct Estimate {
     pub typical_from: Option<String>,
     pub cost_typical_usd: Option<f64>,
     pub cost_worst_usd: f64,
+    /// Priced at batch prices (`--mode batch`).
+    pub batch_prices: bool,
     /// Jobs of models with no known price (not in the cost figures).
     pub unpriced_jobs: u64,
     /// Minutes the rate limits imply (typical case), when limits are given.
@@ -157,6 +161,7 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
         typical_from,
         cost_typical_usd: typical.map(|_| 0.0),
         cost_worst_usd: 0.0,
+        batch_prices: cfg.batch,
         unpriced_jobs: 0,
         minutes_at_limits: None,
         models: Vec::new(),
@@ -165,14 +170,17 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
     for (_, mut m) in models {
         let cost = |out: u64| {
             cfg.prices.get(&m.model).map(|p| {
-                p.cost(
-                    &Usage {
-                        prompt: m.prompt_tokens,
-                        completion: out,
-                        ..Usage::default()
-                    },
-                    u32::try_from(m.images).unwrap_or(u32::MAX),
-                )
+                let u = Usage {
+                    prompt: m.prompt_tokens,
+                    completion: out,
+                    ..Usage::default()
+                };
+                let images = u32::try_from(m.images).unwrap_or(u32::MAX);
+                if cfg.batch {
+                    p.batch_cost(&u, images)
+                } else {
+                    p.cost(&u, images)
+                }
             })
         };
         let worst = cost(m.output_tokens_worst);
@@ -207,10 +215,13 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
 
 impl Estimate {
     pub fn render(&self) -> String {
-        let images = match self.images {
+        let mut images = match self.images {
             0 => String::new(),
             n => format!(", {n} images (priced per image)"),
         };
+        if self.batch_prices {
+            images.push_str(", at batch prices");
+        }
         let mut s = format!(
             "{}: {} jobs, {} prompt tokens{images} ({})\n",
             self.input, self.jobs, self.prompt_tokens, self.tokenizer

@@ -23,6 +23,7 @@
 
 pub mod answer;
 pub mod app;
+pub(crate) mod batch;
 pub(crate) mod budget;
 pub(crate) mod checkpoint;
 pub mod cli;

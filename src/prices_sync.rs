@@ -133,6 +133,7 @@ fn parse(url: &str, body: &[u8]) -> Result<PriceTable, SyncError> {
                 output,
                 cached_input: p.input_cache_read.as_ref().and_then(picodollars),
                 image: p.image.as_ref().and_then(picodollars),
+                batch_permille: None,
             },
         );
     }

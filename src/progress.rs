@@ -56,6 +56,12 @@ pub struct Counters {
     pub http_429: AtomicU64,
     retries: [AtomicU64; 11],
     failed_by: [AtomicU64; 11],
+    /// Batches created at the provider this run.
+    pub batches_submitted: AtomicU64,
+    /// Records written to the output, and of those, fsynced (the batch engine waits for its
+    /// records to be durable before it marks a batch collected).
+    pub written: AtomicU64,
+    pub durable: AtomicU64,
     /// Answers that did not match their schema (paid for), and what they cost.
     pub invalid_answers: AtomicU64,
     pub invalid_cost: AtomicU64,
@@ -159,6 +165,8 @@ pub enum Outcome {
     OutputFailed,
     /// SIGINT / SIGTERM.
     Interrupted,
+    /// `--mode batch --no-wait`: batches submitted; a later run collects them.
+    Submitted,
 }
 
 impl Outcome {
@@ -171,6 +179,7 @@ impl Outcome {
             Outcome::Aborted => 4,
             Outcome::OutputFailed => 5,
             Outcome::Interrupted => 130,
+            Outcome::Submitted => 6,
         }
     }
 }
@@ -224,6 +233,8 @@ pub struct Summary {
     pub output_failed: u64,
     /// The lowest limits the provider advertised (`x-ratelimit-limit-*`), per minute.
     pub provider_limits: crate::limit::Advertised,
+    /// Batches created at the provider this run (`--mode batch`).
+    pub batches: u64,
     /// Answers that did not match their job's schema (each paid for), and what they cost.
     pub invalid_answers: u64,
     pub invalid_cost_usd: f64,
@@ -250,6 +261,7 @@ impl Summary {
                 "bulkprompt: stopped, the output could not be written".to_string()
             }
             Outcome::Interrupted => "bulkprompt: interrupted".to_string(),
+            Outcome::Submitted => "bulkprompt: batches submitted".to_string(),
         };
         line(format!(
             "{head} in {:.1}s -> {}",
@@ -351,11 +363,20 @@ impl Summary {
             ));
         }
         line(cost);
-        let l = self.latency_ms;
-        line(format!(
-            "  latency:   p50 {} ms, p95 {} ms, max {} ms",
-            l.p50, l.p95, l.max
-        ));
+        if self.batches > 0 {
+            line(format!(
+                "  batches:   {} submitted this run (the batch API, at batch prices)",
+                self.batches
+            ));
+        }
+        // Latencies only when requests were timed (not a batch run, not a run with nothing to do).
+        if self.requests > 0 {
+            let l = self.latency_ms;
+            line(format!(
+                "  latency:   p50 {} ms, p95 {} ms, max {} ms",
+                l.p50, l.p95, l.max
+            ));
+        }
         if let Some(cmd) = &self.resume_command {
             line(format!("  resume:    {cmd}"));
         }

@@ -5,6 +5,7 @@
 //! (`GET /mock/stats`), so tests can assert on requests made. It is built on bare hyper to be
 //! fast: benchmarks use it as the server, and it must not hide the runner's costs.
 
+mod batch;
 mod body;
 mod content;
 mod dialect;
@@ -12,6 +13,7 @@ mod faults;
 mod schema;
 mod window;
 
+pub use batch::{BatchConfig, BatchStats};
 pub use dialect::Dialect;
 pub use faults::{Fault, Faults, Storm};
 pub use window::SlidingWindow;
@@ -71,6 +73,8 @@ pub struct MockConfig {
     pub script: Vec<Step>,
     /// Answer 404 for a model the simulator's price table does not know, as providers do.
     pub refuse_unknown_models: bool,
+    /// The batch API's timing and failures.
+    pub batch: BatchConfig,
 }
 
 /// One scripted answer.
@@ -115,6 +119,7 @@ impl Default for MockConfig {
             quota_after: None,
             script: Vec::new(),
             refuse_unknown_models: false,
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -202,6 +207,8 @@ struct State {
     script_pos: AtomicU64,
     /// `quota_after`, changeable while serving (`u64::MAX`: none).
     quota_after: AtomicU64,
+    /// The batch API's files and batches.
+    batch_store: Mutex<batch::Store>,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -233,6 +240,7 @@ impl MockServer {
             started_at: Instant::now(),
             script_pos: AtomicU64::new(0),
             quota_after: AtomicU64::new(config.quota_after.unwrap_or(u64::MAX)),
+            batch_store: Mutex::new(batch::Store::default()),
             stats: stats.clone(),
             config,
         });
@@ -282,6 +290,11 @@ impl MockServer {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// What the batch API has seen.
+    pub fn batch_stats(&self) -> BatchStats {
+        batch::stats(&self.state)
     }
 
     /// Exhausts the account after `n` answers in all (`None`: never), as if credits were added
@@ -340,6 +353,38 @@ fn rate_limited_response(d: Dialect, secs: u64) -> Resp {
 
 async fn handle(state: &State, req: Request<Incoming>) -> Reply {
     let path = req.uri().path();
+    // The batch API, under /v1 or Gemini's /v1beta/openai.
+    let rest = path
+        .strip_prefix("/v1beta/openai")
+        .or_else(|| path.strip_prefix("/v1"))
+        .unwrap_or(path);
+    if rest.starts_with("/files") || rest.starts_with("/batches") {
+        let (method, rest, query) = (
+            req.method().clone(),
+            rest.to_string(),
+            req.uri().query().map(str::to_string),
+        );
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match Limited::new(req.into_body(), 512 << 20).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Err(std::io::Error::other("body too large")),
+        };
+        if let Some(r) =
+            batch::handle(state, &method, &rest, query.as_deref(), content_type, body).await
+        {
+            return Ok(r);
+        }
+        return Ok(error_response(
+            state.config.dialect,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such route",
+        ));
+    }
     Ok(match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions" | "/chat/completions") => {
             return chat(state, req).await
@@ -350,6 +395,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Reply {
         (&Method::GET, "/mock/stats") => json_response(
             StatusCode::OK,
             serde_json::to_vec(&state.stats.snapshot()).unwrap_or_default(),
+        ),
+        (&Method::GET, "/mock/batch-stats") => json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&batch::stats(state)).unwrap_or_default(),
         ),
         _ => error_response(
             state.config.dialect,
@@ -935,6 +984,7 @@ pub fn mock_prices() -> PriceTable {
             output: 3_000_000,
             cached_input: Some(250_000),
             image: None,
+            batch_permille: None,
         },
     );
     t

@@ -129,12 +129,14 @@ const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// stops admitting jobs), the failed batch and every record still arriving are kept in memory
 /// (bounded by the requests in flight), and the write is tried again every 200 ms, until
 /// `retry_for` after the failure. What is still unwritten then is counted, not lost silently.
+/// `synced` is called after each fsync: every record passed to `each` so far is durable.
 pub fn drain(
     mut writer: JsonlWriter,
     rx: mpsc::Receiver<WriterMsg>,
     retry_for: Duration,
     on_failure: impl FnOnce(&WriteError),
     mut each: impl FnMut(&Record),
+    mut synced: impl FnMut(),
 ) -> Drained {
     let mut out = Drained::default();
     let mut on_failure = Some(on_failure);
@@ -180,6 +182,9 @@ pub fn drain(
         }
         if result.is_ok() && sync {
             result = writer.sync();
+            if result.is_ok() {
+                synced();
+            }
         }
         if let Err(e) = result {
             if failed_at.is_none() {

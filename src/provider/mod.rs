@@ -53,6 +53,8 @@ pub enum ClientError {
 pub struct Client {
     http: reqwest::Client,
     url: reqwest::Url,
+    /// The base URL, `/` at the end, for the API's other endpoints (files, batches).
+    base: reqwest::Url,
     max_response_bytes: usize,
     scrubber: Scrubber,
 }
@@ -110,9 +112,15 @@ impl Client {
             .user_agent(concat!("bulkprompt/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
+        let base = reqwest::Url::parse(&format!("{}/", cfg.base_url.trim_end_matches('/')))
+            .map_err(|e| ClientError::BadEndpoint {
+                url: cfg.base_url.clone(),
+                message: e.to_string(),
+            })?;
         Ok(Client {
             http,
             url,
+            base,
             max_response_bytes: cfg.max_response_bytes,
             scrubber: cfg.scrubber.clone(),
         })
@@ -201,6 +209,54 @@ impl Client {
             quota_exhausted,
             advertised,
             body: buf.freeze(),
+        }
+    }
+}
+
+/// The answer of a call to another endpoint of the API, or what went wrong on the way.
+#[derive(Debug)]
+pub enum Call {
+    /// Any HTTP status, with its body (secrets scrubbed).
+    Http { status: u16, body: Bytes },
+    /// No answer: timeout, refused or cut connection (secrets scrubbed).
+    Transport(String),
+}
+
+impl Client {
+    /// One request to `path` under the base URL (`files`, `batches/b1`), with an optional body
+    /// of the given content type; bodies up to 1 GiB are read (batch output files are large).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(String, Vec<u8>)>,
+    ) -> Call {
+        let url = match self.base.join(path) {
+            Ok(u) => u,
+            Err(e) => return Call::Transport(format!("{path}: {e}")),
+        };
+        let mut req = self.http.request(method, url);
+        if let Some((content_type, bytes)) = body {
+            req = req.header(CONTENT_TYPE, content_type).body(bytes);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let message = match transport(e) {
+                    Attempt::Transport { message, .. } => message,
+                    _ => String::new(),
+                };
+                return Call::Transport(self.scrubber.scrub(message));
+            }
+        };
+        let status = resp.status().as_u16();
+        match resp.bytes().await {
+            Ok(b) if b.len() <= 1 << 30 => Call::Http {
+                status,
+                body: self.scrubber.scrub_bytes(b),
+            },
+            Ok(_) => Call::Transport("the answer is larger than 1 GiB".into()),
+            Err(e) => Call::Transport(self.scrubber.scrub(e.to_string())),
         }
     }
 }

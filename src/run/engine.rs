@@ -31,6 +31,8 @@ pub(crate) struct EngineEnd {
     pub(crate) cap_reached: Option<CapReached>,
     /// The writer failed; dispatch stopped.
     pub(crate) writer_broke: bool,
+    /// `--no-wait`: batches left running at the provider.
+    pub(crate) submitted: u64,
 }
 
 impl EngineEnd {

@@ -10,6 +10,7 @@
 //! It owns shutdown: on a stop it admits nothing more, lets in-flight calls finish within the
 //! grace period, and always leaves the output whole.
 
+mod batch;
 mod engine;
 mod finish;
 mod latch;
@@ -20,6 +21,7 @@ mod task;
 mod writer;
 
 pub use crate::config::{Endpoint, RunConfig};
+pub use batch::BatchSettings;
 
 use crate::budget::{Budget, LocalBudget};
 use crate::checkpoint::CheckpointError;
@@ -190,13 +192,29 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         cfg.limit,
         &counters,
     );
-    let engine = live::LiveEngine {
-        ctx: ctx.clone(),
-        concurrency: cfg.concurrency,
-        grace: cfg.grace,
-        write_failed: writer.failed.clone(),
+    let end = match &cfg.batch {
+        None => {
+            live::LiveEngine {
+                ctx: ctx.clone(),
+                concurrency: cfg.concurrency,
+                grace: cfg.grace,
+                write_failed: writer.failed.clone(),
+            }
+            .execute(&mut intake)
+            .await
+        }
+        Some(settings) => {
+            batch::BatchEngine {
+                ctx: ctx.clone(),
+                input: cfg.input.clone(),
+                journal: crate::batch::journal::journal_path(&cfg.output),
+                settings: settings.clone(),
+                write_failed: writer.failed.clone(),
+            }
+            .execute(&mut intake)
+            .await
+        }
     };
-    let end = engine.execute(&mut intake).await;
     let counts = intake.counts;
     let mut input_error = intake.error.take();
     drop(intake);
@@ -229,6 +247,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         abort,
         cap: end.cap_reached.map(|cap| (cap, spent_before + c.spent())),
         interrupted: shutdown.phase() >= Phase::Draining,
+        submitted: end.submitted,
         ..Stops::default()
     };
     if stops.write_error.is_none() {
@@ -266,6 +285,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             provider_limits,
             found_rpm,
             invalid_answers: c.invalid_answers.load(Relaxed),
+            batches: c.batches_submitted.load(Relaxed),
             invalid_cost: crate::cost::Money(c.invalid_cost.load(Relaxed)),
         },
         unwritten: written.drained.unwritten,

@@ -47,6 +47,7 @@ fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
         OutputLock::path_for(out),
         RunMeta::path_for(out),
         checkpoint::quarantine_path(out),
+        crate::batch::journal::journal_path(out),
     ];
     w.extend(checkpoint::temp_files(out));
     if let Some((target, _)) = &cfg.parquet {

@@ -21,6 +21,8 @@ pub(super) struct Stops {
     /// The cap, and the money recorded in the output once every call settled.
     pub(super) cap: Option<(CapReached, Money)>,
     pub(super) interrupted: bool,
+    /// `--no-wait`: batches submitted (or still open) that a later run collects.
+    pub(super) submitted: u64,
 }
 
 impl Stops {
@@ -88,6 +90,15 @@ pub(super) fn outcome(stops: &Stops, output_failed: u64) -> (Outcome, Option<Str
     if stops.interrupted {
         return (Outcome::Interrupted, None);
     }
+    if stops.submitted > 0 {
+        return (
+            Outcome::Submitted,
+            Some(format!(
+                "{} batches submitted and not ended yet; re-run the same command to collect their results",
+                stops.submitted
+            )),
+        );
+    }
     if output_failed > 0 {
         return (Outcome::FailedJobs, None);
     }
@@ -112,6 +123,7 @@ pub(super) struct Counted {
     pub(super) found_rpm: Option<u64>,
     pub(super) invalid_answers: u64,
     pub(super) invalid_cost: Money,
+    pub(super) batches: u64,
 }
 
 /// Everything the summary is made of.
@@ -171,6 +183,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         provider_limits: c.provider_limits,
         found_rpm: c.found_rpm,
         invalid_answers: c.invalid_answers,
+        batches: c.batches,
         invalid_cost_usd: c.invalid_cost.usd(),
         resume_command: (t.stops.early() || not_run > 0).then_some(t.resume_command),
     }
@@ -200,6 +213,7 @@ mod tests {
             abort: Some("a".into()),
             cap: Some(cap()),
             interrupted: true,
+            submitted: 2,
         };
         let mut s = all;
         let mut seen = vec![];
@@ -216,6 +230,7 @@ mod tests {
                     assert!(m.unwrap().contains("$0.950000 recorded"));
                 }
                 _ if std::mem::take(&mut s.interrupted) => {}
+                _ if std::mem::take(&mut s.submitted) > 0 => {}
                 _ => break,
             }
         }
@@ -230,6 +245,7 @@ mod tests {
                 Aborted,
                 Budget,
                 Interrupted,
+                Submitted,
                 FailedJobs
             ]
         );

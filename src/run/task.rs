@@ -282,7 +282,12 @@ pub(super) enum TaskEnd {
     Abandoned,
 }
 
-fn base_record(job: &Job, started: SystemTime, attempts: u32, latency: Duration) -> Record {
+pub(super) fn base_record(
+    job: &Job,
+    started: SystemTime,
+    attempts: u32,
+    latency: Duration,
+) -> Record {
     Record {
         id: job.id.to_string(),
         index: job.index,

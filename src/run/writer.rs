@@ -68,6 +68,11 @@ impl Writer {
                         if let Some(c) = r.cost_usd {
                             counters.spent.fetch_add(Money::from_usd(c).0, Relaxed);
                         }
+                        counters.written.fetch_add(1, Relaxed);
+                    },
+                    || {
+                        let n = counters.written.load(Relaxed);
+                        counters.durable.store(n, Relaxed);
                     },
                 );
                 (drained, latency)

@@ -34,6 +34,10 @@ impl Mock {
         self.server.stats()
     }
 
+    pub fn batch_stats(&self) -> bulkprompt::mock::BatchStats {
+        self.server.batch_stats()
+    }
+
     pub fn set_fail_rate(&self, rate: f64) {
         self.server.set_fail_rate(rate);
     }

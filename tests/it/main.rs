@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod batch;
 mod core;
 mod hostile;
 mod inprocess;

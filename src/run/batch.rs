@@ -1,0 +1,797 @@
+//! The batch engine (`--mode batch`): the same job file and records as a live run, at the
+//! batch APIs' half price, with nothing paid twice.
+//!
+//! 1. Replay the batch journal ([`crate::batch::journal`]): batches of earlier runs that have
+//!    not ended are found again (a creation whose answer was lost is looked up by the key in
+//!    its metadata) and their worst case stays held against `--max-cost`.
+//! 2. Jobs the intake hands over, except those already in such a batch, are reserved against
+//!    the budget one by one and grouped by model into batches of at most `max_lines` lines and
+//!    `max_bytes` bytes; each batch's intent is journaled (fsynced) before its file is uploaded,
+//!    then its file id, then its batch id.
+//! 3. With `--no-wait` the run ends there (exit 6). Otherwise every open batch is polled until it
+//!    ends; its output and error files become records through the one writer, and only once they
+//!    are durable is the batch journaled as ended. Lines that failed for a passing reason (5xx,
+//!    429, a batch that expired or was cancelled before them) go into a later batch, up to
+//!    `--max-attempts` batches; other failures are recorded as failed.
+
+use super::engine::{Engine, EngineEnd, Intake};
+use super::task::{base_record, Ctx, Hold};
+use crate::batch::journal::{Entry, Event, Journal};
+use crate::batch::openai::{self, ApiError, BatchInfo};
+use crate::checkpoint::Decision;
+use crate::cost::{Money, DEFAULT_BATCH_PERMILLE};
+use crate::job::{IdKey, InputSpec, Job};
+use crate::output::{CostSource, Record, RecordError, Status};
+use crate::provider::response::parse_completion;
+use crate::provider::ErrorKind;
+use crate::shutdown::Phase;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Batch-mode settings.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// How often open batches are polled (never faster than once a second).
+    pub poll: Duration,
+    /// Most lines and bytes in one batch.
+    pub max_lines: usize,
+    pub max_bytes: usize,
+    /// Submit and stop (exit 6) instead of waiting for the batches to end.
+    pub no_wait: bool,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            poll: Duration::from_secs(30),
+            max_lines: 50_000,
+            max_bytes: 200 << 20,
+            no_wait: false,
+        }
+    }
+}
+
+pub(super) struct BatchEngine {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) input: InputSpec,
+    pub(super) journal: PathBuf,
+    pub(super) settings: BatchSettings,
+    /// Notified when the writer fails.
+    pub(super) write_failed: Arc<tokio::sync::Notify>,
+}
+
+/// A batch in flight, with what it holds of the budget.
+struct Open {
+    entry: Entry,
+    holds: Vec<Hold>,
+}
+
+/// Jobs gathered for one batch.
+#[derive(Default)]
+struct Chunk {
+    ids: Vec<String>,
+    fingerprints: Vec<String>,
+    lines: Vec<u8>,
+    worst: Money,
+    holds: Vec<Hold>,
+}
+
+/// What a batch said about one of its lines.
+enum Outcome {
+    Answered(bytes::Bytes),
+    /// A refusal; `transient` ones go into a later batch.
+    Refused {
+        status: Option<u16>,
+        message: String,
+        transient: bool,
+    },
+}
+
+/// Calls to the batch API are tried this many times (with backoff) before the run stops.
+const API_TRIES: u32 = 6;
+
+impl BatchEngine {
+    /// A batch-API call, retried while the failure is transient; `None` after a stop.
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Option<Result<T, ApiError>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let r = tokio::select! {
+                r = f() => r,
+                _ = self.ctx.shutdown.reached(Phase::Now) => return None,
+            };
+            match r {
+                Err(e) if e.transient && tries < API_TRIES => {
+                    tracing::debug!("{what}: {e}; trying again");
+                    let wait = self.ctx.backoff.delay(tries, fastrand::f64(), None);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.ctx.shutdown.reached(Phase::Now) => return None,
+                    }
+                }
+                r => return Some(r),
+            }
+        }
+    }
+
+    /// Stops the run for a batch-API failure (exit 4); open batches stay in the journal.
+    fn fail(&self, what: &str, e: &ApiError) {
+        self.ctx.abort(format!(
+            "batch API: {what}: {e}; batches already submitted are in the journal {} and the next run collects them",
+            self.journal.display()
+        ));
+    }
+
+    fn journal_append(&self, journal: &mut Journal, event: &Event) -> bool {
+        match journal.append(event) {
+            Ok(()) => true,
+            Err(e) => {
+                self.ctx.abort(format!("batch journal: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The worst case of `job` at its model's batch price.
+    fn worst(&self, job: &Job) -> Money {
+        let live = self.ctx.worst_case(job);
+        let share = self
+            .ctx
+            .prices
+            .get(&job.model)
+            .and_then(|p| p.batch_permille)
+            .unwrap_or(DEFAULT_BATCH_PERMILLE);
+        Money((u128::from(live.0) * u128::from(share) / 1000) as u64)
+    }
+
+    /// Journals, uploads and creates one batch. False when the run must stop.
+    async fn submit(
+        &self,
+        journal: &mut Journal,
+        model: &str,
+        chunk: Chunk,
+        open: &mut Vec<Open>,
+    ) -> bool {
+        if chunk.ids.is_empty() {
+            return true;
+        }
+        let key = format!("bp-{:016x}", fastrand::u64(..));
+        if !self.journal_append(
+            journal,
+            &Event::Intent {
+                key: key.clone(),
+                model: model.to_string(),
+                ids: chunk.ids.clone(),
+                fingerprints: chunk.fingerprints.clone(),
+                worst_usd: chunk.worst.usd(),
+            },
+        ) {
+            return false;
+        }
+        let mut entry = Entry {
+            key: key.clone(),
+            model: model.to_string(),
+            ids: chunk.ids,
+            fingerprints: chunk.fingerprints,
+            worst: chunk.worst,
+            file_id: None,
+            batch_id: None,
+        };
+        tracing::info!(
+            "batch {key}: uploading {} jobs of {model} ({} bytes)",
+            entry.ids.len(),
+            chunk.lines.len()
+        );
+        let client = &self.ctx.client;
+        let lines = chunk.lines;
+        let file_id = match self
+            .call("upload", || openai::upload(client, &key, lines.clone()))
+            .await
+        {
+            None => {
+                open.push(Open {
+                    entry,
+                    holds: chunk.holds,
+                });
+                return false;
+            }
+            Some(Err(e)) => {
+                self.fail("upload", &e);
+                return false;
+            }
+            Some(Ok(id)) => id,
+        };
+        entry.file_id = Some(file_id.clone());
+        if !self.journal_append(
+            journal,
+            &Event::File {
+                key: key.clone(),
+                file_id: file_id.clone(),
+            },
+        ) {
+            return false;
+        }
+        tracing::info!("batch {key}: creating it from {file_id}");
+        let created = self
+            .call("create", || openai::create(client, &file_id, &key))
+            .await;
+        let holds = chunk.holds;
+        match created {
+            None => {
+                open.push(Open { entry, holds });
+                false
+            }
+            Some(Err(e)) => {
+                open.push(Open { entry, holds });
+                self.fail("create", &e);
+                false
+            }
+            Some(Ok(info)) => {
+                tracing::info!("batch {key}: created as {}", info.id);
+                entry.batch_id = Some(info.id.clone());
+                let ok = self.journal_append(
+                    journal,
+                    &Event::Created {
+                        key,
+                        batch_id: info.id,
+                    },
+                );
+                self.ctx.counters.batches_submitted.fetch_add(1, Relaxed);
+                open.push(Open { entry, holds });
+                ok
+            }
+        }
+    }
+
+    /// An earlier run's batch whose creation was never journaled: found by its key, or created
+    /// from its uploaded file, or (nothing uploaded) given up so its jobs go again.
+    async fn recover(&self, journal: &mut Journal, o: &mut Open) -> Result<bool, ()> {
+        let client = &self.ctx.client;
+        let key = o.entry.key.clone();
+        match self
+            .call("list batches", || openai::find_by_key(client, &key, 20))
+            .await
+        {
+            None => return Err(()),
+            Some(Err(e)) => {
+                self.fail("list batches", &e);
+                return Err(());
+            }
+            Some(Ok(Some(info))) => {
+                tracing::info!("batch {key}: found at the provider as {}", info.id);
+                o.entry.batch_id = Some(info.id.clone());
+                return self
+                    .journal_append(
+                        journal,
+                        &Event::Created {
+                            key,
+                            batch_id: info.id,
+                        },
+                    )
+                    .then_some(true)
+                    .ok_or(());
+            }
+            Some(Ok(None)) => {}
+        }
+        let Some(file_id) = o.entry.file_id.clone() else {
+            // Nothing was created, nothing uploaded we know of: its jobs go again.
+            self.journal_append(
+                journal,
+                &Event::Ended {
+                    key,
+                    status: "never_submitted".into(),
+                },
+            );
+            return Ok(false);
+        };
+        match self
+            .call("create", || openai::create(client, &file_id, &key))
+            .await
+        {
+            None => Err(()),
+            Some(Err(e)) => {
+                self.fail("create", &e);
+                Err(())
+            }
+            Some(Ok(info)) => {
+                o.entry.batch_id = Some(info.id.clone());
+                self.ctx.counters.batches_submitted.fetch_add(1, Relaxed);
+                self.journal_append(
+                    journal,
+                    &Event::Created {
+                        key,
+                        batch_id: info.id,
+                    },
+                )
+                .then_some(true)
+                .ok_or(())
+            }
+        }
+    }
+
+    /// Reads a batch's output and error files into what each of its lines got.
+    async fn outcomes(
+        &self,
+        info: &BatchInfo,
+    ) -> Option<Result<HashMap<String, Outcome>, ApiError>> {
+        let client = &self.ctx.client;
+        let mut out = HashMap::new();
+        for (file, is_errors) in [(&info.output_file_id, false), (&info.error_file_id, true)] {
+            let Some(file) = file else { continue };
+            let bytes = match self
+                .call("download", || openai::content(client, file))
+                .await?
+            {
+                Ok(b) => b,
+                Err(e) => return Some(Err(e)),
+            };
+            for line in bytes.split(|&b| b == b'\n') {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let Some(id) = v["custom_id"].as_str() else {
+                    continue;
+                };
+                let status = v["response"]["status_code"].as_u64().map(|s| s as u16);
+                let outcome = match (status, is_errors) {
+                    (Some(200..=299), false) => Outcome::Answered(bytes::Bytes::from(
+                        serde_json::to_vec(&v["response"]["body"]).unwrap_or_default(),
+                    )),
+                    (status, _) => {
+                        let body = &v["response"]["body"];
+                        let message = body["error"]["message"]
+                            .as_str()
+                            .or(v["error"]["message"].as_str())
+                            .unwrap_or("failed in the batch")
+                            .to_string();
+                        let transient = match status {
+                            Some(s) => s == 429 || s == 408 || s >= 500,
+                            None => v["error"]["code"].as_str() == Some("batch_expired"),
+                        };
+                        Outcome::Refused {
+                            status,
+                            message,
+                            transient,
+                        }
+                    }
+                };
+                out.insert(id.to_string(), outcome);
+            }
+        }
+        Some(Ok(out))
+    }
+
+    /// The jobs of `ids`, read from the job file (their metadata and index go in the records).
+    async fn jobs_of(&self, ids: HashSet<IdKey>) -> HashMap<IdKey, Job> {
+        let input = self.input.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut found = HashMap::new();
+            if let Ok(jobs) = input.open() {
+                for job in jobs.flatten() {
+                    let k = job.id.key();
+                    if ids.contains(&k) {
+                        found.insert(k, job);
+                    }
+                }
+            }
+            found
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// The record of one answered line.
+    fn answered(
+        &self,
+        job: &Job,
+        fingerprint: &str,
+        body: &[u8],
+        attempts: u32,
+    ) -> (Record, Money) {
+        let started = SystemTime::now();
+        let mut r = base_record(job, started, attempts, Duration::ZERO);
+        r.fingerprint = fingerprint.to_string();
+        let c = match parse_completion(body) {
+            Ok(c) => c,
+            Err(message) => {
+                r.status = Status::Failed;
+                r.error = Some(RecordError {
+                    kind: ErrorKind::BadResponse,
+                    http_status: Some(200),
+                    message,
+                });
+                return (r, Money::ZERO);
+            }
+        };
+        let (cost, source) = match (c.provider_cost, self.ctx.prices.get(&job.model), c.usage) {
+            (Some(usd), _, _) => (Some(Money::from_usd(usd)), Some(CostSource::Provider)),
+            (None, Some(p), Some(u)) => (
+                Some(p.batch_cost(&u, job.images)),
+                Some(CostSource::PriceTable),
+            ),
+            _ => (None, None),
+        };
+        let checked = self.ctx.validators.check(&job.expect, c.content.as_deref());
+        let u = c.usage;
+        r.response_model = c.response_model;
+        r.content = c.content;
+        r.finish_reason = c.finish_reason;
+        r.tool_calls = c.tool_calls;
+        r.prompt_tokens = u.map(|u| u.prompt);
+        r.completion_tokens = u.map(|u| u.completion);
+        r.total_tokens = u.map(|u| u.prompt + u.completion);
+        r.cached_tokens = u.map(|u| u.cached);
+        r.reasoning_tokens = u.map(|u| u.reasoning);
+        r.cost_usd = cost.map(Money::usd);
+        r.cost_source = source;
+        match checked {
+            Ok(parsed) => r.parsed = parsed,
+            Err(why) => {
+                self.ctx.counters.invalid(cost.unwrap_or(Money::ZERO));
+                r.status = Status::Failed;
+                r.error = Some(RecordError {
+                    kind: ErrorKind::InvalidOutput,
+                    http_status: None,
+                    message: why,
+                });
+            }
+        }
+        (r, cost.unwrap_or(Money::ZERO))
+    }
+
+    /// Waits until every record sent so far is on disk (fsynced by the writer).
+    async fn durable(&self, sent: u64) -> bool {
+        let failed = self.write_failed.notified();
+        tokio::pin!(failed);
+        loop {
+            if self.ctx.counters.durable.load(Relaxed) >= sent {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut failed => return false,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+}
+
+/// The batch line for a job: OpenAI's Batch API input shape.
+fn batch_line(job: &Job, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"custom_id\":");
+    let _ = serde_json::to_writer(&mut *out, job.id.as_str());
+    out.extend_from_slice(b",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":");
+    out.extend_from_slice(&job.body);
+    out.extend_from_slice(b"}\n");
+}
+
+impl Engine for BatchEngine {
+    async fn execute(self, intake: &mut Intake<'_>) -> EngineEnd {
+        let mut end = EngineEnd::default();
+        let ctx = self.ctx.clone();
+        let (mut journal, replay) = match Journal::open(&self.journal) {
+            Ok(j) => j,
+            Err(e) => {
+                ctx.abort(format!("batch journal: {e}"));
+                return end;
+            }
+        };
+        // Attempts per id: batches it was in, over every run.
+        let mut attempts = replay.attempts;
+        let hold = |worst: Money, force: bool| -> Result<Vec<Hold>, crate::budget::CapReached> {
+            match &ctx.budget {
+                None => Ok(Vec::new()),
+                Some(b) => {
+                    let r = if force {
+                        b.hold(worst)
+                    } else {
+                        b.reserve(worst)?
+                    };
+                    Ok(vec![Hold {
+                        budget: b.clone(),
+                        reservation: Some(r),
+                    }])
+                }
+            }
+        };
+        let mut open: Vec<Open> = Vec::new();
+        for entry in replay.open {
+            // Submitted by an earlier run: its money is committed whatever the cap says now.
+            let holds = hold(entry.worst, true).unwrap_or_default();
+            open.push(Open { entry, holds });
+        }
+        let mut kept = Vec::new();
+        for mut o in std::mem::take(&mut open) {
+            if o.entry.batch_id.is_some() {
+                kept.push(o);
+                continue;
+            }
+            match self.recover(&mut journal, &mut o).await {
+                Ok(true) => kept.push(o),
+                Ok(false) => {}
+                Err(()) => return end,
+            }
+        }
+        open = kept;
+        if !open.is_empty() {
+            tracing::info!(
+                "{} batches of earlier runs are still open: collecting them",
+                open.len()
+            );
+        }
+        let mut taken: HashSet<IdKey> = open
+            .iter()
+            .flat_map(|o| o.entry.ids.iter().map(|id| IdKey::of(id.as_bytes())))
+            .collect();
+        let mut decisions: HashMap<IdKey, Decision> = HashMap::new();
+
+        // Submit what must run, batch by batch as they fill.
+        let mut chunks: HashMap<String, Chunk> = HashMap::new();
+        let max_lines = self.settings.max_lines.max(1);
+        let max_bytes = self.settings.max_bytes.max(1024);
+        loop {
+            let next = tokio::select! {
+                j = intake.next() => j,
+                _ = ctx.stopping() => None,
+            };
+            let Some((job, decision)) = next else { break };
+            let k = job.id.key();
+            decisions.insert(k, decision);
+            if taken.contains(&k) {
+                continue;
+            }
+            let worst = self.worst(&job);
+            let holds = match hold(worst, false) {
+                Ok(h) => h,
+                Err(cap) => {
+                    end.cap_reached = Some(cap);
+                    break;
+                }
+            };
+            let mut line = Vec::with_capacity(job.body.len() + 96);
+            batch_line(&job, &mut line);
+            let full = chunks.get(&job.model).is_some_and(|c| {
+                c.ids.len() >= max_lines || c.lines.len() + line.len() > max_bytes
+            });
+            if full {
+                let c = chunks.remove(&job.model).unwrap_or_default();
+                if !self.submit(&mut journal, &job.model, c, &mut open).await {
+                    return end;
+                }
+            }
+            let c = chunks.entry(job.model.clone()).or_default();
+            c.ids.push(job.id.to_string());
+            c.fingerprints.push(job.fingerprint.to_string());
+            c.lines.extend_from_slice(&line);
+            c.worst += worst;
+            c.holds.extend(holds);
+            taken.insert(k);
+            *attempts.entry(k).or_default() += 1;
+        }
+        let mut models: Vec<String> = chunks.keys().cloned().collect();
+        models.sort();
+        for model in models {
+            let c = chunks.remove(&model).unwrap_or_default();
+            if !self.submit(&mut journal, &model, c, &mut open).await {
+                return end;
+            }
+        }
+        if ctx.aborted() || ctx.shutdown.phase() >= Phase::Draining {
+            return end;
+        }
+        if self.settings.no_wait {
+            end.submitted = open.len() as u64;
+            return end;
+        }
+
+        // Poll until every batch has ended; collect each as it ends.
+        let poll = self.settings.poll.max(Duration::from_secs(1));
+        let mut sent = ctx.counters.written.load(Relaxed);
+        let mut first = true;
+        while !open.is_empty() {
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = ctx.stopping() => return end,
+                }
+            }
+            first = false;
+            let mut ended = Vec::new();
+            let mut still = Vec::new();
+            for o in std::mem::take(&mut open) {
+                let Some(id) = o.entry.batch_id.clone() else {
+                    continue;
+                };
+                let client = &ctx.client;
+                match self.call("poll", || openai::get(client, &id)).await {
+                    None => return end,
+                    Some(Err(e)) => {
+                        self.fail("poll", &e);
+                        return end;
+                    }
+                    Some(Ok(info)) if info.ended() => ended.push((o, info)),
+                    Some(Ok(info)) => {
+                        let c = info.request_counts.unwrap_or_default();
+                        tracing::info!(
+                            "batch {id}: {} ({} of {} done)",
+                            info.status,
+                            c.completed + c.failed,
+                            c.total
+                        );
+                        still.push(o);
+                    }
+                }
+            }
+            open = still;
+            if ended.is_empty() {
+                continue;
+            }
+            // Collect: every line of the ended batches, then the jobs they belong to.
+            let mut lines: Vec<(String, String, Option<Outcome>, String)> = Vec::new();
+            for (o, info) in &ended {
+                tracing::info!(
+                    "batch {}: {}, downloading its results",
+                    info.id,
+                    info.status
+                );
+                let mut got = match self.outcomes(info).await {
+                    None => return end,
+                    Some(Err(e)) => {
+                        self.fail("download", &e);
+                        return end;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                for (id, fp) in o.entry.ids.iter().zip(&o.entry.fingerprints) {
+                    lines.push((id.clone(), fp.clone(), got.remove(id), info.status.clone()));
+                }
+            }
+            let wanted: HashSet<IdKey> = lines
+                .iter()
+                .map(|(id, ..)| IdKey::of(id.as_bytes()))
+                .filter(|k| decisions.contains_key(k))
+                .collect();
+            let jobs = self.jobs_of(wanted).await;
+            let mut again: HashSet<IdKey> = HashSet::new();
+            let mut spent: HashMap<usize, Money> = HashMap::new();
+            let mut batch_of_line = Vec::new();
+            for (i, (o, _)) in ended.iter().enumerate() {
+                batch_of_line.extend(std::iter::repeat_n(i, o.entry.ids.len()));
+            }
+            for ((id, fp, outcome, batch_status), at) in lines.into_iter().zip(batch_of_line) {
+                let k = IdKey::of(id.as_bytes());
+                // Recorded already (a run that stopped after writing, before the end was
+                // journaled), or not in the job file any more: nothing to write.
+                let (Some(decision), Some(job)) = (decisions.get(&k).copied(), jobs.get(&k)) else {
+                    continue;
+                };
+                let tries = attempts.get(&k).copied().unwrap_or(1);
+                let record = match outcome {
+                    Some(Outcome::Answered(body)) => {
+                        let (r, cost) = self.answered(job, &fp, &body, tries);
+                        *spent.entry(at).or_default() += cost;
+                        r
+                    }
+                    refused => {
+                        let (status, message, transient) = match refused {
+                            Some(Outcome::Refused {
+                                status,
+                                message,
+                                transient,
+                            }) => (status, message, transient),
+                            _ => (
+                                None,
+                                format!("not answered before the batch was {batch_status}"),
+                                true,
+                            ),
+                        };
+                        if transient && tries < ctx.max_attempts {
+                            again.insert(k);
+                            continue;
+                        }
+                        let mut r = base_record(job, SystemTime::now(), tries, Duration::ZERO);
+                        r.fingerprint = fp;
+                        r.status = Status::Failed;
+                        r.error = Some(RecordError {
+                            kind: match status {
+                                Some(429) => ErrorKind::RateLimited,
+                                Some(s) if s >= 500 => ErrorKind::Server,
+                                Some(_) => ErrorKind::Client,
+                                None => ErrorKind::Server,
+                            },
+                            http_status: status,
+                            message: if transient {
+                                format!("{message} (in {tries} batches)")
+                            } else {
+                                message
+                            },
+                        });
+                        r
+                    }
+                };
+                decisions.remove(&k);
+                end.recorded(decision);
+                sent += 1;
+                let _ = ctx.writer.send(Box::new(record));
+            }
+            // The records are on disk before the batches are marked collected.
+            if !self.durable(sent).await {
+                return end;
+            }
+            for (i, (o, info)) in ended.into_iter().enumerate() {
+                let cost = spent.get(&i).copied().unwrap_or(Money::ZERO);
+                let mut holds = o.holds.into_iter();
+                if let Some(h) = holds.next() {
+                    h.settle(cost);
+                }
+                drop(holds);
+                if !self.journal_append(
+                    &mut journal,
+                    &Event::Ended {
+                        key: o.entry.key.clone(),
+                        status: info.status.clone(),
+                    },
+                ) {
+                    return end;
+                }
+            }
+            if again.is_empty() {
+                continue;
+            }
+            // Lines that failed for a passing reason go into new batches.
+            tracing::info!("{} jobs go into new batches", again.len());
+            for k in &again {
+                taken.remove(k);
+            }
+            let jobs = self.jobs_of(again).await;
+            let mut chunks: HashMap<String, Chunk> = HashMap::new();
+            let mut jobs: Vec<Job> = jobs.into_values().collect();
+            jobs.sort_by_key(|j| j.index);
+            for job in jobs {
+                let k = job.id.key();
+                let worst = self.worst(&job);
+                let holds = match hold(worst, false) {
+                    Ok(h) => h,
+                    Err(cap) => {
+                        // The rest stay pending for a run with a larger cap.
+                        end.cap_reached = Some(cap);
+                        break;
+                    }
+                };
+                let mut line = Vec::new();
+                batch_line(&job, &mut line);
+                if chunks.get(&job.model).is_some_and(|c| {
+                    c.ids.len() >= max_lines || c.lines.len() + line.len() > max_bytes
+                }) {
+                    let c = chunks.remove(&job.model).unwrap_or_default();
+                    if !self.submit(&mut journal, &job.model, c, &mut open).await {
+                        return end;
+                    }
+                }
+                let c = chunks.entry(job.model.clone()).or_default();
+                c.ids.push(job.id.to_string());
+                c.fingerprints.push(job.fingerprint.to_string());
+                c.lines.extend_from_slice(&line);
+                c.worst += worst;
+                c.holds.extend(holds);
+                taken.insert(k);
+                *attempts.entry(k).or_default() += 1;
+            }
+            for (model, c) in chunks {
+                if !self.submit(&mut journal, &model, c, &mut open).await {
+                    return end;
+                }
+            }
+        }
+        end
+    }
+}
