@@ -227,6 +227,10 @@ pub struct RunArgs {
     /// Batch mode: the batch protocol [default: openai].
     #[arg(long, value_enum)]
     pub batch_api: Option<BatchApiArg>,
+    /// Batch mode: send what an expired or failed batch left unanswered live instead of in a
+    /// new batch.
+    #[arg(long, value_name = "live", value_parser = ["live"])]
+    pub batch_fallback: Option<String>,
     /// Batch mode: most lines in one batch [default: 50000].
     #[arg(long, value_name = "N")]
     pub batch_max_lines: Option<usize>,

@@ -573,22 +573,33 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
                     )))
                 }
             };
-            if !batch && (args.no_wait || args.poll_interval.is_some() || args.batch_api.is_some())
+            if !batch
+                && (args.no_wait
+                    || args.poll_interval.is_some()
+                    || args.batch_api.is_some()
+                    || args.batch_fallback.is_some())
             {
                 return Err(ConfigError::Invalid(
-                    "--no-wait, --poll-interval and --batch-api need --mode batch".into(),
-                ));
-            }
-            if args.batch_api == Some(crate::cli::BatchApiArg::Openrouter) {
-                return Err(ConfigError::Invalid(
-                    "--batch-api openrouter: not supported yet; the OpenAI-style batch API (OpenAI, Gemini's OpenAI-compatible endpoint) is".into(),
+                    "--no-wait, --poll-interval, --batch-api and --batch-fallback need --mode batch"
+                        .into(),
                 ));
             }
             match batch {
                 false => None,
                 true => {
+                    use crate::run::BatchApi;
                     let d = crate::run::BatchSettings::default();
+                    let api = match args.batch_api {
+                        Some(crate::cli::BatchApiArg::Openrouter) => BatchApi::OpenRouter,
+                        Some(crate::cli::BatchApiArg::Openai) => BatchApi::OpenAi,
+                        None => BatchApi::for_endpoint(&endpoint_text),
+                    };
+                    let most = match api {
+                        BatchApi::OpenAi => d.max_lines,
+                        BatchApi::OpenRouter => crate::batch::openai::INLINE_MAX,
+                    };
                     Some(crate::run::BatchSettings {
+                        api,
                         poll: secs(
                             args.poll_interval
                                 .or(spec.poll_interval)
@@ -599,9 +610,10 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
                         max_lines: args
                             .batch_max_lines
                             .or(spec.batch_max_lines)
-                            .unwrap_or(d.max_lines)
-                            .clamp(1, 50_000),
+                            .unwrap_or(most)
+                            .clamp(1, most),
                         no_wait: args.no_wait,
+                        fallback_live: args.batch_fallback.is_some(),
                         ..d
                     })
                 }

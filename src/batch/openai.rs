@@ -1,7 +1,10 @@
-//! OpenAI's Batch API, as OpenAI and Gemini's OpenAI-compatible endpoint serve it: upload a
-//! JSONL file of Batch API lines (`POST /files`, `purpose=batch`), create a batch
+//! The batch APIs. OpenAI's, as OpenAI and Gemini's OpenAI-compatible endpoint serve it: upload
+//! a JSONL file of Batch API lines (`POST /files`, `purpose=batch`), create a batch
 //! (`POST /batches`, a 24 h window, our key in `metadata`), poll `GET /batches/{id}`, download
 //! `GET /files/{id}/content`, find a batch by key (`GET /batches`, newest first), cancel.
+//! OpenRouter's: the requests inline in `POST /batches` (at most 5,000, one model; `endpoint`
+//! and `model` before `requests` in the body, or it answers 400), the results inline in
+//! `GET /batches/{id}` once it ended; finding, polling and cancelling as OpenAI's.
 
 use crate::provider::{Call, Client};
 use bytes::Bytes;
@@ -32,6 +35,9 @@ pub struct BatchInfo {
     pub metadata: Option<serde_json::Value>,
     #[serde(default)]
     pub request_counts: Option<Counts>,
+    /// OpenRouter style: the result lines, once the batch ended.
+    #[serde(default)]
+    pub results: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -140,6 +146,56 @@ pub async fn create(client: &Client, file_id: &str, key: &str) -> Result<BatchIn
             "application/json".to_string(),
             serde_json::to_vec(&req).unwrap_or_default(),
         )),
+    )
+    .await?;
+    parse("batches", &b)
+}
+
+/// Most requests in one OpenRouter-style batch.
+pub const INLINE_MAX: usize = 5_000;
+
+/// OpenRouter style: creates a batch with the requests inline. `lines` are Batch API lines
+/// (custom_id, method, url, body); `endpoint` and `model` are written before `requests`.
+pub async fn create_inline(
+    client: &Client,
+    model: &str,
+    key: &str,
+    lines: &[u8],
+) -> Result<BatchInfo, ApiError> {
+    #[derive(Deserialize)]
+    struct Line<'a> {
+        custom_id: String,
+        #[serde(borrow)]
+        body: &'a serde_json::value::RawValue,
+    }
+    let mut body = Vec::with_capacity(lines.len() + 256);
+    body.extend_from_slice(b"{\"endpoint\":\"/v1/chat/completions\",\"model\":");
+    let _ = serde_json::to_writer(&mut body, model);
+    body.extend_from_slice(b",\"completion_window\":\"24h\",\"metadata\":");
+    let _ = serde_json::to_writer(&mut body, &serde_json::json!({KEY_FIELD: key}));
+    body.extend_from_slice(b",\"requests\":[");
+    let mut first = true;
+    for raw in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let line: Line = serde_json::from_slice(raw).map_err(|e| ApiError {
+            transient: false,
+            message: format!("a batch line: {e}"),
+        })?;
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(b"{\"custom_id\":");
+        let _ = serde_json::to_writer(&mut body, &line.custom_id);
+        body.extend_from_slice(b",\"body\":");
+        body.extend_from_slice(line.body.get().as_bytes());
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
+    let b = ok_body(
+        client,
+        Method::POST,
+        "batches",
+        Some(("application/json".to_string(), body)),
     )
     .await?;
     parse("batches", &b)

@@ -5,6 +5,10 @@
 //! answered (its custom id counted, so tests can prove nothing was answered twice), a share
 //! fails with a 500 into the error file, and a share of batches expire with half their lines
 //! answered. Every call takes `batch_latency`, so a test can kill a client in the middle of one.
+//!
+//! OpenRouter style too: `POST /batches` with the requests inline (at most 5,000; `endpoint`
+//! and `model` must come before `requests` in the body, else 400, as OpenRouter does), the
+//! results inline in `GET /batches/{id}` once it ended.
 
 use super::{content, json_response, Resp, State};
 use bytes::Bytes;
@@ -52,10 +56,20 @@ struct MockBatch {
     lines: usize,
     done: usize,
     failed: usize,
+    /// Created with its requests inline (OpenRouter style): results come back inline.
+    inline: bool,
 }
 
 impl MockBatch {
     fn json(&self) -> Value {
+        let mut v = self.json_head();
+        if self.inline && self.status != "in_progress" {
+            v["results"] = Value::Array(Vec::new());
+        }
+        v
+    }
+
+    fn json_head(&self) -> Value {
         json!({
             "id": self.id,
             "object": "batch",
@@ -151,8 +165,26 @@ pub async fn handle(
         ("GET", ["batches"]) => list(state, query),
         ("GET", ["batches", id]) => {
             advance(state, cfg);
-            match lock(state).batches.iter().find(|b| b.id == *id) {
-                Some(b) => json_response(StatusCode::OK, b.json().to_string()),
+            let s = lock(state);
+            match s.batches.iter().find(|b| b.id == *id) {
+                Some(b) => {
+                    let mut v = b.json();
+                    if v.get("results").is_some() {
+                        // The result lines, from its output and error files.
+                        let mut rows = Vec::new();
+                        for f in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
+                            if let Some(bytes) = s.files.get(f) {
+                                rows.extend(
+                                    bytes
+                                        .split(|&c| c == b'\n')
+                                        .filter_map(|l| serde_json::from_slice::<Value>(l).ok()),
+                                );
+                            }
+                        }
+                        v["results"] = Value::Array(rows);
+                    }
+                    json_response(StatusCode::OK, v.to_string())
+                }
                 None => not_found("batch"),
             }
         }
@@ -223,10 +255,42 @@ fn create(state: &State, body: &[u8]) -> Resp {
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
         return bad("body is not JSON");
     };
-    let Some(file_id) = req["input_file_id"].as_str() else {
-        return bad("input_file_id is required");
-    };
     let mut s = lock(state);
+    let inline = req.get("requests").is_some();
+    let file_id = if let Some(Value::Array(requests)) = req.get("requests") {
+        // OpenRouter's rules: endpoint and model before requests, one model, at most 5,000.
+        let at = |key: &str| find(body, format!("\"{key}\"").as_bytes());
+        let (Some(e), Some(m), Some(r)) = (at("endpoint"), at("model"), at("requests")) else {
+            return bad("endpoint, model and requests are required");
+        };
+        if e > r || m > r {
+            return bad("endpoint and model must come before requests");
+        }
+        if requests.len() > 5_000 {
+            return bad("at most 5000 requests in a batch");
+        }
+        let model = req["model"].as_str().unwrap_or_default();
+        let mut lines = Vec::new();
+        for q in requests {
+            if q["body"]["model"].as_str().is_some_and(|m2| m2 != model) {
+                return bad("every request of a batch must use the batch's model");
+            }
+            let line = json!({"custom_id": q["custom_id"], "method": "POST",
+                "url": "/v1/chat/completions", "body": q["body"]});
+            lines.extend_from_slice(line.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        s.next += 1;
+        let id = format!("inline-{:06}", s.next);
+        s.files.insert(id.clone(), Bytes::from(lines));
+        id
+    } else {
+        match req["input_file_id"].as_str() {
+            Some(f) => f.to_string(),
+            None => return bad("input_file_id is required"),
+        }
+    };
+    let file_id = file_id.as_str();
     let Some(file) = s.files.get(file_id) else {
         return not_found("file");
     };
@@ -249,6 +313,7 @@ fn create(state: &State, body: &[u8]) -> Resp {
         lines,
         done: 0,
         failed: 0,
+        inline,
     };
     let out = b.json().to_string();
     s.batches.push(b);

@@ -31,9 +31,37 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// Which batch protocol the provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchApi {
+    /// Upload a file, create from it, download result files (OpenAI, Gemini).
+    OpenAi,
+    /// Requests and results inline, at most 5,000 a batch (OpenRouter).
+    OpenRouter,
+}
+
+impl BatchApi {
+    /// The protocol for an endpoint: OpenRouter's by its host, OpenAI's otherwise.
+    pub fn for_endpoint(url: &str) -> BatchApi {
+        let host = url
+            .split("://")
+            .nth(1)
+            .unwrap_or(url)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if host == "openrouter.ai" || host.ends_with(".openrouter.ai") {
+            BatchApi::OpenRouter
+        } else {
+            BatchApi::OpenAi
+        }
+    }
+}
+
 /// Batch-mode settings.
 #[derive(Debug, Clone)]
 pub struct BatchSettings {
+    pub api: BatchApi,
     /// How often open batches are polled (never faster than once a second).
     pub poll: Duration,
     /// Most lines and bytes in one batch.
@@ -41,15 +69,19 @@ pub struct BatchSettings {
     pub max_bytes: usize,
     /// Submit and stop (exit 6) instead of waiting for the batches to end.
     pub no_wait: bool,
+    /// Send what a batch left unanswered live instead of in a new batch.
+    pub fallback_live: bool,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
         BatchSettings {
+            api: BatchApi::OpenAi,
             poll: Duration::from_secs(30),
             max_lines: 50_000,
             max_bytes: 200 << 20,
             no_wait: false,
+            fallback_live: false,
         }
     }
 }
@@ -184,13 +216,25 @@ impl BatchEngine {
             file_id: None,
             batch_id: None,
         };
+        let client = &self.ctx.client;
+        let lines = chunk.lines;
+        if self.settings.api == BatchApi::OpenRouter {
+            tracing::info!(
+                "batch {key}: creating it with {} jobs of {model} inline",
+                entry.ids.len()
+            );
+            let created = self
+                .call("create", || {
+                    openai::create_inline(client, model, &key, &lines)
+                })
+                .await;
+            return self.created(journal, entry, chunk.holds, created, open);
+        }
         tracing::info!(
             "batch {key}: uploading {} jobs of {model} ({} bytes)",
             entry.ids.len(),
-            chunk.lines.len()
+            lines.len()
         );
-        let client = &self.ctx.client;
-        let lines = chunk.lines;
         let file_id = match self
             .call("upload", || openai::upload(client, &key, lines.clone()))
             .await
@@ -222,7 +266,19 @@ impl BatchEngine {
         let created = self
             .call("create", || openai::create(client, &file_id, &key))
             .await;
-        let holds = chunk.holds;
+        self.created(journal, entry, chunk.holds, created, open)
+    }
+
+    /// Journals a creation's outcome. False when the run must stop.
+    fn created(
+        &self,
+        journal: &mut Journal,
+        mut entry: Entry,
+        holds: Vec<Hold>,
+        created: Option<Result<BatchInfo, ApiError>>,
+        open: &mut Vec<Open>,
+    ) -> bool {
+        let key = entry.key.clone();
         match created {
             None => {
                 open.push(Open { entry, holds });
@@ -316,13 +372,18 @@ impl BatchEngine {
         }
     }
 
-    /// Reads a batch's output and error files into what each of its lines got.
+    /// Reads a batch's results (its output and error files, or inline) into what each of its
+    /// lines got.
     async fn outcomes(
         &self,
         info: &BatchInfo,
     ) -> Option<Result<HashMap<String, Outcome>, ApiError>> {
         let client = &self.ctx.client;
         let mut out = HashMap::new();
+        let mut sources: Vec<(Vec<serde_json::Value>, bool)> = Vec::new();
+        if let Some(inline) = &info.results {
+            sources.push((inline.clone(), false));
+        }
         for (file, is_errors) in [(&info.output_file_id, false), (&info.error_file_id, true)] {
             let Some(file) = file else { continue };
             let bytes = match self
@@ -332,13 +393,15 @@ impl BatchEngine {
                 Ok(b) => b,
                 Err(e) => return Some(Err(e)),
             };
-            for line in bytes.split(|&b| b == b'\n') {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-                    continue;
-                };
+            let values = bytes
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+                .collect();
+            sources.push((values, is_errors));
+        }
+        for (values, is_errors) in sources {
+            for v in values {
                 let Some(id) = v["custom_id"].as_str() else {
                     continue;
                 };
@@ -745,6 +808,53 @@ impl Engine for BatchEngine {
                 }
             }
             if again.is_empty() {
+                continue;
+            }
+            if self.settings.fallback_live {
+                // `--batch-fallback live`: what a batch left unanswered goes live now.
+                tracing::info!("{} jobs a batch left unanswered are sent live", again.len());
+                let mut jobs: Vec<Job> = self.jobs_of(again).await.into_values().collect();
+                jobs.sort_by_key(|j| j.index);
+                let permits = Arc::new(tokio::sync::Semaphore::new(64));
+                let mut tasks = tokio::task::JoinSet::new();
+                for job in jobs {
+                    let k = job.id.key();
+                    let Some(decision) = decisions.remove(&k) else {
+                        continue;
+                    };
+                    let hold = match &ctx.budget {
+                        None => None,
+                        Some(b) => match b.reserve(ctx.worst_case(&job)) {
+                            Ok(r) => Some(Hold {
+                                budget: b.clone(),
+                                reservation: Some(r),
+                            }),
+                            Err(cap) => {
+                                end.cap_reached = Some(cap);
+                                break;
+                            }
+                        },
+                    };
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let grant = tokio::select! {
+                        g = ctx.limiter.acquire(ctx.charge(&job)) => g,
+                        _ = ctx.stopping() => break,
+                    };
+                    let ctx = ctx.clone();
+                    tasks.spawn(async move {
+                        let r = super::task::run_job(ctx, job, grant, hold).await;
+                        drop(permit);
+                        (decision, r)
+                    });
+                }
+                while let Some(r) = tasks.join_next().await {
+                    if let Ok((decision, super::task::TaskEnd::Recorded)) = r {
+                        end.recorded(decision);
+                        sent += 1;
+                    }
+                }
                 continue;
             }
             // Lines that failed for a passing reason go into new batches.

@@ -21,7 +21,7 @@ mod task;
 mod writer;
 
 pub use crate::config::{Endpoint, RunConfig};
-pub use batch::BatchSettings;
+pub use batch::{BatchApi, BatchSettings};
 
 use crate::budget::{Budget, LocalBudget};
 use crate::checkpoint::CheckpointError;

@@ -273,3 +273,65 @@ fn the_cost_cap_holds_in_batch_mode() {
     // Nothing was submitted beyond what the cap could hold.
     assert_eq!(mock.batch_stats().lines_answered, recs.len() as u64);
 }
+
+/// OpenRouter style: requests inline, at most 5,000 a batch (a larger --batch-max-lines is cut
+/// to that), `endpoint` and `model` before `requests` (the simulator answers 400 otherwise),
+/// results inline.
+#[test]
+fn openrouter_style_inline_batches_hold_at_most_five_thousand() {
+    let mock = batch_mock(BatchConfig {
+        delay: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(6_000));
+    let out = dir.path("out.jsonl");
+    let o = output_within(
+        &mut run_cmd(
+            &input,
+            &out,
+            &mock.url(),
+            &batch_args(&["--batch-api", "openrouter", "--batch-max-lines", "9000"]),
+        ),
+        Duration::from_secs(120),
+    );
+    assert_code(&o, 0);
+    let recs = records(&out);
+    assert_eq!(recs.len(), 6_000);
+    assert!(recs.iter().all(|r| r.status == Status::Ok));
+    let b = mock.batch_stats();
+    assert_eq!((b.batches_created, b.files_uploaded), (2, 0), "{b:?}");
+    assert_eq!((b.lines_answered, b.most_answers_per_id), (6_000, 1));
+}
+
+/// `--batch-fallback live`: what an expired batch left unanswered is sent live at once instead
+/// of waiting for another batch.
+#[test]
+fn the_leftovers_of_an_expired_batch_can_go_live() {
+    let mock = batch_mock(BatchConfig {
+        delay: Duration::from_millis(200),
+        expire_rate: 1.0,
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(200));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &batch_args(&["--batch-fallback", "live"]),
+    );
+    assert_code(&o, 0);
+    let recs = records_by_id(&out);
+    assert_eq!(recs.len(), 200);
+    assert!(recs.values().all(|r| r.status == Status::Ok));
+    let b = mock.batch_stats();
+    assert_eq!((b.batches_created, b.lines_answered), (1, 100), "{b:?}");
+    // The other hundred went live, once each.
+    assert_eq!(mock.stats().requests, 100);
+    // Live answers at the live price, batch answers at the batch price: as billed.
+    let recorded: f64 = recs.values().map(|r| r.cost_usd.unwrap()).sum();
+    let billed = mock.stats().billed as f64 / 1e12;
+    assert!((recorded - billed).abs() < 1e-9, "{recorded} vs {billed}");
+}
