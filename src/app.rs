@@ -84,6 +84,18 @@ pub fn render_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BULKPROMPT_COMMIT"),
+    ")"
+);
+
+pub fn version() -> &'static str {
+    VERSION
+}
+
 /// Runs a command to completion; `Ok` is the exit code.
 pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
     match command {
@@ -137,12 +149,47 @@ fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> 
     })
 }
 
+/// Whether `path` is absent or holds an earlier run summary (and nothing else worth keeping).
+fn replaceable_summary(path: &std::path::Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(m) if !m.is_file() || m.len() > 1 << 20 => false,
+        Ok(_) => std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v.get("outcome").is_some() && v.get("exit_code").is_some()),
+    }
+}
+
 async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
-    let cfg = config::resolve_run(&args, &argv)?;
-    let summary_path = cfg.summary_json.clone();
-    let shutdown = Shutdown::default();
-    shutdown.listen_for_signals();
-    let summary = run::run(cfg, shutdown).await?;
+    let started_at = crate::output::record::timestamp(std::time::SystemTime::now());
+    let summary_path = args.summary_json.clone();
+    let result = async {
+        let cfg = config::resolve_run(&args, &argv)?;
+        let shutdown = Shutdown::default();
+        shutdown.listen_for_signals();
+        Ok::<_, AppError>(run::run(cfg, shutdown).await?)
+    }
+    .await;
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // A scheduler reading the summary must never find yesterday's: say what failed.
+            // Only over nothing or an earlier summary: the path could be a file the run reads.
+            if let Some(path) = summary_path.as_ref().filter(|p| replaceable_summary(p)) {
+                let json = serde_json::json!({
+                    "outcome": "error",
+                    "exit_code": e.exit_code(),
+                    "message": render_chain(&e),
+                    "started_at": started_at,
+                    "ended_at": crate::output::record::timestamp(std::time::SystemTime::now()),
+                    "version": VERSION,
+                });
+                let _ = std::fs::write(path, serde_json::to_vec_pretty(&json).unwrap_or_default());
+            }
+            return Err(e);
+        }
+    };
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(summary.render().as_bytes());
     if let Some(path) = summary_path {
@@ -372,7 +419,7 @@ fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {
     let v = crate::job::source::validate(&input, args.max_errors.max(1), false)
         .map_err(RunError::from)?;
     let mut out = std::io::stdout().lock();
-    let problems = v.errors.len() as u64 + v.more_errors;
+    let problems = v.problems;
     for e in &v.errors {
         let _ = writeln!(out, "{e}");
     }

@@ -28,8 +28,8 @@ impl std::fmt::Display for CapReached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "cost cap {} reached: {} recorded, and the next job could cost up to {}; re-run with a larger --max-cost to continue",
-            self.cap, self.spent, self.wanted
+            "cost cap {} reached: {} recorded + {} held by requests in flight + up to {} for the next job would pass it; re-run with a larger --max-cost to continue",
+            self.cap, self.spent, self.reserved, self.wanted
         )
     }
 }

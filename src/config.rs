@@ -702,6 +702,20 @@ pub fn resolve_estimate(
 
 /// The command line to resume with: the same, minus `--fresh` (which would start over) and
 /// `--repair` (done once), with secret header values redacted ([`redact_argv`]).
+/// An endpoint as the summary shows it: without credentials in it or a query.
+pub fn shown_endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 pub fn resume_command(argv: &[String]) -> String {
     redact_argv(argv)
         .iter()

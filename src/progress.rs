@@ -65,11 +65,71 @@ pub struct Counters {
     /// Answers that did not match their schema (paid for), and what they cost.
     pub invalid_answers: AtomicU64,
     pub invalid_cost: AtomicU64,
+    /// Models of this run's records.
+    pub models: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// This run's failure messages, with their kind and count (at most [`ERROR_KINDS_KEPT`]).
+    pub errors: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     /// Dispatch is paused until then, and why (for the progress line).
     paused: std::sync::Mutex<Option<(Instant, &'static str)>>,
 }
 
+/// Distinct failure messages counted; more are lumped together.
+const ERROR_KINDS_KEPT: usize = 1000;
+
+/// One of the most frequent failure messages of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopError {
+    pub kind: String,
+    pub message: String,
+    pub count: u64,
+}
+
 impl Counters {
+    /// Notes a written record's model and, for a failure, its message.
+    pub fn note_record(&self, r: &crate::output::Record) {
+        {
+            let mut m = self.models.lock().unwrap_or_else(|p| p.into_inner());
+            if !m.contains(&r.model) {
+                m.insert(r.model.clone());
+            }
+        }
+        if let Some(e) = &r.error {
+            let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+            // Messages differ in the attempts they name: count them as one.
+            let message = match e.message.find(" (gave up after") {
+                Some(i) => &e.message[..i],
+                None => e.message.as_str(),
+            };
+            let message: String = message.chars().take(300).collect();
+            let full = errors.len() >= ERROR_KINDS_KEPT && !errors.contains_key(&message);
+            let key = if full {
+                "(other messages)".to_string()
+            } else {
+                message
+            };
+            errors
+                .entry(key)
+                .or_insert_with(|| (e.kind.as_str().to_string(), 0))
+                .1 += 1;
+        }
+    }
+
+    /// The three most frequent failure messages.
+    pub fn top_errors(&self) -> Vec<TopError> {
+        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<TopError> = errors
+            .iter()
+            .map(|(m, (k, n))| TopError {
+                kind: k.clone(),
+                message: m.clone(),
+                count: *n,
+            })
+            .collect();
+        all.sort_by(|a, b| b.count.cmp(&a.count).then(a.message.cmp(&b.message)));
+        all.truncate(3);
+        all
+    }
+
     /// An answer that did not match its schema, paid `cost`.
     pub fn invalid(&self, cost: Money) {
         self.invalid_answers.fetch_add(1, Relaxed);
@@ -235,6 +295,15 @@ pub struct Summary {
     pub provider_limits: crate::limit::Advertised,
     /// Batches created at the provider this run (`--mode batch`).
     pub batches: u64,
+    /// The most frequent failure messages of this run, with their counts.
+    pub top_errors: Vec<TopError>,
+    /// When the run started and ended (RFC 3339, UTC), and the bulkprompt that ran it.
+    pub started_at: String,
+    pub ended_at: String,
+    pub version: String,
+    /// Where requests went (no credentials, no query), and the models of this run's records.
+    pub endpoint: String,
+    pub models: Vec<String>,
     /// Answers that did not match their job's schema (each paid for), and what they cost.
     pub invalid_answers: u64,
     pub invalid_cost_usd: f64,
@@ -337,6 +406,14 @@ impl Summary {
             "  tokens:    {} in, {} out",
             self.prompt_tokens, self.completion_tokens
         ));
+        for (i, e) in self.top_errors.iter().enumerate() {
+            let head = if i == 0 {
+                "  errors:   "
+            } else {
+                "            "
+            };
+            line(format!("{head} {} x {}: {}", e.count, e.kind, e.message));
+        }
         if self.invalid_answers > 0 {
             let left = self
                 .failed_by_kind

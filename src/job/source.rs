@@ -157,6 +157,8 @@ pub struct Validation {
     pub errors: Vec<InputError>,
     /// More problems than the cap were found.
     pub more_errors: u64,
+    /// Every problem found, those said once for many lines included.
+    pub problems: u64,
     /// Every id's hash and line, when asked for (`--prune` needs them).
     pub ids: Option<KeyMap>,
     /// The models the jobs name (a handful, whatever the file's size).
@@ -179,6 +181,9 @@ pub fn validate(
     let mut any_line = false;
     let mut models = BTreeSet::new();
     let mut without_max_tokens = 0;
+    // The same problem on many lines ("no model" on every row) is one message with its lines.
+    let mut same: HashMap<String, (usize, u64, Vec<u64>)> = HashMap::new();
+    let mut grouped = 0u64;
     for job in spec.open()? {
         any_line = true;
         match job {
@@ -191,12 +196,43 @@ pub fn validate(
                 without_max_tokens += u64::from(job.max_output_tokens.is_none());
             }
             Err(e @ InputError::Io { .. }) => return Err(e),
+            Err(InputError::Invalid { at, message }) => {
+                problems += 1;
+                if let Some((_, n, lines)) = same.get_mut(&message) {
+                    *n += 1;
+                    grouped += 1;
+                    if lines.len() < 5 {
+                        lines.push(at.line);
+                    }
+                } else if errors.len() < max_errors {
+                    same.insert(message.clone(), (errors.len(), 1, Vec::new()));
+                    errors.push(InputError::Invalid { at, message });
+                }
+            }
             Err(e) => {
                 problems += 1;
                 if errors.len() < max_errors {
                     errors.push(e);
                 }
             }
+        }
+    }
+    for (_, (at, n, lines)) in same {
+        if n < 2 {
+            continue;
+        }
+        if let Some(InputError::Invalid { message, .. }) = errors.get_mut(at) {
+            let shown: Vec<String> = lines.iter().map(u64::to_string).collect();
+            let etc = if n - 1 > lines.len() as u64 {
+                ", ..."
+            } else {
+                ""
+            };
+            *message = format!(
+                "{message} (the same on {} more lines: {}{etc})",
+                n - 1,
+                shown.join(", ")
+            );
         }
     }
     if !any_line {
@@ -230,7 +266,8 @@ pub fn validate(
     }
     Ok(Validation {
         jobs,
-        more_errors: problems - errors.len() as u64,
+        more_errors: problems - grouped - errors.len() as u64,
+        problems,
         errors,
         ids: keep_ids.then_some(ids),
         models,

@@ -126,6 +126,7 @@ fn render_invalid(errors: &[InputError], more: u64) -> String {
 /// Runs a job file to completion (or until stopped) and reports how it went.
 pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError> {
     let started = Instant::now();
+    let started_at = crate::output::record::timestamp(std::time::SystemTime::now());
     let prepared = prepare::prepare(&cfg, started, &shutdown).await?;
     let spent_before = prepared.checkpoint.totals.spent + prepared.removed_cost;
 
@@ -155,8 +156,9 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     let writer = writer::Writer::start(&cfg.output, counters.clone(), cfg.grace)?;
     let ctx = Arc::new(task::Ctx {
         client,
+        // Shown in messages: never with credentials in it.
         endpoint: match &cfg.endpoint {
-            Endpoint::Url(u) => u.clone(),
+            Endpoint::Url(u) => crate::config::shown_endpoint(u),
             Endpoint::Mock(_) => "the simulator".into(),
         },
         limiter: Arc::new(Limiter::new(cfg.rpm, cfg.tpm).finding(cfg.start_rpm)),
@@ -286,6 +288,12 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             found_rpm,
             invalid_answers: c.invalid_answers.load(Relaxed),
             batches: c.batches_submitted.load(Relaxed),
+            top_errors: c.top_errors(),
+            models: c
+                .models
+                .lock()
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default(),
             invalid_cost: crate::cost::Money(c.invalid_cost.load(Relaxed)),
         },
         unwritten: written.drained.unwritten,
@@ -294,5 +302,10 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         elapsed_secs,
         stops,
         resume_command: crate::config::resume_command(&cfg.argv),
+        started_at,
+        endpoint: match &cfg.endpoint {
+            Endpoint::Url(u) => crate::config::shown_endpoint(u),
+            Endpoint::Mock(_) => "mock".into(),
+        },
     }))
 }

@@ -82,8 +82,8 @@ pub(super) fn outcome(stops: &Stops, output_failed: u64) -> (Outcome, Option<Str
         return (
             Outcome::Budget,
             Some(format!(
-                "cost cap {} reached: {total} recorded in the output over all runs, and the next job could cost up to {}; re-run with a larger --max-cost to continue",
-                cap.cap, cap.wanted
+                "cost cap {} reached: dispatch stopped when {} recorded + {} held by requests in flight + up to {} for the next job would have passed it; {total} is recorded in the output over all runs; re-run with a larger --max-cost to continue",
+                cap.cap, cap.spent, cap.reserved, cap.wanted
             )),
         );
     }
@@ -124,6 +124,8 @@ pub(super) struct Counted {
     pub(super) invalid_answers: u64,
     pub(super) invalid_cost: Money,
     pub(super) batches: u64,
+    pub(super) top_errors: Vec<crate::progress::TopError>,
+    pub(super) models: Vec<String>,
 }
 
 /// Everything the summary is made of.
@@ -141,6 +143,8 @@ pub(super) struct Tallies {
     pub(super) stops: Stops,
     /// The command to resume with, used when something is left to do.
     pub(super) resume_command: String,
+    pub(super) started_at: String,
+    pub(super) endpoint: String,
 }
 
 /// The summary: job counts that add up to the file, the outcome, the exit code.
@@ -184,6 +188,12 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         found_rpm: c.found_rpm,
         invalid_answers: c.invalid_answers,
         batches: c.batches,
+        top_errors: c.top_errors,
+        started_at: t.started_at,
+        ended_at: crate::output::record::timestamp(std::time::SystemTime::now()),
+        version: crate::app::version().to_string(),
+        endpoint: t.endpoint,
+        models: c.models,
         invalid_cost_usd: c.invalid_cost.usd(),
         resume_command: (t.stops.early() || not_run > 0).then_some(t.resume_command),
     }
@@ -227,7 +237,7 @@ mod tests {
                 _ if s.input_error.take().is_some() => {}
                 _ if s.abort.take().is_some() => {}
                 _ if s.cap.take().is_some() => {
-                    assert!(m.unwrap().contains("$0.950000 recorded"));
+                    assert!(m.unwrap().contains("$0.950000 is recorded"));
                 }
                 _ if std::mem::take(&mut s.interrupted) => {}
                 _ if std::mem::take(&mut s.submitted) > 0 => {}
@@ -277,6 +287,8 @@ mod tests {
         let t = Tallies {
             input: "in".into(),
             output: "out".into(),
+            started_at: String::new(),
+            endpoint: String::new(),
             jobs: 200,
             intake: IntakeCounts {
                 read: 120,

@@ -698,8 +698,20 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                 status,
                 message,
             } => {
-                ctx.open();
                 ctx.limiter.reconcile(g, 0);
+                // A 404 on the very first request that is not about a model: the URL is wrong,
+                // a fault of the run, not of this job (which stays pending, not failed).
+                if status == Some(404)
+                    && !ctx.opened.is_set()
+                    && !message.to_ascii_lowercase().contains("model")
+                {
+                    ctx.abort(format!(
+                        "the endpoint answered HTTP 404 ({message}) to {}/chat/completions: is the endpoint right? (--endpoint is the base URL, such as https://openrouter.ai/api/v1); nothing was marked failed, re-run once it is fixed",
+                        ctx.endpoint.trim_end_matches('/')
+                    ));
+                    return abandon(pending);
+                }
+                ctx.open();
                 match next_model {
                     Some(next) if model_unavailable(status, &message) => {
                         tracing::debug!(id = %job.id, "model {model:?} not available ({message}): trying {next:?}");

@@ -68,6 +68,7 @@ impl Writer {
                         if let Some(c) = r.cost_usd {
                             counters.spent.fetch_add(Money::from_usd(c).0, Relaxed);
                         }
+                        counters.note_record(r);
                         counters.written.fetch_add(1, Relaxed);
                     },
                     || {

@@ -9,6 +9,7 @@ mod hostile;
 mod inprocess;
 mod input;
 mod labeling;
+mod manners;
 mod money;
 mod parquet;
 mod promises;

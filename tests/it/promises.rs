@@ -458,7 +458,7 @@ fn a_provider_billing_far_above_the_price_table_cannot_overrun_the_cap() {
     // The stop message gives the final amount, the one in the output.
     let final_amount = Money::from_usd(spent).to_string();
     assert!(
-        err.contains(&format!("{final_amount} recorded in the output")),
+        err.contains(&format!("{final_amount} is recorded in the output")),
         "want {final_amount}: {err}"
     );
 }

@@ -1,0 +1,163 @@
+//! What a person or a scheduler reads: the summary JSON always written (also on exit 1), with
+//! times, version, endpoint and models; the most frequent errors; a wrong URL said as such and
+//! no job marked failed for it; the same input problem on many lines said once; the cap's
+//! arithmetic; the version's commit.
+
+use crate::harness::*;
+use bulkprompt::mock::MockConfig;
+
+#[test]
+fn the_summary_json_is_written_on_exit_1_too_and_tells_when_what_and_where() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let sum = dir.path("s.json");
+    // Yesterday's summary must not survive a failed start.
+    std::fs::write(&sum, r#"{"outcome": "completed", "exit_code": 0}"#).unwrap();
+    let bad = dir.write("bad.jsonl", "{\"id\": \"a\"}\n");
+    let o = run(
+        &bad,
+        &dir.path("out.jsonl"),
+        &mock.url(),
+        &["--summary-json", sum.to_str().unwrap()],
+    );
+    assert_code(&o, 1);
+    let s = summary(&sum);
+    assert_eq!(
+        (s["outcome"].as_str(), s["exit_code"].as_i64()),
+        (Some("error"), Some(1))
+    );
+    assert!(
+        s["message"].as_str().unwrap().contains("bad.jsonl:1"),
+        "{s}"
+    );
+    assert!(s["started_at"].is_string() && s["ended_at"].is_string());
+    assert!(s["version"].as_str().unwrap().contains("commit"), "{s}");
+    // A config error before anything is read: written too.
+    let o = run(
+        &bad,
+        &dir.path("out.jsonl"),
+        &mock.url(),
+        &[
+            "--summary-json",
+            sum.to_str().unwrap(),
+            "--concurrency",
+            "0",
+        ],
+    );
+    assert_code(&o, 1);
+    assert!(summary(&sum)["message"]
+        .as_str()
+        .unwrap()
+        .contains("--concurrency"));
+    // A file that is not a summary is never written over, whatever happened.
+    let keep = dir.write("notes.txt", "keep me");
+    let o = run(
+        &bad,
+        &dir.path("out.jsonl"),
+        &mock.url(),
+        &["--summary-json", keep.to_str().unwrap()],
+    );
+    assert_code(&o, 1);
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "keep me");
+
+    // A run that ends: times, version, the endpoint without its credentials, the models.
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    let url = mock.url().replace("http://", "http://user:secret@");
+    let o = run(
+        &input,
+        &dir.path("out.jsonl"),
+        &url,
+        &["--summary-json", sum.to_str().unwrap()],
+    );
+    assert_code(&o, 0);
+    let s = typed_summary(&sum);
+    assert!(s.started_at <= s.ended_at && !s.started_at.is_empty());
+    assert!(!s.endpoint.contains("secret"), "{}", s.endpoint);
+    assert!(
+        s.endpoint.starts_with("http://127.0.0.1:"),
+        "{}",
+        s.endpoint
+    );
+    assert_eq!(s.models, vec!["test-model".to_string()]);
+    let o = bulkprompt().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(commit "));
+}
+
+#[test]
+fn the_most_frequent_errors_are_in_the_summary() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    // Temperature 5 is refused (400) by the simulator: every job fails the same way.
+    let input = dir.write("jobs.jsonl", chat_jobs(4));
+    let sum = dir.path("s.json");
+    let o = run(
+        &input,
+        &dir.path("out.jsonl"),
+        &mock.url(),
+        &[
+            "--param",
+            "temperature=5",
+            "--summary-json",
+            sum.to_str().unwrap(),
+        ],
+    );
+    assert_code(&o, 2);
+    let s = typed_summary(&sum);
+    assert_eq!(s.top_errors.len(), 1);
+    assert_eq!(s.top_errors[0].count, 4);
+    assert_eq!(s.top_errors[0].kind, "client");
+    assert!(
+        s.top_errors[0].message.contains("temperature"),
+        "{:?}",
+        s.top_errors
+    );
+    assert!(stderr(&o).contains("4 x client: "), "{}", stderr(&o));
+}
+
+#[test]
+fn a_wrong_url_is_said_as_such_and_fails_no_job() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(30));
+    let out = dir.path("out.jsonl");
+    let wrong = mock.url().trim_end_matches("/v1").to_string() + "/api/v2";
+    let o = run(&input, &out, &wrong, &[]);
+    assert_code(&o, 4);
+    assert!(
+        stderr(&o).contains("is the endpoint right?"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("requests:  1 "),
+        "one request told it: {}",
+        stderr(&o)
+    );
+    // Nothing was marked failed: the right URL runs every job.
+    assert!(records(&out).is_empty());
+    let o = run(&input, &out, &mock.url(), &[]);
+    assert_code(&o, 0);
+    assert_eq!(records_by_id(&out).len(), 30);
+}
+
+#[test]
+fn the_same_problem_on_many_lines_is_said_once() {
+    let dir = Dir::new();
+    let rows: String = (0..300).map(|i| format!("r{i},text {i}\n")).collect();
+    let input = dir.write("rows.csv", format!("id,text\n{rows}"));
+    let o = bulkprompt()
+        .args(["validate"])
+        .arg(&input)
+        .args(["--template", "{text}"])
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    let err = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(err.matches("no model").count(), 1, "{err}");
+    assert!(err.contains("0 jobs valid, 300 problems"), "{err}");
+    assert!(
+        err.contains("rows.csv:2")
+            && err.contains("the same on 299 more lines: 3, 4, 5, 6, 7, ..."),
+        "{err}"
+    );
+}
