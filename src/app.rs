@@ -410,7 +410,7 @@ fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
     } else {
         let _ = out.write_all(s.render().as_bytes());
     }
-    Ok(0)
+    Ok(if args.check && !s.complete() { 2 } else { 0 })
 }
 
 fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {

@@ -363,6 +363,9 @@ pub struct BatchesArgs {
 pub struct StatusArgs {
     /// The output of a run.
     pub output: PathBuf,
+    /// Exit 2 unless every job of the job file has an ok record (and no batch is open).
+    #[arg(long)]
+    pub check: bool,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

@@ -190,7 +190,7 @@ impl Spec {
         })?;
         let mut spec: Spec = toml::from_str(&text).map_err(|e| ConfigError::Spec {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: spec_hint(e.to_string()),
         })?;
         let dir = path.parent().unwrap_or(Path::new(""));
         for p in [
@@ -208,6 +208,71 @@ impl Spec {
             }
         }
         Ok(spec)
+    }
+}
+
+/// The names inside backticks after `expected one of` in a serde "unknown field" message.
+fn expected_names(message: &str) -> Vec<String> {
+    message
+        .split("expected one of ")
+        .nth(1)
+        .unwrap_or("")
+        .split(", ")
+        .filter_map(|n| {
+            n.trim()
+                .strip_prefix('`')?
+                .split('`')
+                .next()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Edit distance, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A spec's "unknown field" error, with what was probably meant: a near key ("did you mean"),
+/// or a top-level key written after a `[table]` header (which makes it part of that table).
+fn spec_hint(message: String) -> String {
+    let Some(field) = message
+        .split("unknown field `")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .map(str::to_string)
+    else {
+        return message;
+    };
+    let here = expected_names(&message);
+    let top_level = toml::from_str::<Spec>("bulkprompt_no_such_key = 0")
+        .err()
+        .map(|e| expected_names(&e.to_string()))
+        .unwrap_or_default();
+    if !here.contains(&field) && top_level.contains(&field) && here != top_level {
+        return format!(
+            "{message}\n`{field}` is a top-level key: it is inside a [table] because it comes after the table's header; move it above the first [table]"
+        );
+    }
+    match here
+        .iter()
+        .map(|n| (distance(&field, n), n))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+    {
+        Some((_, near)) => format!("{message}\ndid you mean `{near}`?"),
+        None => message,
     }
 }
 
@@ -256,6 +321,11 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         .ok_or_else(|| {
             ConfigError::Invalid("no job file: give one, or `input` in the spec (-c)".into())
         })?;
+    if path.as_os_str() == "-" {
+        return Err(ConfigError::Invalid(
+            "the job file cannot be standard input (`-`): a run reads it twice (every line is checked before anything is sent) and a resume reads it again; write it to a file first".into(),
+        ));
+    }
     let template_text = match (
         &args.template,
         &args.template_file,
@@ -388,6 +458,11 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
     let spec = load_spec(&args.job)?;
     let input = resolve_input(&args.job, &spec)?;
     let output = output_path(args.output.as_ref(), &spec, &input);
+    if output.as_os_str() == "-" {
+        return Err(ConfigError::Invalid(
+            "-o -: records cannot go to standard output: the output file is the run's checkpoint (what makes a re-run resume); give a file and read it as it grows (tail -f)".into(),
+        ));
+    }
     let format = args.format.or(match spec.format.as_deref() {
         Some("parquet") => Some(OutputFormat::Parquet),
         Some("jsonl") => Some(OutputFormat::Jsonl),
@@ -459,6 +534,11 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             ..MockConfig::with_fault(crate::mock::Fault::ServerError, fail_rate)
         }))
     } else {
+        if !endpoint_text.contains("://") {
+            return Err(ConfigError::Invalid(format!(
+                "--endpoint {endpoint_text:?}: no scheme; add https:// (https://{endpoint_text}), or http:// for a server on this machine"
+            )));
+        }
         Endpoint::Url(endpoint_text.clone())
     };
     let key_var = args
@@ -473,12 +553,25 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         (Some(var), Endpoint::Mock(_)) => env(var).map(ApiKey::new),
         (Some(var), Endpoint::Url(u)) if is_loopback(u) => env(var).map(ApiKey::new),
         (Some(var), _) => Some(ApiKey::new(env(var).ok_or_else(|| {
-            ConfigError::Invalid(format!("--api-key-env {var}: the environment variable {var} is not set or empty"))
+            ConfigError::Invalid(format!(
+                "--api-key-env {var}: the environment variable {var} is not set or empty"
+            ))
         })?)),
         (None, Endpoint::Url(u)) if !is_loopback(u) => {
+            // The variable that fits the endpoint: the preset of the same host, if any.
+            let host = |url: &str| {
+                url::Url::parse(url)
+                    .ok()
+                    .and_then(|x| x.host_str().map(str::to_string))
+            };
+            let var = crate::providers::PRESETS
+                .iter()
+                .find(|p| p.key_env.is_some() && host(p.base_url) == host(u))
+                .and_then(|p| p.key_env)
+                .unwrap_or("OPENROUTER_API_KEY");
             return Err(ConfigError::Invalid(format!(
-                "no API key for {u}: name its environment variable with --api-key-env (e.g. --api-key-env OPENROUTER_API_KEY)"
-            )))
+                "no API key for {u}: name its environment variable with --api-key-env (e.g. --api-key-env {var})"
+            )));
         }
         (None, _) => None,
     };

@@ -24,8 +24,51 @@ pub struct Status {
     pub spent_usd: f64,
     /// Against the job file (absent when it could not be read).
     pub jobs: Option<JobCounts>,
+    /// Latest records that are failures, by error kind.
+    pub failed_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Batches of a batch-mode run not collected yet.
+    pub open_batches: u64,
     /// Why the job file could not be compared.
     pub note: Option<String>,
+}
+
+impl Status {
+    /// Whether everything in the job file has an ok record (`status --check`).
+    pub fn complete(&self) -> bool {
+        match &self.jobs {
+            Some(j) => j.done == j.total && self.open_batches == 0,
+            None => self.failed_transient + self.failed_permanent == 0 && self.open_batches == 0,
+        }
+    }
+}
+
+/// Latest failure kinds per id, from the output's lines (later lines win).
+fn failure_kinds(output: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::io::BufRead;
+    let mut latest: std::collections::HashMap<crate::job::IdKey, Option<String>> =
+        std::collections::HashMap::new();
+    if let Ok(f) = std::fs::File::open(output) {
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            if let Ok(h) = serde_json::from_str::<crate::output::record::RecordHead>(&line) {
+                let key = crate::job::IdKey::of(h.id.as_bytes());
+                match h.error {
+                    Some(e) => {
+                        latest.insert(key, Some(e.kind.as_str().to_string()));
+                    }
+                    None => {
+                        if latest.contains_key(&key) {
+                            latest.insert(key, None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut by = std::collections::BTreeMap::new();
+    for k in latest.into_values().flatten() {
+        *by.entry(k).or_insert(0) += 1;
+    }
+    by
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -81,6 +124,10 @@ pub fn status(output: &Path) -> Result<Status, CheckpointError> {
         spent_usd: (t.spent + RunMeta::removed_cost(output)).usd(),
         ..Default::default()
     };
+    s.failed_by_kind = failure_kinds(output);
+    s.open_batches = crate::batch::journal::list(&crate::batch::journal::journal_path(output))
+        .map(|l| l.iter().filter(|b| b.ended.is_none()).count() as u64)
+        .unwrap_or(0);
     let meta = match RunMeta::load(output)? {
         Some(m) => m,
         None => {
@@ -143,6 +190,20 @@ impl Status {
             if j.orphaned > 0 {
                 s.push_str(&format!("  orphaned:  {} records of ids no longer in the job file (--prune drops them)\n", j.orphaned));
             }
+        }
+        if !self.failed_by_kind.is_empty() {
+            let kinds: Vec<String> = self
+                .failed_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            s.push_str(&format!("  failures:  {}\n", kinds.join(", ")));
+        }
+        if self.open_batches > 0 {
+            s.push_str(&format!(
+                "  batches:   {} open at the provider: re-run to collect them\n",
+                self.open_batches
+            ));
         }
         s.push_str(&format!(
             "  tokens:    {} in, {} out\n",

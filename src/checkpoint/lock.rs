@@ -9,7 +9,27 @@ use std::path::Path;
 
 /// An exclusive OS lock on `OUT.lock`, held for the whole run; the lock file names the pid.
 pub struct OutputLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+/// Whether `path` still names the file `file` has open.
+fn still_named(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+impl Drop for OutputLock {
+    /// The lock file goes when the run ends (removed while still locked, so a run that opened
+    /// it meanwhile sees it is gone and makes a new one).
+    fn drop(&mut self) {
+        if still_named(&self.file, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl OutputLock {
@@ -21,6 +41,22 @@ impl OutputLock {
 
     pub fn acquire(output: &Path) -> Result<Self, CheckpointError> {
         let path = Self::path_for(output);
+        // A lock file removed by the run that held it, between our open and our lock: again.
+        for _ in 0..100 {
+            let lock = Self::try_acquire(output, &path)?;
+            if still_named(&lock.file, &path) {
+                return Ok(lock);
+            }
+            // Locked a file nobody can find any more: its drop leaves the path alone.
+            drop(lock);
+        }
+        let e = std::io::Error::other("the lock file keeps being replaced");
+        let err = io_err(&path)(e);
+        Err(err)
+    }
+
+    fn try_acquire(output: &Path, path: &Path) -> Result<Self, CheckpointError> {
+        let path = path.to_path_buf();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -42,7 +78,7 @@ impl OutputLock {
         }
         file.set_len(0).map_err(io_err(&path))?;
         write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
-        Ok(OutputLock { _file: file })
+        Ok(OutputLock { file, path })
     }
 }
 

@@ -161,3 +161,104 @@ fn the_same_problem_on_many_lines_is_said_once() {
         "{err}"
     );
 }
+
+#[test]
+fn standard_input_and_output_are_refused_with_the_reason() {
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(2));
+    let o = bulkprompt()
+        .args(["run", "-", "--endpoint", "mock", "--model", "m"])
+        .current_dir(dir.tmp.path())
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("cannot be standard input"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bulkprompt()
+        .arg("run")
+        .arg(&input)
+        .args(["-o", "-", "--endpoint", "mock", "--model", "m"])
+        .current_dir(dir.tmp.path())
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("cannot go to standard output"),
+        "{}",
+        stderr(&o)
+    );
+    // Nothing was created for runs that never started: no file named `-`, no lock.
+    let left: Vec<_> = std::fs::read_dir(dir.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["jobs.jsonl".to_string()], "{left:?}");
+}
+
+#[test]
+fn status_check_fails_while_anything_is_left_and_breaks_failures_down() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(6));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--limit", "4", "--param", "temperature=5"],
+    );
+    assert_code(&o, 2);
+    let status = |extra: &[&str]| {
+        bulkprompt()
+            .arg("status")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = status(&["--check"]);
+    assert_code(&o, 2);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains("failures:  client 4"), "{text}");
+    assert!(text.contains("2 pending"), "{text}");
+    assert_code(&status(&[]), 0);
+    let o = run(&input, &out, &mock.url(), &["--retry-failed"]);
+    assert_code(&o, 0);
+    assert_code(&status(&["--check"]), 0);
+}
+
+#[test]
+fn set_up_mistakes_get_the_fix() {
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(1));
+    let err_of = |args: &[&str]| {
+        let o = bulkprompt()
+            .arg("run")
+            .arg(&input)
+            .args(args)
+            .env_remove("OPENAI_API_KEY")
+            .output()
+            .unwrap();
+        assert_code(&o, 1);
+        stderr(&o)
+    };
+    let e = err_of(&["--endpoint", "api.openai.com/v1", "--model", "m"]);
+    assert!(
+        e.contains("add https://") && !e.contains("relative URL"),
+        "{e}"
+    );
+    let e = err_of(&["--endpoint", "https://api.openai.com/v1", "--model", "m"]);
+    assert!(e.contains("--api-key-env OPENAI_API_KEY"), "{e}");
+    let spec = dir.write("s.toml", "rmp = 600\n");
+    let e = err_of(&["-c", spec.to_str().unwrap()]);
+    assert!(e.contains("did you mean `rpm`?"), "{e}");
+    let spec = dir.write(
+        "t.toml",
+        "model = \"m\"\n[mock]\nlatency_ms = 5\nrpm = 600\n",
+    );
+    let e = err_of(&["-c", spec.to_str().unwrap()]);
+    assert!(e.contains("`rpm` is a top-level key"), "{e}");
+}
