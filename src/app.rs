@@ -84,6 +84,14 @@ pub fn render_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// `--log-format json`: the end-of-run summary is one JSON line on stderr too, not text.
+pub static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `NO_COLOR` is set (to anything but the empty string): no colours anywhere.
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 /// The version and the commit it was built from.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -191,7 +199,12 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
         }
     };
     let mut err = std::io::stderr().lock();
-    let _ = err.write_all(summary.render().as_bytes());
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        let line = serde_json::json!({"level": "INFO", "fields": {"message": "summary", "summary": &summary}});
+        let _ = writeln!(err, "{line}");
+    } else {
+        let _ = err.write_all(summary.render().as_bytes());
+    }
     if let Some(path) = summary_path {
         let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         std::fs::write(&path, json).map_err(|source| AppError::Write { path, source })?;

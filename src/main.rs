@@ -31,14 +31,20 @@ fn main() {
         (1, _) => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(terminal && !bulkprompt::app::no_color());
     match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.without_time().init(),
+        LogFormat::Json => {
+            bulkprompt::app::JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().init()
+        }
+        // On a terminal a person reads along; in a log file each line needs its time.
+        LogFormat::Text if terminal => builder.without_time().init(),
+        LogFormat::Text => builder.init(),
     }
     let code = match bulkprompt::app::execute(cli.command, argv) {
         Ok(code) => code,

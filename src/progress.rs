@@ -470,6 +470,108 @@ fn human(n: u64) -> String {
     }
 }
 
+/// What the progress line shows, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Snapshot {
+    /// Jobs this run will do (`--limit` and earlier runs taken into account), and has done.
+    pub to_do: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub retries: u64,
+    pub requests: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub spent: Money,
+    pub elapsed: Duration,
+}
+
+/// The progress line, fitted to `width` columns: fields are dropped, least useful first, and
+/// never cut in the middle. Rates and the ETA appear only once they mean something.
+pub fn progress_line(s: &Snapshot, pause: &str, width: usize) -> String {
+    let secs = s.elapsed.as_secs_f64();
+    // Say nothing rather than something false: a rate needs a few seconds and answers.
+    let settled = secs >= 5.0 && s.done >= 10;
+    let eta = (settled && s.to_do > s.done).then(|| {
+        let left = (s.to_do - s.done) as f64 / (s.done as f64 / secs);
+        human_duration(Duration::from_secs_f64(left.min(1e7)))
+    });
+    let projected = (s.done >= 10 && s.to_do > s.done)
+        .then(|| Money((s.spent.0 as f64 / s.done as f64 * s.to_do as f64) as u64).short());
+    // In order of usefulness; the count, the pause and the failures always stay.
+    let mut fields: Vec<(u8, String)> = vec![(0, format!("{}/{} this run", s.done, s.to_do))];
+    if !pause.is_empty() {
+        fields.push((0, pause.trim_end_matches(" · ").to_string()));
+    }
+    if let Some(e) = eta {
+        fields.push((1, format!("ETA {e}")));
+    }
+    fields.push((
+        2,
+        match projected {
+            Some(p) => format!("{} of ~{p}", s.spent.short()),
+            None => s.spent.short(),
+        },
+    ));
+    if s.failed > 0 {
+        fields.push((0, format!("{} failed", s.failed)));
+    }
+    if settled {
+        fields.push((3, format!("{:.0} req/s", s.requests as f64 / secs)));
+    }
+    if s.retries > 0 {
+        fields.push((4, format!("{} retries", s.retries)));
+    }
+    fields.push((
+        5,
+        format!("tok {}/{}", human(s.tokens_in), human(s.tokens_out)),
+    ));
+    loop {
+        let line = fields
+            .iter()
+            .map(|(_, f)| f.as_str())
+            .collect::<Vec<_>>()
+            .join(" · ");
+        if line.chars().count() <= width {
+            return line;
+        }
+        // Drop the least useful field left (the highest rank), keeping the must-haves.
+        match fields
+            .iter()
+            .enumerate()
+            .filter(|(_, (rank, _))| *rank > 0)
+            .max_by_key(|(i, (rank, _))| (*rank, *i))
+            .map(|(i, _)| i)
+        {
+            Some(i) => {
+                fields.remove(i);
+            }
+            None => return line,
+        }
+    }
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// Columns of the terminal on stderr (80 when it cannot be told).
+fn terminal_width() -> usize {
+    #[cfg(unix)]
+    // SAFETY: TIOCGWINSZ only writes the struct we pass.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_col > 0 {
+            return ws.ws_col as usize;
+        }
+    }
+    80
+}
+
 /// Draws progress until dropped.
 pub struct Reporter {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -477,7 +579,8 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn start(mode: ProgressMode, total: u64, counters: Arc<Counters>) -> Reporter {
+    /// `to_do`: the jobs this run will do (after earlier runs' records and `--limit`).
+    pub fn start(mode: ProgressMode, to_do: u64, counters: Arc<Counters>) -> Reporter {
         if mode == ProgressMode::Quiet {
             return Reporter {
                 stop: None,
@@ -489,11 +592,13 @@ impl Reporter {
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let bar = bar_on.then(|| {
-                let bar = indicatif::ProgressBar::new(total);
+                let bar = indicatif::ProgressBar::new(to_do.max(1));
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{bar:20.cyan/blue} {pos}/{len} · {msg} · ETA {eta}",
-                    )
+                    indicatif::ProgressStyle::with_template(if crate::app::no_color() {
+                        "{bar:16} {msg}"
+                    } else {
+                        "{bar:16.cyan/blue} {msg}"
+                    })
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
                 bar
@@ -511,38 +616,37 @@ impl Reporter {
                     _ = &mut rx => break,
                 }
                 let c = &counters;
-                let done = c.ok.load(Relaxed) + c.failed.load(Relaxed);
-                let secs = started.elapsed().as_secs_f64().max(0.001);
-                // Projected spend: this run's average cost a job, times the jobs left.
-                let to_run = total.saturating_sub(c.skipped.load(Relaxed));
-                let spent = c.spent();
-                let projected = match done {
-                    0 => String::new(),
-                    d => format!(
-                        " of ~{}",
-                        Money((spent.0 as f64 / d as f64 * to_run as f64) as u64).short()
-                    ),
+                let snap = Snapshot {
+                    to_do,
+                    done: c.ok.load(Relaxed) + c.failed.load(Relaxed),
+                    failed: c.failed.load(Relaxed),
+                    retries: c.retries_total(),
+                    requests: c.requests.load(Relaxed),
+                    tokens_in: c.prompt_tokens.load(Relaxed),
+                    tokens_out: c.completion_tokens.load(Relaxed),
+                    spent: c.spent(),
+                    elapsed: started.elapsed(),
                 };
-                let msg = format!(
-                    "{}{:.0} req/s · tok {}/{} · {}{projected} · {} retries · {} failed",
-                    c.pause_note(),
-                    c.requests.load(Relaxed) as f64 / secs,
-                    human(c.prompt_tokens.load(Relaxed)),
-                    human(c.completion_tokens.load(Relaxed)),
-                    spent.short(),
-                    c.retries_total(),
-                    c.failed.load(Relaxed),
-                );
+                let pause = c.pause_note();
                 match &bar {
                     Some(bar) => {
-                        bar.set_position(done + c.skipped.load(Relaxed));
-                        bar.set_message(msg);
+                        // The bar takes 17 columns; one more keeps the cursor off the edge.
+                        let width = terminal_width().saturating_sub(18).max(20);
+                        bar.set_position(snap.done.min(to_do));
+                        bar.set_message(progress_line(&snap, &pause, width));
                     }
                     None => tracing::info!(
-                        "progress: {}/{} · {}",
-                        done + c.skipped.load(Relaxed),
-                        total,
-                        msg
+                        done = snap.done,
+                        to_do = snap.to_do,
+                        failed = snap.failed,
+                        retries = snap.retries,
+                        requests = snap.requests,
+                        tokens_in = snap.tokens_in,
+                        tokens_out = snap.tokens_out,
+                        spent_usd = snap.spent.usd(),
+                        paused = !pause.is_empty(),
+                        "progress: {}",
+                        progress_line(&snap, &pause, usize::MAX)
                     ),
                 }
             }
@@ -570,6 +674,51 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snap(done: u64, to_do: u64, secs: u64) -> Snapshot {
+        Snapshot {
+            to_do,
+            done,
+            failed: 3,
+            retries: 12,
+            requests: done + 12,
+            tokens_in: 1_234_567,
+            tokens_out: 345_678,
+            spent: Money::from_usd(0.378591),
+            elapsed: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn the_line_fits_80_and_120_columns_without_splitting_a_number() {
+        let s = snap(12_345, 20_000, 60);
+        for width in [120, 80, 62, 40] {
+            let line = progress_line(&s, "", width);
+            assert!(line.chars().count() <= width, "{width}: {line}");
+            assert!(line.starts_with("12345/20000 this run"), "{line}");
+            assert!(line.contains("3 failed"), "{line}");
+            // Every figure shown whole: the cost is never cut.
+            assert!(!line.contains("~$0 ") && !line.ends_with('.'), "{line}");
+        }
+        let wide = progress_line(&s, "", 200);
+        assert!(
+            wide.contains("ETA ") && wide.contains("req/s") && wide.contains("tok 1.2M"),
+            "{wide}"
+        );
+        assert!(
+            progress_line(&s, "", 80).contains("ETA "),
+            "the ETA is worth more than the rate"
+        );
+        let paused = progress_line(&s, "paused 14 s: rate limit · ", 40);
+        assert!(paused.contains("paused 14 s: rate limit"), "{paused}");
+    }
+
+    #[test]
+    fn no_rate_or_eta_from_one_sample() {
+        let line = progress_line(&snap(3, 1500, 1), "", 200);
+        assert!(!line.contains("ETA") && !line.contains("req/s"), "{line}");
+        assert!(line.starts_with("3/1500 this run"), "{line}");
+    }
 
     #[test]
     fn a_pause_shows_until_it_ends_and_the_longest_wins() {

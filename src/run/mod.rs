@@ -185,7 +185,19 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         retry_invalid: cfg.retry_invalid,
         fallback_models: cfg.fallback_models.clone(),
     });
-    let reporter = Reporter::start(cfg.progress, prepared.jobs, counters.clone());
+    // What this run will do: the file, less what earlier runs finished, at most --limit.
+    let t = &prepared.checkpoint.totals;
+    let finished = t.ok
+        + if cfg.retry_failed {
+            0
+        } else {
+            t.failed_permanent
+        };
+    let mut to_do = prepared.jobs.saturating_sub(finished);
+    if let Some(l) = cfg.limit {
+        to_do = to_do.min(l);
+    }
+    let reporter = Reporter::start(cfg.progress, to_do, counters.clone());
 
     let mut intake = Intake::new(
         JobStream::spawn(cfg.input.clone(), 1024)?,

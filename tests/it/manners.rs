@@ -262,3 +262,148 @@ fn set_up_mistakes_get_the_fix() {
     let e = err_of(&["-c", spec.to_str().unwrap()]);
     assert!(e.contains("`rpm` is a top-level key"), "{e}");
 }
+
+#[test]
+fn json_logs_are_json_to_the_last_line_and_text_logs_have_times_when_piped() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(5));
+    let o = bulkprompt()
+        .args(["--log-format", "json", "run"])
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path("out.jsonl"))
+        .args(["--endpoint", &mock.url(), "--model", "unpriced-model"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let lines: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["fields"]["summary"]["ok"], 5, "{last}");
+    // Piped text logs carry their time.
+    let o = run(
+        &input,
+        &dir.path("out2.jsonl"),
+        &mock.url(),
+        &["--model", "unpriced-model"],
+    );
+    assert_code(&o, 0);
+    let warn = stderr(&o)
+        .lines()
+        .find(|l| l.contains("no known price"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(warn.starts_with("20"), "{warn}");
+}
+
+/// The progress bar through a pseudo-terminal of 80 and of 120 columns: no line wraps.
+#[test]
+fn the_progress_line_fits_a_terminal_of_80_and_of_120_columns() {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mock = Mock::start(MockConfig {
+        latency: std::time::Duration::from_millis(60),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(120));
+    for cols in [80u16, 120] {
+        let (mut master, mut slave) = (0, 0);
+        let ws = libc::winsize {
+            ws_row: 24,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty fills the two descriptors; the winsize is read only.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0);
+        // SAFETY: the descriptors were just opened and are owned here.
+        let (master_file, slave_file) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        let out = dir.path(&format!("out{cols}.jsonl"));
+        // Not quiet: a bar is drawn on a terminal.
+        let mut child = bulkprompt()
+            .arg("run")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .args([
+                "--endpoint",
+                &mock.url(),
+                "--model",
+                "test-model",
+                "--concurrency",
+                "4",
+            ])
+            .env_remove("NO_COLOR")
+            .stderr(slave_file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut m = master_file;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+            }
+            all
+        });
+        assert!(child.wait().unwrap().success());
+        let seen = reader.join().unwrap();
+        let text = String::from_utf8_lossy(&seen);
+        // Each redraw is separated by \r or an escape; none may pass the width.
+        let plain = strip_ansi(&text);
+        let bars: Vec<&str> = plain
+            .split(['\r', '\n'])
+            .filter(|l| l.contains("this run"))
+            .collect();
+        assert!(!bars.is_empty(), "no bar drawn at {cols}: {plain:?}");
+        for b in bars {
+            assert!(
+                b.chars().count() <= cols as usize,
+                "{cols}: {} chars: {b}",
+                b.chars().count()
+            );
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
