@@ -681,6 +681,7 @@ fn write_output(input: &Path, out: &Path, content: &str) {
             choices: None,
             fallback_model: None,
             response: None,
+            prompt: None,
             prompt_tokens: Some(u.prompt),
             completion_tokens: Some(u.completion),
             total_tokens: Some(u.prompt + u.completion),

@@ -398,12 +398,44 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
         source,
     })?;
     crate::paths::check_writable(&target)?;
-    let c = convert(&args.input, &target, options)?;
-    eprintln!(
-        "bulkprompt: wrote {} rows to {}",
-        c.rows,
-        args.output.display()
-    );
+    use crate::cli::ExportFormat;
+    let ext = |e: &str| {
+        target
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case(e))
+    };
+    let format = match args.format {
+        Some(f) => f,
+        None if ext("parquet") => ExportFormat::Parquet,
+        None if ext("csv") => ExportFormat::Csv,
+        None => {
+            return Err(AppError::Usage(format!(
+                "{}: give --format parquet, csv or openai-batch (the name does not say)",
+                args.output.display()
+            )))
+        }
+    };
+    let rows = match format {
+        ExportFormat::Parquet => convert(&args.input, &target, options)?.rows,
+        flat => {
+            // Into a temporary file renamed over the target: a reader never sees half of it.
+            let tmp = crate::paths::TempFile::new(crate::output::parquet::temp_path(&target));
+            let werr = |source| AppError::Write {
+                path: args.output.clone(),
+                source,
+            };
+            let file = std::fs::File::create(tmp.path()).map_err(werr)?;
+            let mut w = std::io::BufWriter::new(file);
+            let rows = match flat {
+                ExportFormat::Csv => crate::output::flat::to_csv(&args.input, &mut w)?.rows,
+                _ => crate::output::flat::to_openai_batch(&args.input, &mut w)?.rows,
+            };
+            let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+            tmp.persist(file, &target).map_err(werr)?;
+            rows
+        }
+    };
+    eprintln!("bulkprompt: wrote {rows} rows to {}", args.output.display());
     Ok(0)
 }
 

@@ -109,6 +109,13 @@ pub struct JobArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Parquet,
+    Csv,
+    OpenaiBatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
     Live,
     Batch,
@@ -251,6 +258,9 @@ pub struct RunArgs {
     /// Keep the provider's full response body in each record (`response`).
     #[arg(long)]
     pub keep_response: bool,
+    /// Keep the messages sent in each record (`prompt`), for audits of labels.
+    #[arg(long)]
+    pub keep_prompt: bool,
     /// Allow sending the API key over plain http to a non-loopback host.
     #[arg(long)]
     pub allow_insecure_http: bool,
@@ -323,9 +333,13 @@ pub struct EstimateArgs {
 pub struct ExportArgs {
     /// A JSONL output of a run.
     pub input: PathBuf,
-    /// The Parquet file to write.
+    /// The file to write.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// parquet, csv (a spreadsheet), or openai-batch (OpenAI Batch API output lines)
+    /// [default: by the file's extension: .parquet, .csv].
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
     /// Add content_json (the content parsed as JSON) and content_json_ok columns.
     #[arg(long)]
     pub content_json: bool,

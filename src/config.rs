@@ -71,6 +71,8 @@ pub struct RunConfig {
     /// Drop records of ids no longer in the job file.
     pub prune: bool,
     pub keep_response: bool,
+    /// Records keep the messages sent.
+    pub keep_prompt: bool,
     pub prices: PriceTable,
     pub progress: ProgressMode,
     pub grace: Duration,
@@ -155,6 +157,7 @@ pub struct Spec {
     pub retry_base_ms: Option<u64>,
     pub reserve_output_tokens: Option<u64>,
     pub keep_response: Option<bool>,
+    pub keep_prompt: Option<bool>,
     pub max_cost: Option<f64>,
     pub format: Option<String>,
     pub content_json: Option<bool>,
@@ -732,6 +735,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         repair: args.repair,
         prune: args.prune,
         keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
+        keep_prompt: args.keep_prompt || spec.keep_prompt.unwrap_or(false),
         prices,
         progress: if args.quiet {
             ProgressMode::Quiet

@@ -99,7 +99,7 @@ pub struct Converted {
 }
 
 /// Calls `f` with each non-blank line of `path` and its number.
-fn for_each_line(
+pub(crate) fn for_each_line(
     path: &Path,
     mut f: impl FnMut(u64, &[u8]) -> Result<(), ParquetError>,
 ) -> Result<(), ParquetError> {

@@ -784,6 +784,7 @@ impl Engine for BatchEngine {
                 decisions.remove(&k);
                 end.recorded(decision);
                 sent += 1;
+                let record = ctx.with_prompt(job, record);
                 let _ = ctx.writer.send(Box::new(record));
             }
             // The records are on disk before the batches are marked collected.

@@ -171,6 +171,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         backoff: cfg.backoff,
         default_output_tokens: cfg.default_output_tokens,
         keep_response: cfg.keep_response,
+        keep_prompt: cfg.keep_prompt,
         opened: Default::default(),
         abort: Default::default(),
         warned_unpriced: AtomicBool::new(false),

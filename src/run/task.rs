@@ -40,6 +40,8 @@ pub(super) struct Ctx {
     pub(super) backoff: Backoff,
     pub(super) default_output_tokens: u64,
     pub(super) keep_response: bool,
+    /// `--keep-prompt`: records keep the messages sent.
+    pub(super) keep_prompt: bool,
     /// Set once a first answer shows the endpoint and key work; until then one request at a time.
     pub(super) opened: Latch,
     /// Why the run was aborted, if it was.
@@ -127,6 +129,16 @@ impl Ctx {
                 ));
             }
         }
+    }
+
+    /// The record with the messages sent, under `--keep-prompt`.
+    pub(super) fn with_prompt(&self, job: &Job, mut r: Record) -> Record {
+        if self.keep_prompt {
+            r.prompt = serde_json::from_slice::<serde_json::Value>(&job.body)
+                .ok()
+                .and_then(|mut b| b.get_mut("messages").map(serde_json::Value::take));
+        }
+        r
     }
 
     pub(super) fn aborted(&self) -> bool {
@@ -301,6 +313,7 @@ pub(super) fn base_record(
         choices: None,
         fallback_model: None,
         response: None,
+        prompt: None,
         prompt_tokens: None,
         completion_tokens: None,
         total_tokens: None,
@@ -764,6 +777,7 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
         };
         // Paid answers settled their holds as they came; what is left was not paid.
         drop(hold);
+        let record = ctx.with_prompt(job, record);
         ctx.note_result(&record);
         let _ = ctx.writer.send(Box::new(record));
         return TaskEnd::Recorded;

@@ -407,3 +407,79 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+#[test]
+fn exports_for_spreadsheets_and_batch_api_code_and_the_prompt_kept_for_audits() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write(
+        "reviews.csv",
+        "id,text,lang\nr1,\"Great, \"\"really\"\"\",en\nr2,Très bien,fr\n",
+    );
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--template", "Review: {text}", "--keep-prompt"],
+    );
+    assert_code(&o, 0);
+    let recs = records_by_id(&out);
+    let prompt = recs["r1"].prompt.as_ref().expect("prompt kept");
+    assert_eq!(prompt[0]["content"], "Review: Great, \"really\"");
+    // CSV, with the metadata as its own columns.
+    let csv_path = dir.path("out.csv");
+    let o = bulkprompt()
+        .arg("export")
+        .arg(&out)
+        .arg("-o")
+        .arg(&csv_path)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let mut rdr = csv::Reader::from_path(&csv_path).unwrap();
+    let header: Vec<String> = rdr.headers().unwrap().iter().map(str::to_string).collect();
+    assert!(
+        header.contains(&"meta_lang".to_string()) && header[0] == "id",
+        "{header:?}"
+    );
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    let lang = header.iter().position(|h| h == "meta_lang").unwrap();
+    let content = header.iter().position(|h| h == "content").unwrap();
+    for row in &rows {
+        let r = &recs[&row[0]];
+        assert_eq!(&row[content], r.content.as_deref().unwrap());
+        assert_eq!(&row[lang], r.metadata["lang"].as_str().unwrap());
+    }
+    // OpenAI Batch API output lines.
+    let batch_path = dir.path("batch_output.jsonl");
+    let o = bulkprompt()
+        .arg("export")
+        .arg(&out)
+        .arg("-o")
+        .arg(&batch_path)
+        .args(["--format", "openai-batch"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    for line in std::fs::read_to_string(&batch_path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let r = &recs[v["custom_id"].as_str().unwrap()];
+        assert_eq!(v["response"]["status_code"], 200);
+        assert_eq!(
+            v["response"]["body"]["choices"][0]["message"]["content"].as_str(),
+            r.content.as_deref()
+        );
+        assert!(v["error"].is_null());
+    }
+    // A .jsonl target without --format: the name does not say which.
+    let o = bulkprompt()
+        .arg("export")
+        .arg(&out)
+        .arg("-o")
+        .arg(dir.path("x.jsonl"))
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+}
