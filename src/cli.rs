@@ -141,152 +141,162 @@ pub enum InputFormatArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Input")]
     pub job: JobArgs,
     /// Output file: JSONL, or Parquet by a .parquet extension. Default: the input's name with
     /// .results.jsonl.
-    #[arg(short, long)]
+    #[arg(help_heading = "Output", short, long)]
     pub output: Option<PathBuf>,
     /// Output format, when the extension does not say.
-    #[arg(long, value_enum)]
+    #[arg(help_heading = "Output", long, value_enum)]
     pub format: Option<OutputFormat>,
     /// Parquet: add content_json (the content parsed as JSON) and content_json_ok columns.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub content_json: bool,
     /// Base URL of an OpenAI-compatible API (…/v1), or `mock` for the in-process simulator.
-    #[arg(long)]
+    #[arg(help_heading = "Provider", long)]
     pub endpoint: Option<String>,
     /// A provider preset: its base URL, key variable and attribution headers
     /// (openrouter, aimlapi, openai, gemini, vllm; `bulkprompt providers` lists them).
-    #[arg(long)]
+    #[arg(help_heading = "Provider", long)]
     pub provider: Option<String>,
     /// Environment variable holding the API key (the key itself is never a flag).
-    #[arg(long, value_name = "VAR")]
+    #[arg(help_heading = "Provider", long, value_name = "VAR")]
     pub api_key_env: Option<String>,
     /// Extra request header, "Name: value" (repeatable). Values of headers named like a
     /// credential (Authorization, x-api-key, ...key/token/secret...) are redacted wherever the
     /// command line is shown or stored; prefer --header-env for them.
-    #[arg(long = "header", value_name = "NAME: VALUE")]
+    #[arg(help_heading = "Provider", long = "header", value_name = "NAME: VALUE")]
     pub headers: Vec<String>,
     /// Extra request header whose value is read from an environment variable, "Name: VAR"
     /// (repeatable), e.g. --header-env "x-api-key: AZURE_KEY".
-    #[arg(long = "header-env", value_name = "NAME: VAR")]
+    #[arg(
+        help_heading = "Provider",
+        long = "header-env",
+        value_name = "NAME: VAR"
+    )]
     pub header_envs: Vec<String>,
     /// OpenRouter attribution: HTTP-Referer header.
-    #[arg(long)]
+    #[arg(help_heading = "Provider", long)]
     pub referer: Option<String>,
     /// OpenRouter attribution: X-Title header.
-    #[arg(long)]
+    #[arg(help_heading = "Provider", long)]
     pub title: Option<String>,
-    /// Requests per minute (token bucket; a sliding minute never sees more).
-    #[arg(long)]
+    /// Requests per minute (token bucket; a sliding minute never sees more) [default:
+    /// unlimited, or what the provider advertises or its 429s show].
+    #[arg(help_heading = "Limits", long)]
     pub rpm: Option<u64>,
-    /// Tokens per minute (prompt estimate + max output, reconciled with real usage).
-    #[arg(long)]
+    /// Tokens per minute (prompt estimate + max output, reconciled with real usage) [default:
+    /// unlimited, or what the provider advertises].
+    #[arg(help_heading = "Limits", long)]
     pub tpm: Option<u64>,
     /// Do not pace to the x-ratelimit-* headers the provider sends (limits, remaining, reset);
     /// Retry-After and 429s are still honoured.
-    #[arg(long)]
+    #[arg(help_heading = "Limits", long)]
     pub ignore_limit_headers: bool,
     /// Requests in flight at once [default: 64].
-    #[arg(long)]
+    #[arg(help_heading = "Limits", long)]
     pub concurrency: Option<usize>,
     /// HTTP attempts per job before it is recorded as failed [default: 6].
-    #[arg(long)]
+    #[arg(help_heading = "Limits", long)]
     pub max_attempts: Option<u32>,
     /// Per-request timeout in seconds [default: 120].
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Limits", long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// First retry's backoff ceiling in milliseconds; doubles each retry up to 60 s [default: 500].
-    #[arg(long, value_name = "MS")]
+    #[arg(help_heading = "Limits", long, value_name = "MS")]
     pub retry_base_ms: Option<u64>,
     /// Output tokens the limiter reserves for jobs without max_tokens [default: 1024].
-    #[arg(long)]
+    #[arg(help_heading = "Limits", long)]
     pub reserve_output_tokens: Option<u64>,
     /// Hard cap in US dollars on the cost recorded in the output, over all runs; dispatch stops
     /// before a job that could cross it (exit 3).
-    #[arg(long, value_name = "USD")]
+    #[arg(help_heading = "Money", long, value_name = "USD")]
     pub max_cost: Option<f64>,
     /// Stop the run (exit 4) after this many jobs in a row fail with the same kind of error,
     /// retries exhausted; 0 never stops [default: 20].
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Limits", long, value_name = "N")]
     pub circuit_breaker: Option<u32>,
     /// Send at most N jobs this run (try a sample first; re-run without it for the rest).
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Behaviour", long, value_name = "N")]
     pub limit: Option<u64>,
     /// Also retry jobs whose earlier record is a permanent failure (400, 404, 413, 422).
-    #[arg(long)]
+    #[arg(help_heading = "Behaviour", long)]
     pub retry_failed: bool,
     /// Times a job whose answer does not match its schema (or is not the JSON object asked
     /// for) is asked again; each invalid answer is paid for [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Limits", long, value_name = "N")]
     pub retry_invalid: Option<u32>,
     /// live: one request per job; batch: the provider's batch API at about half the price,
     /// answers within 24 h [default: live].
-    #[arg(long, value_enum)]
+    #[arg(help_heading = "Batch mode", long, value_enum)]
     pub mode: Option<ModeArg>,
     /// Batch mode: submit the batches and exit 6; re-run the same command to collect.
-    #[arg(long)]
+    #[arg(help_heading = "Batch mode", long)]
     pub no_wait: bool,
     /// Batch mode: seconds between polls of open batches [default: 30; at least 1].
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Batch mode", long, value_name = "SECS")]
     pub poll_interval: Option<f64>,
     /// Batch mode: the batch protocol [default: openai].
-    #[arg(long, value_enum)]
+    #[arg(help_heading = "Batch mode", long, value_enum)]
     pub batch_api: Option<BatchApiArg>,
     /// Batch mode: send what an expired or failed batch left unanswered live instead of in a
     /// new batch.
-    #[arg(long, value_name = "live", value_parser = ["live"])]
+    #[arg(help_heading = "Batch mode", long, value_name = "live", value_parser = ["live"])]
     pub batch_fallback: Option<String>,
     /// Batch mode: most lines in one batch [default: 50000].
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Batch mode", long, value_name = "N")]
     pub batch_max_lines: Option<usize>,
     /// Model to try when the provider says a job's model does not exist or is not available
     /// (404; a 400/422 about the model; 503 after the retries). Repeatable, tried in order.
-    #[arg(long = "fallback-model", value_name = "MODEL")]
+    #[arg(
+        help_heading = "Provider",
+        long = "fallback-model",
+        value_name = "MODEL"
+    )]
     pub fallback_models: Vec<String>,
     /// Start over: truncate the output instead of resuming it.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub fresh: bool,
     /// Move output lines that are not readable records to OUT.quarantine.jsonl and resume with
     /// the rest (only those jobs run again), instead of refusing the output.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub repair: bool,
     /// Drop records of ids that are no longer in the job file.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub prune: bool,
     /// Keep the provider's full response body in each record (`response`).
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub keep_response: bool,
     /// Keep the messages sent in each record (`prompt`), for audits of labels.
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub keep_prompt: bool,
     /// Allow sending the API key over plain http to a non-loopback host.
-    #[arg(long)]
+    #[arg(help_heading = "Provider", long)]
     pub allow_insecure_http: bool,
     /// Price table overrides (TOML, same layout as the embedded table).
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Money", long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
     /// Largest response body accepted, in bytes [default: 16 MiB].
-    #[arg(long)]
+    #[arg(help_heading = "Provider", long)]
     pub max_response_bytes: Option<usize>,
     /// Seconds to let in-flight calls finish after Ctrl-C / SIGTERM [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Behaviour", long, value_name = "SECS")]
     pub grace: Option<f64>,
     /// Write the end-of-run summary as JSON to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Output", long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
     /// No progress display, warnings and the summary only.
-    #[arg(short, long)]
+    #[arg(help_heading = "Behaviour", short, long)]
     pub quiet: bool,
     /// Progress as log lines every 10 s even on a terminal.
-    #[arg(long)]
+    #[arg(help_heading = "Behaviour", long)]
     pub progress_log: bool,
     /// With --endpoint mock: the simulator's mean latency [default: 200].
-    #[arg(long, value_name = "MS")]
+    #[arg(help_heading = "Behaviour", long, value_name = "MS")]
     pub mock_latency_ms: Option<u64>,
     /// With --endpoint mock: share of requests the simulator fails with 5xx.
-    #[arg(long, value_name = "RATE")]
+    #[arg(help_heading = "Behaviour", long, value_name = "RATE")]
     pub mock_fail_rate: Option<f64>,
 }
 

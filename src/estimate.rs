@@ -213,6 +213,30 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
     Ok(e)
 }
 
+/// `1234567` -> `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn jobs(n: u64) -> String {
+    match n {
+        1 => "1 job".into(),
+        n => format!("{} jobs", thousands(n)),
+    }
+}
+
+/// Requests a minute assumed without `--rpm`/`--tpm`: 64 in flight (the default concurrency)
+/// of about a second each.
+const ASSUMED_RPM: f64 = 64.0 * 60.0;
+
 impl Estimate {
     pub fn render(&self) -> String {
         let mut images = match self.images {
@@ -223,8 +247,11 @@ impl Estimate {
             images.push_str(", at batch prices");
         }
         let mut s = format!(
-            "{}: {} jobs, {} prompt tokens{images} ({})\n",
-            self.input, self.jobs, self.prompt_tokens, self.tokenizer
+            "{}: {}, {} prompt tokens{images} ({})\n",
+            self.input,
+            jobs(self.jobs),
+            thousands(self.prompt_tokens),
+            self.tokenizer
         );
         for m in &self.models {
             let range = match (m.cost_typical_usd, m.cost_worst_usd) {
@@ -237,8 +264,12 @@ impl Estimate {
                 (None, Some(w)) => format!("at most {}", Money::from_usd(w)),
             };
             s.push_str(&format!(
-                "  {:<36} {:>8} jobs  {:>11} in  {:>11} out at most  {}\n",
-                m.model, m.jobs, m.prompt_tokens, m.output_tokens_worst, range
+                "  {:<36} {:>12}  {:>13} in  {:>13} out at most  {}\n",
+                m.model,
+                jobs(m.jobs),
+                thousands(m.prompt_tokens),
+                thousands(m.output_tokens_worst),
+                range
             ));
         }
         match (self.cost_typical_usd, &self.typical_from) {
@@ -259,11 +290,16 @@ impl Estimate {
                 self.unpriced_jobs
             ));
         }
-        if let Some(min) = self.minutes_at_limits {
-            s.push_str(&format!(
+        match self.minutes_at_limits {
+            Some(min) => s.push_str(&format!(
                 "  time at the given rate limits: about {}\n",
                 human_minutes(min)
-            ));
+            )),
+            None => s.push_str(&format!(
+                "  time: about {} assuming 64 requests in flight of about a second each ({} a minute); give --rpm/--tpm for your provider's limits\n",
+                human_minutes(self.jobs as f64 / ASSUMED_RPM),
+                thousands(ASSUMED_RPM as u64)
+            )),
         }
         s
     }
@@ -289,6 +325,16 @@ mod tests {
         let body = serde_json::json!({"messages": [{"role": "user", "content": "Hello world"}]});
         // "Hello world" is 2 tokens, "user" 1, plus 3 framing and 3 priming.
         assert_eq!(prompt_tokens(&body, bpe), 2 + 1 + 3 + 3);
+    }
+
+    #[test]
+    fn numbers_read_easily() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(jobs(1), "1 job");
+        assert_eq!(jobs(20000), "20,000 jobs");
     }
 
     #[test]
