@@ -658,6 +658,7 @@ fn write_output(input: &Path, out: &Path, content: &str) {
         delimiter: b',',
         defaults: Arc::new(JobDefaults::default()),
         max_line_bytes: 1 << 20,
+        shard: None,
     };
     let mut w = BufWriter::new(std::fs::File::create(out).expect("output"));
     let now = timestamp(SystemTime::now());

@@ -125,6 +125,7 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
         Command::Export(args) => export_cmd(args),
         Command::Providers => providers_cmd(),
         Command::Batches(args) => batches_cmd(args),
+        Command::Merge(args) => merge_cmd(args),
     }
 }
 
@@ -440,22 +441,123 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
 }
 
 fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
-    let mut args = args;
-    if crate::output::parquet::is_parquet(&args.output) {
-        args.output = crate::output::parquet::journal_path(&args.output);
+    let mut all = Vec::new();
+    for output in &args.outputs {
+        let mut output = output.clone();
+        if crate::output::parquet::is_parquet(&output) {
+            output = crate::output::parquet::journal_path(&output);
+        }
+        all.push(crate::status::status(&output).map_err(|e| AppError::Run(e.into()))?);
     }
-    let s = crate::status::status(&args.output).map_err(|e| AppError::Run(e.into()))?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&s).unwrap_or_default()
-        );
+        let json = match all.as_slice() {
+            [one] => serde_json::to_string_pretty(one),
+            many => serde_json::to_string_pretty(many),
+        };
+        let _ = writeln!(out, "{}", json.unwrap_or_default());
     } else {
-        let _ = out.write_all(s.render().as_bytes());
+        for s in &all {
+            let _ = out.write_all(s.render().as_bytes());
+        }
     }
-    Ok(if args.check && !s.complete() { 2 } else { 0 })
+    let complete = all.iter().all(|s| s.complete());
+    Ok(if args.check && !complete { 2 } else { 0 })
+}
+
+fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
+    let inputs: Vec<PathBuf> = args
+        .inputs
+        .iter()
+        .map(|p| {
+            if crate::output::parquet::is_parquet(p) {
+                crate::output::parquet::journal_path(p)
+            } else {
+                p.clone()
+            }
+        })
+        .collect();
+    for i in &inputs {
+        if crate::paths::same_file(i, &args.output) {
+            return Err(AppError::Usage(format!(
+                "{} is one of the outputs being merged: give another -o",
+                args.output.display()
+            )));
+        }
+    }
+    let target = crate::paths::resolve(&args.output).map_err(|source| AppError::Write {
+        path: args.output.clone(),
+        source,
+    })?;
+    crate::paths::check_writable(&target)?;
+    let parquet = crate::output::parquet::is_parquet(&target);
+    // JSONL straight to the target, or to a journal converted to Parquet.
+    let jsonl = if parquet {
+        crate::output::parquet::journal_path(&target)
+    } else {
+        target.clone()
+    };
+    let tmp = crate::paths::TempFile::new(crate::output::parquet::temp_path(&jsonl));
+    let werr = |source| AppError::Write {
+        path: args.output.clone(),
+        source,
+    };
+    let file = std::fs::File::create(tmp.path()).map_err(werr)?;
+    let mut w = std::io::BufWriter::new(file);
+    let m = crate::output::merge::merge(&inputs, &mut w)?;
+    let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+    tmp.persist(file, &jsonl).map_err(werr)?;
+    if parquet {
+        crate::output::parquet::convert(&jsonl, &target, Default::default())?;
+    }
+    eprintln!(
+        "bulkprompt: merged {} outputs into {}: {} records ({} superseded left out)",
+        inputs.len(),
+        args.output.display(),
+        m.records,
+        m.superseded
+    );
+    let mut code = 0;
+    if let Some(jobs) = &args.jobs {
+        // Which shards and ids are missing: the shards' metas say how the job file was read.
+        let metas: Vec<_> = inputs
+            .iter()
+            .filter_map(|i| crate::checkpoint::RunMeta::load(i).ok().flatten())
+            .collect();
+        let settings = metas.iter().find_map(|m| m.job.clone()).ok_or_else(|| {
+            AppError::Usage(
+                "--jobs: no output has run metadata saying how to read the job file".into(),
+            )
+        })?;
+        let shards: Vec<_> = metas.iter().filter_map(|m| m.job.as_ref()?.shard).collect();
+        if let Some(n) = shards.first().map(|s| s.count) {
+            let missing: Vec<String> = (0..n)
+                .filter(|i| !shards.iter().any(|s| s.index == *i))
+                .map(|i| format!("{i}/{n}"))
+                .collect();
+            if !missing.is_empty() {
+                eprintln!(
+                    "bulkprompt: shards with no output given: {}",
+                    missing.join(", ")
+                );
+                code = 2;
+            }
+        }
+        let missing =
+            crate::output::merge::missing_ids(&jsonl, jobs, &settings).map_err(AppError::Usage)?;
+        if !missing.is_empty() {
+            let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+            eprintln!(
+                "bulkprompt: {} ids of {} have no record: {}{}",
+                missing.len(),
+                jobs.display(),
+                shown.join(", "),
+                if missing.len() > 10 { ", ..." } else { "" }
+            );
+            code = 2;
+        }
+    }
+    Ok(code)
 }
 
 fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {

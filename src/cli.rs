@@ -48,6 +48,8 @@ pub enum Command {
     Providers,
     /// List an output's batches (batch mode) and their states; --cancel the open ones.
     Batches(BatchesArgs),
+    /// Combine shard outputs into one, one record per id.
+    Merge(MergeArgs),
 }
 
 /// How to read the job file (shared by run and validate).
@@ -103,6 +105,14 @@ pub struct JobArgs {
     /// The schema's name sent to the provider [default: the schema file's name].
     #[arg(long, value_name = "NAME", requires = "json_schema")]
     pub schema_name: Option<String>,
+    /// Run only shard I of N: the jobs whose id hashes there (XXH3-64 of the id, mod N); the
+    /// output gets `.shard-I-of-N` (or replaces `{shard}` in -o). Without it, the shard comes
+    /// from JOB_COMPLETION_INDEX (with --shards) or SLURM_ARRAY_TASK_ID/_COUNT when set.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// The number of shards, for a Kubernetes Indexed Job (JOB_COMPLETION_INDEX gives I).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
     /// Longest input line accepted, in bytes.
     #[arg(long)]
     pub max_line_bytes: Option<usize>,
@@ -360,6 +370,20 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Shard outputs (JSONL, or the Parquet outputs' journals), in order: for an id in
+    /// several, the last one given wins.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// The merged output: JSONL, or Parquet by a .parquet name.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The job file: say which ids (and shards) have no record yet.
+    #[arg(long, value_name = "FILE")]
+    pub jobs: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct BatchesArgs {
     /// The output of a batch-mode run.
     pub output: PathBuf,
@@ -385,8 +409,9 @@ pub struct BatchesArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The output of a run.
-    pub output: PathBuf,
+    /// The output of a run (several: each in turn, e.g. every shard's).
+    #[arg(required = true)]
+    pub outputs: Vec<PathBuf>,
     /// Exit 2 unless every job of the job file has an ok record (and no batch is open).
     #[arg(long)]
     pub check: bool,

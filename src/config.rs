@@ -408,6 +408,12 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         None if is_tsv => b'\t',
         None => b',',
     };
+    let shard = match &args.shard {
+        Some(text) => Some(crate::job::shard::Shard::parse(text).map_err(ConfigError::Invalid)?),
+        None => {
+            crate::job::shard::Shard::from_env(env, args.shards).map_err(ConfigError::Invalid)?
+        }
+    };
     Ok(InputSpec {
         path,
         format,
@@ -417,6 +423,7 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
             .max_line_bytes
             .or(spec.max_line_bytes)
             .unwrap_or(DEFAULT_MAX_LINE_BYTES),
+        shard,
     })
 }
 
@@ -461,6 +468,11 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
     let spec = load_spec(&args.job)?;
     let input = resolve_input(&args.job, &spec)?;
     let output = output_path(args.output.as_ref(), &spec, &input);
+    // Each shard writes its own output, with every resume guarantee.
+    let output = match input.shard {
+        Some(s) => s.output(&output),
+        None => output,
+    };
     if output.as_os_str() == "-" {
         return Err(ConfigError::Invalid(
             "-o -: records cannot go to standard output: the output file is the run's checkpoint (what makes a re-run resume); give a file and read it as it grows (tail -f)".into(),

@@ -7,6 +7,7 @@ pub mod image;
 pub mod jsonl;
 pub mod keys;
 pub mod request;
+pub mod shard;
 pub mod source;
 pub mod template;
 

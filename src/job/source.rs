@@ -49,6 +49,8 @@ pub struct InputSpec {
     pub delimiter: u8,
     pub defaults: Arc<JobDefaults>,
     pub max_line_bytes: usize,
+    /// Only this shard's jobs (problems of every line still reported).
+    pub shard: Option<super::shard::Shard>,
 }
 
 pub type Jobs = Box<dyn Iterator<Item = Result<Job, InputError>> + Send>;
@@ -70,6 +72,8 @@ pub struct InputSettings {
     pub image_columns: Vec<String>,
     #[serde(default)]
     pub max_image_bytes: u64,
+    #[serde(default)]
+    pub shard: Option<super::shard::Shard>,
 }
 
 impl InputSpec {
@@ -89,6 +93,7 @@ impl InputSpec {
             max_line_bytes: self.max_line_bytes,
             image_columns: d.image_columns.clone(),
             max_image_bytes: d.max_image_bytes,
+            shard: self.shard,
         }
     }
 
@@ -119,6 +124,7 @@ impl InputSpec {
                 ..Default::default()
             }),
             max_line_bytes: s.max_line_bytes,
+            shard: s.shard,
         })
     }
 }
@@ -131,7 +137,7 @@ impl InputSpec {
             source,
         })?;
         let reader = BufReader::with_capacity(1 << 16, file);
-        Ok(match self.format {
+        let jobs: Jobs = match self.format {
             InputFormat::Jsonl => Box::new(JsonlJobs::new(
                 &self.path,
                 reader,
@@ -144,6 +150,15 @@ impl InputSpec {
                 self.defaults.clone(),
                 self.delimiter,
             )?),
+        };
+        Ok(match self.shard {
+            None => jobs,
+            // Other shards' jobs are skipped, their problems are not: a bad line anywhere
+            // stops every shard before anything is spent.
+            Some(shard) => Box::new(jobs.filter(move |j| match j {
+                Ok(job) => shard.owns(job.id.as_str()),
+                Err(_) => true,
+            })),
         })
     }
 }

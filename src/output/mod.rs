@@ -3,6 +3,7 @@
 pub mod flat;
 pub mod jsonl;
 pub mod latest;
+pub mod merge;
 pub mod parquet;
 pub mod record;
 

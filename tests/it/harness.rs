@@ -130,6 +130,10 @@ pub fn bulkprompt() -> std::process::Command {
             || k.ends_with("_API_KEY")
             || k == "RUST_LOG"
             || k == "XDG_CONFIG_HOME"
+            || k == "NO_COLOR"
+            // A test run inside a Kubernetes Job or a Slurm array must not shard the runs.
+            || k == "JOB_COMPLETION_INDEX"
+            || k.starts_with("SLURM_ARRAY_")
         {
             c.env_remove(k);
         }

@@ -17,3 +17,4 @@ mod providers;
 mod ratelimit;
 mod resume;
 mod secrets;
+mod shards;
