@@ -686,6 +686,8 @@ fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
                     "output_per_million": per_m(p.output),
                     "cached_input_per_million": p.cached_input.map(per_m),
                     "image_per_thousand": p.image.map(|i| i as f64 / 1e9),
+                    "source": table.source(m).0,
+                    "read_on": table.source(m).1,
                 })
             })
             .collect();
@@ -698,19 +700,27 @@ fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
     }
     let _ = writeln!(
         out,
-        "{:<40} {:>10} {:>10} {:>10} {:>12}",
-        "model", "input/M", "output/M", "cached/M", "images/K"
+        "{:<40} {:>10} {:>10} {:>10} {:>12} {:>6}  read on     source",
+        "model", "input/M", "output/M", "cached/M", "images/K", "batch"
     );
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("${v}"));
     for (m, p) in table.iter() {
+        let (source, day) = table.source(m);
+        let share = p
+            .batch_permille
+            .unwrap_or(crate::cost::DEFAULT_BATCH_PERMILLE) as f64
+            / 1000.0;
         let _ = writeln!(
             out,
-            "{:<40} {:>10} {:>10} {:>10} {:>12}",
+            "{:<40} {:>10} {:>10} {:>10} {:>12} {:>6}  {:<10}  {}",
             m,
             format!("${}", per_m(p.input)),
             format!("${}", per_m(p.output)),
             opt(p.cached_input.map(per_m)),
             opt(p.image.map(|i| i as f64 / 1e9)),
+            format!("{share}x"),
+            day.unwrap_or("-"),
+            source.unwrap_or("-"),
         );
     }
     Ok(0)

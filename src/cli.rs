@@ -119,6 +119,12 @@ pub struct JobArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    Completion,
+    Input,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
     Parquet,
     Csv,
@@ -281,6 +287,10 @@ pub struct RunArgs {
     /// Keep the messages sent in each record (`prompt`), for audits of labels.
     #[arg(help_heading = "Output", long)]
     pub keep_prompt: bool,
+    /// Order of the records once the run ends: completion (as they came) or input (the job
+    /// file's order, rewritten at the end) [default: completion].
+    #[arg(help_heading = "Output", long, value_enum)]
+    pub order: Option<OrderArg>,
     /// Allow sending the API key over plain http to a non-loopback host.
     #[arg(help_heading = "Provider", long)]
     pub allow_insecure_http: bool,
@@ -363,7 +373,7 @@ pub struct ExportArgs {
     /// Add content_json (the content parsed as JSON) and content_json_ok columns.
     #[arg(long)]
     pub content_json: bool,
-    /// Typed parsed_<property> columns from this JSON Schema [default: the run's own
+    /// Typed `parsed_<property>` columns from this JSON Schema [default: the run's own
     /// --json-schema, from the output's meta].
     #[arg(long, value_name = "FILE")]
     pub json_schema: Option<PathBuf>,

@@ -73,6 +73,8 @@ pub struct RunConfig {
     pub keep_response: bool,
     /// Records keep the messages sent.
     pub keep_prompt: bool,
+    /// `--order input`: the final rewrite puts records in the job file's order.
+    pub order_input: bool,
     pub prices: PriceTable,
     pub progress: ProgressMode,
     pub grace: Duration,
@@ -748,6 +750,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         prune: args.prune,
         keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
         keep_prompt: args.keep_prompt || spec.keep_prompt.unwrap_or(false),
+        order_input: args.order == Some(crate::cli::OrderArg::Input),
         prices,
         progress: if args.quiet {
             ProgressMode::Quiet

@@ -151,9 +151,7 @@ struct Entry {
     image: Option<f64>,
     /// The batch price as a share of the live price (0.5 where the provider documents half).
     batch: Option<f64>,
-    #[allow(dead_code)]
     source: Option<String>,
-    #[allow(dead_code)]
     read_on: Option<String>,
 }
 
@@ -166,6 +164,8 @@ fn per_million(usd: f64) -> u64 {
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
     models: BTreeMap<String, Price>,
+    /// Where each price was read, and on what day, as its file says.
+    sources: BTreeMap<String, (Option<String>, Option<String>)>,
 }
 
 impl PriceTable {
@@ -218,6 +218,8 @@ impl PriceTable {
             message: e.to_string(),
         })?;
         for (model, e) in file.models {
+            self.sources
+                .insert(model.clone(), (e.source.clone(), e.read_on.clone()));
             self.models.insert(
                 model,
                 Price {
@@ -237,6 +239,14 @@ impl PriceTable {
 
     pub fn insert(&mut self, model: &str, price: Price) {
         self.models.insert(model.to_string(), price);
+    }
+
+    /// Where a model's price comes from and the day it was read, when its file says.
+    pub fn source(&self, model: &str) -> (Option<&str>, Option<&str>) {
+        match self.sources.get(model) {
+            Some((s, d)) => (s.as_deref(), d.as_deref()),
+            None => (None, None),
+        }
     }
 
     pub fn get(&self, model: &str) -> Option<&Price> {

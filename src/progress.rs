@@ -67,7 +67,7 @@ pub struct Counters {
     pub invalid_cost: AtomicU64,
     /// Models of this run's records.
     pub models: std::sync::Mutex<std::collections::BTreeSet<String>>,
-    /// This run's failure messages, with their kind and count (at most [`ERROR_KINDS_KEPT`]).
+    /// This run's failure messages, with their kind and count (at most 1,000 distinct).
     pub errors: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     /// Dispatch is paused until then, and why (for the progress line).
     paused: std::sync::Mutex<Option<(Instant, &'static str)>>,

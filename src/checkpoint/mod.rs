@@ -10,7 +10,7 @@ mod lock;
 mod meta;
 mod repair;
 
-pub use compact::compact;
+pub use compact::{compact, sort_by_index};
 pub use lock::OutputLock;
 pub use meta::RunMeta;
 pub use repair::{quarantine_path, repair};

@@ -50,6 +50,15 @@ pub(super) async fn finish(
             Err(e) => f.compact_error = Some(format!("compaction task failed: {e}")),
         }
     }
+    // `--order input`: records in the job file's order (after compaction: one line per id).
+    if cfg.order_input && f.compact_error.is_none() {
+        let out = cfg.output.clone();
+        match tokio::task::spawn_blocking(move || checkpoint::sort_by_index(&out)).await {
+            Ok(Ok(n)) => tracing::debug!("{n} records put in input order"),
+            Ok(Err(e)) => f.compact_error = Some(format!("putting records in input order: {e}")),
+            Err(e) => f.compact_error = Some(format!("ordering task failed: {e}")),
+        }
+    }
     // Parquet: convert the journal, whole or partial, so the file always reflects the journal.
     if let Some((target, options)) = &cfg.parquet {
         let (journal, target, options) = (cfg.output.clone(), target.clone(), options.clone());

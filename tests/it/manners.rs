@@ -483,3 +483,45 @@ fn exports_for_spreadsheets_and_batch_api_code_and_the_prompt_kept_for_audits() 
         .unwrap();
     assert_code(&o, 1);
 }
+
+#[test]
+fn order_input_puts_the_final_records_in_the_job_files_order() {
+    let mock = Mock::start(MockConfig {
+        latency: std::time::Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(200));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--order", "input", "--concurrency", "32"],
+    );
+    assert_code(&o, 0);
+    let idx: Vec<u64> = records(&out).iter().map(|r| r.index).collect();
+    assert_eq!(idx, (0..200).collect::<Vec<u64>>());
+    // Without it, completion order (32 in flight do not finish in order).
+    let out2 = dir.path("out2.jsonl");
+    let o = run(&input, &out2, &mock.url(), &["--concurrency", "32"]);
+    assert_code(&o, 0);
+    let idx: Vec<u64> = records(&out2).iter().map(|r| r.index).collect();
+    assert_ne!(idx, (0..200).collect::<Vec<u64>>());
+}
+
+#[test]
+fn prices_say_where_each_comes_from() {
+    let o = bulkprompt().arg("prices").output().unwrap();
+    assert_code(&o, 0);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let flash = text
+        .lines()
+        .find(|l| l.starts_with("google/gemini-2.0-flash-001 "))
+        .unwrap_or_default();
+    assert!(
+        flash.contains("OpenRouter model page") && flash.contains("2026-"),
+        "{flash}"
+    );
+    assert!(flash.contains("0.5x"), "{flash}");
+}
