@@ -472,6 +472,20 @@ fn chat_answer(body: &Value, raw: &[u8], n: u64, state: &State) -> Value {
         .is_some_and(|t| t != "text");
     let a = content::answer(xxhash_rust::xxh3::xxh3_64(raw), max_tokens, json);
     let stats = &state.stats;
+    // Images sent inline as data: URLs, as the live endpoint counts them.
+    let images = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter(|p| {
+            p["image_url"]["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("data:image/") || u.starts_with("http"))
+        })
+        .count() as u64;
+    stats.images.fetch_add(images, Relaxed);
     stats.ok.fetch_add(1, Relaxed);
     stats.prompt_tokens.fetch_add(prompt_tokens, Relaxed);
     stats

@@ -529,12 +529,36 @@ impl BatchEngine {
 }
 
 /// The batch line for a job: OpenAI's Batch API input shape.
-fn batch_line(job: &Job, out: &mut Vec<u8>) {
+/// Local images are embedded into the line as the batch is built (`Err`: a file that can no
+/// longer be read).
+fn batch_line(job: &Job, out: &mut Vec<u8>) -> Result<(), String> {
+    let embedded;
+    let body: &[u8] = if job.image_files.is_empty() {
+        &job.body
+    } else {
+        embedded = crate::job::image::embed(&job.body, &job.image_files)?;
+        &embedded
+    };
     out.extend_from_slice(b"{\"custom_id\":");
     let _ = serde_json::to_writer(&mut *out, job.id.as_str());
     out.extend_from_slice(b",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":");
-    out.extend_from_slice(&job.body);
+    out.extend_from_slice(body);
     out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+impl BatchEngine {
+    /// A job whose line could not be built: recorded as failed, not sent.
+    fn unsendable(&self, job: &Job, message: String) {
+        let mut r = base_record(job, SystemTime::now(), 0, Duration::ZERO);
+        r.status = Status::Failed;
+        r.error = Some(RecordError {
+            kind: ErrorKind::Client,
+            http_status: None,
+            message: format!("{message}; not sent (fix it, then re-run with --retry-failed)"),
+        });
+        let _ = self.ctx.writer.send(Box::new(r));
+    }
 }
 
 impl Engine for BatchEngine {
@@ -621,7 +645,13 @@ impl Engine for BatchEngine {
                 }
             };
             let mut line = Vec::with_capacity(job.body.len() + 96);
-            batch_line(&job, &mut line);
+            if let Err(e) = batch_line(&job, &mut line) {
+                drop(holds);
+                self.unsendable(&job, e);
+                decisions.remove(&k);
+                end.recorded(decision);
+                continue;
+            }
             let full = chunks.get(&job.model).is_some_and(|c| {
                 c.ids.len() >= max_lines || c.lines.len() + line.len() > max_bytes
             });
@@ -879,7 +909,15 @@ impl Engine for BatchEngine {
                     }
                 };
                 let mut line = Vec::new();
-                batch_line(&job, &mut line);
+                if let Err(e) = batch_line(&job, &mut line) {
+                    drop(holds);
+                    self.unsendable(&job, e);
+                    if let Some(d) = decisions.remove(&k) {
+                        end.recorded(d);
+                        sent += 1;
+                    }
+                    continue;
+                }
                 if chunks.get(&job.model).is_some_and(|c| {
                     c.ids.len() >= max_lines || c.lines.len() + line.len() > max_bytes
                 }) {

@@ -335,3 +335,22 @@ fn the_leftovers_of_an_expired_batch_can_go_live() {
     let billed = mock.stats().billed as f64 / 1e12;
     assert!((recorded - billed).abs() < 1e-9, "{recorded} vs {billed}");
 }
+
+/// Local images go into the batch file as data: URLs, read as the batch is built.
+#[test]
+fn local_images_are_embedded_in_batch_lines() {
+    let mock = batch_mock(BatchConfig::default());
+    let dir = Dir::new();
+    dir.write("img/a.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+    let input = dir.write("p.csv", "id,caption,photo\np1,a,img/a.png\np2,b,\n");
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &batch_args(&["--template", "{caption}", "--image-column", "photo"]),
+    );
+    assert_code(&o, 0);
+    assert_eq!(records_by_id(&out).len(), 2);
+    assert_eq!(mock.stats().images, 1);
+}
