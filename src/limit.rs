@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -80,7 +81,7 @@ impl RateLimit for Limiter {
     }
     fn answered(&self) {
         let now = Instant::now();
-        self.state().recent.count(now, 1, 0);
+        self.recent.count(now, 1, 0);
     }
     fn found_rpm(&self) -> Option<u64> {
         let s = self.state();
@@ -110,19 +111,22 @@ const ADJUST_EVERY: Duration = Duration::from_secs(10);
 /// 429s in the last ten seconds that can make congestion.
 const CONGESTED_AT: u64 = 3;
 
-/// Accepted answers and 429s per second over the last minute.
+/// Accepted answers and 429s per second over the last minute. Counted with atomics, outside
+/// the limiter's lock: every answer is counted, and a request must not take a lock for it.
+/// A count racing a slot's turn to a new second may land in either: an estimate loses nothing
+/// by that.
 #[derive(Debug)]
 struct Recent {
     start: Instant,
     /// Per slot: the second (since `start`) it counts, accepted, refused.
-    slots: [(u64, u64, u64); 60],
+    slots: [[AtomicU64; 3]; 60],
 }
 
 impl Recent {
     fn new(start: Instant) -> Self {
         Recent {
             start,
-            slots: [(0, 0, 0); 60],
+            slots: std::array::from_fn(|_| Default::default()),
         }
     }
 
@@ -130,14 +134,15 @@ impl Recent {
         now.saturating_duration_since(self.start).as_secs()
     }
 
-    fn count(&mut self, now: Instant, accepted: u64, refused: u64) {
+    fn count(&self, now: Instant, accepted: u64, refused: u64) {
         let s = self.second(now);
-        let slot = &mut self.slots[(s % 60) as usize];
-        if slot.0 != s {
-            *slot = (s, 0, 0);
+        let slot = &self.slots[(s % 60) as usize];
+        if slot[0].load(Relaxed) != s && slot[0].swap(s, Relaxed) != s {
+            slot[1].store(0, Relaxed);
+            slot[2].store(0, Relaxed);
         }
-        slot.1 += accepted;
-        slot.2 += refused;
+        slot[1].fetch_add(accepted, Relaxed);
+        slot[2].fetch_add(refused, Relaxed);
     }
 
     /// Accepted and refused over the last `secs` seconds (this one included).
@@ -145,8 +150,13 @@ impl Recent {
         let s = self.second(now);
         self.slots
             .iter()
-            .filter(|slot| slot.0 <= s && slot.0 + secs > s)
-            .fold((0, 0), |(a, r), slot| (a + slot.1, r + slot.2))
+            .filter(|slot| {
+                let at = slot[0].load(Relaxed);
+                at <= s && at + secs > s
+            })
+            .fold((0, 0), |(a, r), slot| {
+                (a + slot[1].load(Relaxed), r + slot[2].load(Relaxed))
+            })
     }
 }
 
@@ -238,7 +248,6 @@ struct State {
     /// The lowest limits the provider advertised.
     advertised: Advertised,
     last_decrease: Option<Instant>,
-    recent: Recent,
     /// Some when the requests limit is found from the provider's answers (no `--rpm`); the
     /// requests bucket is then the found one (or the advertised one until a 429 says less).
     finding: Option<Finding>,
@@ -304,13 +313,13 @@ impl State {
     }
 
     /// A 429 while finding the limit: measure what the provider accepts.
-    fn found_429(&mut self, now: Instant) {
+    fn found_429(&mut self, now: Instant, recent: &Recent) {
         let Some(f) = self.finding.as_mut() else {
             return;
         };
         let since_change = now.duration_since(f.last_change);
         f.last_429 = Some(now);
-        let (accepted_10, refused_10) = self.recent.last(now, 10);
+        let (accepted_10, refused_10) = recent.last(now, 10);
         let limit = self.requests.as_ref().map(|b| b.limit);
         let measure = if f.found {
             since_change >= ADJUST_EVERY
@@ -321,7 +330,7 @@ impl State {
         if !measure {
             return;
         }
-        let (accepted, _) = self.recent.last(now, 60);
+        let (accepted, _) = recent.last(now, 60);
         let rpm = ((accepted as f64 * FOUND_SHARE) as u64).max(1);
         if limit.is_none_or(|l| rpm < l) {
             self.set_found(rpm, now);
@@ -361,6 +370,8 @@ pub struct Limiter {
     /// Waiters queue here, first come first served; only the head polls the buckets.
     turn: tokio::sync::Mutex<()>,
     state: std::sync::Mutex<State>,
+    /// The provider's answers and 429s, for finding a limit nobody states.
+    recent: Recent,
 }
 
 /// What a job was charged, to reconcile once its real usage is known.
@@ -381,9 +392,9 @@ impl Limiter {
                 factor_at_decrease: 1.0,
                 advertised: Advertised::default(),
                 last_decrease: None,
-                recent: Recent::new(Instant::now()),
                 finding: None,
             }),
+            recent: Recent::new(Instant::now()),
         }
     }
 
@@ -524,8 +535,8 @@ impl Limiter {
                 .is_none_or(|t| until > t + Duration::from_secs(1));
             s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
         }
-        s.recent.count(now, 0, 1);
-        s.found_429(now);
+        self.recent.count(now, 0, 1);
+        s.found_429(now, &self.recent);
         if s.last_decrease
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {

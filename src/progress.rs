@@ -363,12 +363,7 @@ impl Summary {
             results.push_str(&format!(", {} answers not written", self.unwritten));
         }
         if !self.failed_by_kind.is_empty() {
-            let kinds: Vec<String> = self
-                .failed_by_kind
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            results.push_str(&format!(" ({})", kinds.join(", ")));
+            results.push_str(&format!(" ({})", counts_text(&self.failed_by_kind)));
         }
         line(results);
         let mut req = format!(
@@ -376,12 +371,7 @@ impl Summary {
             self.requests, self.requests_per_sec, self.retries
         );
         if !self.retries_by_reason.is_empty() {
-            let r: Vec<String> = self
-                .retries_by_reason
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            req.push_str(&format!(" ({})", r.join(", ")));
+            req.push_str(&format!(" ({})", counts_text(&self.retries_by_reason)));
         }
         req.push_str(&format!(", {} x 429", self.http_429));
         line(req);
@@ -462,6 +452,15 @@ impl Summary {
 }
 
 /// 1234 -> "1.2k", 5600000 -> "5.6M".
+/// `{"client": 4, "server": 2}` -> `client 4, server 2`.
+pub fn counts_text(counts: &BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn human(n: u64) -> String {
     match n {
         0..1_000 => n.to_string(),

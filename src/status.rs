@@ -192,12 +192,10 @@ impl Status {
             }
         }
         if !self.failed_by_kind.is_empty() {
-            let kinds: Vec<String> = self
-                .failed_by_kind
-                .iter()
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            s.push_str(&format!("  failures:  {}\n", kinds.join(", ")));
+            s.push_str(&format!(
+                "  failures:  {}\n",
+                crate::progress::counts_text(&self.failed_by_kind)
+            ));
         }
         if self.open_batches > 0 {
             s.push_str(&format!(

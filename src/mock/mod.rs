@@ -337,6 +337,17 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     r
 }
 
+/// A 400 for a request the provider would refuse, counted.
+fn bad_request(state: &State, message: &str) -> Resp {
+    state.stats.bad_requests.fetch_add(1, Relaxed);
+    error_response(
+        state.config.dialect,
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        message,
+    )
+}
+
 fn error_response(d: Dialect, status: StatusCode, kind: &str, message: &str) -> Resp {
     json_response(status, d.error_body(status.as_u16(), kind, message))
 }
@@ -598,35 +609,17 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     let parsed: ChatRequest = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
-            stats.bad_requests.fetch_add(1, Relaxed);
-            return Ok(error_response(
-                state.config.dialect,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &e.to_string(),
-            ));
+            return Ok(bad_request(state, &e.to_string()));
         }
     };
     if parsed.messages.is_empty() {
-        stats.bad_requests.fetch_add(1, Relaxed);
-        return Ok(error_response(
-            state.config.dialect,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "messages must not be empty",
-        ));
+        return Ok(bad_request(state, "messages must not be empty"));
     }
     if parsed
         .temperature
         .is_some_and(|t| !(0.0..=2.0).contains(&t))
     {
-        stats.bad_requests.fetch_add(1, Relaxed);
-        return Ok(error_response(
-            state.config.dialect,
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "temperature must be between 0 and 2",
-        ));
+        return Ok(bad_request(state, "temperature must be between 0 and 2"));
     }
 
     let prompt_tokens = approx_tokens(
@@ -651,13 +644,7 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     let images = match count_images(&parsed.messages) {
         Ok(n) => n,
         Err(e) => {
-            stats.bad_requests.fetch_add(1, Relaxed);
-            return Ok(error_response(
-                state.config.dialect,
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                &e,
-            ));
+            return Ok(bad_request(state, &e));
         }
     };
     let json = parsed

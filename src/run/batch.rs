@@ -547,7 +547,63 @@ fn batch_line(job: &Job, out: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
+/// Batches being filled, one per model, with their size limits.
+struct Chunks {
+    by_model: HashMap<String, Chunk>,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
 impl BatchEngine {
+    /// Adds a job's line to its model's batch, submitting that batch first when the line would
+    /// not fit. False when the run must stop.
+    #[allow(clippy::too_many_arguments)]
+    async fn enqueue(
+        &self,
+        journal: &mut Journal,
+        chunks: &mut Chunks,
+        open: &mut Vec<Open>,
+        job: &Job,
+        line: &[u8],
+        worst: Money,
+        holds: Vec<Hold>,
+    ) -> bool {
+        let full = chunks.by_model.get(&job.model).is_some_and(|c| {
+            c.ids.len() >= chunks.max_lines || c.lines.len() + line.len() > chunks.max_bytes
+        });
+        if full {
+            let c = chunks.by_model.remove(&job.model).unwrap_or_default();
+            if !self.submit(journal, &job.model, c, open).await {
+                return false;
+            }
+        }
+        let c = chunks.by_model.entry(job.model.clone()).or_default();
+        c.ids.push(job.id.to_string());
+        c.fingerprints.push(job.fingerprint.to_string());
+        c.lines.extend_from_slice(line);
+        c.worst += worst;
+        c.holds.extend(holds);
+        true
+    }
+
+    /// Submits every batch still filling, in model order. False when the run must stop.
+    async fn submit_all(
+        &self,
+        journal: &mut Journal,
+        chunks: &mut Chunks,
+        open: &mut Vec<Open>,
+    ) -> bool {
+        let mut models: Vec<String> = chunks.by_model.keys().cloned().collect();
+        models.sort();
+        for model in models {
+            let c = chunks.by_model.remove(&model).unwrap_or_default();
+            if !self.submit(journal, &model, c, open).await {
+                return false;
+            }
+        }
+        true
+    }
+
     /// A job whose line could not be built: recorded as failed, not sent.
     fn unsendable(&self, job: &Job, message: String) {
         let mut r = base_record(job, SystemTime::now(), 0, Duration::ZERO);
@@ -622,9 +678,11 @@ impl Engine for BatchEngine {
         let mut decisions: HashMap<IdKey, Decision> = HashMap::new();
 
         // Submit what must run, batch by batch as they fill.
-        let mut chunks: HashMap<String, Chunk> = HashMap::new();
-        let max_lines = self.settings.max_lines.max(1);
-        let max_bytes = self.settings.max_bytes.max(1024);
+        let mut chunks = Chunks {
+            by_model: HashMap::new(),
+            max_lines: self.settings.max_lines.max(1),
+            max_bytes: self.settings.max_bytes.max(1024),
+        };
         loop {
             let next = tokio::select! {
                 j = intake.next() => j,
@@ -652,31 +710,25 @@ impl Engine for BatchEngine {
                 end.recorded(decision);
                 continue;
             }
-            let full = chunks.get(&job.model).is_some_and(|c| {
-                c.ids.len() >= max_lines || c.lines.len() + line.len() > max_bytes
-            });
-            if full {
-                let c = chunks.remove(&job.model).unwrap_or_default();
-                if !self.submit(&mut journal, &job.model, c, &mut open).await {
-                    return end;
-                }
+            if !self
+                .enqueue(
+                    &mut journal,
+                    &mut chunks,
+                    &mut open,
+                    &job,
+                    &line,
+                    worst,
+                    holds,
+                )
+                .await
+            {
+                return end;
             }
-            let c = chunks.entry(job.model.clone()).or_default();
-            c.ids.push(job.id.to_string());
-            c.fingerprints.push(job.fingerprint.to_string());
-            c.lines.extend_from_slice(&line);
-            c.worst += worst;
-            c.holds.extend(holds);
             taken.insert(k);
             *attempts.entry(k).or_default() += 1;
         }
-        let mut models: Vec<String> = chunks.keys().cloned().collect();
-        models.sort();
-        for model in models {
-            let c = chunks.remove(&model).unwrap_or_default();
-            if !self.submit(&mut journal, &model, c, &mut open).await {
-                return end;
-            }
+        if !self.submit_all(&mut journal, &mut chunks, &mut open).await {
+            return end;
         }
         if ctx.aborted() || ctx.shutdown.phase() >= Phase::Draining {
             return end;
@@ -894,7 +946,6 @@ impl Engine for BatchEngine {
                 taken.remove(k);
             }
             let jobs = self.jobs_of(again).await;
-            let mut chunks: HashMap<String, Chunk> = HashMap::new();
             let mut jobs: Vec<Job> = jobs.into_values().collect();
             jobs.sort_by_key(|j| j.index);
             for job in jobs {
@@ -918,27 +969,25 @@ impl Engine for BatchEngine {
                     }
                     continue;
                 }
-                if chunks.get(&job.model).is_some_and(|c| {
-                    c.ids.len() >= max_lines || c.lines.len() + line.len() > max_bytes
-                }) {
-                    let c = chunks.remove(&job.model).unwrap_or_default();
-                    if !self.submit(&mut journal, &job.model, c, &mut open).await {
-                        return end;
-                    }
+                if !self
+                    .enqueue(
+                        &mut journal,
+                        &mut chunks,
+                        &mut open,
+                        &job,
+                        &line,
+                        worst,
+                        holds,
+                    )
+                    .await
+                {
+                    return end;
                 }
-                let c = chunks.entry(job.model.clone()).or_default();
-                c.ids.push(job.id.to_string());
-                c.fingerprints.push(job.fingerprint.to_string());
-                c.lines.extend_from_slice(&line);
-                c.worst += worst;
-                c.holds.extend(holds);
                 taken.insert(k);
                 *attempts.entry(k).or_default() += 1;
             }
-            for (model, c) in chunks {
-                if !self.submit(&mut journal, &model, c, &mut open).await {
-                    return end;
-                }
+            if !self.submit_all(&mut journal, &mut chunks, &mut open).await {
+                return end;
             }
         }
         end
