@@ -250,6 +250,37 @@ fn providers_cmd() -> Result<i32, AppError> {
     Ok(0)
 }
 
+/// The file a command writes to `output` names, symlinks followed (a rename would replace the
+/// link), checked writable before any work.
+fn writable_target(output: &std::path::Path) -> Result<PathBuf, AppError> {
+    let target = crate::paths::resolve(output).map_err(|source| AppError::Write {
+        path: output.to_path_buf(),
+        source,
+    })?;
+    crate::paths::check_writable(&target)?;
+    Ok(target)
+}
+
+/// Writes `target` through a temporary file renamed over it once whole (fsynced): a reader
+/// never sees half of it, and a failure leaves no temporary file. `shown` names it in errors.
+fn write_through_temp<T>(
+    target: &std::path::Path,
+    shown: &std::path::Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<T, AppError>,
+) -> Result<T, AppError> {
+    let werr = |source| AppError::Write {
+        path: shown.to_path_buf(),
+        source,
+    };
+    let tmp = crate::paths::TempFile::new(crate::output::parquet::temp_path(target));
+    let file = std::fs::File::create(tmp.path()).map_err(werr)?;
+    let mut w = std::io::BufWriter::new(file);
+    let value = write(&mut w)?;
+    let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
+    tmp.persist(file, target).map_err(werr)?;
+    Ok(value)
+}
+
 fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
     use crate::batch::{journal, openai};
     let mut output = args.output.clone();
@@ -393,12 +424,7 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
             args.output.display()
         )));
     }
-    // Write through a symlink to its target (the rename would replace the link otherwise).
-    let target = crate::paths::resolve(&args.output).map_err(|source| AppError::Write {
-        path: args.output.clone(),
-        source,
-    })?;
-    crate::paths::check_writable(&target)?;
+    let target = writable_target(&args.output)?;
     use crate::cli::ExportFormat;
     let ext = |e: &str| {
         target
@@ -418,23 +444,12 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
     };
     let rows = match format {
         ExportFormat::Parquet => convert(&args.input, &target, options)?.rows,
-        flat => {
-            // Into a temporary file renamed over the target: a reader never sees half of it.
-            let tmp = crate::paths::TempFile::new(crate::output::parquet::temp_path(&target));
-            let werr = |source| AppError::Write {
-                path: args.output.clone(),
-                source,
-            };
-            let file = std::fs::File::create(tmp.path()).map_err(werr)?;
-            let mut w = std::io::BufWriter::new(file);
-            let rows = match flat {
-                ExportFormat::Csv => crate::output::flat::to_csv(&args.input, &mut w)?.rows,
-                _ => crate::output::flat::to_openai_batch(&args.input, &mut w)?.rows,
-            };
-            let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
-            tmp.persist(file, &target).map_err(werr)?;
-            rows
-        }
+        flat => write_through_temp(&target, &args.output, |w| {
+            Ok(match flat {
+                ExportFormat::Csv => crate::output::flat::to_csv(&args.input, w)?.rows,
+                _ => crate::output::flat::to_openai_batch(&args.input, w)?.rows,
+            })
+        })?,
     };
     eprintln!("bulkprompt: wrote {rows} rows to {}", args.output.display());
     Ok(0)
@@ -477,7 +492,15 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
             }
         })
         .collect();
-    for i in &inputs {
+    for (n, i) in inputs.iter().enumerate() {
+        // The same output twice (or through a symlink) would count its costs twice.
+        if let Some(j) = inputs[..n].iter().find(|j| crate::paths::same_file(j, i)) {
+            return Err(AppError::Usage(format!(
+                "{} and {} are the same output: give each once",
+                j.display(),
+                i.display()
+            )));
+        }
         if crate::paths::same_file(i, &args.output) {
             return Err(AppError::Usage(format!(
                 "{} is one of the outputs being merged: give another -o",
@@ -485,11 +508,7 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
             )));
         }
     }
-    let target = crate::paths::resolve(&args.output).map_err(|source| AppError::Write {
-        path: args.output.clone(),
-        source,
-    })?;
-    crate::paths::check_writable(&target)?;
+    let target = writable_target(&args.output)?;
     let parquet = crate::output::parquet::is_parquet(&target);
     // JSONL straight to the target, or to a journal converted to Parquet.
     let jsonl = if parquet {
@@ -497,16 +516,9 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
     } else {
         target.clone()
     };
-    let tmp = crate::paths::TempFile::new(crate::output::parquet::temp_path(&jsonl));
-    let werr = |source| AppError::Write {
-        path: args.output.clone(),
-        source,
-    };
-    let file = std::fs::File::create(tmp.path()).map_err(werr)?;
-    let mut w = std::io::BufWriter::new(file);
-    let m = crate::output::merge::merge(&inputs, &mut w)?;
-    let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
-    tmp.persist(file, &jsonl).map_err(werr)?;
+    let m = write_through_temp(&jsonl, &args.output, |w| {
+        Ok(crate::output::merge::merge(&inputs, w)?)
+    })?;
     if parquet {
         crate::output::parquet::convert(&jsonl, &target, Default::default())?;
     }

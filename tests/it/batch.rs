@@ -354,3 +354,33 @@ fn local_images_are_embedded_in_batch_lines() {
     assert_eq!(records_by_id(&out).len(), 2);
     assert_eq!(mock.stats().images, 1);
 }
+
+/// A dead endpoint in batch mode: the run ends (exit 4) after its tries, saying so; the batch
+/// it meant to submit is in the journal, and the next run against a live provider finds nothing
+/// was created, submits it and collects it.
+#[test]
+fn a_dead_endpoint_ends_a_batch_run_and_the_next_run_submits_once() {
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(20));
+    let out = dir.path("out.jsonl");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1", l.local_addr().unwrap())
+    };
+    let o = output_within(
+        &mut run_cmd(&input, &out, &dead, &batch_args(&["--retry-base-ms", "10"])),
+        Duration::from_secs(60),
+    );
+    assert_code(&o, 4);
+    assert!(stderr(&o).contains("batch API: upload"), "{}", stderr(&o));
+    let journal = std::fs::read_to_string(dir.path("out.jsonl.batches.jsonl")).unwrap();
+    assert!(
+        journal.contains("\"intent\"") && !journal.contains("\"created\""),
+        "{journal}"
+    );
+    let mock = batch_mock(BatchConfig::default());
+    let o = run(&input, &out, &mock.url(), &batch_args(&[]));
+    assert_code(&o, 0);
+    assert_eq!(records_by_id(&out).len(), 20);
+    assert_eq!(mock.batch_stats().batches_created, 1);
+}

@@ -74,6 +74,33 @@ fn three_shards_cover_every_id_once_and_merge_back() {
     let err = stderr(&o);
     assert!(err.contains("shards with no output given: 2/3"), "{err}");
     assert!(err.contains(&format!("{} ids of", sizes[2])), "{err}");
+    // The same shard twice, here through a symlink, would count its money twice: refused.
+    let link = dir.path("link.jsonl");
+    std::os::unix::fs::symlink(&outputs[0], &link).unwrap();
+    let o = bulkprompt()
+        .arg("merge")
+        .arg(&outputs[0])
+        .arg(&link)
+        .arg("-o")
+        .arg(dir.path("twice.jsonl"))
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("are the same output"), "{}", stderr(&o));
+    // Nor can the merged output be one of the shards.
+    let o = bulkprompt()
+        .arg("merge")
+        .args(&outputs)
+        .arg("-o")
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert_eq!(
+        records(&outputs[0]).len(),
+        sizes[0],
+        "the shard is untouched"
+    );
 }
 
 #[test]
