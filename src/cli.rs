@@ -229,6 +229,18 @@ pub struct RunArgs {
     /// before a job that could cross it (exit 3).
     #[arg(help_heading = "Money", long, value_name = "USD")]
     pub max_cost: Option<f64>,
+    /// Share --rpm, --tpm and --max-cost with every worker of the same --run-name through
+    /// Redis: `redis://[:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS [default: the
+    /// environment's BULKPROMPT_COORDINATOR, the way to keep a password off the command line].
+    #[arg(help_heading = "Many workers", long, value_name = "URL")]
+    pub coordinator: Option<String>,
+    /// The name workers sharing limits and budget have in common (the Redis key prefix).
+    #[arg(help_heading = "Many workers", long, value_name = "NAME")]
+    pub run_name: Option<String>,
+    /// Seconds Redis may be out of reach before the run stops (exit 4); dispatch waits
+    /// meanwhile [default: 60].
+    #[arg(help_heading = "Many workers", long, value_name = "SECS")]
+    pub coordinator_timeout: Option<f64>,
     /// Stop the run (exit 4) after this many jobs in a row fail with the same kind of error,
     /// retries exhausted; 0 never stops [default: 20].
     #[arg(help_heading = "Limits", long, value_name = "N")]

@@ -88,6 +88,8 @@ pub struct RunConfig {
     pub summary_json: Option<PathBuf>,
     /// Problems `validate` lists before giving up.
     pub max_errors: usize,
+    /// `--coordinator`: limits and budget shared with the other workers of the run.
+    pub coordinator: Option<crate::coordinator::CoordinatorConfig>,
 }
 
 /// Whether `url` points at this machine.
@@ -647,6 +649,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         base: Duration::from_millis(args.retry_base_ms.or(spec.retry_base_ms).unwrap_or(500)),
         ..Backoff::default()
     };
+    let coordinator = resolve_coordinator(args, input.shard, &output)?;
     Ok(RunConfig {
         input,
         output,
@@ -775,7 +778,53 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         .collect(),
         summary_json: args.summary_json.clone(),
         max_errors: 20,
+        coordinator,
     })
+}
+
+/// `--coordinator`, `--run-name` and `--coordinator-timeout` (or `BULKPROMPT_COORDINATOR`), with
+/// this worker's name in the shared budget: its shard, or its output.
+fn resolve_coordinator(
+    args: &RunArgs,
+    shard: Option<crate::job::shard::Shard>,
+    output: &Path,
+) -> Result<Option<crate::coordinator::CoordinatorConfig>, ConfigError> {
+    let url = args
+        .coordinator
+        .clone()
+        .or_else(|| env("BULKPROMPT_COORDINATOR"));
+    let Some(url) = url else {
+        if args.run_name.is_some() || args.coordinator_timeout.is_some() {
+            return Err(ConfigError::Invalid(
+                "--run-name and --coordinator-timeout need --coordinator redis://HOST:PORT".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let run_name = args.run_name.clone().ok_or_else(|| {
+        ConfigError::Invalid(
+            "--coordinator needs --run-name NAME: the workers that share limits and budget give the same name".into(),
+        )
+    })?;
+    let timeout = secs(
+        args.coordinator_timeout.unwrap_or(60.0),
+        "--coordinator-timeout",
+    )?;
+    if timeout.is_zero() {
+        return Err(ConfigError::Invalid(
+            "--coordinator-timeout must be more than 0 seconds".into(),
+        ));
+    }
+    let worker = match shard {
+        Some(s) => format!("shard-{}-of-{}", s.index, s.count),
+        None => format!(
+            "output-{:016x}",
+            xxhash_rust::xxh3::xxh3_64(output.as_os_str().as_encoded_bytes())
+        ),
+    };
+    crate::coordinator::CoordinatorConfig::new(url, run_name, timeout, worker)
+        .map(Some)
+        .map_err(ConfigError::Invalid)
 }
 
 /// An output name resolved to the file it writes (see [`crate::paths::resolve`]).
@@ -838,20 +887,31 @@ pub fn resume_command(argv: &[String]) -> String {
 }
 
 /// The command line as it may be shown or stored: the value of every `--header` whose name
-/// looks secret (`Authorization`, `x-api-key`, anything with key, token, secret...) replaced by
-/// `(redacted)`. `--header-env` names a variable, never a value, and is kept.
+/// looks secret (`Authorization`, `x-api-key`, anything with key, token, secret...) and the
+/// password in `--coordinator`'s URL replaced by `(redacted)`. `--header-env` names a
+/// variable, never a value, and is kept.
 pub fn redact_argv(argv: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(argv.len());
-    let mut next_is_header = false;
+    let mut next: Option<&str> = None;
     for a in argv {
-        if next_is_header {
-            out.push(crate::secret::redact_header_arg(a));
-            next_is_header = false;
-        } else if let Some(v) = a.strip_prefix("--header=") {
-            out.push(format!("--header={}", crate::secret::redact_header_arg(v)));
-        } else {
-            next_is_header = a == "--header";
-            out.push(a.clone());
+        match next.take() {
+            Some("--header") => out.push(crate::secret::redact_header_arg(a)),
+            Some(_) => out.push(crate::coordinator::redact_url(a)),
+            None => {
+                if let Some(v) = a.strip_prefix("--header=") {
+                    out.push(format!("--header={}", crate::secret::redact_header_arg(v)));
+                } else if let Some(v) = a.strip_prefix("--coordinator=") {
+                    out.push(format!(
+                        "--coordinator={}",
+                        crate::coordinator::redact_url(v)
+                    ));
+                } else {
+                    if a == "--header" || a == "--coordinator" {
+                        next = Some(a.as_str());
+                    }
+                    out.push(a.clone());
+                }
+            }
         }
     }
     out
@@ -871,6 +931,23 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_coordinators_password_is_redacted_in_the_command_line() {
+        let argv: Vec<String> = [
+            "bulkprompt",
+            "run",
+            "--coordinator",
+            "redis://:pw1@h:1",
+            "--coordinator=rediss://u:pw2@h:2/0",
+        ]
+        .map(String::from)
+        .into();
+        let shown = resume_command(&argv);
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        assert!(shown.contains("redis://:(redacted)@h:1"), "{shown}");
+        assert!(shown.contains("rediss://u:(redacted)@h:2/0"), "{shown}");
+    }
 
     #[test]
     fn resume_command_drops_fresh_and_quotes() {

@@ -28,6 +28,7 @@ pub(crate) mod budget;
 pub(crate) mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod cost;
 pub(crate) mod estimate;
 pub(crate) mod histogram;

@@ -2,8 +2,8 @@
 //! pause after a 429, and an AIMD factor that lowers the rate after 429s and recovers slowly.
 //!
 //! The run sees a limiter only through [`RateLimit`]: [`Limiter`] is the one-process
-//! implementation, and a limit shared by many workers (a Redis-backed one) implements the same
-//! four calls without touching the engine.
+//! implementation, and a limit shared by many workers (`crate::coordinator::SharedLimit`, on
+//! Redis) implements the same calls without touching the engine.
 //!
 //! Why not `governor`: we need to charge a job's *estimated* tokens up front and reconcile them
 //! with the real `usage` afterwards, to pause everything on `Retry-After`, and to let one job
@@ -26,6 +26,7 @@
 //! (additive increase); a 429 then measures again (at most every ten seconds). A stray 429 among
 //! many accepted answers starts nothing, so a provider that refuses at random is not throttled.
 
+use crate::coordinator::Unreachable;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -41,8 +42,13 @@ pub struct Advertised {
 
 /// A rate limit the run's requests pass through.
 pub trait RateLimit: Send + Sync {
-    /// Waits until one request of `tokens` estimated tokens may be sent, and charges it.
-    fn acquire(&self, tokens: u64) -> Pin<Box<dyn Future<Output = Grant> + Send + '_>>;
+    /// Waits until one request of `tokens` estimated tokens may be sent, and charges it; an
+    /// error when a shared limit cannot be reached (the run must stop: nothing may be sent
+    /// unpaced).
+    fn acquire(
+        &self,
+        tokens: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, Unreachable>> + Send + '_>>;
     /// Settles a grant with the tokens the response really used.
     fn reconcile(&self, grant: Grant, actual: u64);
     /// The provider says its quota is used up until `d` from now: nobody sends until then.
@@ -61,8 +67,11 @@ pub trait RateLimit: Send + Sync {
 }
 
 impl RateLimit for Limiter {
-    fn acquire(&self, tokens: u64) -> Pin<Box<dyn Future<Output = Grant> + Send + '_>> {
-        Box::pin(Limiter::acquire(self, tokens))
+    fn acquire(
+        &self,
+        tokens: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, Unreachable>> + Send + '_>> {
+        Box::pin(async move { Ok(Limiter::acquire(self, tokens).await) })
     }
     fn reconcile(&self, grant: Grant, actual: u64) {
         Limiter::reconcile(self, grant, actual)

@@ -311,6 +311,23 @@ pub struct Summary {
     /// than it enforces), as the run ended.
     pub found_rpm: Option<u64>,
     pub resume_command: Option<String>,
+    /// `--coordinator`: the run's shared limits and budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<CoordinatorReport>,
+}
+
+/// What a worker did with the coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorReport {
+    /// The Redis URL without its password.
+    pub url: String,
+    pub run_name: String,
+    /// This worker's name in the shared budget.
+    pub worker: String,
+    /// Calls made to Redis, and per job that got a record this run.
+    pub round_trips: u64,
+    pub round_trips_per_job: f64,
 }
 
 impl Summary {
@@ -385,6 +402,12 @@ impl Summary {
             line(format!(
                 "  provider:  allows {} a minute (advertised; never exceeded)",
                 parts.join(", ")
+            ));
+        }
+        if let Some(c) = &self.coordinator {
+            line(format!(
+                "  shared:    run {} as worker {} ({}): {} Redis calls, {:.2} a job",
+                c.run_name, c.worker, c.url, c.round_trips, c.round_trips_per_job
             ));
         }
         if let Some(n) = self.found_rpm {

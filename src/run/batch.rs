@@ -15,7 +15,7 @@
 //!    `--max-attempts` batches; other failures are recorded as failed.
 
 use super::engine::{Engine, EngineEnd, Intake};
-use super::task::{base_record, Ctx, Hold};
+use super::task::{base_record, Ctx, Hold, NoHold};
 use crate::batch::journal::{Entry, Event, Journal};
 use crate::batch::openai::{self, ApiError, BatchInfo};
 use crate::checkpoint::Decision;
@@ -630,26 +630,20 @@ impl Engine for BatchEngine {
         };
         // Attempts per id: batches it was in, over every run.
         let mut attempts = replay.attempts;
-        let hold = |worst: Money, force: bool| -> Result<Vec<Hold>, crate::budget::CapReached> {
-            match &ctx.budget {
-                None => Ok(Vec::new()),
-                Some(b) => {
-                    let r = if force {
-                        b.hold(worst)
-                    } else {
-                        b.reserve(worst)?
-                    };
-                    Ok(vec![Hold {
-                        budget: b.clone(),
-                        reservation: Some(r),
-                    }])
-                }
-            }
+        // Money committed whatever the cap says now (a batch an earlier run submitted).
+        let committed = |worst: Money| -> Vec<Hold> {
+            ctx.budget
+                .iter()
+                .map(|b| Hold {
+                    budget: b.clone(),
+                    reservation: Some(b.hold(worst)),
+                })
+                .collect()
         };
         let mut open: Vec<Open> = Vec::new();
         for entry in replay.open {
             // Submitted by an earlier run: its money is committed whatever the cap says now.
-            let holds = hold(entry.worst, true).unwrap_or_default();
+            let holds = committed(entry.worst);
             open.push(Open { entry, holds });
         }
         let mut kept = Vec::new();
@@ -695,12 +689,13 @@ impl Engine for BatchEngine {
                 continue;
             }
             let worst = self.worst(&job);
-            let holds = match hold(worst, false) {
-                Ok(h) => h,
-                Err(cap) => {
+            let holds: Vec<Hold> = match ctx.reserve(worst).await {
+                Ok(h) => h.into_iter().collect(),
+                Err(NoHold::Cap(cap)) => {
                     end.cap_reached = Some(cap);
                     break;
                 }
+                Err(NoHold::Stopped) => break,
             };
             let mut line = Vec::with_capacity(job.body.len() + 96);
             if let Err(e) = batch_line(&job, &mut line) {
@@ -905,24 +900,22 @@ impl Engine for BatchEngine {
                     let Some(decision) = decisions.remove(&k) else {
                         continue;
                     };
-                    let hold = match &ctx.budget {
-                        None => None,
-                        Some(b) => match b.reserve(ctx.worst_case(&job)) {
-                            Ok(r) => Some(Hold {
-                                budget: b.clone(),
-                                reservation: Some(r),
-                            }),
-                            Err(cap) => {
-                                end.cap_reached = Some(cap);
-                                break;
-                            }
-                        },
+                    let hold = match ctx.reserve(ctx.worst_case(&job)).await {
+                        Ok(h) => h,
+                        Err(NoHold::Cap(cap)) => {
+                            end.cap_reached = Some(cap);
+                            break;
+                        }
+                        Err(NoHold::Stopped) => break,
                     };
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };
                     let grant = tokio::select! {
-                        g = ctx.limiter.acquire(ctx.charge(&job)) => g,
+                        g = ctx.acquire(ctx.charge(&job)) => match g {
+                            Some(g) => g,
+                            None => break,
+                        },
                         _ = ctx.stopping() => break,
                     };
                     let ctx = ctx.clone();
@@ -951,13 +944,14 @@ impl Engine for BatchEngine {
             for job in jobs {
                 let k = job.id.key();
                 let worst = self.worst(&job);
-                let holds = match hold(worst, false) {
-                    Ok(h) => h,
-                    Err(cap) => {
+                let holds: Vec<Hold> = match ctx.reserve(worst).await {
+                    Ok(h) => h.into_iter().collect(),
+                    Err(NoHold::Cap(cap)) => {
                         // The rest stay pending for a run with a larger cap.
                         end.cap_reached = Some(cap);
                         break;
                     }
+                    Err(NoHold::Stopped) => break,
                 };
                 let mut line = Vec::new();
                 if let Err(e) = batch_line(&job, &mut line) {

@@ -6,7 +6,7 @@
 //! the grace period: they are paid for.
 
 use super::engine::{Engine, EngineEnd, Intake};
-use super::task::{run_job, Ctx, Hold, TaskEnd};
+use super::task::{run_job, Ctx, Hold, NoHold, TaskEnd};
 use crate::budget::CapReached;
 use crate::checkpoint::Decision;
 use crate::limit::Grant;
@@ -78,17 +78,14 @@ impl Engine for LiveEngine {
                 if spawned > 0 {
                     ctx.opened.wait().await;
                 }
-                let hold = match &ctx.budget {
-                    None => None,
-                    Some(budget) => match budget.reserve(ctx.worst_case(&job)) {
-                        Ok(r) => Some(Hold {
-                            budget: budget.clone(),
-                            reservation: Some(r),
-                        }),
-                        Err(cap) => return Admit::Cap(cap),
-                    },
+                let hold = match ctx.reserve(ctx.worst_case(&job)).await {
+                    Ok(h) => h,
+                    Err(NoHold::Cap(cap)) => return Admit::Cap(cap),
+                    Err(NoHold::Stopped) => return Admit::Closed,
                 };
-                let grant = ctx.limiter.acquire(charge).await;
+                let Some(grant) = ctx.acquire(charge).await else {
+                    return Admit::Closed;
+                };
                 Admit::Go(permit, grant, hold)
             };
             let (permit, grant, hold) = tokio::select! {

@@ -25,8 +25,9 @@ pub use batch::{BatchApi, BatchSettings};
 
 use crate::budget::{Budget, LocalBudget};
 use crate::checkpoint::CheckpointError;
+use crate::coordinator::Coordinator;
 use crate::job::{InputError, JobStream};
-use crate::limit::Limiter;
+use crate::limit::{Limiter, RateLimit};
 use crate::mock::MockServer;
 use crate::output::jsonl::WriteError;
 use crate::paths::TargetError;
@@ -38,7 +39,7 @@ use engine::{Engine, Intake};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use summary::{Counted, Stops, Tallies};
 
 /// Errors that stop a run before its first request (or, for the writer, end it).
@@ -86,6 +87,9 @@ pub enum RunError {
     /// A signal stopped the run before anything was sent.
     #[error("interrupted while {0}; nothing was sent")]
     Interrupted(&'static str),
+    /// The coordinator (Redis) could not be reached, or refused this worker.
+    #[error(transparent)]
+    Coordinator(crate::coordinator::Unreachable),
 }
 
 impl RunError {
@@ -96,6 +100,7 @@ impl RunError {
             | RunError::Target(_)
             | RunError::Checkpoint(CheckpointError::Io { .. }) => 5,
             RunError::Interrupted(_) => 130,
+            RunError::Coordinator(_) => 4,
             _ => 1,
         }
     }
@@ -152,6 +157,45 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         ),
     })?;
 
+    // Limits and budget: this process's own, or shared with the run's other workers.
+    let (coordinator, limiter, budget): (_, Arc<dyn RateLimit>, _) = match &cfg.coordinator {
+        None => (
+            None,
+            Arc::new(Limiter::new(cfg.rpm, cfg.tpm).finding(cfg.start_rpm)),
+            cfg.max_cost
+                .map(|cap| Arc::new(LocalBudget::new(cap, spent_before)) as Arc<dyn Budget>),
+        ),
+        Some(cc) => {
+            let coordinator = Coordinator::connect(cc)
+                .await
+                .map_err(RunError::Coordinator)?;
+            // The key's limits (or the provider's documented default) are shared; each worker
+            // still finds a lower limit nobody states from its own answers.
+            let local = Limiter::new(None, None).finding(None);
+            let limiter = Arc::new(coordinator.limit(cfg.rpm.or(cfg.start_rpm), cfg.tpm, local));
+            let budget = match cfg.max_cost {
+                None => None,
+                Some(cap) => {
+                    // Held longer than a worker cut off from Redis can have requests in flight.
+                    let lease = cc.timeout + cfg.grace + Duration::from_secs(10);
+                    let b = coordinator
+                        .budget(cap, spent_before, lease)
+                        .await
+                        .map_err(RunError::Coordinator)?;
+                    Some(Arc::new(b) as Arc<dyn Budget>)
+                }
+            };
+            tracing::info!(
+                "sharing limits{} with run {:?} at {} as worker {}",
+                if budget.is_some() { " and budget" } else { "" },
+                cc.run_name,
+                coordinator.shown_url(),
+                cc.worker
+            );
+            (Some(coordinator), limiter, budget)
+        }
+    };
+
     let counters = Arc::new(Counters::default());
     let writer = writer::Writer::start(&cfg.output, counters.clone(), cfg.grace)?;
     let ctx = Arc::new(task::Ctx {
@@ -161,7 +205,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             Endpoint::Url(u) => crate::config::shown_endpoint(u),
             Endpoint::Mock(_) => "the simulator".into(),
         },
-        limiter: Arc::new(Limiter::new(cfg.rpm, cfg.tpm).finding(cfg.start_rpm)),
+        limiter,
         ignore_limit_headers: cfg.ignore_limit_headers,
         counters: counters.clone(),
         prices: cfg.prices.clone(),
@@ -177,9 +221,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         warned_unpriced: AtomicBool::new(false),
         streak: Mutex::new((None, 0)),
         breaker_at: cfg.circuit_breaker,
-        budget: cfg
-            .max_cost
-            .map(|cap| Arc::new(LocalBudget::new(cap, spent_before)) as Arc<dyn Budget>),
+        budget,
         cost_ratio: Mutex::new(Default::default()),
         completions: Mutex::new(Default::default()),
         validators: Default::default(),
@@ -242,6 +284,9 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     let abort = ctx.abort.reason();
     let provider_limits = ctx.limiter.provider_limits();
     let found_rpm = ctx.limiter.found_rpm();
+    if let Some(b) = &ctx.budget {
+        b.close().await;
+    }
     drop(ctx); // with the job tasks gone, this closes the writer's channel
     reporter.finish().await;
     let written = writer.join()?;
@@ -274,6 +319,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         stops.convert_error = f.convert_error;
     }
     let elapsed_secs = started.elapsed().as_secs_f64();
+    let answered = end.answered();
     Ok(summary::summarize(Tallies {
         input: cfg.input.path.display().to_string(),
         output: cfg
@@ -320,5 +366,15 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             Endpoint::Url(u) => crate::config::shown_endpoint(u),
             Endpoint::Mock(_) => "mock".into(),
         },
+        coordinator: coordinator.zip(cfg.coordinator.as_ref()).map(|(c, cc)| {
+            let round_trips = c.round_trips();
+            crate::progress::CoordinatorReport {
+                url: cc.shown_url(),
+                run_name: cc.run_name.clone(),
+                worker: cc.worker.clone(),
+                round_trips,
+                round_trips_per_job: round_trips as f64 / answered.max(1) as f64,
+            }
+        }),
     }))
 }

@@ -82,8 +82,17 @@ pub(super) fn outcome(stops: &Stops, output_failed: u64) -> (Outcome, Option<Str
         return (
             Outcome::Budget,
             Some(format!(
-                "cost cap {} reached: dispatch stopped when {} recorded + {} held by requests in flight + up to {} for the next job would have passed it; {total} is recorded in the output over all runs; re-run with a larger --max-cost to continue",
-                cap.cap, cap.spent, cap.reserved, cap.wanted
+                "cost cap {} reached: dispatch stopped when {} recorded + {} held by requests in flight{} + up to {} for the next job would have passed it; {total} is recorded in {} over all runs; re-run with a larger --max-cost to continue",
+                cap.cap,
+                cap.spent,
+                cap.reserved,
+                cap.scope(),
+                cap.wanted,
+                if cap.shared {
+                    "this worker's output"
+                } else {
+                    "the output"
+                }
             )),
         );
     }
@@ -145,6 +154,8 @@ pub(super) struct Tallies {
     pub(super) resume_command: String,
     pub(super) started_at: String,
     pub(super) endpoint: String,
+    /// `--coordinator`: where, as whom, and the Redis calls made.
+    pub(super) coordinator: Option<crate::progress::CoordinatorReport>,
 }
 
 /// The summary: job counts that add up to the file, the outcome, the exit code.
@@ -196,6 +207,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         models: c.models,
         invalid_cost_usd: c.invalid_cost.usd(),
         resume_command: (t.stops.early() || not_run > 0).then_some(t.resume_command),
+        coordinator: t.coordinator,
     }
 }
 
@@ -209,6 +221,7 @@ mod tests {
             spent: Money::from_usd(0.9),
             reserved: Money::ZERO,
             wanted: Money::from_usd(0.2),
+            shared: false,
         };
         (c, Money::from_usd(0.95))
     }
@@ -289,6 +302,7 @@ mod tests {
             output: "out".into(),
             started_at: String::new(),
             endpoint: String::new(),
+            coordinator: None,
             jobs: 200,
             intake: IntakeCounts {
                 read: 120,

@@ -4,7 +4,7 @@
 //! writer. `Ctx` is what every task shares.
 
 use super::latch::{Abort, Latch};
-use crate::budget::{Budget, Reservation};
+use crate::budget::{Budget, CapReached, Refused, Reservation};
 use crate::cost::{Money, PriceTable, Usage};
 use crate::job::Job;
 use crate::limit::{Grant, RateLimit};
@@ -92,7 +92,46 @@ impl Drop for Hold {
     }
 }
 
+/// Why a job got no hold on the budget.
+pub(super) enum NoHold {
+    /// The cap would be crossed.
+    Cap(CapReached),
+    /// The shared budget cannot be reached: the run is aborted.
+    Stopped,
+}
+
 impl Ctx {
+    /// Holds `worst` for a job (no budget, no hold). A shared budget out of reach aborts the
+    /// run (exit 4): nothing may be sent that the cap has not seen.
+    pub(super) async fn reserve(&self, worst: Money) -> Result<Option<Hold>, NoHold> {
+        let Some(b) = &self.budget else {
+            return Ok(None);
+        };
+        match b.reserve(worst).await {
+            Ok(r) => Ok(Some(Hold {
+                budget: b.clone(),
+                reservation: Some(r),
+            })),
+            Err(Refused::Cap(cap)) => Err(NoHold::Cap(cap)),
+            Err(Refused::Unreachable(e)) => {
+                self.abort(e.0);
+                Err(NoHold::Stopped)
+            }
+        }
+    }
+
+    /// A grant of the rate limit for `charge` tokens; none when a shared limit cannot be
+    /// reached (the run is aborted, exit 4: nothing is sent unpaced).
+    pub(super) async fn acquire(&self, charge: u64) -> Option<Grant> {
+        match self.limiter.acquire(charge).await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.abort(e.0);
+                None
+            }
+        }
+    }
+
     pub(super) fn open(&self) {
         self.opened.set();
     }
@@ -483,7 +522,10 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
         let g = match grant.take() {
             Some(g) => g,
             None => tokio::select! {
-                g = ctx.limiter.acquire(charge) => g,
+                g = ctx.acquire(charge) => match g {
+                    Some(g) => g,
+                    None => return abandon(pending),
+                },
                 _ = ctx.stopping() => return abandon(pending),
             },
         };
@@ -622,16 +664,9 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                             && ctx.shutdown.phase() < Phase::Draining
                             && !ctx.aborted();
                         // The next answer is paid for too: it reserves its worst case again.
-                        let held = match (&ctx.budget, again) {
-                            (Some(b), true) => match b.reserve(ctx.worst_case_of(job, model)) {
-                                Ok(res) => Some(Some(Hold {
-                                    budget: b.clone(),
-                                    reservation: Some(res),
-                                })),
-                                Err(_) => None,
-                            },
-                            (None, true) => Some(None),
-                            (_, false) => None,
+                        let held = match again {
+                            true => ctx.reserve(ctx.worst_case_of(job, model)).await.ok(),
+                            false => None,
                         };
                         match held {
                             Some(h) => {
@@ -734,16 +769,12 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                         tries = 0;
                         // Its price may differ: the reservation is made again for it.
                         let mut refused = None;
-                        if let (Some(b), Some(h)) = (&ctx.budget, hold.take()) {
+                        if let Some(h) = hold.take() {
                             h.settle(Money::ZERO);
-                            match b.reserve(ctx.worst_case_of(job, model)) {
-                                Ok(res) => {
-                                    hold = Some(Hold {
-                                        budget: b.clone(),
-                                        reservation: Some(res),
-                                    })
-                                }
-                                Err(cap) => refused = Some(cap),
+                            match ctx.reserve(ctx.worst_case_of(job, model)).await {
+                                Ok(h) => hold = h,
+                                Err(NoHold::Cap(cap)) => refused = Some(cap),
+                                Err(NoHold::Stopped) => return abandon(pending),
                             }
                         }
                         match refused {

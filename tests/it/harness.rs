@@ -273,3 +273,135 @@ pub fn with_file_size_limit(cmd: &mut std::process::Command, bytes: u64) {
         });
     }
 }
+
+/// A real `redis-server` on 127.0.0.1 at a free port, with its own temporary folder, stopped
+/// when dropped.
+pub struct Redis {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    password: Option<String>,
+    dir: tempfile::TempDir,
+}
+
+fn redis_binary() -> Option<PathBuf> {
+    [
+        "/usr/bin/redis-server",
+        "/usr/sbin/redis-server",
+        "/usr/local/bin/redis-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+impl Redis {
+    /// Starts one, or says why not and gives none where redis-server is not installed (never
+    /// in CI, where `.ci/run` installs it: there a missing server fails the test).
+    pub fn start() -> Option<Redis> {
+        Redis::start_with(None)
+    }
+
+    /// The same, with `requirepass`.
+    pub fn start_with(password: Option<&str>) -> Option<Redis> {
+        if redis_binary().is_none() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed; .ci/run installs it (apt-get install redis-server)"
+            );
+            eprintln!("skipped: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut r = Redis {
+            child: None,
+            port,
+            password: password.map(String::from),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.restart();
+        Some(r)
+    }
+
+    /// `redis://127.0.0.1:PORT` (with the password when there is one).
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Kills the server (as a crash would: nothing saved).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut cmd = std::process::Command::new(redis_binary().unwrap());
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.command(&["PING"]).is_none() {
+            assert!(
+                std::time::Instant::now() < end,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// One command over RESP; the reply's text, or none when the server does not answer.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .ok()?;
+        let mut req = Vec::new();
+        let mut push = |parts: &[&str]| {
+            req.extend(format!("*{}\r\n", parts.len()).bytes());
+            for a in parts {
+                req.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
+            }
+        };
+        if let Some(p) = &self.password {
+            push(&["AUTH", p]);
+        }
+        push(args);
+        s.write_all(&req).ok()?;
+        s.shutdown(std::net::Shutdown::Write).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        if self.password.is_some() {
+            out = out.strip_prefix("+OK\r\n")?.to_string();
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// A field of a hash, parsed as a number (none when absent).
+    pub fn hget_u64(&self, key: &str, field: &str) -> Option<u64> {
+        let r = self.command(&["HGET", key, field])?;
+        r.lines().nth(1)?.trim().parse().ok()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

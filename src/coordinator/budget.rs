@@ -1,0 +1,320 @@
+//! The budget every worker of a run shares. Each worker keeps its own ledger (spent: what its
+//! output recorded over all runs; held: its reservations in flight) and mirrors it to Redis as
+//! absolute values with a sequence number ([`scripts::WRITE`]): a write repeated after a lost
+//! answer, or arriving after a newer one, changes nothing. A reservation is one round trip,
+//! checked against every worker's spent and every live hold; settlements change the local
+//! ledger and are mirrored within 20 ms, many in one write. The mirror's lease is renewed
+//! every quarter of it; a worker that stopped renewing (killed, cut off) stops counting its
+//! holds once the lease lapses, and its spent keeps counting forever.
+//!
+//! A reservation is added to the local ledger before its round trip starts, so any mirror
+//! written meanwhile already includes it: Redis never sees less held than is really held.
+
+use super::link::Link;
+use super::{alive, hostname, scripts, Unreachable};
+use crate::budget::{Budget, CapReached, Refused, Reservation};
+use crate::cost::Money;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Settlements gathered into one write.
+const GATHER: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Default)]
+struct Ledger {
+    spent: Money,
+    held: Money,
+    seq: u64,
+}
+
+struct Shared {
+    link: Arc<Link>,
+    key: String,
+    worker: String,
+    /// This process's claim on the worker's fields.
+    token: String,
+    desc: String,
+    lease: Duration,
+    ledger: Mutex<Ledger>,
+    changed: Notify,
+    /// Another process took this worker over: nothing more may be reserved.
+    lost: AtomicBool,
+}
+
+pub(crate) struct SharedBudget {
+    shared: Arc<Shared>,
+    cap: Money,
+    /// Reservations go one at a time (each carries the ledger it was checked with).
+    reserving: tokio::sync::Mutex<()>,
+    mirror: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SharedBudget {
+    fn drop(&mut self) {
+        self.mirror.abort();
+    }
+}
+
+/// What a write answers.
+enum Written {
+    Ok,
+    Cap {
+        others_spent: Money,
+        others_held: Money,
+    },
+    Lost(String),
+}
+
+impl Shared {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ledger as it is now, numbered.
+    fn snapshot(&self) -> (u64, Money, Money) {
+        let mut l = self.ledger();
+        l.seq += 1;
+        (l.seq, l.spent, l.held)
+    }
+
+    /// Writes the ledger `(seq, spent, held)` (checked against `cap` when given).
+    async fn write(
+        &self,
+        (seq, spent, held): (u64, Money, Money),
+        lease: Duration,
+        cap: Option<Money>,
+    ) -> Result<Written, Unreachable> {
+        let mut args = vec![
+            self.worker.clone(),
+            self.token.clone(),
+            self.desc.clone(),
+            seq.to_string(),
+            spent.0.to_string(),
+            held.0.to_string(),
+            lease.as_millis().to_string(),
+        ];
+        if let Some(c) = cap {
+            args.push(c.0.to_string());
+        }
+        let v: Vec<String> = self
+            .link
+            .invoke(&scripts::WRITE, &self.key, |_| args.clone())
+            .await?;
+        let money = |i: usize| Money(v.get(i).and_then(|s| s.parse().ok()).unwrap_or(0));
+        Ok(match v.first().map(String::as_str) {
+            Some("1") => Written::Ok,
+            Some("0") => Written::Cap {
+                others_spent: money(1),
+                others_held: money(2),
+            },
+            _ => {
+                self.lost.store(true, Relaxed);
+                Written::Lost(v.get(1).cloned().unwrap_or_default())
+            }
+        })
+    }
+
+    /// Mirrors the ledger whenever it changes (gathered), and renews the lease.
+    async fn mirror(self: Arc<Self>) {
+        let renew = self.lease / 4;
+        loop {
+            let changed = tokio::time::timeout(renew, self.changed.notified()).await;
+            if changed.is_ok() {
+                tokio::time::sleep(GATHER).await;
+            }
+            match self.write(self.snapshot(), self.lease, None).await {
+                Ok(Written::Lost(by)) => {
+                    tracing::error!("{}", self.lost_message(&by));
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("the shared budget: {e}"),
+            }
+        }
+    }
+
+    fn lost_message(&self, by: &str) -> String {
+        format!(
+            "the shared budget: worker {} of this run is now run by {by}; this process stops reserving (two processes must not run one shard)",
+            self.worker
+        )
+    }
+}
+
+impl SharedBudget {
+    /// Claims this worker's fields with what its output already recorded. A live claim by
+    /// another process is waited for until its lease lapses (at once when that process is
+    /// dead on this host: a re-run after `kill -9` takes over and returns its holds).
+    pub(super) async fn join(
+        link: Arc<Link>,
+        key: String,
+        worker: String,
+        cap: Money,
+        spent_before: Money,
+        lease: Duration,
+    ) -> Result<SharedBudget, Unreachable> {
+        let host = hostname();
+        let pid = std::process::id();
+        let token = format!("{host}:{pid}:{:016x}", fastrand::u64(..));
+        let desc = format!("pid {pid} on {host}");
+        let started = tokio::time::Instant::now();
+        let mut force = false;
+        let mut said = false;
+        loop {
+            let args = vec![
+                worker.clone(),
+                token.clone(),
+                desc.clone(),
+                spent_before.0.to_string(),
+                "0".into(),
+                lease.as_millis().to_string(),
+                u8::from(force).to_string(),
+            ];
+            let (ok, holder, left_ms): (i64, String, i64) =
+                link.invoke(&scripts::CLAIM, &key, |_| args.clone()).await?;
+            if ok == 1 {
+                if force {
+                    tracing::warn!(
+                        "the shared budget: worker {worker}'s previous process ({holder}) is gone; its holds are returned"
+                    );
+                }
+                break;
+            }
+            // "pid P on HOST": dead on this host means it can be taken over now.
+            let dead_here = holder
+                .strip_prefix("pid ")
+                .and_then(|r| r.split_once(" on "))
+                .is_some_and(|(p, h)| h == host && p.parse().is_ok_and(|p: u32| !alive(p)));
+            if dead_here {
+                force = true;
+                continue;
+            }
+            if started.elapsed() > lease * 2 {
+                return Err(Unreachable(format!(
+                    "the shared budget: worker {worker} of this run is held by {holder}, which keeps renewing it; is that shard running twice?"
+                )));
+            }
+            if !said {
+                tracing::warn!(
+                    "the shared budget: worker {worker} is held by {holder}; waiting up to {:.0} s for its lease to lapse",
+                    left_ms as f64 / 1000.0
+                );
+                said = true;
+            }
+            let wait = Duration::from_millis(left_ms.clamp(100, 2000) as u64);
+            tokio::time::sleep(wait).await;
+        }
+        let shared = Arc::new(Shared {
+            link,
+            key,
+            worker,
+            token,
+            desc,
+            lease,
+            ledger: Mutex::new(Ledger {
+                spent: spent_before,
+                held: Money::ZERO,
+                seq: 0,
+            }),
+            changed: Notify::new(),
+            lost: AtomicBool::new(false),
+        });
+        let mirror = tokio::spawn(shared.clone().mirror());
+        Ok(SharedBudget {
+            shared,
+            cap,
+            reserving: tokio::sync::Mutex::new(()),
+            mirror,
+        })
+    }
+
+    async fn reserve_shared(&self, worst: Money) -> Result<Reservation, Refused> {
+        let s = &self.shared;
+        if s.lost.load(Relaxed) {
+            return Err(Refused::Unreachable(Unreachable(
+                s.lost_message("another process"),
+            )));
+        }
+        let _one = self.reserving.lock().await;
+        // Held before the round trip: a mirror written meanwhile includes it.
+        s.ledger().held += worst;
+        let snapshot = s.snapshot();
+        let answer = s.write(snapshot, s.lease, Some(self.cap)).await;
+        let release = || {
+            let mut l = s.ledger();
+            l.held = Money(l.held.0.saturating_sub(worst.0));
+            drop(l);
+            s.changed.notify_one();
+        };
+        match answer {
+            Ok(Written::Ok) => Ok(Reservation(worst)),
+            Ok(Written::Cap {
+                others_spent,
+                others_held,
+            }) => {
+                release();
+                let (_, spent, held) = snapshot;
+                Err(Refused::Cap(CapReached {
+                    cap: self.cap,
+                    spent: spent + others_spent,
+                    reserved: Money(held.0.saturating_sub(worst.0)) + others_held,
+                    wanted: worst,
+                    shared: true,
+                }))
+            }
+            Ok(Written::Lost(by)) => {
+                release();
+                Err(Refused::Unreachable(Unreachable(s.lost_message(&by))))
+            }
+            Err(e) => {
+                release();
+                Err(Refused::Unreachable(e))
+            }
+        }
+    }
+}
+
+impl Budget for SharedBudget {
+    fn reserve(
+        &self,
+        worst: Money,
+    ) -> Pin<Box<dyn Future<Output = Result<Reservation, Refused>> + Send + '_>> {
+        Box::pin(self.reserve_shared(worst))
+    }
+
+    fn settle(&self, reservation: Reservation, actual: Money) {
+        let mut l = self.shared.ledger();
+        l.held = Money(l.held.0.saturating_sub(reservation.0 .0));
+        l.spent += actual;
+        drop(l);
+        self.shared.changed.notify_one();
+    }
+
+    fn hold(&self, worst: Money) -> Reservation {
+        self.shared.ledger().held += worst;
+        self.shared.changed.notify_one();
+        Reservation(worst)
+    }
+
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            self.mirror.abort();
+            let s = &self.shared;
+            // A lease of zero: nothing of this worker is held any more (its spent stays).
+            let done = tokio::time::timeout(
+                Duration::from_secs(5).min(s.lease),
+                s.write(s.snapshot(), Duration::ZERO, None),
+            )
+            .await;
+            if !matches!(done, Ok(Ok(Written::Ok))) {
+                tracing::warn!(
+                    "the shared budget: this worker's last state was not written; its holds lapse with its lease"
+                );
+            }
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The rate limit every worker of a run shares: the requests and tokens buckets live in Redis
+//! ([`scripts::ACQUIRE`]), and each worker queues its own requests so that only one of them
+//! at a time asks Redis (one round trip a grant, one grant scheduled ahead per worker, so a
+//! pause set by another worker holds back at most one request of this one).
+//!
+//! Tokens are charged up front and reconciled as the local limiter's are: what an answer did
+//! not use (or used beyond its charge) is added up here and rides on the next grant, or is
+//! sent within a quarter of a second when no grant comes. A refund whose call may have been
+//! applied already is dropped, never sent twice: the safe side is a little under the limit.
+//!
+//! What the provider says (a 429's pause, the AIMD slow-down, advertised limits) goes to Redis
+//! for everyone; finding a limit nobody states stays with each worker's own local limiter,
+//! which counts its own answers.
+
+use super::link::Link;
+use super::scripts;
+use super::Unreachable;
+use crate::limit::{Advertised, Grant, Limiter, RateLimit};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How far ahead a grant may be scheduled.
+const HORIZON_MS: i64 = 1000;
+/// Longest sleep before asking again when nothing was granted.
+const MAX_POLL: Duration = Duration::from_secs(5);
+/// How often refunds are sent when no grant carries them.
+const REFUND_EVERY: Duration = Duration::from_millis(250);
+
+pub(crate) struct SharedLimit {
+    link: Arc<Link>,
+    key: String,
+    rpm: u64,
+    tpm: u64,
+    /// This worker's own limiter: finds a limit nobody states from its own answers.
+    local: Limiter,
+    /// This worker's requests ask Redis one at a time.
+    turn: tokio::sync::Mutex<()>,
+    /// Tokens to give back to the shared bucket.
+    refund: Arc<AtomicI64>,
+    /// The lowest limits this worker has told Redis the provider advertised.
+    told: Mutex<Advertised>,
+    refunder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SharedLimit {
+    fn drop(&mut self) {
+        self.refunder.abort();
+    }
+}
+
+impl SharedLimit {
+    pub(super) fn new(
+        link: Arc<Link>,
+        key: String,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        local: Limiter,
+    ) -> Self {
+        let rpm = rpm.unwrap_or(0);
+        let tpm = tpm.unwrap_or(0);
+        let refund = Arc::new(AtomicI64::new(0));
+        let refunder = tokio::spawn({
+            let (link, key, refund) = (link.clone(), key.clone(), refund.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(REFUND_EVERY).await;
+                    let r = refund.swap(0, Relaxed);
+                    if r != 0 {
+                        // Only on the first try: a refund is never given twice.
+                        let _ = link
+                            .invoke::<(i64, i64)>(&scripts::ACQUIRE, &key, |first| {
+                                args(rpm, tpm, 0, if first { r } else { 0 }, -1)
+                            })
+                            .await;
+                    }
+                }
+            }
+        });
+        SharedLimit {
+            link,
+            key,
+            rpm,
+            tpm,
+            local,
+            turn: tokio::sync::Mutex::new(()),
+            refund,
+            told: Mutex::new(Advertised::default()),
+            refunder,
+        }
+    }
+
+    async fn acquire_shared(&self, tokens: u64) -> Result<Grant, Unreachable> {
+        let local = self.local.acquire(tokens).await;
+        let _turn = self.turn.lock().await;
+        loop {
+            let refund = self.refund.swap(0, Relaxed);
+            let (rpm, tpm) = (self.rpm, self.tpm);
+            let answer = self
+                .link
+                .invoke::<(i64, i64)>(&scripts::ACQUIRE, &self.key, |first| {
+                    args(rpm, tpm, tokens, if first { refund } else { 0 }, HORIZON_MS)
+                })
+                .await;
+            match answer {
+                Ok((1, wait_ms)) => {
+                    if wait_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+                    }
+                    return Ok(local);
+                }
+                Ok((_, wait_ms)) => {
+                    let wait = Duration::from_millis((wait_ms - HORIZON_MS / 2).max(1) as u64);
+                    tokio::time::sleep(wait.min(MAX_POLL)).await;
+                }
+                Err(e) => {
+                    self.local.reconcile(local, 0);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Sends a pause or a 429 to Redis without holding up the job that saw it.
+    fn penalize(&self, pause: Option<Duration>, is_429: bool) {
+        let (link, key) = (self.link.clone(), self.key.clone());
+        let ms = pause.map_or(0, |d| d.as_millis().max(1) as u64);
+        tokio::spawn(async move {
+            let r = link
+                .invoke::<i64>(&scripts::PENALIZE, &key, |_| {
+                    vec![ms.to_string(), u8::from(is_429).to_string()]
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!("{e}");
+            }
+        });
+    }
+}
+
+fn args(rpm: u64, tpm: u64, tokens: u64, refund: i64, horizon: i64) -> Vec<String> {
+    vec![
+        rpm.to_string(),
+        tpm.to_string(),
+        tokens.to_string(),
+        refund.to_string(),
+        horizon.to_string(),
+    ]
+}
+
+impl RateLimit for SharedLimit {
+    fn acquire(
+        &self,
+        tokens: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<Grant, Unreachable>> + Send + '_>> {
+        Box::pin(self.acquire_shared(tokens))
+    }
+
+    fn reconcile(&self, grant: Grant, actual: u64) {
+        self.local.reconcile(grant, actual);
+        let delta = grant.tokens as i64 - actual as i64;
+        if delta != 0 {
+            self.refund.fetch_add(delta, Relaxed);
+        }
+    }
+
+    fn pause(&self, d: Duration) {
+        self.local.pause(d);
+        self.penalize(Some(d), false);
+    }
+
+    fn rate_limited(&self, pause: Option<Duration>) -> bool {
+        self.penalize(pause, true);
+        self.local.rate_limited(pause)
+    }
+
+    fn advertised(&self, limits: Advertised) {
+        self.local.advertised(limits);
+        // Told once per new low, not at every answer.
+        let lower = |new: Option<u64>, old: Option<u64>| new.filter(|&n| old.is_none_or(|o| n < o));
+        let news = {
+            let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+            let news = Advertised {
+                rpm: lower(limits.rpm, told.rpm),
+                tpm: lower(limits.tpm, told.tpm),
+            };
+            told.rpm = news.rpm.or(told.rpm);
+            told.tpm = news.tpm.or(told.tpm);
+            news
+        };
+        if news == Advertised::default() {
+            return;
+        }
+        let (link, key) = (self.link.clone(), self.key.clone());
+        tokio::spawn(async move {
+            let r = link
+                .invoke::<i64>(&scripts::ADVERTISE, &key, |_| {
+                    vec![
+                        news.rpm.unwrap_or(0).to_string(),
+                        news.tpm.unwrap_or(0).to_string(),
+                    ]
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!("{e}");
+            }
+        });
+    }
+
+    fn provider_limits(&self) -> Advertised {
+        self.local.provider_limits()
+    }
+
+    fn answered(&self) {
+        self.local.answered()
+    }
+
+    fn found_rpm(&self) -> Option<u64> {
+        self.local.found_rpm()
+    }
+}

@@ -1,0 +1,198 @@
+//! The Lua scripts Redis runs for the coordinator. Each is one atomic step on Redis's own clock
+//! (`TIME`), so workers on machines whose clocks disagree still share one bucket and one lease
+//! timeline. Money travels as decimal strings of picodollars and is stored as Redis strings
+//! (exact); sums in Lua are doubles, exact below 2^53 picodollars ($9,007) and within a few
+//! picodollars above.
+//!
+//! The buckets are sized exactly as the local limiter's (`crate::limit`): 99% of the limit
+//! with a 1% burst (one whole request below 100 a minute). A grant may be scheduled up to
+//! `horizon` milliseconds ahead: the level goes below zero and the worker waits that long
+//! before sending, so one round trip buys one request even while the limit binds, and the
+//! sequence of send times is the token bucket's (GCRA). A pause (a 429's `Retry-After` seen
+//! by any worker) is never scheduled through: nobody is granted until it ends.
+
+use std::sync::LazyLock;
+
+/// KEYS[1] the limit hash. ARGV: rpm (0: none), tpm (0: none), tokens, refund (tokens given
+/// back by answers that used less than charged; may be negative), horizon in ms (-1: apply
+/// the refund and grant nothing). Returns `{granted, wait_ms}`.
+pub(super) static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('HMGET', KEYS[1], 'rl', 'tl', 't', 'pause', 'fa', 'fd', 'arpm', 'atpm')
+local rpm = tonumber(ARGV[1])
+local tpm = tonumber(ARGV[2])
+local tokens = tonumber(ARGV[3])
+local refund = tonumber(ARGV[4])
+local horizon = tonumber(ARGV[5])
+local arpm = tonumber(s[7])
+local atpm = tonumber(s[8])
+if arpm and (rpm == 0 or arpm < rpm) then rpm = arpm end
+if atpm and (tpm == 0 or atpm < tpm) then tpm = atpm end
+local f = 1
+local fd = tonumber(s[6])
+if fd then f = math.min(1, (tonumber(s[5]) or 1) + (now - fd) / 1000 * 0.02) end
+local el = math.max(0, now - (tonumber(s[3]) or now)) / 1000
+local wait = 0
+local rl = nil
+local tl = nil
+if rpm > 0 then
+  local target = rpm * 0.99
+  local cap = rpm * 0.01
+  local per = (target - cap) / 60
+  if cap < 1 then cap = 1; per = target / 60 end
+  rl = math.min(cap, (tonumber(s[1]) or cap) + el * per * f)
+  if rl < 1 then wait = math.max(wait, (1 - rl) / (per * f) * 1000) end
+end
+if tpm > 0 then
+  local target = tpm * 0.99
+  local cap = math.min(math.max(tpm * 0.01, 1), target)
+  local per = math.max((target - cap) / 60, target / 600)
+  tl = math.min(cap, (tonumber(s[2]) or cap) + el * per * f + refund)
+  local need = math.min(tokens, cap)
+  if tl < need then wait = math.max(wait, (need - tl) / (per * f) * 1000) end
+end
+local pause = tonumber(s[4]) or 0
+local granted = 0
+if pause > now then
+  wait = math.max(wait, pause - now)
+elseif horizon >= 0 and wait <= horizon then
+  granted = 1
+  if rl then rl = rl - 1 end
+  if tl then tl = tl - tokens end
+end
+redis.call('HSET', KEYS[1], 't', now)
+if rl then redis.call('HSET', KEYS[1], 'rl', rl) end
+if tl then redis.call('HSET', KEYS[1], 'tl', tl) end
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return {granted, math.ceil(wait)}
+"#,
+    )
+});
+
+/// KEYS[1] the limit hash. ARGV: pause in ms (0: none), 1 if this is a 429 (the rate drops,
+/// at most once a second, and recovers 2% a second). Returns 1 when the pause got longer by
+/// more than a second.
+pub(super) static PENALIZE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('HMGET', KEYS[1], 'pause', 'fa', 'fd')
+local ms = tonumber(ARGV[1])
+local longer = 0
+local pause = tonumber(s[1]) or 0
+if ms > 0 and now + ms > pause then
+  if now + ms > pause + 1000 then longer = 1 end
+  redis.call('HSET', KEYS[1], 'pause', now + ms)
+end
+if ARGV[2] == '1' then
+  local fd = tonumber(s[3])
+  if not fd or now - fd >= 1000 then
+    local f = 1
+    if fd then f = math.min(1, (tonumber(s[2]) or 1) + (now - fd) / 1000 * 0.02) end
+    redis.call('HSET', KEYS[1], 'fa', math.max(0.1, f * 0.7), 'fd', now)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return longer
+"#,
+    )
+});
+
+/// KEYS[1] the limit hash. ARGV: rpm, tpm the provider advertised (0: not said). The shared
+/// buckets never run faster than the lowest advertised limit; never raised.
+pub(super) static ADVERTISE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local names = {'arpm', 'atpm'}
+for i = 1, 2 do
+  local v = tonumber(ARGV[i])
+  local old = tonumber(redis.call('HGET', KEYS[1], names[i]))
+  if v > 0 and (not old or v < old) then redis.call('HSET', KEYS[1], names[i], v) end
+end
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return 1
+"#,
+    )
+});
+
+/// The budget lives in one hash, a group of fields per worker: `W|owner` (the token of the
+/// process running it), `W|desc` (host and pid, for messages), `W|spent` (everything its
+/// output has recorded, over all runs), `W|held` (reservations of its requests in flight),
+/// `W|lease` (Redis ms until which `held` counts), `W|seq` (the last write applied: writes
+/// carry a sequence number, so an older one arriving late never undoes a newer one).
+///
+/// KEYS[1] the budget hash. ARGV: worker, token, desc, spent, held, lease ms, force (1: take
+/// the worker over whoever holds it). Returns `{1}` or `{0, desc of the holder, ms left}`.
+pub(super) static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local w = ARGV[1]
+local owner = redis.call('HGET', KEYS[1], w .. '|owner')
+local lease = tonumber(redis.call('HGET', KEYS[1], w .. '|lease')) or 0
+if owner and owner ~= ARGV[2] and lease > now and ARGV[7] ~= '1' then
+  return {0, redis.call('HGET', KEYS[1], w .. '|desc') or '?', lease - now}
+end
+redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|spent', ARGV[4],
+  w .. '|held', ARGV[5], w .. '|lease', now + tonumber(ARGV[6]), w .. '|seq', 0)
+redis.call('PEXPIRE', KEYS[1], 2592000000)
+return {1, '', 0}
+"#,
+    )
+});
+
+/// KEYS[1] the budget hash. ARGV: worker, token, desc, seq, spent, held, lease ms, and for a
+/// reservation the cap (absent: only write). A reservation is granted when every other
+/// worker's spent, the held of those whose lease is alive, and this worker's spent and held
+/// (which include the job's worst case) stay within the cap. Returns `{1}` (written),
+/// `{0, others' spent, others' live held}` (the cap would be crossed; nothing written) or
+/// `{-1, desc of the holder}` (another process took this worker over). A worker whose fields
+/// vanished (Redis lost its data) is registered again from what it sends.
+pub(super) static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local w = ARGV[1]
+local owner = redis.call('HGET', KEYS[1], w .. '|owner')
+if owner and owner ~= ARGV[2] then
+  return {-1, redis.call('HGET', KEYS[1], w .. '|desc') or '?'}
+end
+if ARGV[8] then
+  local spent = {}
+  local held = {}
+  local lease = {}
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local who, what = string.match(all[i], '^(.*)|(%a+)$')
+    if who and who ~= w then
+      if what == 'spent' then spent[who] = tonumber(all[i + 1]) or 0
+      elseif what == 'held' then held[who] = tonumber(all[i + 1]) or 0
+      elseif what == 'lease' then lease[who] = tonumber(all[i + 1]) or 0 end
+    end
+  end
+  local others_spent = 0
+  local others_held = 0
+  for who, v in pairs(spent) do others_spent = others_spent + v end
+  for who, v in pairs(held) do
+    if (lease[who] or 0) > now then others_held = others_held + v end
+  end
+  if others_spent + others_held + tonumber(ARGV[5]) + tonumber(ARGV[6]) > tonumber(ARGV[8]) then
+    return {0, string.format('%.0f', others_spent), string.format('%.0f', others_held)}
+  end
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], w .. '|seq')) or -1
+if not owner or tonumber(ARGV[4]) > seq then
+  redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|seq', ARGV[4],
+    w .. '|spent', ARGV[5], w .. '|held', ARGV[6], w .. '|lease', now + tonumber(ARGV[7]))
+end
+redis.call('PEXPIRE', KEYS[1], 2592000000)
+return {1}
+"#,
+    )
+});

@@ -1,0 +1,525 @@
+//! Many workers, one key: three shards share one rate limit and one budget through a real
+//! `redis-server` (started here on 127.0.0.1 at a free port), against one simulator that
+//! enforces the limit over a sliding minute. Each test tries to break a promise: the limit in
+//! any minute, the cap in total and across runs, a worker killed mid-run, Redis gone mid-run,
+//! the Redis password in logs.
+
+use crate::harness::*;
+use bulkprompt::mock::MockConfig;
+use bulkprompt::output::{Record, Status};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Waits for every child (killing them all after `limit`: a run that does not end is a bug).
+fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<Output> {
+    let started = Instant::now();
+    let mut children: Vec<Option<Child>> = children.into_iter().map(Some).collect();
+    let mut done: Vec<Option<Output>> = children.iter().map(|_| None).collect();
+    while done.iter().any(Option::is_none) {
+        for (c, d) in children.iter_mut().zip(done.iter_mut()) {
+            if d.is_none() && c.as_mut().unwrap().try_wait().unwrap().is_some() {
+                *d = Some(c.take().unwrap().wait_with_output().unwrap());
+            }
+        }
+        if started.elapsed() > limit {
+            for c in children.iter_mut().flatten() {
+                let _ = c.kill();
+            }
+            panic!("the workers did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done.into_iter().map(Option::unwrap).collect()
+}
+
+/// The flags of worker `i` of 3 of run `name`.
+fn worker(redis: &Redis, name: &str, i: u32) -> Vec<String> {
+    vec![
+        "--shard".into(),
+        format!("{i}/3"),
+        "--coordinator".into(),
+        redis.url(),
+        "--run-name".into(),
+        name.into(),
+    ]
+}
+
+/// `run INPUT -o OUT --shard i/3 --coordinator URL --run-name NAME` + `extra`, started.
+fn spawn_worker(
+    input: &Path,
+    out: &Path,
+    mock: &str,
+    redis: &Redis,
+    name: &str,
+    i: u32,
+    extra: &[&str],
+) -> Child {
+    let mut args = worker(redis, name, i);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_cmd(input, out, mock, &args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn shard_outputs(dir: &Dir) -> Vec<PathBuf> {
+    (0..3)
+        .map(|i| dir.path(&format!("out.shard-{i}-of-3.jsonl")))
+        .collect()
+}
+
+fn all_records(outputs: &[PathBuf]) -> Vec<Record> {
+    outputs.iter().flat_map(|p| records(p)).collect()
+}
+
+fn at(ts: &str) -> SystemTime {
+    humantime::parse_rfc3339(ts).unwrap()
+}
+
+/// The most requests whose records started within any 60 seconds, and the rate a minute from
+/// the first to the last.
+fn busiest_minute_and_rate(recs: &[Record]) -> (usize, f64) {
+    let mut t: Vec<SystemTime> = recs.iter().map(|r| at(&r.started_at)).collect();
+    t.sort();
+    let mut most = 0;
+    let mut j = 0;
+    for i in 0..t.len() {
+        while j < t.len() && t[j].duration_since(t[i]).unwrap() < Duration::from_secs(60) {
+            j += 1;
+        }
+        most = most.max(j - i);
+    }
+    let span = t.last().unwrap().duration_since(t[0]).unwrap();
+    (most, (t.len() - 1) as f64 / span.as_secs_f64() * 60.0)
+}
+
+#[test]
+fn three_workers_given_the_full_rpm_share_it_and_never_pass_it() {
+    let Some(redis) = Redis::start() else { return };
+    const R: u64 = 3000;
+    const JOBS: usize = 3300; // about 67 s at 98% of R: more than one sliding minute
+    let mock = Mock::start(MockConfig {
+        rpm: Some(R),
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(JOBS));
+    let out = dir.path("out.jsonl");
+    let rpm = R.to_string();
+    let children = (0..3)
+        .map(|i| {
+            spawn_worker(
+                &input,
+                &out,
+                &mock.url(),
+                &redis,
+                "rpm",
+                i,
+                &["--rpm", &rpm],
+            )
+        })
+        .collect();
+    for o in wait_all(children, Duration::from_secs(240)) {
+        assert_code(&o, 0);
+    }
+    let st = mock.stats();
+    assert_eq!(st.ok, JOBS as u64);
+    assert!(
+        st.rate_limited * 100 < st.requests,
+        "429s are 1% of requests or more: {st:?}"
+    );
+    let recs = all_records(&shard_outputs(&dir));
+    assert_eq!(recs.len(), JOBS);
+    let (most, rate) = busiest_minute_and_rate(&recs);
+    assert!(most as u64 <= R, "{most} requests in one minute, limit {R}");
+    assert!(
+        rate >= R as f64 * 0.95,
+        "three workers together reached {rate:.0} a minute of {R}"
+    );
+    eprintln!(
+        "three workers, --rpm {R} each: {rate:.0}/min together, busiest minute {most}, 429s {}",
+        st.rate_limited
+    );
+}
+
+#[test]
+fn three_workers_given_the_full_tpm_share_it_and_never_pass_it() {
+    let Some(redis) = Redis::start() else { return };
+    const T: u64 = 60_000;
+    const JOBS: usize = 2200;
+    let mock = Mock::start(MockConfig {
+        tpm: Some(T),
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(JOBS));
+    let out = dir.path("out.jsonl");
+    let tpm = T.to_string();
+    let children = (0..3)
+        .map(|i| {
+            spawn_worker(
+                &input,
+                &out,
+                &mock.url(),
+                &redis,
+                "tpm",
+                i,
+                &["--tpm", &tpm, "--max-tokens", "40"],
+            )
+        })
+        .collect();
+    for o in wait_all(children, Duration::from_secs(240)) {
+        assert_code(&o, 0);
+    }
+    let st = mock.stats();
+    assert_eq!(st.ok, JOBS as u64);
+    assert!(
+        st.rate_limited * 100 < st.requests,
+        "429s are 1% of requests or more: {st:?}"
+    );
+    let recs = all_records(&shard_outputs(&dir));
+    let mut t: Vec<(SystemTime, u64)> = recs
+        .iter()
+        .map(|r| (at(&r.started_at), r.total_tokens.unwrap()))
+        .collect();
+    t.sort();
+    let (mut most, mut sum, mut j) = (0u64, 0u64, 0usize);
+    for i in 0..t.len() {
+        while j < t.len() && t[j].0.duration_since(t[i].0).unwrap() < Duration::from_secs(60) {
+            sum += t[j].1;
+            j += 1;
+        }
+        most = most.max(sum);
+        sum -= t[i].1;
+    }
+    let total: u64 = t.iter().map(|x| x.1).sum();
+    let span = t.last().unwrap().0.duration_since(t[0].0).unwrap();
+    let rate = (total - t.last().unwrap().1) as f64 / span.as_secs_f64() * 60.0;
+    assert!(most <= T, "{most} tokens in one minute, limit {T}");
+    assert!(
+        rate >= T as f64 * 0.95,
+        "three workers together reached {rate:.0} tokens a minute of {T}"
+    );
+    eprintln!(
+        "three workers, --tpm {T} each: {rate:.0}/min together, busiest minute {most}, 429s {}",
+        st.rate_limited
+    );
+}
+
+/// Priced jobs of about 70 prompt tokens, each allowed 200 output tokens.
+fn priced_jobs(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"j{i}\",\"model\":\"google/gemini-2.0-flash-001\",\"max_tokens\":200,\"messages\":[{{\"role\":\"user\",\"content\":\"Label item {i}: {}\"}}]}}\n",
+                "some words to read ".repeat(12)
+            )
+        })
+        .collect()
+}
+
+fn total_spent(summaries: &[PathBuf]) -> f64 {
+    summaries
+        .iter()
+        .map(|p| summary(p)["total_cost_usd"].as_f64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_shared_cap_holds_over_three_workers_and_across_runs() {
+    let Some(redis) = Redis::start() else { return };
+    const CAP: f64 = 0.01;
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    // Each worker alone could spend three times the cap.
+    let input = dir.write("jobs.jsonl", priced_jobs(3000));
+    let out = dir.path("out.jsonl");
+    let sums: Vec<PathBuf> = (0..3).map(|i| dir.path(&format!("s{i}.json"))).collect();
+    let spawn_all = || {
+        (0..3)
+            .map(|i| {
+                spawn_worker(
+                    &input,
+                    &out,
+                    &mock.url(),
+                    &redis,
+                    "cap",
+                    i,
+                    &[
+                        "--max-cost",
+                        &CAP.to_string(),
+                        "--summary-json",
+                        sums[i as usize].to_str().unwrap(),
+                    ],
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    for o in wait_all(spawn_all(), Duration::from_secs(120)) {
+        assert_code(&o, 3);
+        assert!(
+            stderr(&o).contains("cost cap $0.010000 reached"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let spent = total_spent(&sums);
+    let billed = mock.stats().billed as f64 / 1e12;
+    let recorded: f64 = all_records(&shard_outputs(&dir))
+        .iter()
+        .filter_map(|r| r.cost_usd)
+        .sum();
+    assert!(
+        spent <= CAP && billed <= CAP,
+        "spent {spent}, billed {billed}, cap {CAP}"
+    );
+    assert!(
+        (recorded - billed).abs() < 1e-9,
+        "recorded {recorded}, billed {billed}"
+    );
+    assert!(spent > CAP * 0.5, "the cap was not used: {spent}");
+    // The same three again, twice: the cap is over every run of every worker. They spend
+    // what the holds of the first run's calls in flight left, and no more.
+    for _ in 0..2 {
+        for o in wait_all(spawn_all(), Duration::from_secs(60)) {
+            assert_code(&o, 3);
+        }
+        let billed = mock.stats().billed as f64 / 1e12;
+        assert!(billed <= CAP, "billed {billed} over runs, cap {CAP}");
+        assert!(total_spent(&sums) <= CAP);
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_rerun_without_losing_or_rebuying_a_result() {
+    let Some(redis) = Redis::start() else { return };
+    const JOBS: usize = 1500;
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(20),
+        capture_bodies: true,
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced_jobs(JOBS));
+    let out = dir.path("out.jsonl");
+    let outputs = shard_outputs(&dir);
+    let extra = ["--rpm", "3000", "--max-cost", "5"];
+    let mut children: Vec<Child> = (0..3)
+        .map(|i| spawn_worker(&input, &out, &mock.url(), &redis, "kill", i, &extra))
+        .collect();
+    let lines =
+        |p: &Path| std::fs::read(p).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+    let started = Instant::now();
+    while lines(&outputs[1]) < 100 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "worker 1 wrote nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut victim = children.remove(1);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let recorded_before: Vec<String> = records(&outputs[1]).into_iter().map(|r| r.id).collect();
+    // The dead worker's holds are still in Redis, under a live lease.
+    let key = "bulkprompt:{kill}:budget";
+    let held = redis.hget_u64(key, "shard-1-of-3|held").unwrap();
+    assert!(held > 0, "the killed worker held nothing");
+    for o in wait_all(children, Duration::from_secs(120)) {
+        assert_code(&o, 0);
+    }
+    // Run again, it takes its place at once (its process is dead on this host) and finishes.
+    let mut args = worker(&redis, "kill", 1);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rerun_started = Instant::now();
+    let o = output_within(
+        &mut run_cmd(&input, &out, &mock.url(), &args),
+        Duration::from_secs(60),
+    );
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("is gone; its holds are returned"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        rerun_started.elapsed() < Duration::from_secs(40),
+        "the re-run waited for the dead worker's lease"
+    );
+    assert_eq!(redis.hget_u64(key, "shard-1-of-3|held"), Some(0));
+
+    let recs = all_records(&outputs);
+    assert_eq!(recs.len(), JOBS);
+    let by_id: HashMap<&str, &Record> = recs.iter().map(|r| (r.id.as_str(), r)).collect();
+    assert_eq!(by_id.len(), JOBS, "an id has two records");
+    assert!(by_id.values().all(|r| r.status == Status::Ok));
+    // What the simulator answered, per id: a result on disk is never bought again; only the
+    // requests in flight at the kill (64 at most) may be.
+    let mut sent: HashMap<String, u32> = HashMap::new();
+    for b in mock.bodies() {
+        let text = b["messages"][0]["content"].as_str().unwrap().to_string();
+        let id = text
+            .strip_prefix("Label item ")
+            .and_then(|r| r.split(':').next())
+            .unwrap();
+        *sent.entry(format!("j{id}")).or_default() += 1;
+    }
+    assert_eq!(sent.len(), JOBS);
+    for id in &recorded_before {
+        assert_eq!(
+            sent[id], 1,
+            "{id} was recorded before the kill and bought again"
+        );
+    }
+    let twice = sent.values().filter(|&&n| n > 1).count();
+    assert!(twice <= 64, "{twice} ids bought twice");
+}
+
+#[test]
+fn redis_gone_mid_run_stops_dispatch_ends_with_exit_4_and_the_rerun_resumes() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    const JOBS: usize = 600;
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(JOBS));
+    let out = dir.path("out.jsonl");
+    let url = redis.url();
+    let args = |rpm: &'static str| {
+        vec![
+            "--coordinator".to_string(),
+            url.clone(),
+            "--run-name".into(),
+            "down".into(),
+            "--coordinator-timeout".into(),
+            "3".into(),
+            "--grace".into(),
+            "2".into(),
+            "--rpm".into(),
+            rpm.into(),
+        ]
+    };
+    let a = args("600");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut cmd = run_cmd(&input, &out, &mock.url(), &a);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines =
+        |p: &Path| std::fs::read(p).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+    let started = Instant::now();
+    while lines(&out) < 50 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    redis.stop();
+    let at_stop = mock.stats().requests;
+    let stopped = Instant::now();
+    let o = wait_all(vec![child], Duration::from_secs(60)).remove(0);
+    assert_code(&o, 4);
+    let err = stderr(&o);
+    assert!(
+        err.contains("coordinator") && err.contains("unreachable for 3 s"),
+        "{err}"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopped.elapsed()
+    );
+    // Nothing went out unpaced: at most the one grant already given.
+    let after = mock.stats().requests - at_stop;
+    assert!(after <= 2, "{after} requests sent while Redis was gone");
+    let partial = records_by_id(&out).len();
+    assert!((50..JOBS).contains(&partial), "{partial}");
+
+    redis.restart();
+    let a = args("60000");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let o = run(&input, &out, &mock.url(), &a);
+    assert_code(&o, 0);
+    assert_eq!(records_by_id(&out).len(), JOBS);
+    assert!(mock.stats().ok <= JOBS as u64 + 2);
+}
+
+#[test]
+fn the_redis_password_is_a_secret_and_a_wrong_one_stops_at_once() {
+    const PW: &str = "s3cret-redis-pw";
+    let Some(redis) = Redis::start_with(Some(PW)) else {
+        return;
+    };
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(5));
+    let out = dir.path("out.jsonl");
+    let sum = dir.path("s.json");
+    let url = redis.url();
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--coordinator",
+            &url,
+            "--run-name",
+            "pw",
+            "--limit",
+            "2",
+            "-vv",
+            "--summary-json",
+            sum.to_str().unwrap(),
+        ],
+    );
+    assert_code(&o, 0);
+    let meta = std::fs::read_to_string(dir.path("out.jsonl.meta.json")).unwrap();
+    for (what, text) in [
+        ("stderr", stderr(&o)),
+        ("summary", std::fs::read_to_string(&sum).unwrap()),
+        ("meta", meta),
+        ("output", std::fs::read_to_string(&out).unwrap()),
+    ] {
+        assert!(!text.contains(PW), "the password is in the {what}:\n{text}");
+    }
+    assert!(
+        std::fs::read_to_string(&sum)
+            .unwrap()
+            .contains("(redacted)@127.0.0.1"),
+        "the summary should name the coordinator"
+    );
+    // A wrong password: Redis says no, and waiting would not change that.
+    let wrong = format!("redis://:not-{PW}@127.0.0.1:{}", redis.port);
+    let started = Instant::now();
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--coordinator", &wrong, "--run-name", "pw"],
+    );
+    assert_code(&o, 4);
+    assert!(stderr(&o).contains("refused"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains(PW), "{}", stderr(&o));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Without a name, workers could not know what they share.
+    let o = run(&input, &out, &mock.url(), &["--coordinator", &url]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("--run-name"), "{}", stderr(&o));
+}
