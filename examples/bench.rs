@@ -66,6 +66,9 @@ fn main() {
     if wants(6) {
         rows.extend(parquet_export(&bin, dir.path(), 1_000_000 / scale));
     }
+    if wants(7) {
+        rows.extend(coordinator_overhead(&bin, dir.path(), 60_000 / scale));
+    }
     print_table(&rows);
 }
 
@@ -701,6 +704,159 @@ fn write_output(input: &Path, out: &Path, content: &str) {
         serde_json::to_writer(&mut w, &r).expect("record");
         w.write_all(b"\n").expect("newline");
     }
+}
+
+/// A `redis-server` on 127.0.0.1 at a free port, in its own folder, killed when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let r = RedisServer { child, port };
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(r)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Scenario 7: what sharing limits and budget through Redis costs. The same jobs against a
+/// simulator that answers at once: one worker with its own limiter and budget, then three
+/// workers sharing them through a coordinator (every grant and every reservation a Redis
+/// round trip). A limit and a cap are set high enough never to bind, so only their machinery
+/// is measured.
+fn coordinator_overhead(bin: &Path, dir: &Path, jobs: usize) -> Vec<Row> {
+    eprintln!("7. coordinator: {jobs} jobs, one worker alone, then three sharing through Redis");
+    let redis_dir = dir.join("redis");
+    let _ = std::fs::create_dir_all(&redis_dir);
+    let Some(redis) = RedisServer::start(&redis_dir) else {
+        return vec![Row {
+            scenario: "7. coordinator".into(),
+            figure: "redis-server not installed (apt-get install redis-server)".into(),
+            reference: "-".into(),
+            ratio: "-".into(),
+            target: "-".into(),
+            met: None,
+        }];
+    };
+    let input = job_file(dir, "coord.jsonl", jobs, false);
+    let common = |out: &Path| {
+        args(&[
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--concurrency",
+            "256",
+            "--rpm",
+            "100000000",
+            "--max-cost",
+            "1000",
+            "--fresh",
+        ])
+    };
+    let sim = Sim::start(bin, &["--threads", "1"]);
+    let mut alone = common(&dir.join("coord-alone.jsonl"));
+    alone.extend(args(&["--endpoint", &sim.url]));
+    let m = run_bulkprompt(bin, &alone, &dir.join("coord-alone.summary.json"));
+    let rps_alone = jobs as f64 / m.wall.as_secs_f64();
+    drop(sim);
+
+    let sim = Sim::start(bin, &["--threads", "1"]);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let started = Instant::now();
+    let workers: Vec<(Child, PathBuf)> = (0..3)
+        .map(|i| {
+            let summary = dir.join(format!("coord-{i}.summary.json"));
+            let mut a = common(&dir.join("coord.jsonl.out.jsonl"));
+            a.extend(args(&[
+                "--endpoint",
+                &sim.url,
+                "--shard",
+                &format!("{i}/3"),
+                "--coordinator",
+                &url,
+                "--run-name",
+                &format!("bench-{}", std::process::id()),
+                "--quiet",
+                "--summary-json",
+                summary.to_str().unwrap(),
+            ]));
+            let child = Command::new(bin)
+                .arg("run")
+                .args(&a)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a worker");
+            (child, summary)
+        })
+        .collect();
+    let mut codes = Vec::new();
+    let mut round_trips = 0u64;
+    for (mut child, summary) in workers {
+        codes.push(child.wait().map_or(-1, |s| s.code().unwrap_or(-1)));
+        round_trips += std::fs::read(&summary)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["coordinator"]["round_trips"].as_u64())
+            .unwrap_or(0);
+    }
+    let wall = started.elapsed();
+    let rps_shared = jobs as f64 / wall.as_secs_f64();
+    drop(sim);
+    let ratio = rps_shared / rps_alone;
+    vec![
+        Row {
+            scenario: "7. coordinator: Redis round trips per job".into(),
+            figure: format!(
+                "{:.2} ({round_trips} for {jobs} jobs)",
+                round_trips as f64 / jobs as f64
+            ),
+            reference: "one grant + one reservation: 2".into(),
+            ratio: "-".into(),
+            target: "<= 2.2".into(),
+            met: Some(round_trips as f64 / jobs as f64 <= 2.2),
+        },
+        Row {
+            scenario: "7. coordinator: three workers' requests/s".into(),
+            figure: format!(
+                "{rps_shared:.0}/s ({:.1} s, exits {codes:?})",
+                wall.as_secs_f64()
+            ),
+            reference: format!("one worker, no coordinator: {rps_alone:.0}/s"),
+            ratio: format!("{ratio:.2}"),
+            // What it must carry: the largest shared key limits (10,000 a minute) with room.
+            target: ">= 1000/s".into(),
+            met: Some(rps_shared >= 1000.0),
+        },
+    ]
 }
 
 fn print_table(rows: &[Row]) {

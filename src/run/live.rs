@@ -78,15 +78,22 @@ impl Engine for LiveEngine {
                 if spawned > 0 {
                     ctx.opened.wait().await;
                 }
-                let hold = match ctx.reserve(ctx.worst_case(&job)).await {
-                    Ok(h) => h,
-                    Err(NoHold::Cap(cap)) => return Admit::Cap(cap),
-                    Err(NoHold::Stopped) => return Admit::Closed,
-                };
-                let Some(grant) = ctx.acquire(charge).await else {
-                    return Admit::Closed;
-                };
-                Admit::Go(permit, grant, hold)
+                // Both at once: a shared budget and limit are a round trip each.
+                let (hold, grant) =
+                    tokio::join!(ctx.reserve(ctx.worst_case(&job)), ctx.acquire(charge));
+                match (hold, grant) {
+                    (Ok(hold), Some(grant)) => Admit::Go(permit, grant, hold),
+                    (hold, grant) => {
+                        // The request is not sent: its tokens go back, its hold is released.
+                        if let Some(g) = grant {
+                            ctx.limiter.reconcile(g, 0);
+                        }
+                        match hold {
+                            Err(NoHold::Cap(cap)) => Admit::Cap(cap),
+                            _ => Admit::Closed,
+                        }
+                    }
+                }
             };
             let (permit, grant, hold) = tokio::select! {
                 biased;

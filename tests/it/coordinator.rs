@@ -490,7 +490,7 @@ fn the_redis_password_is_a_secret_and_a_wrong_one_stops_at_once() {
         ],
     );
     assert_code(&o, 0);
-    let meta = std::fs::read_to_string(dir.path("out.jsonl.meta.json")).unwrap();
+    let meta = std::fs::read_to_string(dir.path(".bulkprompt/out.jsonl.meta.json")).unwrap();
     for (what, text) in [
         ("stderr", stderr(&o)),
         ("summary", std::fs::read_to_string(&sum).unwrap()),
@@ -522,4 +522,43 @@ fn the_redis_password_is_a_secret_and_a_wrong_one_stops_at_once() {
     let o = run(&input, &out, &mock.url(), &["--coordinator", &url]);
     assert_code(&o, 1);
     assert!(stderr(&o).contains("--run-name"), "{}", stderr(&o));
+}
+
+#[test]
+fn rediss_works_with_the_systems_trust_store() {
+    let Some(redis) = Redis::start_tls() else {
+        return;
+    };
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(20));
+    let out = dir.path("out.jsonl");
+    let sum = dir.path("s.json");
+    let url = redis.url();
+    let args = [
+        "--coordinator",
+        url.as_str(),
+        "--run-name",
+        "tls",
+        "--rpm",
+        "6000",
+        "--coordinator-timeout",
+        "3",
+        "--summary-json",
+        sum.to_str().unwrap(),
+    ];
+    // The test's CA is trusted the way a system's CA file would be (SSL_CERT_FILE).
+    let o = run_cmd(&input, &out, &mock.url(), &args)
+        .env("SSL_CERT_FILE", redis.dir.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let s = typed_summary(&sum);
+    let c = s.coordinator.unwrap();
+    assert!(c.url.starts_with("rediss://"), "{c:?}");
+    assert!(c.round_trips >= 20, "{c:?}");
+    // Without the CA the certificate is not trusted: nothing is sent, exit 4 after the timeout.
+    let o = run(&input, &dir.path("other.jsonl"), &mock.url(), &args);
+    assert_code(&o, 4);
+    assert!(stderr(&o).contains("certificate"), "{}", stderr(&o));
 }

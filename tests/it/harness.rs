@@ -280,7 +280,9 @@ pub struct Redis {
     child: Option<std::process::Child>,
     pub port: u16,
     password: Option<String>,
-    dir: tempfile::TempDir,
+    /// Serving TLS only, with a certificate for 127.0.0.1 signed by `ca.pem` in `dir`.
+    tls: bool,
+    pub dir: tempfile::TempDir,
 }
 
 fn redis_binary() -> Option<PathBuf> {
@@ -303,6 +305,16 @@ impl Redis {
 
     /// The same, with `requirepass`.
     pub fn start_with(password: Option<&str>) -> Option<Redis> {
+        Redis::launch(password, false)
+    }
+
+    /// One serving TLS only (`rediss://`), its certificate signed by a CA made here with
+    /// `openssl` (`ca.pem` in [`Redis::dir`]).
+    pub fn start_tls() -> Option<Redis> {
+        Redis::launch(None, true)
+    }
+
+    fn launch(password: Option<&str>, tls: bool) -> Option<Redis> {
         if redis_binary().is_none() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -320,17 +332,39 @@ impl Redis {
             child: None,
             port,
             password: password.map(String::from),
+            tls,
             dir: tempfile::tempdir().unwrap(),
         };
+        if tls {
+            let d = r.dir.path();
+            std::fs::write(
+                d.join("ext.cnf"),
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            )
+            .unwrap();
+            for args in [
+                "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=bulkprompt-test-ca",
+                "req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=localhost",
+                "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile ext.cnf",
+            ] {
+                let o = std::process::Command::new("openssl")
+                    .args(args.split(' '))
+                    .current_dir(d)
+                    .output()
+                    .expect("openssl, to make the test's certificates");
+                assert!(o.status.success(), "openssl {args}: {}", stderr(&o));
+            }
+        }
         r.restart();
         Some(r)
     }
 
-    /// `redis://127.0.0.1:PORT` (with the password when there is one).
+    /// `redis://127.0.0.1:PORT` (with the password when there is one; `rediss://` for TLS).
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
@@ -346,7 +380,16 @@ impl Redis {
     pub fn restart(&mut self) {
         self.stop();
         let mut cmd = std::process::Command::new(redis_binary().unwrap());
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port])
+                .args(["--tls-cert-file", "srv.pem", "--tls-key-file", "srv.key"])
+                .args(["--tls-auth-clients", "no"])
+                .current_dir(self.dir.path());
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -357,7 +400,11 @@ impl Redis {
         }
         self.child = Some(cmd.spawn().unwrap());
         let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.command(&["PING"]).is_none() {
+        let up = |r: &Redis| match r.tls {
+            true => std::net::TcpStream::connect(("127.0.0.1", r.port)).is_ok(),
+            false => r.command(&["PING"]).is_some(),
+        };
+        while !up(self) {
             assert!(
                 std::time::Instant::now() < end,
                 "redis-server did not start"
