@@ -285,9 +285,9 @@ fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
     use crate::batch::{journal, openai};
     let mut output = args.output.clone();
     if crate::output::parquet::is_parquet(&output) {
-        output = crate::output::parquet::journal_path(&output);
+        output = crate::output::parquet::found_journal(&output);
     }
-    let path = journal::journal_path(&output);
+    let path = journal::found_journal(&output);
     if !path.exists() {
         return Err(AppError::Usage(format!(
             "{}: no batch journal: {} was not written by a batch-mode run",
@@ -460,7 +460,7 @@ fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
     for output in &args.outputs {
         let mut output = output.clone();
         if crate::output::parquet::is_parquet(&output) {
-            output = crate::output::parquet::journal_path(&output);
+            output = crate::output::parquet::found_journal(&output);
         }
         all.push(crate::status::status(&output).map_err(|e| AppError::Run(e.into()))?);
     }
@@ -486,7 +486,7 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
         .iter()
         .map(|p| {
             if crate::output::parquet::is_parquet(p) {
-                crate::output::parquet::journal_path(p)
+                crate::output::parquet::found_journal(p)
             } else {
                 p.clone()
             }
@@ -512,7 +512,14 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
     let parquet = crate::output::parquet::is_parquet(&target);
     // JSONL straight to the target, or to a journal converted to Parquet.
     let jsonl = if parquet {
-        crate::output::parquet::journal_path(&target)
+        let journal = crate::output::parquet::journal_path(&target);
+        if let Some(dir) = journal.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| AppError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        journal
     } else {
         target.clone()
     };

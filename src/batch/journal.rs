@@ -76,9 +76,19 @@ pub struct Journal {
     file: File,
 }
 
-/// `results.jsonl` -> `results.jsonl.batches.jsonl`.
+/// `results.jsonl` -> `.bulkprompt/results.jsonl.batches.jsonl`.
 pub fn journal_path(output: &Path) -> PathBuf {
+    crate::paths::run_file(output, ".batches.jsonl")
+}
+
+/// Where versions before `.bulkprompt/` kept it: `results.jsonl.batches.jsonl`, beside.
+pub fn legacy_journal_path(output: &Path) -> PathBuf {
     crate::paths::sibling(output, ".batches.jsonl")
+}
+
+/// The journal an output has, for readers (the new place, or the old one not yet moved).
+pub fn found_journal(output: &Path) -> PathBuf {
+    crate::paths::found(journal_path(output), legacy_journal_path(output))
 }
 
 /// Every batch of a journal, with how it ended (`None`: still open).

@@ -1,4 +1,4 @@
-//! One writer per output: an exclusive OS lock (`flock`) on `OUT.lock`, held for the whole run
+//! One writer per output: an exclusive OS lock (`flock`) on `.bulkprompt/OUT.lock`, held for the whole run
 //! and released by the kernel however the process ends, `kill -9` included. The file holds the
 //! holder's pid so the refusal can name it.
 
@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// An exclusive OS lock on `OUT.lock`, held for the whole run; the lock file names the pid.
+/// An exclusive OS lock on `.bulkprompt/OUT.lock`, held for the whole run; the lock file names the pid.
 pub struct OutputLock {
     file: std::fs::File,
     path: std::path::PathBuf,
@@ -28,19 +28,27 @@ impl Drop for OutputLock {
     fn drop(&mut self) {
         if still_named(&self.file, &self.path) {
             let _ = std::fs::remove_file(&self.path);
+            // A run that stopped before writing anything leaves no empty `.bulkprompt/`.
+            if let Some(dir) = self.path.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }
 
 impl OutputLock {
-    /// `OUT.lock`. Callers pass the resolved output ([`crate::paths::resolve`]), so every name
-    /// of one file (symlinks) meets the same lock.
+    /// `.bulkprompt/OUT.lock`. Callers pass the resolved output ([`crate::paths::resolve`]),
+    /// so every name of one file (symlinks) meets the same lock.
     pub fn path_for(output: &Path) -> std::path::PathBuf {
-        crate::paths::sibling(output, ".lock")
+        crate::paths::run_file(output, ".lock")
     }
 
+    /// Takes the lock, making the run's folder (`.bulkprompt/`) when it is the first file in it.
     pub fn acquire(output: &Path) -> Result<Self, CheckpointError> {
         let path = Self::path_for(output);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
         // A lock file removed by the run that held it, between our open and our lock: again.
         for _ in 0..100 {
             let lock = Self::try_acquire(output, &path)?;

@@ -1,5 +1,6 @@
-//! What wrote an output: the job file, endpoint and model of the run, kept beside it in
-//! `OUT.meta.json`. A later run with a different job file, endpoint or model is refused with a
+//! What wrote an output: the job file, endpoint and model of the run, kept in
+//! `.bulkprompt/OUT.meta.json` beside it (`OUT.meta.json` itself in earlier versions, moved
+//! there by the next run). A later run with a different job file, endpoint or model is refused with a
 //! message saying what differs, instead of silently mixing two runs' results in one file.
 //! `status` reads the stored command line to find the job file and its settings again.
 
@@ -54,13 +55,19 @@ fn show(v: &Option<String>) -> String {
 }
 
 impl RunMeta {
+    /// `.bulkprompt/OUT.meta.json`, where a run writes it.
     pub fn path_for(output: &Path) -> PathBuf {
+        crate::paths::run_file(output, ".meta.json")
+    }
+
+    /// `OUT.meta.json` beside the output, where versions before `.bulkprompt/` kept it.
+    pub fn legacy_path_for(output: &Path) -> PathBuf {
         crate::paths::sibling(output, ".meta.json")
     }
 
     /// The meta of an existing output, if it has one.
     pub fn load(output: &Path) -> Result<Option<RunMeta>, CheckpointError> {
-        let path = Self::path_for(output);
+        let path = crate::paths::found(Self::path_for(output), Self::legacy_path_for(output));
         match std::fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes)
@@ -102,6 +109,9 @@ impl RunMeta {
     /// Writes the meta beside `output`, atomically (no temporary file is left on a failure).
     pub fn store(&self, output: &Path) -> Result<(), CheckpointError> {
         let path = Self::path_for(output);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| io_err(&path)(e.into()))?;
         crate::paths::write_atomic(&path, &bytes).map_err(io_err(&path))
     }
@@ -152,6 +162,6 @@ mod tests {
         let m = meta("/a", "https://x/v1", None);
         m.store(&out).unwrap();
         assert_eq!(RunMeta::load(&out).unwrap(), Some(m));
-        assert!(dir.path().join("out.jsonl.meta.json").exists());
+        assert!(dir.path().join(".bulkprompt/out.jsonl.meta.json").exists());
     }
 }

@@ -1,5 +1,5 @@
 //! Parquet output. Parquet files cannot be appended to, so a run writes its append-only JSONL
-//! journal (`OUT.parquet.journal.jsonl`, the checkpoint, with every guarantee of JSONL output)
+//! journal (`.bulkprompt/OUT.parquet.journal.jsonl`, the checkpoint, with every guarantee of JSONL output)
 //! and converts it at the end: streaming, in batches of 8,192 rows and row groups of at most
 //! 65,536, zstd-compressed, into a temporary file that is renamed over the target, so a reader
 //! never sees a half-written file.
@@ -74,9 +74,20 @@ pub enum ParquetError {
     Write { path: PathBuf, message: String },
 }
 
-/// The journal beside a Parquet output: `results.parquet` -> `results.parquet.journal.jsonl`.
+/// The journal of a Parquet output, with the run's files:
+/// `results.parquet` -> `.bulkprompt/results.parquet.journal.jsonl`.
 pub fn journal_path(parquet: &Path) -> PathBuf {
+    crate::paths::run_file(parquet, ".journal.jsonl")
+}
+
+/// Where versions before `.bulkprompt/` kept it: `results.parquet.journal.jsonl`, beside.
+pub fn legacy_journal_path(parquet: &Path) -> PathBuf {
     crate::paths::sibling(parquet, ".journal.jsonl")
+}
+
+/// The journal a Parquet output has, for readers (the new place, or the old one not yet moved).
+pub fn found_journal(parquet: &Path) -> PathBuf {
+    crate::paths::found(journal_path(parquet), legacy_journal_path(parquet))
 }
 
 /// Where a conversion writes before the rename: `results.parquet` -> `results.parquet.tmp`.

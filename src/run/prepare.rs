@@ -38,8 +38,47 @@ fn run_meta(cfg: &RunConfig) -> RunMeta {
     }
 }
 
+/// The run's files where versions before `.bulkprompt/` kept them, beside the output, and
+/// where they go now: the Parquet journal, the meta and the batch journal.
+fn legacy_files(cfg: &RunConfig) -> Vec<(PathBuf, PathBuf)> {
+    let out = &cfg.output;
+    // The old output: the Parquet journal beside its target, or the JSONL output itself.
+    let old = match &cfg.parquet {
+        Some((target, _)) => parquet::legacy_journal_path(target),
+        None => out.clone(),
+    };
+    let mut moves = Vec::new();
+    if &old != out {
+        moves.push((old.clone(), out.clone()));
+    }
+    moves.push((RunMeta::legacy_path_for(&old), RunMeta::path_for(out)));
+    moves.push((
+        crate::batch::journal::legacy_journal_path(&old),
+        crate::batch::journal::journal_path(out),
+    ));
+    moves
+}
+
+/// Moves what an earlier version left beside the output into `.bulkprompt/` (under the lock,
+/// before anything reads them); a file already at its new place is left as it is.
+fn migrate(cfg: &RunConfig) -> Result<(), RunError> {
+    for (old, new) in legacy_files(cfg) {
+        if new.exists() || !old.is_file() {
+            continue;
+        }
+        std::fs::rename(&old, &new).map_err(|source| WriteError {
+            path: old.clone(),
+            source,
+        })?;
+        paths::sync_dir(&new);
+        tracing::info!("moved {} to {}", old.display(), new.display());
+    }
+    Ok(())
+}
+
 /// Every file a run writes: the output (or journal), its lock, meta, quarantine and
-/// temporary files, and the Parquet target with its temporary file.
+/// temporary files, the Parquet target with its temporary file, and the files of earlier
+/// versions it moves into `.bulkprompt/`.
 fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
     let out = &cfg.output;
     let mut w = vec![
@@ -49,6 +88,7 @@ fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
         checkpoint::quarantine_path(out),
         crate::batch::journal::journal_path(out),
     ];
+    w.extend(legacy_files(cfg).into_iter().map(|(old, _)| old));
     w.extend(checkpoint::temp_files(out));
     if let Some((target, _)) = &cfg.parquet {
         w.push(target.clone());
@@ -114,6 +154,11 @@ pub(super) async fn prepare(
     let targets = std::iter::once(&cfg.output).chain(cfg.parquet.as_ref().map(|(p, _)| p));
     for target in targets {
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The run's own folder is made with the lock, once the run starts; the folder it
+            // goes in is checked with the Parquet target beside it.
+            if parent.file_name().is_some_and(|n| n == paths::RUN_DIR) && !parent.exists() {
+                continue;
+            }
             std::fs::create_dir_all(parent).map_err(|source| WriteError {
                 path: parent.to_path_buf(),
                 source,
@@ -122,6 +167,7 @@ pub(super) async fn prepare(
         paths::check_writable(target)?;
     }
     let lock = OutputLock::acquire(&cfg.output)?;
+    migrate(cfg)?;
     let mut leftovers = checkpoint::remove_leftovers(&cfg.output);
     if let Some((target, _)) = &cfg.parquet {
         let tmp = parquet::temp_path(target);

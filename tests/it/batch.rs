@@ -373,7 +373,7 @@ fn a_dead_endpoint_ends_a_batch_run_and_the_next_run_submits_once() {
     );
     assert_code(&o, 4);
     assert!(stderr(&o).contains("batch API: upload"), "{}", stderr(&o));
-    let journal = std::fs::read_to_string(dir.path("out.jsonl.batches.jsonl")).unwrap();
+    let journal = std::fs::read_to_string(dir.path(".bulkprompt/out.jsonl.batches.jsonl")).unwrap();
     assert!(
         journal.contains("\"intent\"") && !journal.contains("\"created\""),
         "{journal}"

@@ -103,7 +103,7 @@ fn invalid_answers_are_asked_again_counted_and_paid_for_exactly() {
         ),
     );
     // Some jobs may draw three invalid answers in a row (0.8% each): those are failures.
-    let journal = dir.path("labels.parquet.journal.jsonl");
+    let journal = dir.path(".bulkprompt/labels.parquet.journal.jsonl");
     let recs = records_by_id(&journal);
     assert_eq!(recs.len(), 300);
     let s = typed_summary(&sum);

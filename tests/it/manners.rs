@@ -525,3 +525,84 @@ fn prices_say_where_each_comes_from() {
     );
     assert!(flash.contains("0.5x"), "{flash}");
 }
+
+/// Names in `dir` (not recursive), sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn the_runs_own_files_stay_in_one_folder_and_older_layouts_move_there() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(10));
+    let data = dir.path("data");
+    std::fs::create_dir(&data).unwrap();
+    let out = data.join("labels.parquet");
+    assert_code(&run(&input, &out, &mock.url(), &[]), 0);
+    // Beside the data: the data, and one folder of the run's own files (no lock left).
+    assert_eq!(names(&data), vec![".bulkprompt", "labels.parquet"]);
+    let run_dir = data.join(".bulkprompt");
+    assert_eq!(
+        names(&run_dir),
+        vec![
+            "labels.parquet.journal.jsonl",
+            "labels.parquet.journal.jsonl.meta.json"
+        ]
+    );
+    // A run that does not start (a bad job file) leaves nothing, not even an empty folder.
+    let bad = dir.write("bad.jsonl", "{\n");
+    let fresh = dir.path("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    assert_code(&run(&bad, &fresh.join("o.parquet"), &mock.url(), &[]), 1);
+    assert_code(&run(&bad, &fresh.join("o.jsonl"), &mock.url(), &[]), 1);
+    assert!(names(&fresh).is_empty(), "{:?}", names(&fresh));
+
+    // The layout of earlier versions: journal and meta beside the Parquet target.
+    let old_journal = data.join("labels.parquet.journal.jsonl");
+    std::fs::rename(run_dir.join("labels.parquet.journal.jsonl"), &old_journal).unwrap();
+    std::fs::rename(
+        run_dir.join("labels.parquet.journal.jsonl.meta.json"),
+        data.join("labels.parquet.journal.jsonl.meta.json"),
+    )
+    .unwrap();
+    std::fs::remove_dir(&run_dir).unwrap();
+    // Readers find it where it is...
+    let status = bulkprompt()
+        .arg("status")
+        .arg(&out)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_code(&status, 0);
+    // ... and the next run moves it, resumes from it, and buys nothing again.
+    let before = mock.stats().requests;
+    assert_code(&run(&input, &out, &mock.url(), &[]), 0);
+    assert_eq!(mock.stats().requests, before, "the resume bought again");
+    assert_eq!(names(&data), vec![".bulkprompt", "labels.parquet"]);
+    assert_eq!(
+        records(&run_dir.join("labels.parquet.journal.jsonl")).len(),
+        10
+    );
+
+    // A JSONL output's meta beside it (earlier versions) moves the same way.
+    let jsonl = data.join("labels.jsonl");
+    assert_code(&run(&input, &jsonl, &mock.url(), &[]), 0);
+    std::fs::rename(
+        run_dir.join("labels.jsonl.meta.json"),
+        data.join("labels.jsonl.meta.json"),
+    )
+    .unwrap();
+    // A run with another model is refused by the meta, wherever it is.
+    let o = run(&input, &jsonl, &mock.url(), &["--model", "other"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("different run"), "{}", stderr(&o));
+    assert_code(&run(&input, &jsonl, &mock.url(), &[]), 0);
+    assert!(run_dir.join("labels.jsonl.meta.json").exists());
+    assert!(!data.join("labels.jsonl.meta.json").exists());
+}

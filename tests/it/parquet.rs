@@ -45,7 +45,7 @@ fn parquet_has_real_types_and_the_same_values_as_the_journal() {
         ],
     );
     assert_code(&o, 0);
-    let journal = dir.path("out.parquet.journal.jsonl");
+    let journal = dir.path(".bulkprompt/out.parquet.journal.jsonl");
     let recs = records_by_id(&journal);
     let (schema, batches) = read(&out);
     let types: HashMap<&str, &DataType> = schema
@@ -142,7 +142,7 @@ fn a_killed_parquet_run_resumes_to_one_row_per_id() {
     let dir = Dir::new();
     let input = dir.write("jobs.jsonl", chat_jobs(600));
     let out = dir.path("out.parquet");
-    let journal = dir.path("out.parquet.journal.jsonl");
+    let journal = dir.path(".bulkprompt/out.parquet.journal.jsonl");
     let mut child = run_cmd(&input, &out, &mock.url(), &["--concurrency", "32"])
         .spawn()
         .unwrap();

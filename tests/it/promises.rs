@@ -529,7 +529,7 @@ fn secret_headers_are_redacted_everywhere_and_can_come_from_the_environment() {
     assert!(err.contains("resume:"), "{err}");
     assert!(err.contains("x-api-key: (redacted)"), "{err}");
     assert!(err.contains("visible-title"), "{err}");
-    let meta = std::fs::read_to_string(dir.path("out.jsonl.meta.json")).unwrap();
+    let meta = std::fs::read_to_string(dir.path(".bulkprompt/out.jsonl.meta.json")).unwrap();
     for (what, text) in [
         ("stderr", err.as_str()),
         ("the meta", meta.as_str()),

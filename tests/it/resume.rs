@@ -362,7 +362,7 @@ fn a_second_run_on_the_same_output_is_refused_with_the_first_pid() {
         .spawn()
         .unwrap();
     // Wait until the first run holds the lock (its meta file appears once it does).
-    let meta = dir.path("out.jsonl.meta.json");
+    let meta = dir.path(".bulkprompt/out.jsonl.meta.json");
     let t = Instant::now();
     while !meta.exists() && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));

@@ -56,7 +56,7 @@ fn three_shards_cover_every_id_once_and_merge_back() {
         .output()
         .unwrap();
     assert_code(&o, 0);
-    let journal = dir.path("all.parquet.journal.jsonl");
+    let journal = dir.path(".bulkprompt/all.parquet.journal.jsonl");
     assert_eq!(records(&journal).len(), 300);
     assert_eq!(records_by_id(&journal).len(), 300);
     assert!(merged.exists());
