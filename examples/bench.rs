@@ -69,6 +69,9 @@ fn main() {
     if wants(7) {
         rows.extend(coordinator_overhead(&bin, dir.path(), 60_000 / scale));
     }
+    if wants(8) {
+        rows.extend(report_memory(&bin, dir.path(), 1_000_000 / scale));
+    }
     print_table(&rows);
 }
 
@@ -640,6 +643,71 @@ fn parquet_export(bin: &Path, dir: &Path, records: usize) -> Vec<Row> {
             ratio: "-".into(),
             target: "< 300 MB".into(),
             met: Some(rss < 300.0),
+        },
+    ]
+}
+
+/// Scenario 8: `bulkprompt report` over an output of 100,000 and of `records` records: its
+/// memory must not grow with the output, nor the page.
+fn report_memory(bin: &Path, dir: &Path, records: usize) -> Vec<Row> {
+    eprintln!("8. report: {} and {records} records", records / 10);
+    let mut measured = Vec::new();
+    for n in [records / 10, records] {
+        let input = job_file(dir, &format!("rep{n}.jsonl"), n, false);
+        let out = dir.join(format!("rep{n}.out.jsonl"));
+        write_done_output(&input, &out);
+        let html = dir.join(format!("rep{n}.html"));
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .args([
+                "report",
+                out.to_str().unwrap(),
+                "-o",
+                html.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("report");
+        let (code, _cpu, rss_kb) = wait4(child.id());
+        std::mem::forget(child);
+        let kb = std::fs::metadata(&html).map_or(0, |m| m.len()) / 1024;
+        measured.push((
+            n,
+            started.elapsed().as_secs_f64(),
+            rss_kb as f64 / 1024.0,
+            kb,
+            code,
+        ));
+    }
+    let (small, big) = (measured[0], measured[1]);
+    vec![
+        Row {
+            scenario: format!("8. report over {} records", big.0),
+            figure: format!(
+                "{:.0} records/s ({:.1} s, exit {}), page {} KB",
+                big.0 as f64 / big.1,
+                big.1,
+                big.4,
+                big.3
+            ),
+            reference: format!("{} records: page {} KB", small.0, small.3),
+            ratio: "-".into(),
+            target: "page < 1 MB".into(),
+            met: Some(big.3 < 1024),
+        },
+        Row {
+            scenario: "8. report: peak RSS".into(),
+            figure: format!("{:.1} MB", big.2),
+            reference: format!("{} records: {:.1} MB", small.0, small.2),
+            ratio: format!(
+                "+{:.1} MB ({:.0} B an id)",
+                big.2 - small.2,
+                (big.2 - small.2) * 1048576.0 / (big.0 - small.0) as f64
+            ),
+            // The charts and tables are constant; which line is each id's latest is not.
+            target: "<= 48 B an id".into(),
+            met: Some((big.2 - small.2) * 1048576.0 / (big.0 - small.0) as f64 <= 48.0),
         },
     ]
 }

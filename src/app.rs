@@ -53,6 +53,9 @@ pub enum AppError {
     /// Prices could not be fetched (exit 1) or written (exit 5).
     #[error(transparent)]
     Sync(#[from] SyncError),
+    /// A report could not read its output (exit 1) or be written (exit 5).
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
 }
 
 impl AppError {
@@ -62,7 +65,9 @@ impl AppError {
             AppError::Write { .. }
             | AppError::Target(_)
             | AppError::Parquet(ParquetError::Write { .. })
-            | AppError::Sync(SyncError::Write { .. }) => 5,
+            | AppError::Sync(SyncError::Write { .. })
+            | AppError::Report(crate::report::ReportError::Write { .. })
+            | AppError::Report(crate::report::ReportError::Read(ParquetError::Write { .. })) => 5,
             _ => 1,
         }
     }
@@ -126,7 +131,56 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
         Command::Providers => providers_cmd(),
         Command::Batches(args) => batches_cmd(args),
         Command::Merge(args) => merge_cmd(args),
+        Command::Report(args) => report_cmd(args),
     }
+}
+
+/// The JSONL an output's records are in (a Parquet output's journal), and the name to show.
+fn records_of(output: &std::path::Path) -> PathBuf {
+    if crate::output::parquet::is_parquet(output) {
+        crate::output::parquet::found_journal(output)
+    } else {
+        output.to_path_buf()
+    }
+}
+
+fn report_cmd(args: crate::cli::ReportArgs) -> Result<i32, AppError> {
+    let jsonl = records_of(&args.output);
+    if !jsonl.is_file() {
+        return Err(AppError::Usage(format!(
+            "{}: no such output",
+            args.output.display()
+        )));
+    }
+    let summary = match &args.summary {
+        None => None,
+        Some(p) => {
+            let bytes = std::fs::read(p)
+                .map_err(|e| AppError::Usage(format!("--summary {}: {e}", p.display())))?;
+            Some(
+                serde_json::from_slice::<crate::progress::Summary>(&bytes).map_err(|e| {
+                    AppError::Usage(format!(
+                        "--summary {}: not a run summary (--summary-json): {e}",
+                        p.display()
+                    ))
+                })?,
+            )
+        }
+    };
+    let target = args
+        .report
+        .clone()
+        .unwrap_or_else(|| crate::report::default_path(&args.output));
+    let target = writable_target(&target)?;
+    let r = crate::report::write(&jsonl, &args.output, &target, summary.as_ref())?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "{}: {} records, {} KB",
+        target.display(),
+        r.records,
+        r.bytes.div_ceil(1024)
+    );
+    Ok(0)
 }
 
 /// Thousands of requests in flight need thousands of sockets: raise the soft limit on open
@@ -209,6 +263,15 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
     if let Some(path) = summary_path {
         let json = serde_json::to_vec_pretty(&summary).unwrap_or_default();
         std::fs::write(&path, json).map_err(|source| AppError::Write { path, source })?;
+    }
+    if args.report {
+        // The output as the user named it (the Parquet target, or the JSONL output).
+        let shown = PathBuf::from(&summary.output);
+        let target = crate::report::default_path(&shown);
+        match crate::report::write(&records_of(&shown), &shown, &target, Some(&summary)) {
+            Ok(_) => tracing::info!("report: {}", target.display()),
+            Err(e) => tracing::warn!("the report could not be written: {}", render_chain(&e)),
+        }
     }
     Ok(summary.exit_code)
 }

@@ -50,6 +50,20 @@ pub enum Command {
     Batches(BatchesArgs),
     /// Combine shard outputs into one, one record per id.
     Merge(MergeArgs),
+    /// Write an output's run report: one self-contained HTML page of charts and tables.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The output of a run (JSONL, or a Parquet output).
+    pub output: PathBuf,
+    /// The HTML file to write [default: OUT.report.html beside the output].
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// A run's --summary-json, for that run's own figures (wall time, requests a second).
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
 }
 
 /// How to read the job file (shared by run and validate).
@@ -318,6 +332,9 @@ pub struct RunArgs {
     /// Write the end-of-run summary as JSON to this file.
     #[arg(help_heading = "Output", long, value_name = "FILE")]
     pub summary_json: Option<PathBuf>,
+    /// When the run ends, write its report (HTML) to OUT.report.html beside the output.
+    #[arg(help_heading = "Output", long)]
+    pub report: bool,
     /// No progress display, warnings and the summary only.
     #[arg(help_heading = "Behaviour", short, long)]
     pub quiet: bool,

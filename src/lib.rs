@@ -41,6 +41,7 @@ pub(crate) mod prices_sync;
 pub mod progress;
 pub mod provider;
 pub(crate) mod providers;
+pub mod report;
 pub(crate) mod retry;
 pub mod run;
 pub mod secret;

@@ -25,7 +25,7 @@ fn bad(jsonl: &Path, line: u64, e: String) -> ParquetError {
 }
 
 /// Pass 1: each id's last line, and every metadata key seen.
-fn scan(jsonl: &Path) -> Result<(Latest, BTreeSet<String>), ParquetError> {
+pub(crate) fn scan(jsonl: &Path) -> Result<(Latest, BTreeSet<String>), ParquetError> {
     let bad = |line, e: String| bad(jsonl, line, e);
     let mut last = Latest::with_capacity(crate::job::keys::estimate_lines(jsonl));
     let mut meta = BTreeSet::new();
@@ -48,7 +48,7 @@ fn scan(jsonl: &Path) -> Result<(Latest, BTreeSet<String>), ParquetError> {
 }
 
 /// Pass 2: calls `f` with each id's latest record, in the file's order.
-fn each_latest(
+pub(crate) fn each_latest(
     jsonl: &Path,
     last: &Latest,
     mut f: impl FnMut(Record) -> Result<(), String>,

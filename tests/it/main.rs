@@ -16,6 +16,7 @@ mod parquet;
 mod promises;
 mod providers;
 mod ratelimit;
+mod report;
 mod resume;
 mod secrets;
 mod shards;
