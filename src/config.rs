@@ -90,6 +90,8 @@ pub struct RunConfig {
     pub max_errors: usize,
     /// `--coordinator`: limits and budget shared with the other workers of the run.
     pub coordinator: Option<crate::coordinator::CoordinatorConfig>,
+    /// `--metrics-addr`: where the run's counters are served for Prometheus.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Whether `url` points at this machine.
@@ -779,6 +781,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         summary_json: args.summary_json.clone(),
         max_errors: 20,
         coordinator,
+        metrics_addr: args.metrics_addr,
     })
 }
 

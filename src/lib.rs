@@ -34,6 +34,7 @@ pub(crate) mod estimate;
 pub(crate) mod histogram;
 pub mod job;
 pub(crate) mod limit;
+pub(crate) mod metrics;
 pub mod mock;
 pub mod output;
 pub(crate) mod paths;

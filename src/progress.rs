@@ -71,6 +71,45 @@ pub struct Counters {
     pub errors: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
     /// Dispatch is paused until then, and why (for the progress line).
     paused: std::sync::Mutex<Option<(Instant, &'static str)>>,
+    /// HTTP attempts by the status they got (0: no answer: refused, cut, timed out).
+    pub statuses: Statuses,
+    /// Job tasks with a request in flight or waiting to retry (live mode).
+    pub in_flight: AtomicU64,
+    /// Grants of the rate limit that had to wait, and the microseconds they waited.
+    pub limiter_waits: AtomicU64,
+    pub limiter_wait_us: AtomicU64,
+    /// Jobs this run set out to do (the file less what earlier runs finished, at most --limit).
+    pub to_do: AtomicU64,
+}
+
+/// Counts by HTTP status, without a lock: one counter per status code.
+#[derive(Debug)]
+pub struct Statuses([AtomicU64; 600]);
+
+impl Default for Statuses {
+    fn default() -> Self {
+        Statuses(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl Statuses {
+    /// Counts one attempt that got `status` (none: no HTTP answer).
+    pub fn count(&self, status: Option<u16>) {
+        let i = status.map_or(0, |s| usize::from(s).min(599));
+        self.0[i].fetch_add(1, Relaxed);
+    }
+
+    /// Every status seen, with its count (0 stands for no answer).
+    pub fn seen(&self) -> Vec<(u16, u64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Relaxed);
+                (n > 0).then_some((i as u16, n))
+            })
+            .collect()
+    }
 }
 
 /// Distinct failure messages counted; more are lumped together.

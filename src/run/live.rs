@@ -11,6 +11,7 @@ use crate::budget::CapReached;
 use crate::checkpoint::Decision;
 use crate::limit::Grant;
 use crate::shutdown::Phase;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -108,7 +109,10 @@ impl Engine for LiveEngine {
             spawned += 1;
             let ctx = ctx.clone();
             tasks.spawn(async move {
+                ctx.counters.in_flight.fetch_add(1, Relaxed);
+                let counters = ctx.counters.clone();
                 let end = run_job(ctx, job, grant, hold).await;
+                counters.in_flight.fetch_sub(1, Relaxed);
                 drop(permit);
                 (decision, end)
             });

@@ -197,6 +197,16 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     };
 
     let counters = Arc::new(Counters::default());
+    let _metrics = match cfg.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let m = crate::metrics::serve(addr, counters.clone())
+                .await
+                .map_err(|e| RunError::Config(format!("--metrics-addr {addr}: {e}")))?;
+            tracing::info!("metrics at http://{}/metrics", m.addr);
+            Some(m)
+        }
+    };
     let writer = writer::Writer::start(&cfg.output, counters.clone(), cfg.grace)?;
     let ctx = Arc::new(task::Ctx {
         client,
@@ -240,6 +250,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     if let Some(l) = cfg.limit {
         to_do = to_do.min(l);
     }
+    counters.to_do.store(to_do, Relaxed);
     let reporter = Reporter::start(cfg.progress, to_do, counters.clone());
 
     let mut intake = Intake::new(

@@ -123,7 +123,16 @@ impl Ctx {
     /// A grant of the rate limit for `charge` tokens; none when a shared limit cannot be
     /// reached (the run is aborted, exit 4: nothing is sent unpaced).
     pub(super) async fn acquire(&self, charge: u64) -> Option<Grant> {
-        match self.limiter.acquire(charge).await {
+        let asked = std::time::Instant::now();
+        let granted = self.limiter.acquire(charge).await;
+        let waited = asked.elapsed();
+        if waited >= Duration::from_millis(1) {
+            self.counters.limiter_waits.fetch_add(1, Relaxed);
+            self.counters
+                .limiter_wait_us
+                .fetch_add(waited.as_micros() as u64, Relaxed);
+        }
+        match granted {
             Ok(g) => Some(g),
             Err(e) => {
                 self.abort(e.0);
@@ -538,6 +547,10 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
             _ = ctx.shutdown.reached(Phase::Now) => return abandon(pending),
         };
         test_panic(job);
+        ctx.counters.statuses.count(match &attempt {
+            crate::provider::Attempt::Http { status, .. } => Some(*status),
+            _ => None,
+        });
         if let crate::provider::Attempt::Http {
             status,
             quota_exhausted,

@@ -11,6 +11,7 @@ mod inprocess;
 mod input;
 mod labeling;
 mod manners;
+mod metrics;
 mod money;
 mod parquet;
 mod promises;
