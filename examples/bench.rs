@@ -72,6 +72,9 @@ fn main() {
     if wants(8) {
         rows.extend(report_memory(&bin, dir.path(), 1_000_000 / scale));
     }
+    if wants(9) {
+        rows.extend(parquet_input_memory(&bin, dir.path(), 1_000_000 / scale));
+    }
     print_table(&rows);
 }
 
@@ -708,6 +711,103 @@ fn report_memory(bin: &Path, dir: &Path, records: usize) -> Vec<Row> {
             // The charts and tables are constant; which line is each id's latest is not.
             target: "<= 48 B an id".into(),
             met: Some((big.2 - small.2) * 1048576.0 / (big.0 - small.0) as f64 <= 48.0),
+        },
+    ]
+}
+
+/// A Parquet job file of `n` rows (id, text, n), in row groups of 65,536 rows.
+fn parquet_jobs(dir: &Path, n: usize) -> PathBuf {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    let path = dir.join(format!("jobs{n}.parquet"));
+    let file = std::fs::File::create(&path).expect("parquet job file");
+    let filler = "The product arrived on time, works as described and the battery lasts all day.";
+    let mut w = None;
+    for start in (0..n).step_by(65_536) {
+        let end = (start + 65_536).min(n);
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "id",
+                std::sync::Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| format!("j{i}")),
+                )) as ArrayRef,
+            ),
+            (
+                "text",
+                std::sync::Arc::new(StringArray::from_iter_values(
+                    (start..end).map(|i| format!("Review {i}: {filler}")),
+                )) as ArrayRef,
+            ),
+            (
+                "n",
+                std::sync::Arc::new(Int64Array::from_iter_values((start..end).map(|i| i as i64)))
+                    as ArrayRef,
+            ),
+        ])
+        .expect("batch");
+        let w = w.get_or_insert_with(|| {
+            parquet::arrow::ArrowWriter::try_new(
+                file.try_clone().expect("file"),
+                batch.schema(),
+                None,
+            )
+            .expect("writer")
+        });
+        w.write(&batch).expect("write");
+        w.flush().expect("row group");
+    }
+    w.expect("rows").close().expect("close");
+    path
+}
+
+/// Scenario 9: reading a Parquet job file (`validate`: every row rendered into its request)
+/// of `rows` and of three times as many rows: memory must not grow with the file but by the
+/// 24 bytes an id the duplicate check keeps.
+fn parquet_input_memory(bin: &Path, dir: &Path, rows: usize) -> Vec<Row> {
+    eprintln!("9. Parquet job files: {rows} and {} rows", rows * 3);
+    let mut measured = Vec::new();
+    // From one million rows up, past the allocator's own warm-up.
+    for n in [rows, rows * 3] {
+        let input = parquet_jobs(dir, n);
+        let started = Instant::now();
+        let child = Command::new(bin)
+            .args(["validate", input.to_str().unwrap()])
+            .args(["--template", "Classify: {text}", "--model", "m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("validate");
+        let (code, _cpu, rss_kb) = wait4(child.id());
+        std::mem::forget(child);
+        measured.push((
+            n,
+            started.elapsed().as_secs_f64(),
+            rss_kb as f64 / 1024.0,
+            code,
+        ));
+    }
+    let (small, big) = (measured[0], measured[1]);
+    let per_row = (big.2 - small.2) * 1048576.0 / (big.0 - small.0) as f64;
+    vec![
+        Row {
+            scenario: format!("9. Parquet job file, {} rows: read", big.0),
+            figure: format!(
+                "{:.0} rows/s ({:.1} s, exit {})",
+                big.0 as f64 / big.1,
+                big.1,
+                big.3
+            ),
+            reference: format!("{} rows: {:.1} s", small.0, small.1),
+            ratio: "-".into(),
+            target: "-".into(),
+            met: None,
+        },
+        Row {
+            scenario: "9. Parquet job file: peak RSS".into(),
+            figure: format!("{:.1} MB", big.2),
+            reference: format!("{} rows: {:.1} MB", small.0, small.2),
+            ratio: format!("+{:.1} MB ({per_row:.0} B a row)", big.2 - small.2),
+            target: "<= 32 B a row".into(),
+            met: Some(per_row <= 32.0),
         },
     ]
 }

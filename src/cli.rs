@@ -167,6 +167,7 @@ pub enum OutputFormat {
 pub enum InputFormatArg {
     Jsonl,
     Csv,
+    Parquet,
 }
 
 #[derive(Debug, Args)]

@@ -399,9 +399,10 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
     let format = match (args.input_format, spec.input_format.as_deref()) {
         (Some(InputFormatArg::Csv), _) | (None, Some("csv")) => InputFormat::Csv,
         (Some(InputFormatArg::Jsonl), _) | (None, Some("jsonl")) => InputFormat::Jsonl,
+        (Some(InputFormatArg::Parquet), _) | (None, Some("parquet")) => InputFormat::Parquet,
         (None, Some(other)) => {
             return Err(ConfigError::Invalid(format!(
-                "input_format {other:?}: expected jsonl or csv"
+                "input_format {other:?}: expected jsonl, csv or parquet"
             )))
         }
         (None, None) => InputFormat::from_path(&path),

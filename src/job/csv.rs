@@ -11,10 +11,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Streams jobs from CSV rows.
-pub struct CsvJobs<R> {
+/// How the rows of a table (a CSV file, a Parquet file) become jobs: the columns, which one is
+/// the id, which fill the template, which travel as metadata.
+pub(super) struct RowShape {
     file: PathBuf,
-    reader: csv::Reader<QuoteCount<R>>,
     defaults: Arc<JobDefaults>,
     template: Template,
     /// Header names; `columns[i]` names field `i`.
@@ -22,6 +22,128 @@ pub struct CsvJobs<R> {
     id_column: Option<usize>,
     /// Columns that go to metadata (not used by the template, not the id).
     metadata_columns: Vec<usize>,
+}
+
+impl RowShape {
+    /// Checks the columns against the template, the id column and each other; problems are
+    /// on line 1 (the header).
+    pub(super) fn new(
+        file: &Path,
+        columns: Vec<String>,
+        defaults: Arc<JobDefaults>,
+        what: &str,
+    ) -> Result<Self, InputError> {
+        let header_err = |m: String| InputError::invalid(file, 1, m);
+        if columns.iter().all(String::is_empty) {
+            return Err(InputError::Empty {
+                file: file.to_path_buf(),
+            });
+        }
+        // A column without a name, or a name twice, would silently lose a column's values.
+        for (i, c) in columns.iter().enumerate() {
+            if c.is_empty() {
+                return Err(header_err(format!("column {} has no name", i + 1)));
+            }
+            if let Some(first) = columns[..i].iter().position(|p| p == c) {
+                return Err(header_err(format!(
+                    "column name {c:?} appears twice (columns {} and {})",
+                    first + 1,
+                    i + 1
+                )));
+            }
+        }
+        let template = defaults.template.clone().ok_or_else(|| {
+            header_err(format!(
+                "a {what} job file needs --template (or --template-file) to build prompts"
+            ))
+        })?;
+        let find = |name: &str| columns.iter().position(|c| c == name);
+        for field in template.fields() {
+            if find(field).is_none() {
+                return Err(header_err(format!(
+                    "template field {{{field}}}: no such column (columns: {})",
+                    columns.join(", ")
+                )));
+            }
+        }
+        let id_column = match &defaults.id_field {
+            Some(name) => Some(find(name).ok_or_else(|| {
+                header_err(format!(
+                    "id column \"{name}\" not found (columns: {})",
+                    columns.join(", ")
+                ))
+            })?),
+            None => find("id"),
+        };
+        let used = template.fields();
+        let metadata_columns = (0..columns.len())
+            .filter(|&i| Some(i) != id_column && !used.contains(columns[i].as_str()))
+            .collect();
+        Ok(RowShape {
+            file: file.to_path_buf(),
+            defaults,
+            template,
+            columns,
+            id_column,
+            metadata_columns,
+        })
+    }
+
+    /// The columns a job reads: the id, the template's fields, the metadata, the images.
+    pub(super) fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == name)
+    }
+
+    /// The job of row `index` (at `line`), its cells given by `cell(column)`.
+    pub(super) fn job<'c>(
+        &self,
+        index: u64,
+        line: u64,
+        cell: impl Fn(usize) -> Option<Cow<'c, str>>,
+    ) -> Result<Job, String> {
+        let id = match self.id_column {
+            Some(i) => {
+                let v = cell(i).unwrap_or_default();
+                let v = v.trim();
+                if v.is_empty() {
+                    return Err(format!("column \"{}\": empty id", self.columns[i]));
+                }
+                JobId::new(v)
+            }
+            None => JobId::new((index + 1).to_string()),
+        };
+        let prompt = self
+            .template
+            .render(|f| self.column(f).and_then(&cell))
+            .map_err(|f| format!("template field {{{f}}}: no such column"))?;
+        let metadata: Map<String, Value> = self
+            .metadata_columns
+            .iter()
+            .map(|&i| {
+                (
+                    self.columns[i].clone(),
+                    Value::String(cell(i).unwrap_or_default().into_owned()),
+                )
+            })
+            .collect();
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        let attached = self.defaults.attach(base, |name| {
+            self.column(name).and_then(&cell).map(Cow::into_owned)
+        })?;
+        let mut body = Map::new();
+        body.insert(
+            "messages".into(),
+            self.defaults.templated_messages(prompt, &attached),
+        );
+        finish(&self.defaults, id, index, line, body, metadata, attached)
+    }
+}
+
+/// Streams jobs from CSV rows.
+pub struct CsvJobs<R> {
+    reader: csv::Reader<QuoteCount<R>>,
+    shape: RowShape,
+    file: PathBuf,
     record: csv::StringRecord,
     index: u64,
     failed: bool,
@@ -52,7 +174,6 @@ impl<R: Read> CsvJobs<R> {
         defaults: Arc<JobDefaults>,
         delimiter: u8,
     ) -> Result<Self, InputError> {
-        let header_err = |m: String| InputError::invalid(file, 1, m);
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(true)
@@ -67,59 +188,11 @@ impl<R: Read> CsvJobs<R> {
             .iter()
             .map(|h| h.trim().to_string())
             .collect();
-        if columns.iter().all(String::is_empty) {
-            return Err(InputError::Empty {
-                file: file.to_path_buf(),
-            });
-        }
-        // A column without a name, or a name twice, would silently lose a column's values.
-        for (i, c) in columns.iter().enumerate() {
-            if c.is_empty() {
-                return Err(header_err(format!("column {} has no name", i + 1)));
-            }
-            if let Some(first) = columns[..i].iter().position(|p| p == c) {
-                return Err(header_err(format!(
-                    "column name {c:?} appears twice (columns {} and {})",
-                    first + 1,
-                    i + 1
-                )));
-            }
-        }
-        let template = defaults.template.clone().ok_or_else(|| {
-            header_err(
-                "a CSV job file needs --template (or --template-file) to build prompts".into(),
-            )
-        })?;
-        let find = |name: &str| columns.iter().position(|c| c == name);
-        for field in template.fields() {
-            if find(field).is_none() {
-                return Err(header_err(format!(
-                    "template field {{{field}}}: no such column (columns: {})",
-                    columns.join(", ")
-                )));
-            }
-        }
-        let id_column = match &defaults.id_field {
-            Some(name) => Some(find(name).ok_or_else(|| {
-                header_err(format!(
-                    "id column \"{name}\" not found (columns: {})",
-                    columns.join(", ")
-                ))
-            })?),
-            None => find("id"),
-        };
-        let used = template.fields();
-        let metadata_columns = (0..columns.len())
-            .filter(|&i| Some(i) != id_column && !used.contains(columns[i].as_str()))
-            .collect();
+        let shape = RowShape::new(file, columns, defaults, "CSV")?;
         Ok(CsvJobs {
             file: file.to_path_buf(),
             reader,
-            defaults,
-            template,
-            columns,
-            id_column,
-            metadata_columns,
+            shape,
             record: csv::StringRecord::new(),
             index: 0,
             failed: false,
@@ -129,58 +202,8 @@ impl<R: Read> CsvJobs<R> {
 
     fn row_to_job(&self, line: u64) -> Result<Job, String> {
         let rec = &self.record;
-        let id = match self.id_column {
-            Some(i) => {
-                let v = rec.get(i).unwrap_or("").trim();
-                if v.is_empty() {
-                    return Err(format!("column \"{}\": empty id", self.columns[i]));
-                }
-                JobId::new(v)
-            }
-            None => JobId::new((self.index + 1).to_string()),
-        };
-        let prompt = self
-            .template
-            .render(|f| {
-                self.columns
-                    .iter()
-                    .position(|c| c == f)
-                    .and_then(|i| rec.get(i))
-                    .map(|v| Cow::Owned(v.to_string()))
-            })
-            .map_err(|f| format!("template field {{{f}}}: no such column"))?;
-        let metadata: Map<String, Value> = self
-            .metadata_columns
-            .iter()
-            .map(|&i| {
-                (
-                    self.columns[i].clone(),
-                    Value::String(rec.get(i).unwrap_or("").to_string()),
-                )
-            })
-            .collect();
-        let base = self.file.parent().unwrap_or(Path::new(""));
-        let attached = self.defaults.attach(base, |name| {
-            self.columns
-                .iter()
-                .position(|c| c == name)
-                .and_then(|i| rec.get(i))
-                .map(str::to_string)
-        })?;
-        let mut body = Map::new();
-        body.insert(
-            "messages".into(),
-            self.defaults.templated_messages(prompt, &attached),
-        );
-        finish(
-            &self.defaults,
-            id,
-            self.index,
-            line,
-            body,
-            metadata,
-            attached,
-        )
+        self.shape
+            .job(self.index, line, |i| rec.get(i).map(Cow::Borrowed))
     }
 }
 

@@ -23,10 +23,11 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 16 << 20;
 pub enum InputFormat {
     Jsonl,
     Csv,
+    Parquet,
 }
 
 impl InputFormat {
-    /// `.csv` and `.tsv` are CSV; everything else is JSONL.
+    /// `.csv` and `.tsv` are CSV, `.parquet` is Parquet; everything else is JSONL.
     pub fn from_path(path: &Path) -> Self {
         match path
             .extension()
@@ -35,6 +36,7 @@ impl InputFormat {
             .as_deref()
         {
             Some("csv" | "tsv") => InputFormat::Csv,
+            Some("parquet") => InputFormat::Parquet,
             _ => InputFormat::Jsonl,
         }
     }
@@ -59,7 +61,7 @@ pub type Jobs = Box<dyn Iterator<Item = Result<Job, InputError>> + Send>;
 /// job file again exactly as the run did, without the command line or today's environment.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct InputSettings {
-    /// `jsonl` or `csv`.
+    /// `jsonl`, `csv` or `parquet`.
     pub format: String,
     pub delimiter: char,
     pub model: Option<String>,
@@ -83,6 +85,7 @@ impl InputSpec {
             format: match self.format {
                 InputFormat::Jsonl => "jsonl".into(),
                 InputFormat::Csv => "csv".into(),
+                InputFormat::Parquet => "parquet".into(),
             },
             delimiter: char::from(self.delimiter),
             model: d.model.clone(),
@@ -107,10 +110,10 @@ impl InputSpec {
             .map_err(|e| format!("template: {e}"))?;
         Ok(InputSpec {
             path,
-            format: if s.format == "csv" {
-                InputFormat::Csv
-            } else {
-                InputFormat::Jsonl
+            format: match s.format.as_str() {
+                "csv" => InputFormat::Csv,
+                "parquet" => InputFormat::Parquet,
+                _ => InputFormat::Jsonl,
             },
             delimiter: u8::try_from(s.delimiter).map_err(|_| "delimiter: not one byte")?,
             defaults: Arc::new(JobDefaults {
@@ -136,6 +139,14 @@ impl InputSpec {
             file: self.path.clone(),
             source,
         })?;
+        if self.format == InputFormat::Parquet {
+            let jobs: Jobs = Box::new(super::parquet::ParquetJobs::new(
+                &self.path,
+                file,
+                self.defaults.clone(),
+            )?);
+            return Ok(self.sharded(jobs));
+        }
         let reader = BufReader::with_capacity(1 << 16, file);
         let jobs: Jobs = match self.format {
             InputFormat::Jsonl => Box::new(JsonlJobs::new(
@@ -144,14 +155,19 @@ impl InputSpec {
                 self.defaults.clone(),
                 self.max_line_bytes,
             )),
-            InputFormat::Csv => Box::new(CsvJobs::new(
+            InputFormat::Csv | InputFormat::Parquet => Box::new(CsvJobs::new(
                 &self.path,
                 reader,
                 self.defaults.clone(),
                 self.delimiter,
             )?),
         };
-        Ok(match self.shard {
+        Ok(self.sharded(jobs))
+    }
+
+    /// Only this shard's jobs, when it is one.
+    fn sharded(&self, jobs: Jobs) -> Jobs {
+        match self.shard {
             None => jobs,
             // Other shards' jobs are skipped, their problems are not: a bad line anywhere
             // stops every shard before anything is spent.
@@ -159,7 +175,7 @@ impl InputSpec {
                 Ok(job) => shard.owns(job.id.as_str()),
                 Err(_) => true,
             })),
-        })
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod manners;
 mod metrics;
 mod money;
 mod parquet;
+mod parquet_input;
 mod promises;
 mod providers;
 mod ratelimit;
