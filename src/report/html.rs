@@ -8,6 +8,7 @@ use super::aggregate::{Aggregate, Field, LATENCY_BANDS};
 use super::svg::{bars, columns, short, Layer};
 use crate::cost::Money;
 use crate::estimate::thousands;
+use crate::estimate::Estimate;
 use crate::progress::Summary;
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
@@ -120,8 +121,14 @@ fn field_rows(f: &Field) -> Vec<(String, f64, String)> {
     rows
 }
 
-/// The page for `a`, read from `source`; `summary` adds this run's own figures.
-pub(crate) fn page(a: &Aggregate, source: &str, summary: Option<&Summary>) -> String {
+/// The page for `a`, read from `source`; `summary` adds this run's own figures, `estimate`
+/// what `bulkprompt estimate` foresaw for the job file.
+pub(crate) fn page(
+    a: &Aggregate,
+    source: &str,
+    summary: Option<&Summary>,
+    estimate: Result<&Estimate, &String>,
+) -> String {
     let mut s = String::with_capacity(64 * 1024);
     let _ = write!(
         s,
@@ -302,6 +309,47 @@ pub(crate) fn page(a: &Aggregate, source: &str, summary: Option<&Summary>) -> St
         }
         if a.fields_dropped {
             s.push_str(r#"<p class="note">More fields than are shown here were labeled.</p>"#);
+        }
+    }
+
+    // Estimate and actual.
+    match estimate {
+        Ok(e) => {
+            s.push_str(r#"<h2>Estimate and actual</h2><table><tr><th>model</th><th class="n">jobs</th><th class="n">prompt tokens</th><th class="n">estimated cost</th><th class="n">actual cost</th></tr>"#);
+            let range = |typical: Option<f64>, worst: Option<f64>| match (typical, worst) {
+                (Some(t), Some(w)) => format!("${t:.6} (at most ${w:.6})"),
+                (None, Some(w)) => format!("at most ${w:.6}"),
+                _ => "no price".to_string(),
+            };
+            for m in &e.models {
+                let actual = a.by_model.get(&m.model);
+                let _ = write!(
+                    s,
+                    r#"<tr><td><code>{}</code></td><td class="n">{} / {}</td><td class="n">{} / {}</td><td class="n" data-estimate="{}">{}</td><td class="n">{}</td></tr>"#,
+                    esc(&m.model),
+                    thousands(actual.map_or(0, |r| r.jobs)),
+                    thousands(m.jobs),
+                    thousands(actual.map_or(0, |r| r.prompt_tokens)),
+                    thousands(m.prompt_tokens),
+                    esc(&m.model),
+                    esc(&range(m.cost_typical_usd, m.cost_worst_usd)),
+                    usd(actual.map_or(0, |r| r.cost))
+                );
+            }
+            let _ = write!(
+                s,
+                r#"</table><p class="note">Actual / estimated for the whole job file ({} jobs; prompt tokens counted with {}, typical answers {}).</p>"#,
+                thousands(e.jobs),
+                esc(e.tokenizer),
+                esc(e.typical_from.as_deref().unwrap_or("unknown"))
+            );
+        }
+        Err(why) => {
+            let _ = write!(
+                s,
+                r#"<p class="note">No estimate beside the actual: {}.</p>"#,
+                esc(why)
+            );
         }
     }
 

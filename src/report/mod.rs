@@ -41,6 +41,35 @@ pub struct Reported {
     pub bytes: u64,
 }
 
+/// The estimate of the job file that wrote `jsonl` (from its meta, this shard's jobs only),
+/// with this output's median answer length as the typical case; why not, when it cannot be.
+fn estimate_of(jsonl: &Path) -> Result<crate::estimate::Estimate, String> {
+    let meta = crate::checkpoint::RunMeta::load(jsonl)
+        .map_err(|e| e.to_string())?
+        .ok_or("the output has no meta")?;
+    let settings = meta
+        .job
+        .as_ref()
+        .ok_or("the output was written by an older bulkprompt")?;
+    let input = crate::job::InputSpec::from_settings(PathBuf::from(&meta.input), settings)?;
+    let batch = meta
+        .argv
+        .windows(2)
+        .any(|w| w[0] == "--mode" && w[1] == "batch")
+        || meta.argv.iter().any(|a| a == "--mode=batch");
+    let cfg = crate::estimate::EstimateConfig {
+        input,
+        prices: crate::cost::PriceTable::load_effective(None).map_err(|e| e.to_string())?,
+        rpm: None,
+        tpm: None,
+        assume_output_tokens: None,
+        reserve_output_tokens: 1024,
+        output: Some(jsonl.to_path_buf()),
+        batch,
+    };
+    crate::estimate::estimate(&cfg).map_err(|e| format!("the job file {}: {e}", meta.input))
+}
+
 /// `out.jsonl` -> `out.jsonl.report.html`, beside it.
 pub fn default_path(output: &Path) -> PathBuf {
     crate::paths::sibling(output, ".report.html")
@@ -63,7 +92,13 @@ pub fn write(
         a.add(&r);
         Ok(())
     })?;
-    let page = html::page(&a, &source.display().to_string(), summary);
+    let estimate = estimate_of(jsonl);
+    let page = html::page(
+        &a,
+        &source.display().to_string(),
+        summary,
+        estimate.as_ref(),
+    );
     crate::paths::write_atomic(target, page.as_bytes()).map_err(|source| ReportError::Write {
         path: target.to_path_buf(),
         source,

@@ -44,8 +44,10 @@ pub(crate) fn short(v: f64) -> String {
         format!("{:.0}k", v / 1e3)
     } else if a >= 1e3 {
         format!("{:.1}k", v / 1e3)
-    } else if a >= 10.0 || v == v.trunc() {
+    } else if v == v.trunc() {
         format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
     } else {
         format!("{v:.2}")
     }

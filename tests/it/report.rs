@@ -103,6 +103,9 @@ fn a_reports_figures_are_the_outputs() {
         );
     }
     assert!(html.matches("<svg").count() >= 4, "charts");
+    // The estimate of the job file, beside the actual, per model.
+    let est = figure(&html, "estimate", "google/gemini-2.0-flash-lite-001");
+    assert!(est.contains("at most $"), "{est}");
 
     // The same report from the command, and never over the output itself.
     let o = bulkprompt()
