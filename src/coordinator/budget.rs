@@ -304,10 +304,18 @@ impl Budget for SharedBudget {
         Box::pin(async move {
             self.mirror.abort();
             let s = &self.shared;
-            // A lease of zero: nothing of this worker is held any more (its spent stays).
+            // Nothing held: a lease of zero (its spent stays). Batches left running at the
+            // provider (`--no-wait`) still hold their worst case, for the batch window, until
+            // the worker's next run collects them.
+            let snapshot = s.snapshot();
+            let lease = if snapshot.2 > Money::ZERO {
+                Duration::from_secs(24 * 3600)
+            } else {
+                Duration::ZERO
+            };
             let done = tokio::time::timeout(
                 Duration::from_secs(5).min(s.lease),
-                s.write(s.snapshot(), Duration::ZERO, None),
+                s.write(snapshot, lease, None),
             )
             .await;
             if !matches!(done, Ok(Ok(Written::Ok))) {

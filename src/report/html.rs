@@ -88,6 +88,19 @@ fn card(s: &mut String, name: &str, value: &str, label: &str, bad: bool) {
     );
 }
 
+/// One layer of columns.
+fn single(values: Vec<f64>, labels: Vec<String>, y_unit: &str) -> String {
+    columns(
+        vec![Layer {
+            name: y_unit,
+            color: OK,
+            values,
+        }],
+        labels,
+        y_unit,
+    )
+}
+
 fn field_rows(f: &Field) -> Vec<(String, f64, String)> {
     let total: u64 = f.values.values().sum::<u64>() + f.other;
     let mut v: Vec<(&String, &u64)> = f.values.iter().collect();
@@ -399,15 +412,7 @@ pub(crate) fn page(
         let _ = write!(
             s,
             "<p></p>{}<p class=\"note\">The last attempt of each job.</p>",
-            columns(
-                vec![Layer {
-                    name: "jobs",
-                    color: OK,
-                    values
-                }],
-                labels,
-                "jobs"
-            )
+            single(values, labels, "jobs")
         );
     }
 
@@ -451,15 +456,7 @@ pub(crate) fn page(
         let _ = write!(
             s,
             "<h2>Attempts per job</h2>{}<p class=\"note\">{} HTTP attempts for {} jobs.</p>",
-            columns(
-                vec![Layer {
-                    name: "jobs",
-                    color: OK,
-                    values
-                }],
-                labels,
-                "jobs"
-            ),
+            single(values, labels, "jobs"),
             thousands(a.attempts),
             thousands(a.records)
         );

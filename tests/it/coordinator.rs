@@ -80,113 +80,12 @@ fn at(ts: &str) -> SystemTime {
     humantime::parse_rfc3339(ts).unwrap()
 }
 
-/// The most requests whose records started within any 60 seconds, and the rate a minute from
-/// the first to the last.
-fn busiest_minute_and_rate(recs: &[Record]) -> (usize, f64) {
-    let mut t: Vec<SystemTime> = recs.iter().map(|r| at(&r.started_at)).collect();
-    t.sort();
-    let mut most = 0;
-    let mut j = 0;
-    for i in 0..t.len() {
-        while j < t.len() && t[j].duration_since(t[i]).unwrap() < Duration::from_secs(60) {
-            j += 1;
-        }
-        most = most.max(j - i);
-    }
-    let span = t.last().unwrap().duration_since(t[0]).unwrap();
-    (most, (t.len() - 1) as f64 / span.as_secs_f64() * 60.0)
-}
-
-#[test]
-fn three_workers_given_the_full_rpm_share_it_and_never_pass_it() {
-    let Some(redis) = Redis::start() else { return };
-    const R: u64 = 3000;
-    const JOBS: usize = 3300; // about 67 s at 98% of R: more than one sliding minute
-    let mock = Mock::start(MockConfig {
-        rpm: Some(R),
-        latency: Duration::from_millis(20),
-        ..Default::default()
-    });
-    let dir = Dir::new();
-    let input = dir.write("jobs.jsonl", chat_jobs(JOBS));
-    let out = dir.path("out.jsonl");
-    let rpm = R.to_string();
-    let children = (0..3)
-        .map(|i| {
-            spawn_worker(
-                &input,
-                &out,
-                &mock.url(),
-                &redis,
-                "rpm",
-                i,
-                &["--rpm", &rpm],
-            )
-        })
-        .collect();
-    for o in wait_all(children, Duration::from_secs(240)) {
-        assert_code(&o, 0);
-    }
-    let st = mock.stats();
-    assert_eq!(st.ok, JOBS as u64);
-    assert!(
-        st.rate_limited * 100 < st.requests,
-        "429s are 1% of requests or more: {st:?}"
-    );
-    let recs = all_records(&shard_outputs(&dir));
-    assert_eq!(recs.len(), JOBS);
-    let (most, rate) = busiest_minute_and_rate(&recs);
-    assert!(most as u64 <= R, "{most} requests in one minute, limit {R}");
-    assert!(
-        rate >= R as f64 * 0.95,
-        "three workers together reached {rate:.0} a minute of {R}"
-    );
-    eprintln!(
-        "three workers, --rpm {R} each: {rate:.0}/min together, busiest minute {most}, 429s {}",
-        st.rate_limited
-    );
-}
-
-#[test]
-fn three_workers_given_the_full_tpm_share_it_and_never_pass_it() {
-    let Some(redis) = Redis::start() else { return };
-    const T: u64 = 60_000;
-    const JOBS: usize = 2200;
-    let mock = Mock::start(MockConfig {
-        tpm: Some(T),
-        latency: Duration::from_millis(20),
-        ..Default::default()
-    });
-    let dir = Dir::new();
-    let input = dir.write("jobs.jsonl", chat_jobs(JOBS));
-    let out = dir.path("out.jsonl");
-    let tpm = T.to_string();
-    let children = (0..3)
-        .map(|i| {
-            spawn_worker(
-                &input,
-                &out,
-                &mock.url(),
-                &redis,
-                "tpm",
-                i,
-                &["--tpm", &tpm, "--max-tokens", "40"],
-            )
-        })
-        .collect();
-    for o in wait_all(children, Duration::from_secs(240)) {
-        assert_code(&o, 0);
-    }
-    let st = mock.stats();
-    assert_eq!(st.ok, JOBS as u64);
-    assert!(
-        st.rate_limited * 100 < st.requests,
-        "429s are 1% of requests or more: {st:?}"
-    );
-    let recs = all_records(&shard_outputs(&dir));
+/// The most weight (requests: 1 each; tokens: each record's) whose records started within any
+/// 60 seconds, and the weight a minute from the first start to the last.
+fn busiest_minute_and_rate(recs: &[Record], weight: impl Fn(&Record) -> u64) -> (u64, f64) {
     let mut t: Vec<(SystemTime, u64)> = recs
         .iter()
-        .map(|r| (at(&r.started_at), r.total_tokens.unwrap()))
+        .map(|r| (at(&r.started_at), weight(r)))
         .collect();
     t.sort();
     let (mut most, mut sum, mut j) = (0u64, 0u64, 0usize);
@@ -199,17 +98,84 @@ fn three_workers_given_the_full_tpm_share_it_and_never_pass_it() {
         sum -= t[i].1;
     }
     let total: u64 = t.iter().map(|x| x.1).sum();
-    let span = t.last().unwrap().0.duration_since(t[0].0).unwrap();
-    let rate = (total - t.last().unwrap().1) as f64 / span.as_secs_f64() * 60.0;
+    let (first, last) = (t[0], t[t.len() - 1]);
+    let span = last.0.duration_since(first.0).unwrap();
+    (most, (total - last.1) as f64 / span.as_secs_f64() * 60.0)
+}
+
+/// Three workers, each given the whole limit in `extra`, sharing it through `redis` against
+/// `mock`, which enforces it over a sliding minute: every job answered once, 429s under 1%.
+/// Their records.
+fn three_workers_at_the_limit(
+    redis: &Redis,
+    mock: &Mock,
+    jobs: usize,
+    name: &str,
+    extra: &[&str],
+) -> Vec<Record> {
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(jobs));
+    let out = dir.path("out.jsonl");
+    let children = (0..3)
+        .map(|i| spawn_worker(&input, &out, &mock.url(), redis, name, i, extra))
+        .collect();
+    for o in wait_all(children, Duration::from_secs(240)) {
+        assert_code(&o, 0);
+    }
+    let st = mock.stats();
+    assert_eq!(st.ok, jobs as u64);
+    assert!(
+        st.rate_limited * 100 < st.requests,
+        "429s are 1% of requests or more: {st:?}"
+    );
+    let recs = all_records(&shard_outputs(&dir));
+    assert_eq!(recs.len(), jobs);
+    recs
+}
+
+#[test]
+fn three_workers_given_the_full_rpm_share_it_and_never_pass_it() {
+    let Some(redis) = Redis::start() else { return };
+    const R: u64 = 3000;
+    let mock = Mock::start(MockConfig {
+        rpm: Some(R),
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    // About 67 s at 98% of R: more than one sliding minute.
+    let recs = three_workers_at_the_limit(&redis, &mock, 3300, "rpm", &["--rpm", "3000"]);
+    let (most, rate) = busiest_minute_and_rate(&recs, |_| 1);
+    assert!(most <= R, "{most} requests in one minute, limit {R}");
+    assert!(
+        rate >= R as f64 * 0.95,
+        "three workers together reached {rate:.0} a minute of {R}"
+    );
+    eprintln!("three workers, --rpm {R} each: {rate:.0}/min together, busiest minute {most}");
+}
+
+#[test]
+fn three_workers_given_the_full_tpm_share_it_and_never_pass_it() {
+    let Some(redis) = Redis::start() else { return };
+    const T: u64 = 60_000;
+    let mock = Mock::start(MockConfig {
+        tpm: Some(T),
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let recs = three_workers_at_the_limit(
+        &redis,
+        &mock,
+        2200,
+        "tpm",
+        &["--tpm", "60000", "--max-tokens", "40"],
+    );
+    let (most, rate) = busiest_minute_and_rate(&recs, |r| r.total_tokens.unwrap());
     assert!(most <= T, "{most} tokens in one minute, limit {T}");
     assert!(
         rate >= T as f64 * 0.95,
         "three workers together reached {rate:.0} tokens a minute of {T}"
     );
-    eprintln!(
-        "three workers, --tpm {T} each: {rate:.0}/min together, busiest minute {most}, 429s {}",
-        st.rate_limited
-    );
+    eprintln!("three workers, --tpm {T} each: {rate:.0}/min together, busiest minute {most}");
 }
 
 /// Priced jobs of about 70 prompt tokens, each allowed 200 output tokens.
@@ -561,4 +527,64 @@ fn rediss_works_with_the_systems_trust_store() {
     let o = run(&input, &dir.path("other.jsonl"), &mock.url(), &args);
     assert_code(&o, 4);
     assert!(stderr(&o).contains("certificate"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_429_seen_by_one_worker_pauses_every_worker() {
+    let Some(redis) = Redis::start() else { return };
+    // The 61st request anywhere gets a 429 asking for 3 s; everything else is answered.
+    let mut script = vec![bulkprompt::mock::Step::Ok; 60];
+    script.push(bulkprompt::mock::Step::RateLimited {
+        retry_after_secs: 3,
+    });
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(20),
+        script,
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(300));
+    let out = dir.path("out.jsonl");
+    // Paced (600 a minute in all), so the run is still going when the 429 comes.
+    let children = (0..3)
+        .map(|i| {
+            spawn_worker(
+                &input,
+                &out,
+                &mock.url(),
+                &redis,
+                "pause",
+                i,
+                &["--rpm", "600", "--concurrency", "4"],
+            )
+        })
+        .collect();
+    for o in wait_all(children, Duration::from_secs(120)) {
+        assert_code(&o, 0);
+    }
+    assert_eq!(mock.stats().rate_limited, 1);
+    // One gap of about the pause in the requests of all three together: nobody sent meanwhile
+    // (but the one grant each worker may already have had scheduled).
+    let mut starts: Vec<(SystemTime, usize)> = shard_outputs(&dir)
+        .iter()
+        .enumerate()
+        .flat_map(|(w, p)| records(p).into_iter().map(move |r| (at(&r.started_at), w)))
+        .collect();
+    starts.sort();
+    let (i, gap) = starts
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i, w[1].0.duration_since(w[0].0).unwrap()))
+        .max_by_key(|(_, g)| *g)
+        .unwrap();
+    assert!(
+        gap >= Duration::from_secs(2),
+        "the longest pause was {gap:?}"
+    );
+    for w in 0..3 {
+        assert!(
+            starts[..=i].iter().any(|s| s.1 == w) && starts[i + 1..].iter().any(|s| s.1 == w),
+            "worker {w} did not run on both sides of the pause"
+        );
+    }
 }

@@ -85,6 +85,11 @@ fn write_parquet(path: &Path, rows: &[Row]) {
         ),
         ("tags", Arc::new(tags.finish())),
     ];
+    write_table(path, columns);
+}
+
+/// One row group of `columns`, written with the arrow crates.
+fn write_table(path: &Path, columns: Vec<(&str, ArrayRef)>) {
     let batch = RecordBatch::try_from_iter(columns).unwrap();
     let file = std::fs::File::create(path).unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
@@ -197,25 +202,19 @@ fn parquet_problems_name_the_row_and_images_come_from_a_column() {
     let dir = Dir::new();
     // An empty id on row 2 and a missing column: row numbers, before anything is sent.
     let pq = dir.path("bad.parquet");
-    let batch = RecordBatch::try_from_iter(vec![
-        (
-            "id",
-            Arc::new(StringArray::from(vec!["a", "", "c"])) as ArrayRef,
-        ),
-        (
-            "text",
-            Arc::new(StringArray::from(vec!["x", "y", "z"])) as ArrayRef,
-        ),
-    ])
-    .unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&pq).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_table(
+        &pq,
+        vec![
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["a", "", "c"])) as ArrayRef,
+            ),
+            (
+                "text",
+                Arc::new(StringArray::from(vec!["x", "y", "z"])) as ArrayRef,
+            ),
+        ],
+    );
     let o = run(
         &pq,
         &dir.path("o.jsonl"),
@@ -262,29 +261,23 @@ fn parquet_problems_name_the_row_and_images_come_from_a_column() {
         b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01",
     );
     let pq = dir.path("img.parquet");
-    let batch = RecordBatch::try_from_iter(vec![
-        (
-            "id",
-            Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
-        ),
-        (
-            "caption",
-            Arc::new(StringArray::from(vec!["shoe", "bag"])) as ArrayRef,
-        ),
-        (
-            "photo",
-            Arc::new(StringArray::from(vec![Some("img/p.png"), None])) as ArrayRef,
-        ),
-    ])
-    .unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&pq).unwrap(),
-        batch.schema(),
-        None,
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    write_table(
+        &pq,
+        vec![
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef,
+            ),
+            (
+                "caption",
+                Arc::new(StringArray::from(vec!["shoe", "bag"])) as ArrayRef,
+            ),
+            (
+                "photo",
+                Arc::new(StringArray::from(vec![Some("img/p.png"), None])) as ArrayRef,
+            ),
+        ],
+    );
     let o = run(
         &pq,
         &dir.path("img.jsonl"),
