@@ -2,9 +2,10 @@
 //! id is `--id-column` (default `id`, else the row number), the other columns travel as
 //! metadata, `--image-column` works. Rows are read batch by batch (1,024 rows of one row group
 //! at a time), so memory stays flat in the file's size. A cell becomes text as a CSV cell
-//! would hold it: strings as they are, numbers and booleans as JSON writes them, dates and
-//! timestamps in RFC 3339, binary as base64, lists and structs as JSON text; a null is an empty
-//! cell. Errors name the row (1 is the first row) where CSV would name the line.
+//! would hold it: strings as they are, numbers and booleans as JSON writes them, decimals with
+//! their scale, dates and timestamps in RFC 3339, binary as base64, lists and structs as JSON
+//! text, a dictionary-encoded cell as its value; a null is an empty cell. Errors name the row
+//! (1 is the first row) where CSV would name the line.
 
 use super::csv::RowShape;
 use super::request::JobDefaults;
@@ -58,10 +59,41 @@ fn supported(dt: &DataType) -> bool {
         | Date32
         | Date64
         | Timestamp(_, _) => true,
+        Decimal128(_, _) => true,
         List(f) | LargeList(f) | FixedSizeList(f, _) => supported(f.data_type()),
         Struct(fields) => fields.iter().all(|f| supported(f.data_type())),
+        // pandas' categoricals and other dictionary-encoded columns.
+        Dictionary(key, value) => key.is_dictionary_key_type() && supported(value),
         _ => false,
     }
+}
+
+/// The entry of dictionary-encoded column `a` that row `row` points at.
+fn dictionary(a: &dyn Array, row: usize) -> Value {
+    macro_rules! by_key {
+        ($($t:ty),*) => {
+            $(if let Some(d) = a.as_dictionary_opt::<$t>() {
+                return usize::try_from(d.keys().value(row))
+                    .map_or(Value::Null, |k| json(d.values().as_ref(), k));
+            })*
+        };
+    }
+    by_key!(
+        Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type
+    );
+    Value::Null
+}
+
+/// A decimal's digits with its scale: `12345` at scale 2 is `123.45`.
+fn decimal(v: i128, scale: i8) -> String {
+    if scale <= 0 {
+        return (v * 10i128.pow(u32::from(scale.unsigned_abs()))).to_string();
+    }
+    let digits = v.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{}{int}.{frac}", if v < 0 { "-" } else { "" })
 }
 
 fn rfc3339(secs: i64, nanos: u32) -> Option<String> {
@@ -132,6 +164,11 @@ fn json(a: &dyn Array, row: usize) -> Value {
             let nanos = (frac * (1_000_000_000 / per)) as u32;
             rfc3339(secs, nanos).map_or(Value::Null, Value::String)
         }
+        Decimal128(_, scale) => Value::String(decimal(
+            a.as_primitive::<Decimal128Type>().value(row),
+            *scale,
+        )),
+        Dictionary(_, _) => dictionary(a, row),
         List(_) => list(a.as_list::<i32>().value(row).as_ref()),
         LargeList(_) => list(a.as_list::<i64>().value(row).as_ref()),
         FixedSizeList(_, _) => list(a.as_fixed_size_list().value(row).as_ref()),
@@ -241,5 +278,27 @@ impl Iterator for ParquetJobs {
         self.at += 1;
         self.index += 1;
         Some(job)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_keep_their_scale() {
+        assert_eq!(decimal(12345, 2), "123.45");
+        assert_eq!(decimal(-5, 3), "-0.005");
+        assert_eq!(decimal(7, 0), "7");
+        assert_eq!(decimal(7, -2), "700");
+    }
+
+    #[test]
+    fn dictionary_cells_are_their_values() {
+        let d: arrow_array::DictionaryArray<Int32Type> =
+            vec!["red", "blue", "red"].into_iter().collect();
+        assert_eq!(text(&d, 2), "red");
+        assert_eq!(text(&d, 1), "blue");
+        assert!(supported(d.data_type()));
     }
 }
