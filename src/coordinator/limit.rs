@@ -111,10 +111,7 @@ impl SharedLimit {
                     }
                     return Ok(local);
                 }
-                Ok((_, wait_ms)) => {
-                    let wait = Duration::from_millis((wait_ms - HORIZON_MS / 2).max(1) as u64);
-                    tokio::time::sleep(wait.min(MAX_POLL)).await;
-                }
+                Ok((_, wait_ms)) => tokio::time::sleep(poll_after(wait_ms)).await,
                 Err(e) => {
                     self.local.reconcile(local, 0);
                     return Err(e);
@@ -138,6 +135,18 @@ impl SharedLimit {
             }
         });
     }
+}
+
+/// How long to wait before asking again after `wait_ms` was said and nothing granted: a wait
+/// beyond the horizon is asked again within it (then a grant is scheduled), a shorter one (the
+/// end of a pause) is waited out; never longer than [`MAX_POLL`], never a busy loop.
+fn poll_after(wait_ms: i64) -> Duration {
+    let ms = if wait_ms > HORIZON_MS {
+        wait_ms - HORIZON_MS / 2
+    } else {
+        wait_ms
+    };
+    Duration::from_millis(ms.max(1) as u64).min(MAX_POLL)
 }
 
 fn args(rpm: u64, tpm: u64, tokens: u64, refund: i64, horizon: i64) -> Vec<String> {
@@ -219,5 +228,21 @@ impl RateLimit for SharedLimit {
 
     fn found_rpm(&self) -> Option<u64> {
         self.local.found_rpm()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_asked_again_soon_enough_and_never_in_a_loop() {
+        // The end of a pause: waited out whole.
+        assert_eq!(poll_after(500), Duration::from_millis(500));
+        assert_eq!(poll_after(1), Duration::from_millis(1));
+        // A bucket far from a token: asked again when a grant could be scheduled.
+        assert_eq!(poll_after(3000), Duration::from_millis(2500));
+        assert_eq!(poll_after(60_000), MAX_POLL);
+        assert_eq!(poll_after(0), Duration::from_millis(1));
     }
 }
