@@ -220,9 +220,13 @@ fn a_shared_cap_holds_over_three_workers_and_across_runs() {
                     &redis,
                     "cap",
                     i,
+                    // 8 in flight each: their worst cases (3 x 8 x $0.000095) leave most of
+                    // the cap to spend, so the test checks it is used, not only kept.
                     &[
                         "--max-cost",
                         &CAP.to_string(),
+                        "--concurrency",
+                        "8",
                         "--summary-json",
                         sums[i as usize].to_str().unwrap(),
                     ],
@@ -252,7 +256,9 @@ fn a_shared_cap_holds_over_three_workers_and_across_runs() {
         (recorded - billed).abs() < 1e-9,
         "recorded {recorded}, billed {billed}"
     );
-    assert!(spent > CAP * 0.5, "the cap was not used: {spent}");
+    // At most 24 holds of $0.000095 stand between the spend and the cap when it stops.
+    assert!(spent > CAP * 0.7, "the cap was not used: {spent}");
+    eprintln!("three workers under a shared cap of {CAP}: {spent} spent");
     // The same three again, twice: the cap is over every run of every worker. They spend
     // what the holds of the first run's calls in flight left, and no more.
     for _ in 0..2 {
