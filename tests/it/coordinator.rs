@@ -538,8 +538,8 @@ fn rediss_works_with_the_systems_trust_store() {
 #[test]
 fn a_429_seen_by_one_worker_pauses_every_worker() {
     let Some(redis) = Redis::start() else { return };
-    // The 61st request anywhere gets a 429 asking for 3 s; everything else is answered.
-    let mut script = vec![bulkprompt::mock::Step::Ok; 60];
+    // The 31st request anywhere gets a 429 asking for 3 s; everything else is answered.
+    let mut script = vec![bulkprompt::mock::Step::Ok; 30];
     script.push(bulkprompt::mock::Step::RateLimited {
         retry_after_secs: 3,
     });
@@ -549,7 +549,7 @@ fn a_429_seen_by_one_worker_pauses_every_worker() {
         ..Default::default()
     });
     let dir = Dir::new();
-    let input = dir.write("jobs.jsonl", chat_jobs(300));
+    let input = dir.write("jobs.jsonl", chat_jobs(120));
     let out = dir.path("out.jsonl");
     // Paced (600 a minute in all), so the run is still going when the 429 comes.
     let children = (0..3)
