@@ -207,6 +207,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             Some(m)
         }
     };
+    prepared.start(&cfg)?;
     let writer = writer::Writer::start(&cfg.output, counters.clone(), cfg.grace)?;
     let ctx = Arc::new(task::Ctx {
         client,

@@ -127,6 +127,8 @@ pub(super) struct Prepared {
     /// Money of records pruned from the output by earlier runs.
     pub(super) removed_cost: Money,
     pub(super) checkpoint: Checkpoint,
+    /// What this run is, written when it starts ([`Prepared::start`]).
+    meta: RunMeta,
     pub(super) _lock: OutputLock,
 }
 
@@ -267,18 +269,28 @@ pub(super) async fn prepare(
             checkpoint.repaired_bytes
         );
     }
-    meta.store(&cfg.output)?;
-    if cfg.fresh {
-        std::fs::File::create(&cfg.output).map_err(|source| WriteError {
-            path: cfg.output.clone(),
-            source,
-        })?;
-    }
     Ok(Prepared {
         jobs: validation.jobs,
         input_ids: validation.ids,
         removed_cost: Money::from_usd(meta.removed_cost_usd),
         checkpoint,
+        meta,
         _lock: lock,
     })
+}
+
+impl Prepared {
+    /// The run starts: its meta is written (and `--fresh` empties the output). Called once
+    /// everything else the run needs is in place (the coordinator, the metrics endpoint), so a
+    /// run that stops before it leaves no meta behind.
+    pub(super) fn start(&self, cfg: &RunConfig) -> Result<(), RunError> {
+        self.meta.store(&cfg.output)?;
+        if cfg.fresh {
+            std::fs::File::create(&cfg.output).map_err(|source| WriteError {
+                path: cfg.output.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
 }

@@ -561,6 +561,17 @@ fn the_runs_own_files_stay_in_one_folder_and_older_layouts_move_there() {
     std::fs::create_dir(&fresh).unwrap();
     assert_code(&run(&bad, &fresh.join("o.parquet"), &mock.url(), &[]), 1);
     assert_code(&run(&bad, &fresh.join("o.jsonl"), &mock.url(), &[]), 1);
+    // Nor one refused after reading everything (its metrics address is taken).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = run(
+        &input,
+        &fresh.join("o.jsonl"),
+        &mock.url(),
+        &["--metrics-addr", &addr],
+    );
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("--metrics-addr"), "{}", stderr(&o));
     assert!(names(&fresh).is_empty(), "{:?}", names(&fresh));
 
     // The layout of earlier versions: journal and meta beside the Parquet target.
