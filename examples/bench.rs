@@ -852,6 +852,7 @@ fn write_output(input: &Path, out: &Path, content: &str) {
             tool_calls: None,
             choices: None,
             fallback_model: None,
+            stale: None,
             response: None,
             prompt: None,
             prompt_tokens: Some(u.prompt),

@@ -715,6 +715,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
             latency: Duration::from_millis(args.batch_latency_ms),
             fail_rate: args.batch_fail_rate,
             expire_rate: args.batch_expire_rate,
+            lose_answers: args.batch_lose_answers,
         },
     };
     let server = MockServer::start((args.host, args.port).into(), config)

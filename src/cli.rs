@@ -83,6 +83,10 @@ pub struct JobArgs {
     /// Read the template from a file.
     #[arg(long, value_name = "FILE")]
     pub template_file: Option<PathBuf>,
+    /// Accept a job file whose jobs all send the same request (a template with no
+    /// placeholder is otherwise refused: the same paid prompt, once a row).
+    #[arg(long)]
+    pub allow_constant_prompt: bool,
     /// System prompt, prepended to jobs without a system message.
     #[arg(long)]
     pub system: Option<String>,
@@ -527,6 +531,10 @@ pub struct ServeMockArgs {
     /// Batch API: share of batches that expire with half their lines answered.
     #[arg(long, value_name = "RATE", default_value_t = 0.0)]
     pub batch_expire_rate: f64,
+    /// Batch API: the first N uploads and creations take effect, then answer 502 (their
+    /// answer lost on the wire).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub batch_lose_answers: u32,
     /// Require `Authorization: Bearer <key>` with the key from this environment variable.
     #[arg(long, value_name = "VAR")]
     pub require_key_env: Option<String>,

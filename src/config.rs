@@ -394,6 +394,7 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
             .max_image_bytes
             .or(spec.max_image_bytes)
             .unwrap_or(crate::job::image::DEFAULT_MAX_BYTES),
+        allow_constant: args.allow_constant_prompt,
         ..Default::default()
     };
     let format = match (args.input_format, spec.input_format.as_deref()) {
@@ -569,11 +570,14 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         .or_else(|| spec.api_key_env.clone())
         .or_else(|| env("BULKPROMPT_API_KEY_ENV"))
         .or_else(|| provider.and_then(|p| p.key_env).map(String::from));
+    // A variable named on the command line is meant: unset, it is an error wherever the
+    // requests go (a key silently left out is a run of 401s, or of unpaced free requests).
+    let named = args.api_key_env.is_some();
     let api_key = match (&key_var, &endpoint) {
         // The simulator and loopback servers (vLLM, a local mock) need no key: send one only if
         // the variable is set.
         (Some(var), Endpoint::Mock(_)) => env(var).map(ApiKey::new),
-        (Some(var), Endpoint::Url(u)) if is_loopback(u) => env(var).map(ApiKey::new),
+        (Some(var), Endpoint::Url(u)) if is_loopback(u) && !named => env(var).map(ApiKey::new),
         (Some(var), _) => Some(ApiKey::new(env(var).ok_or_else(|| {
             ConfigError::Invalid(format!(
                 "--api-key-env {var}: the environment variable {var} is not set or empty"

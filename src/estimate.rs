@@ -137,9 +137,11 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
         m.jobs += 1;
         m.prompt_tokens += prompt_tokens(&body, bpe);
         m.images += u64::from(job.images);
+        // Every choice (`n`) is billed its own output.
         let allowance = job
             .max_output_tokens
-            .map_or(cfg.reserve_output_tokens, u64::from);
+            .map_or(cfg.reserve_output_tokens, u64::from)
+            .saturating_mul(u64::from(job.choices.max(1)));
         m.output_tokens_worst += allowance;
         if let Some(t) = typical {
             *m.output_tokens_typical.get_or_insert(0) += t.min(allowance);

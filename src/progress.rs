@@ -350,6 +350,9 @@ pub struct Summary {
     /// than it enforces), as the run ended.
     pub found_rpm: Option<u64>,
     pub resume_command: Option<String>,
+    /// Failed jobs a re-run retries (their failures were transient).
+    #[serde(default)]
+    pub retried_on_resume: u64,
     /// `--coordinator`: the run's shared limits and budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator: Option<CoordinatorReport>,
@@ -507,7 +510,12 @@ impl Summary {
             ));
         }
         if let Some(cmd) = &self.resume_command {
-            line(format!("  resume:    {cmd}"));
+            let retries = match self.retried_on_resume {
+                0 => String::new(),
+                1 => "   (retries 1 failed job)".to_string(),
+                n => format!("   (retries {n} failed jobs)"),
+            };
+            line(format!("  resume:    {cmd}{retries}"));
         }
         s
     }

@@ -193,6 +193,19 @@ pub struct Listed {
     pub ended: Option<String>,
 }
 
+/// The ids in batches of the journal at `path` that have not ended (none without a journal).
+pub fn open_ids(path: &Path) -> Result<std::collections::HashSet<IdKey>, JournalError> {
+    if !path.exists() {
+        return Ok(Default::default());
+    }
+    Ok(read(path)?
+        .entries
+        .into_iter()
+        .filter(|(_, ended)| ended.is_none())
+        .flat_map(|(e, _)| e.ids.into_iter().map(|id| IdKey::of(id.as_bytes())))
+        .collect())
+}
+
 /// Every batch the journal at `path` knows, oldest first.
 pub fn list(path: &Path) -> Result<Vec<Listed>, JournalError> {
     Ok(read(path)?

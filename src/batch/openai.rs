@@ -130,6 +130,33 @@ pub async fn upload(client: &Client, name: &str, lines: Vec<u8>) -> Result<Strin
     Ok(parse::<FileObject>("files", &b)?.id)
 }
 
+#[derive(Deserialize)]
+struct FileList {
+    #[serde(default)]
+    data: Vec<ListedFile>,
+}
+
+#[derive(Deserialize)]
+struct ListedFile {
+    id: String,
+    #[serde(default)]
+    filename: Option<String>,
+}
+
+/// The batch input file uploaded as `name` (`{name}.jsonl`), if the provider has it: how a
+/// run whose upload answer was lost finds the file instead of uploading it twice.
+pub async fn find_file(client: &Client, name: &str) -> Result<Option<String>, ApiError> {
+    let path = "files?purpose=batch&limit=10000&order=desc";
+    let b = ok_body(client, Method::GET, path, None).await?;
+    let list: FileList = parse(path, &b)?;
+    let wanted = format!("{name}.jsonl");
+    Ok(list
+        .data
+        .into_iter()
+        .find(|f| f.filename.as_deref() == Some(wanted.as_str()))
+        .map(|f| f.id))
+}
+
 /// Creates a batch of an uploaded file, our `key` in its metadata.
 pub async fn create(client: &Client, file_id: &str, key: &str) -> Result<BatchInfo, ApiError> {
     let req = serde_json::json!({

@@ -137,6 +137,11 @@ impl Checkpoint {
         self.decide_key(job.id.key(), job.fingerprint, retry_failed)
     }
 
+    /// Whether the output already holds an ok record of `key` for exactly this request.
+    pub fn is_done(&self, key: IdKey, fp: Fingerprint) -> bool {
+        self.decide_key(key, fp, false) == Decision::Done
+    }
+
     fn decide_key(&self, key: IdKey, fp: Fingerprint, retry_failed: bool) -> Decision {
         match self.done.get(&key).map(Entry) {
             None => Decision::New,

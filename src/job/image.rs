@@ -21,6 +21,53 @@ const FILE_URL: &str = "bulkprompt-file:";
 pub struct ImageFile {
     pub path: PathBuf,
     pub mime: &'static str,
+    /// `--max-image-bytes`: checked again when the file is read to be sent.
+    pub max_bytes: u64,
+}
+
+/// Opens an image file without blocking on it (a FIFO or a device never hangs the run) and
+/// checks the opened file itself: a regular file of at most `max_bytes`. The reader it gives
+/// stops one byte past the limit, whatever the file becomes after the check.
+fn open_image(path: &Path, max_bytes: u64) -> Result<std::io::Take<std::fs::File>, String> {
+    let shown = path.display();
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| format!("image file {shown}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("image file {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("image file {shown}: not a regular file"));
+    }
+    if meta.len() > max_bytes {
+        return Err(format!(
+            "image file {shown}: {} bytes, more than --max-image-bytes {max_bytes}",
+            meta.len()
+        ));
+    }
+    Ok(file.take(max_bytes.saturating_add(1)))
+}
+
+/// Reads an opened image whole, refusing it if it grew past the limit since it was checked.
+fn read_image(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    open_image(path, max_bytes)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("image file {}: {e}", path.display()))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "image file {}: more than --max-image-bytes {max_bytes}",
+            path.display()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// What one image cell becomes.
@@ -59,21 +106,10 @@ pub fn resolve(cell: &str, base: &Path, max_bytes: u64) -> Result<Option<Image>,
     }
     let path = base.join(cell);
     let shown = path.display();
-    let file = std::fs::File::open(&path).map_err(|e| format!("image file {shown}: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("image file {shown}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("image file {shown}: not a regular file"));
-    }
-    if meta.len() > max_bytes {
-        return Err(format!(
-            "image file {shown}: {} bytes, more than --max-image-bytes {max_bytes}",
-            meta.len()
-        ));
-    }
+    let file = open_image(&path, max_bytes)?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut read = 0u64;
     let mut head = Vec::with_capacity(16);
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -82,6 +118,12 @@ pub fn resolve(cell: &str, base: &Path, max_bytes: u64) -> Result<Option<Image>,
             .map_err(|e| format!("image file {shown}: {e}"))?;
         if n == 0 {
             break;
+        }
+        read += n as u64;
+        if read > max_bytes {
+            return Err(format!(
+                "image file {shown}: more than --max-image-bytes {max_bytes}"
+            ));
         }
         if head.len() < 16 {
             head.extend_from_slice(&buf[..n.min(16 - head.len())]);
@@ -92,7 +134,11 @@ pub fn resolve(cell: &str, base: &Path, max_bytes: u64) -> Result<Option<Image>,
         format!("image file {shown}: not a PNG, JPEG, GIF or WebP image (by its first bytes)")
     })?;
     Ok(Some(Image::File(
-        ImageFile { path, mime },
+        ImageFile {
+            path,
+            mime,
+            max_bytes,
+        },
         hasher.digest128(),
     )))
 }
@@ -129,8 +175,7 @@ pub fn embed(body: &[u8], files: &[ImageFile]) -> Result<Vec<u8>, String> {
                 let f = files
                     .get(n)
                     .ok_or_else(|| format!("image {n} of the job is missing"))?;
-                let bytes = std::fs::read(&f.path)
-                    .map_err(|e| format!("image file {}: {e}", f.path.display()))?;
+                let bytes = read_image(&f.path, f.max_bytes)?;
                 *url = format!(
                     "data:{};base64,{}",
                     f.mime,
@@ -187,5 +232,37 @@ mod tests {
             sent["messages"][0]["content"][1]["image_url"]["url"],
             "data:image/png;base64,iVBORw0KGgpyZXN0"
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_or_a_swapped_file_never_hangs_or_reads_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f.png");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(resolve("f.png", dir.path(), 100)
+            .unwrap_err()
+            .contains("not a regular file"));
+        // Checked when read, then swapped for a device before it is sent.
+        let real = dir.path().join("a.png");
+        std::fs::write(&real, b"\x89PNG\r\n\x1a\nrest").unwrap();
+        let Some(Image::File(f, _)) = resolve("a.png", dir.path(), 100).unwrap() else {
+            panic!()
+        };
+        std::fs::remove_file(&real).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &real).unwrap();
+        let body = serde_json::to_vec(&json!({"messages": [{"role": "user", "content": [
+            part(&Image::File(f.clone(), 0), 0)]}]}))
+        .unwrap();
+        assert!(embed(&body, std::slice::from_ref(&f))
+            .unwrap_err()
+            .contains("not a regular file"));
+        // Grown past the limit after the check.
+        std::fs::remove_file(&real).unwrap();
+        std::fs::write(&real, vec![0x89; 500]).unwrap();
+        assert!(embed(&body, &[f])
+            .unwrap_err()
+            .contains("--max-image-bytes"));
     }
 }

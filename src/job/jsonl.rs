@@ -323,7 +323,7 @@ mod tests {
             concat!(
                 "{\"id\":\"a\",\"id\":\"b\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
                 "{\"id\":\"c\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"content\":\"y\"}]}\n",
-                "{\"id\":\"d\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":1.5}\n",
+                "{\"id\":\"d\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":1.5}\n",
             )
             .as_bytes(),
             model(),

@@ -119,6 +119,8 @@ pub struct Job {
     pub est_prompt_tokens: u32,
     /// `max_tokens` / `max_completion_tokens` of the request, if it names one.
     pub max_output_tokens: Option<u32>,
+    /// Choices asked for (`n`, 1 when not given): each is billed its own output.
+    pub choices: u32,
     /// Images in the messages (`image_url` parts), for per-image prices.
     pub images: u32,
     /// What its answers must be (its `response_format`).

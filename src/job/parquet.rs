@@ -96,14 +96,43 @@ fn decimal(v: i128, scale: i8) -> String {
     format!("{}{int}.{frac}", if v < 0 { "-" } else { "" })
 }
 
-fn rfc3339(secs: i64, nanos: u32) -> Option<String> {
-    let t = if secs >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos)
-    } else {
-        std::time::UNIX_EPOCH.checked_sub(std::time::Duration::new(secs.unsigned_abs(), 0))?
-            + std::time::Duration::from_nanos(u64::from(nanos))
-    };
-    Some(humantime::format_rfc3339_nanos(t).to_string())
+/// The civil date of a day count from 1970-01-01, in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`): any `i64` day, before 1970 or after 9999 alike.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// `YYYY-MM-DD`; a year outside 0000-9999 with its sign and as many digits as it needs
+/// (ISO 8601's expanded form).
+fn date(days: i64) -> String {
+    let (y, m, d) = civil(days);
+    match y {
+        0..=9999 => format!("{y:04}-{m:02}-{d:02}"),
+        _ if y < 0 => format!("-{:04}-{m:02}-{d:02}", y.unsigned_abs()),
+        _ => format!("+{y}-{m:02}-{d:02}"),
+    }
+}
+
+/// RFC 3339 in UTC with nine fractional digits, as earlier versions wrote it (a prompt that
+/// quotes a time must not change, or its job would be bought again).
+fn rfc3339(secs: i64, nanos: u32) -> String {
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    format!(
+        "{}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        date(days),
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 /// Cell `row` of `a` as JSON.
@@ -138,11 +167,11 @@ fn json(a: &dyn Array, row: usize) -> Value {
             .into(),
         Date32 => {
             let days = i64::from(a.as_primitive::<Date32Type>().value(row));
-            rfc3339(days * 86_400, 0).map_or(Value::Null, |s| s[..10].to_string().into())
+            date(days).into()
         }
         Date64 => {
             let ms = a.as_primitive::<Date64Type>().value(row);
-            rfc3339(ms.div_euclid(1000), 0).map_or(Value::Null, |s| s[..10].to_string().into())
+            date(ms.div_euclid(86_400_000)).into()
         }
         Timestamp(unit, _) => {
             let (v, per) = match unit {
@@ -162,7 +191,7 @@ fn json(a: &dyn Array, row: usize) -> Value {
             };
             let (secs, frac) = (v.div_euclid(per), v.rem_euclid(per));
             let nanos = (frac * (1_000_000_000 / per)) as u32;
-            rfc3339(secs, nanos).map_or(Value::Null, Value::String)
+            rfc3339(secs, nanos).into()
         }
         Decimal128(_, scale) => Value::String(decimal(
             a.as_primitive::<Decimal128Type>().value(row),
@@ -291,6 +320,27 @@ mod tests {
         assert_eq!(decimal(-5, 3), "-0.005");
         assert_eq!(decimal(7, 0), "7");
         assert_eq!(decimal(7, -2), "700");
+    }
+
+    #[test]
+    fn every_representable_date_renders() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(-1), "1969-12-31");
+        assert_eq!(date(-25_567), "1900-01-01");
+        assert_eq!(date(19_783), "2024-03-01");
+        assert_eq!(date(2_932_896), "9999-12-31");
+        assert_eq!(date(2_932_897), "+10000-01-01");
+        assert_eq!(date(-719_529), "-0001-12-31");
+        assert!(!date(i64::from(i32::MIN)).is_empty() && !date(i64::from(i32::MAX)).is_empty());
+        assert_eq!(rfc3339(-1, 5), "1969-12-31T23:59:59.000000005Z");
+        // As humantime wrote the times it could.
+        let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 120);
+        assert_eq!(
+            rfc3339(1_700_000_000, 120),
+            humantime::format_rfc3339_nanos(t).to_string()
+        );
+        let _ = rfc3339(i64::MIN / 1_000, 0);
+        let _ = rfc3339(i64::MAX / 1_000, 999_999_999);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct JobDefaults {
     pub image_columns: Vec<String>,
     /// Largest image file accepted.
     pub max_image_bytes: u64,
+    /// `--allow-constant-prompt`: jobs that all send one request are accepted.
+    pub allow_constant: bool,
 }
 
 /// Images a templated job carries: their content parts, local files and the files' hashes.
@@ -204,6 +206,17 @@ pub fn finish(
                 .ok_or_else(|| format!("field \"max_tokens\": expected a whole number, found {v}"))
         })
         .transpose()?;
+    let choices = match body.get("n") {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=128) => n as u32,
+            _ => {
+                return Err(format!(
+                    "field \"n\": expected a whole number from 1 to 128, found {v}"
+                ))
+            }
+        },
+    };
     let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     Ok(Job {
         id,
@@ -215,6 +228,7 @@ pub fn finish(
         metadata,
         est_prompt_tokens,
         max_output_tokens,
+        choices,
         images,
         expect,
         image_files: attached.files,

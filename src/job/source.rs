@@ -215,12 +215,23 @@ pub fn validate(
     // The same problem on many lines ("no model" on every row) is one message with its lines.
     let mut same: HashMap<String, (usize, u64, Vec<u64>)> = HashMap::new();
     let mut grouped = 0u64;
+    // The first job's request, and the line of a second job, while every job sends it.
+    let mut first: Option<super::Fingerprint> = None;
+    let mut all_same: Option<u64> = None;
+    let mut differ = false;
     for job in spec.open()? {
         any_line = true;
         match job {
             Ok(job) => {
                 ids.push(job.id.key(), job.line);
                 jobs += 1;
+                match first {
+                    None => first = Some(job.fingerprint),
+                    Some(f) if f == job.fingerprint => {
+                        all_same.get_or_insert(job.line);
+                    }
+                    Some(_) => differ = true,
+                }
                 if !models.contains(&job.model) {
                     models.insert(job.model);
                 }
@@ -270,6 +281,29 @@ pub fn validate(
         return Err(InputError::Empty {
             file: spec.path.clone(),
         });
+    }
+    // A template that renders every row to one request (an unset shell variable, a missing
+    // placeholder) buys the same prompt once a row. Jobs that write their own messages may
+    // repeat a prompt on purpose (two ids, two samples).
+    let template = spec.defaults.template.as_ref().map(|t| t.text());
+    if let (false, Some(line), false, Some(t)) =
+        (differ, all_same, spec.defaults.allow_constant, template)
+    {
+        problems += 1;
+        let why = match t {
+            "" => " (the template is empty: an unset shell variable?)".to_string(),
+            t => format!(" (the template {t:?} has no {{column}} placeholder)"),
+        };
+        errors.insert(
+            0,
+            InputError::invalid(
+                &spec.path,
+                line,
+                format!(
+                    "all {jobs} jobs send the same request{why}: each would be paid for; fix the template, or pass --allow-constant-prompt to send it {jobs} times"
+                ),
+            ),
+        );
     }
     ids.seal_ordered();
     // Duplicates are rare: find their lines from the sorted hashes, then read the ids' text

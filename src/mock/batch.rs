@@ -29,6 +29,9 @@ pub struct BatchConfig {
     pub fail_rate: f64,
     /// Share of batches that expire with half their lines answered.
     pub expire_rate: f64,
+    /// The first this many uploads and creations take effect, then answer 502: their answer
+    /// is lost on the wire, as a client sees it.
+    pub lose_answers: u32,
 }
 
 impl Default for BatchConfig {
@@ -38,6 +41,7 @@ impl Default for BatchConfig {
             latency: Duration::ZERO,
             fail_rate: 0.0,
             expire_rate: 0.0,
+            lose_answers: 0,
         }
     }
 }
@@ -90,6 +94,10 @@ impl MockBatch {
 #[derive(Debug, Default)]
 pub struct Store {
     files: HashMap<String, Bytes>,
+    /// Uploaded files' names, by id.
+    names: HashMap<String, String>,
+    /// Answers lost so far (`lose_answers`).
+    lost: u32,
     batches: Vec<MockBatch>,
     /// Answers given per custom id, over every batch.
     answered: HashMap<String, u32>,
@@ -156,12 +164,25 @@ pub async fn handle(
     let cfg = state.config.batch;
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resp = match (method.as_str(), segments.as_slice()) {
-        ("POST", ["files"]) => upload(state, content_type.as_deref(), &body),
+        ("POST", ["files"]) => lose(state, cfg, upload(state, content_type.as_deref(), &body)),
+        ("GET", ["files"]) => {
+            let s = lock(state);
+            let mut data: Vec<Value> = s
+                .names
+                .iter()
+                .map(|(id, name)| json!({"id": id, "object": "file", "filename": name, "purpose": "batch"}))
+                .collect();
+            data.sort_by(|a, b| b["id"].as_str().cmp(&a["id"].as_str()));
+            json_response(
+                StatusCode::OK,
+                json!({"object": "list", "data": data}).to_string(),
+            )
+        }
         ("GET", ["files", id, "content"]) => match lock(state).files.get(*id) {
             Some(b) => json_response(StatusCode::OK, b.clone()),
             None => not_found("file"),
         },
-        ("POST", ["batches"]) => create(state, &body),
+        ("POST", ["batches"]) => lose(state, cfg, create(state, &body)),
         ("GET", ["batches"]) => list(state, query),
         ("GET", ["batches", id]) => {
             advance(state, cfg);
@@ -195,6 +216,29 @@ pub async fn handle(
         tokio::time::sleep(cfg.latency).await;
     }
     Some(resp)
+}
+
+/// `resp`, or (while `lose_answers` lasts, for a call that took effect) a 502 in its place.
+fn lose(state: &State, cfg: BatchConfig, resp: Resp) -> Resp {
+    if resp.status().is_success() {
+        let mut s = lock(state);
+        if s.lost < cfg.lose_answers {
+            s.lost += 1;
+            return json_response(
+                StatusCode::BAD_GATEWAY,
+                json!({"error": {"message": "upstream connection reset", "type": "server_error"}})
+                    .to_string(),
+            );
+        }
+    }
+    resp
+}
+
+/// The `filename` of a multipart upload's file part.
+fn multipart_name(body: &[u8]) -> Option<String> {
+    let at = find(body, b"filename=\"")? + 10;
+    let len = find(&body[at..], b"\"")?;
+    Some(String::from_utf8_lossy(&body[at..at + len]).into_owned())
 }
 
 /// The file part of a `multipart/form-data` upload.
@@ -245,6 +289,9 @@ fn upload(state: &State, content_type: Option<&str>, body: &[u8]) -> Resp {
     let id = format!("file-in{:06}", s.next);
     let bytes = file.len();
     s.files.insert(id.clone(), file);
+    if let Some(name) = multipart_name(body) {
+        s.names.insert(id.clone(), name);
+    }
     json_response(
         StatusCode::OK,
         json!({"id": id, "object": "file", "bytes": bytes, "purpose": "batch"}).to_string(),

@@ -59,7 +59,7 @@ pub struct Answer {
 }
 
 /// Builds the answer for a request whose hash is `seed`. `max_tokens` truncates it (finish
-/// reason `length`); `json` makes it a JSON object.
+/// reason `length`, a JSON answer then cut mid-object); `json` makes it a JSON object.
 pub fn answer(seed: u64, max_tokens: Option<u64>, json: bool) -> Answer {
     let mut rng = fastrand::Rng::with_seed(seed);
     let content = if json {
@@ -75,8 +75,8 @@ pub fn answer(seed: u64, max_tokens: Option<u64>, json: bool) -> Answer {
     };
     let tokens = approx_tokens(content.len()) as u64;
     match max_tokens {
-        // JSON is never truncated: a cut JSON answer would not be JSON.
-        Some(max) if tokens > max && !json => {
+        // Cut at `max_tokens`, JSON too, as a real server cuts it (no longer JSON then).
+        Some(max) if tokens > max => {
             let keep = (max as usize * 4).min(content.len());
             let mut cut = keep;
             while !content.is_char_boundary(cut) {
@@ -139,11 +139,15 @@ mod tests {
     }
 
     #[test]
-    fn json_answers_parse() {
+    fn json_answers_parse_unless_cut_at_max_tokens() {
         for seed in 0..50 {
-            let a = answer(seed, Some(1), true);
+            let a = answer(seed, Some(200), true);
             let v: serde_json::Value = serde_json::from_str(&a.content).unwrap();
             assert!(v["label"].is_string());
+            // Cut as a real server cuts it: no longer JSON.
+            let cut = answer(seed, Some(1), true);
+            assert_eq!(cut.finish_reason, "length");
+            assert!(serde_json::from_str::<serde_json::Value>(&cut.content).is_err());
         }
     }
 }

@@ -7,4 +7,4 @@ pub mod merge;
 pub mod parquet;
 pub mod record;
 
-pub use record::{CostSource, ErrorKind, Record, RecordError, RecordHead, Status};
+pub use record::{CostSource, ErrorKind, Record, RecordError, RecordHead, Stale, Status};

@@ -50,6 +50,7 @@ struct Present {
     tool_calls: bool,
     choices: bool,
     fallback_model: bool,
+    stale: bool,
 }
 
 /// Problems converting to Parquet.
@@ -163,6 +164,8 @@ pub fn convert(
             #[serde(default)]
             fallback_model: Option<IgnoredAny>,
             #[serde(default)]
+            stale: Option<IgnoredAny>,
+            #[serde(default)]
             cost_usd: Option<f64>,
         }
         let h: Head = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
@@ -173,6 +176,7 @@ pub fn convert(
         present.tool_calls |= h.tool_calls.is_some();
         present.choices |= h.choices.is_some();
         present.fallback_model |= h.fallback_model.is_some();
+        present.stale |= h.stale.is_some();
         Ok(())
     })?;
     last.seal();
@@ -245,6 +249,7 @@ fn schema(meta_keys: &[String], present: Present, options: &ParquetOptions) -> S
         (present.tool_calls, "tool_calls"),
         (present.choices, "choices"),
         (present.fallback_model, "fallback_model"),
+        (present.stale, "stale"),
         (present.response, "response"),
     ] {
         if on {
@@ -352,6 +357,7 @@ struct Columns {
     tool_calls: StringBuilder,
     choices: StringBuilder,
     fallback_model: StringBuilder,
+    stale: StringBuilder,
     typed_names: Vec<String>,
     typed: Vec<Typed>,
     tokens: [Int64Builder; 5],
@@ -399,6 +405,7 @@ impl Columns {
             tool_calls: s(),
             choices: s(),
             fallback_model: s(),
+            stale: s(),
             typed_names: options
                 .parsed_columns
                 .iter()
@@ -461,6 +468,9 @@ impl Columns {
             self.fallback_model
                 .append_option(r.fallback_model.as_deref());
         }
+        if p.stale {
+            self.stale.append_option(r.stale.map(|s| s.as_str()));
+        }
         if p.response {
             self.response
                 .append_option(r.response.as_ref().map(|v| v.get()));
@@ -480,6 +490,7 @@ impl Columns {
             .append_option(r.cost_source.map(|c| match c {
                 super::CostSource::Provider => "provider",
                 super::CostSource::PriceTable => "price_table",
+                super::CostSource::WorstCase => "worst_case",
             }));
         self.latency_ms.append_value(r.latency_ms as i64);
         self.attempts.append_value(i64::from(r.attempts));
@@ -544,6 +555,7 @@ impl Columns {
             (p.tool_calls, &mut self.tool_calls),
             (p.choices, &mut self.choices),
             (p.fallback_model, &mut self.fallback_model),
+            (p.stale, &mut self.stale),
             (p.response, &mut self.response),
         ] {
             if on {

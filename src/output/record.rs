@@ -18,6 +18,27 @@ pub enum Status {
 pub enum CostSource {
     Provider,
     PriceTable,
+    /// The answer's usage could not be read: the job's worst case by the price table.
+    WorstCase,
+}
+
+/// Why a batch's answer is not the answer to its job as the job file has it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stale {
+    /// The job's request changed after the batch was submitted.
+    JobChanged,
+    /// The job left the job file after the batch was submitted.
+    JobRemoved,
+}
+
+impl Stale {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stale::JobChanged => "job_changed",
+            Stale::JobRemoved => "job_removed",
+        }
+    }
 }
 
 /// The kinds of error a record can carry (`error.kind`).
@@ -98,6 +119,10 @@ pub struct Record {
     /// The fallback model that answered, when the job's own model could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_model: Option<String>,
+    /// Set on an answer a batch delivered after its job changed or left the job file: paid
+    /// for, so recorded (its money counts), but not the answer to the job as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<Stale>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<Box<RawValue>>,
     /// The messages sent (`--keep-prompt`), for audits of labels.

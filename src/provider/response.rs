@@ -6,6 +6,7 @@
 use crate::cost::Usage;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 
 /// What the runner keeps of a successful response.
 #[derive(Debug, Clone)]
@@ -20,6 +21,9 @@ pub struct Completion {
     pub tool_calls: Option<Box<RawValue>>,
     /// The other choices (`n` > 1), in order after the first.
     pub more: Vec<OtherChoice>,
+    /// Why `usage` (or `usage.cost`) could not be read, when the answer carried one that was
+    /// not numbers: the answer is still paid for, so its cost is taken at the worst case.
+    pub usage_problem: Option<String>,
 }
 
 /// A choice after the first.
@@ -33,21 +37,51 @@ pub struct OtherChoice {
 #[derive(Deserialize)]
 struct Body {
     choices: Option<Vec<ChoiceIn>>,
-    model: Option<String>,
-    usage: Option<UsageIn>,
-    error: Option<serde_json::Value>,
+    model: Option<Value>,
+    usage: Option<Value>,
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct ChoiceIn {
     message: Option<MessageIn>,
-    finish_reason: Option<String>,
+    finish_reason: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct MessageIn {
-    content: Option<String>,
+    content: Option<Value>,
     tool_calls: Option<Box<RawValue>>,
+}
+
+/// The answer's text: a string, or the text parts of a list of parts (as some gateways send
+/// it); anything else as its JSON. A paid answer is never refused for its shape.
+fn text(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        Value::Array(parts)
+            if parts
+                .iter()
+                .all(|p| p.get("text").is_some_and(Value::is_string)) =>
+        {
+            Some(
+                parts
+                    .iter()
+                    .filter_map(|p| p.get("text")?.as_str())
+                    .collect(),
+            )
+        }
+        other => Some(other.to_string()),
+    }
+}
+
+/// `finish_reason` when it is a string.
+fn reason(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// `tool_calls: null` is no tool calls.
@@ -55,23 +89,89 @@ fn calls(raw: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
     raw.filter(|r| r.get() != "null")
 }
 
-#[derive(Deserialize)]
-struct UsageIn {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    prompt_tokens_details: Option<PromptDetails>,
-    completion_tokens_details: Option<CompletionDetails>,
+/// `usage` as read: counts that are whole numbers (integers, floats such as `10.0`, or
+/// numeric strings), a cost that is a number or a numeric string.
+struct UsageRead {
+    usage: Option<Usage>,
     cost: Option<f64>,
+    problem: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct PromptDetails {
-    cached_tokens: Option<u64>,
+/// A token count: a non-negative whole number, however it was written.
+fn count(v: &Value) -> Result<u64, String> {
+    let f = match v {
+        Value::Number(n) if n.as_u64().is_some() => return Ok(n.as_u64().unwrap_or(0)),
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match f {
+        Some(f) if f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => Ok(f as u64),
+        _ => Err(v.to_string()),
+    }
 }
 
-#[derive(Deserialize)]
-struct CompletionDetails {
-    reasoning_tokens: Option<u64>,
+/// A field of `usage` (or of one of its details objects): absent or null is 0.
+fn field(obj: Option<&Value>, name: &str) -> Result<u64, String> {
+    match obj.and_then(|o| o.get(name)) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => count(v).map_err(|bad| format!("usage.{name} is {bad}")),
+    }
+}
+
+fn read_usage(u: Option<&Value>) -> UsageRead {
+    let Some(u) = u.filter(|u| !u.is_null()) else {
+        return UsageRead {
+            usage: None,
+            cost: None,
+            problem: None,
+        };
+    };
+    if !u.is_object() {
+        return UsageRead {
+            usage: None,
+            cost: None,
+            problem: Some(format!("usage is not an object: {u}")),
+        };
+    }
+    let mut problem = None;
+    let cost = match u.get("cost") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let f = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match f.filter(|f| f.is_finite() && *f >= 0.0) {
+                Some(f) => Some(f),
+                None => {
+                    problem = Some(format!("usage.cost is {v}"));
+                    None
+                }
+            }
+        }
+    };
+    let read = || -> Result<Usage, String> {
+        Ok(Usage {
+            prompt: field(Some(u), "prompt_tokens")?,
+            completion: field(Some(u), "completion_tokens")?,
+            cached: field(u.get("prompt_tokens_details"), "cached_tokens")?,
+            reasoning: field(u.get("completion_tokens_details"), "reasoning_tokens")?,
+        })
+    };
+    match read() {
+        Ok(usage) => UsageRead {
+            usage: Some(usage),
+            cost,
+            problem,
+        },
+        Err(why) => UsageRead {
+            usage: None,
+            cost,
+            problem: Some(why),
+        },
+    }
 }
 
 /// Parses a 2xx body. `Err` carries a message: the body was not JSON, held an `error` object,
@@ -97,48 +197,36 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
         return Err("response has no choices".into());
     };
     let (content, tool_calls) = match choice.message {
-        Some(m) => (m.content, calls(m.tool_calls)),
+        Some(m) => (text(m.content), calls(m.tool_calls)),
         None => (None, None),
     };
     let more = choices
         .map(|c| {
             let (content, tool_calls) = match c.message {
-                Some(m) => (m.content, calls(m.tool_calls)),
+                Some(m) => (text(m.content), calls(m.tool_calls)),
                 None => (None, None),
             };
             OtherChoice {
                 content,
-                finish_reason: c.finish_reason,
+                finish_reason: reason(c.finish_reason),
                 tool_calls,
             }
         })
         .collect();
-    let (usage, provider_cost) = match b.usage {
-        Some(u) => (
-            Some(Usage {
-                prompt: u.prompt_tokens.unwrap_or(0),
-                completion: u.completion_tokens.unwrap_or(0),
-                cached: u
-                    .prompt_tokens_details
-                    .and_then(|d| d.cached_tokens)
-                    .unwrap_or(0),
-                reasoning: u
-                    .completion_tokens_details
-                    .and_then(|d| d.reasoning_tokens)
-                    .unwrap_or(0),
-            }),
-            u.cost.filter(|c| c.is_finite() && *c >= 0.0),
-        ),
-        None => (None, None),
-    };
+    let usage = read_usage(b.usage.as_ref());
     Ok(Completion {
         content,
-        finish_reason: choice.finish_reason,
-        response_model: b.model,
-        usage,
-        provider_cost,
+        finish_reason: reason(choice.finish_reason),
+        // A model that is not a string is no model name.
+        response_model: match b.model {
+            Some(Value::String(m)) => Some(m),
+            _ => None,
+        },
+        usage: usage.usage,
+        provider_cost: usage.cost,
         tool_calls,
         more,
+        usage_problem: usage.problem,
     })
 }
 
@@ -175,6 +263,35 @@ mod tests {
         let c = parse_completion(body).unwrap();
         assert_eq!(c.tool_calls.unwrap().get(), r#"[{"id":"1"}]"#);
         assert!(c.content.is_none() && c.usage.is_none());
+    }
+
+    #[test]
+    fn usage_written_oddly_is_read_where_it_can_be() {
+        let body = br#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":10.0,"completion_tokens":"5","cost":"0.01"}}"#;
+        let c = parse_completion(body).unwrap();
+        assert_eq!(c.usage.map(|u| (u.prompt, u.completion)), Some((10, 5)));
+        assert_eq!(c.provider_cost, Some(0.01));
+        assert!(c.usage_problem.is_none());
+        for bad in [
+            r#"{"prompt_tokens":-3,"completion_tokens":5}"#,
+            r#"{"prompt_tokens":2.5}"#,
+            r#"{"prompt_tokens":[1]}"#,
+            r#""lots""#,
+        ] {
+            let body = format!(
+                r#"{{"choices":[{{"message":{{"content":"ok"}}}}],"model":7,"usage":{bad}}}"#
+            );
+            let c = parse_completion(body.as_bytes()).unwrap();
+            assert!(c.usage.is_none(), "{bad}");
+            assert!(c.usage_problem.is_some(), "{bad}");
+            assert!(c.response_model.is_none());
+        }
+        let c = parse_completion(
+            br#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"cost":-1}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.provider_cost, None);
+        assert!(c.usage.is_some() && c.usage_problem.is_some());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::batch::openai::{self, ApiError, BatchInfo};
 use crate::checkpoint::Decision;
 use crate::cost::{Money, DEFAULT_BATCH_PERMILLE};
 use crate::job::{IdKey, InputSpec, Job};
-use crate::output::{CostSource, Record, RecordError, Status};
+use crate::output::{Record, RecordError, Stale, Status};
 use crate::provider::response::parse_completion;
 use crate::provider::ErrorKind;
 use crate::shutdown::Phase;
@@ -153,6 +153,27 @@ impl BatchEngine {
         }
     }
 
+    /// Creates a batch, retried like any call, but each retry first looks for the batch by its
+    /// key: a creation whose answer was lost on the wire is found, never made twice.
+    async fn create_once<F, Fut>(&self, key: &str, create: F) -> Option<Result<BatchInfo, ApiError>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<BatchInfo, ApiError>>,
+    {
+        let client = &self.ctx.client;
+        let retried = std::sync::atomic::AtomicBool::new(false);
+        self.call("create", || async {
+            if retried.swap(true, Relaxed) {
+                if let Some(found) = openai::find_by_key(client, key, 20).await? {
+                    tracing::info!("batch {key}: created after all, as {}", found.id);
+                    return Ok(found);
+                }
+            }
+            create().await
+        })
+        .await
+    }
+
     /// Stops the run for a batch-API failure (exit 4); open batches stay in the journal.
     fn fail(&self, what: &str, e: &ApiError) {
         self.ctx.abort(format!(
@@ -224,9 +245,7 @@ impl BatchEngine {
                 entry.ids.len()
             );
             let created = self
-                .call("create", || {
-                    openai::create_inline(client, model, &key, &lines)
-                })
+                .create_once(&key, || openai::create_inline(client, model, &key, &lines))
                 .await;
             return self.created(journal, entry, chunk.holds, created, open);
         }
@@ -235,8 +254,18 @@ impl BatchEngine {
             entry.ids.len(),
             lines.len()
         );
+        let retried = std::sync::atomic::AtomicBool::new(false);
         let file_id = match self
-            .call("upload", || openai::upload(client, &key, lines.clone()))
+            .call("upload", || async {
+                // A retry first asks whether the upload before it arrived after all.
+                if retried.swap(true, Relaxed) {
+                    if let Some(id) = openai::find_file(client, &key).await? {
+                        tracing::info!("batch {key}: its file was uploaded after all, as {id}");
+                        return Ok(id);
+                    }
+                }
+                openai::upload(client, &key, lines.clone()).await
+            })
             .await
         {
             None => {
@@ -264,7 +293,7 @@ impl BatchEngine {
         }
         tracing::info!("batch {key}: creating it from {file_id}");
         let created = self
-            .call("create", || openai::create(client, &file_id, &key))
+            .create_once(&key, || openai::create(client, &file_id, &key))
             .await;
         self.created(journal, entry, chunk.holds, created, open)
     }
@@ -348,7 +377,7 @@ impl BatchEngine {
             return Ok(false);
         };
         match self
-            .call("create", || openai::create(client, &file_id, &key))
+            .create_once(&key, || openai::create(client, &file_id, &key))
             .await
         {
             None => Err(()),
@@ -476,27 +505,12 @@ impl BatchEngine {
                 return (r, Money::ZERO);
             }
         };
-        let (cost, source) = match (c.provider_cost, self.ctx.prices.get(&job.model), c.usage) {
-            (Some(usd), _, _) => (Some(Money::from_usd(usd)), Some(CostSource::Provider)),
-            (None, Some(p), Some(u)) => (
-                Some(p.batch_cost(&u, job.images)),
-                Some(CostSource::PriceTable),
-            ),
-            _ => (None, None),
-        };
-        let checked = self.ctx.validators.check(&job.expect, c.content.as_deref());
-        let u = c.usage;
-        r.response_model = c.response_model;
-        r.content = c.content;
-        r.finish_reason = c.finish_reason;
-        r.tool_calls = c.tool_calls;
-        r.prompt_tokens = u.map(|u| u.prompt);
-        r.completion_tokens = u.map(|u| u.completion);
-        r.total_tokens = u.map(|u| u.prompt + u.completion);
-        r.cached_tokens = u.map(|u| u.cached);
-        r.reasoning_tokens = u.map(|u| u.reasoning);
+        let (cost, source) = self
+            .ctx
+            .cost_at(job, &job.model, &c, |p, u| p.batch_cost(u, job.images));
         r.cost_usd = cost.map(Money::usd);
         r.cost_source = source;
+        let checked = self.ctx.answer_into(job, &mut r, c, Some(body));
         match checked {
             Ok(parsed) => r.parsed = parsed,
             Err(why) => {
@@ -510,6 +524,54 @@ impl BatchEngine {
             }
         }
         (r, cost.unwrap_or(Money::ZERO))
+    }
+
+    /// The record of an answer this run did not ask for (beyond `--limit`, or a job edited or
+    /// removed since it was submitted): paid for, so written with the request it answers and
+    /// flagged when that is not the job file's request any more.
+    fn unasked(
+        &self,
+        id: &str,
+        fingerprint: &str,
+        model: &str,
+        job: Option<&Job>,
+        body: &[u8],
+    ) -> (Record, Money) {
+        let gone;
+        let (job, stale) = match job {
+            Some(j) if j.fingerprint.to_string() == fingerprint => (j, None),
+            Some(j) => (j, Some(Stale::JobChanged)),
+            None => {
+                gone = Job {
+                    id: crate::job::JobId::new(id),
+                    index: u64::MAX,
+                    line: 0,
+                    model: model.to_string(),
+                    body: bytes::Bytes::new(),
+                    fingerprint: crate::job::Fingerprint(0),
+                    metadata: serde_json::Map::new(),
+                    est_prompt_tokens: 0,
+                    max_output_tokens: None,
+                    choices: 1,
+                    images: 0,
+                    expect: crate::answer::Expect::Text,
+                    image_files: Vec::new(),
+                };
+                (&gone, Some(Stale::JobRemoved))
+            }
+        };
+        let (mut r, cost) = self.answered(job, fingerprint, body, 1);
+        r.stale = stale;
+        if let Some(s) = stale {
+            tracing::debug!(
+                "batch answer for {id}: {}; recorded with the request it answers (its cost counts)",
+                match s {
+                    Stale::JobChanged => "the job changed after the batch was submitted",
+                    Stale::JobRemoved => "the job left the job file after the batch was submitted",
+                }
+            );
+        }
+        (r, cost)
     }
 
     /// Waits until every record sent so far is on disk (fsynced by the writer).
@@ -670,6 +732,8 @@ impl Engine for BatchEngine {
             .flat_map(|o| o.entry.ids.iter().map(|id| IdKey::of(id.as_bytes())))
             .collect();
         let mut decisions: HashMap<IdKey, Decision> = HashMap::new();
+        // Ids given a record from a batch this run (an id can be in two ended batches).
+        let mut recorded_now: HashSet<IdKey> = HashSet::new();
 
         // Submit what must run, batch by batch as they fill.
         let mut chunks = Chunks {
@@ -795,10 +859,11 @@ impl Engine for BatchEngine {
                     lines.push((id.clone(), fp.clone(), got.remove(id), info.status.clone()));
                 }
             }
+            // Every line's job, handed over by this run's intake or not: a batch's answers
+            // are paid for whatever this run was asked to do (`--limit`, an edited job file).
             let wanted: HashSet<IdKey> = lines
                 .iter()
                 .map(|(id, ..)| IdKey::of(id.as_bytes()))
-                .filter(|k| decisions.contains_key(k))
                 .collect();
             let jobs = self.jobs_of(wanted).await;
             let mut again: HashSet<IdKey> = HashSet::new();
@@ -807,17 +872,39 @@ impl Engine for BatchEngine {
             for (i, (o, _)) in ended.iter().enumerate() {
                 batch_of_line.extend(std::iter::repeat_n(i, o.entry.ids.len()));
             }
+            let models: Vec<String> = ended.iter().map(|(o, _)| o.entry.model.clone()).collect();
+            let (mut unasked, mut stale) = (0u64, 0u64);
             for ((id, fp, outcome, batch_status), at) in lines.into_iter().zip(batch_of_line) {
                 let k = IdKey::of(id.as_bytes());
-                // Recorded already (a run that stopped after writing, before the end was
-                // journaled), or not in the job file any more: nothing to write.
-                let (Some(decision), Some(job)) = (decisions.get(&k).copied(), jobs.get(&k)) else {
+                let Some(decision) = decisions.get(&k).copied() else {
+                    // Not this run's to send: an answer is still written (and its money
+                    // counted) unless the output already has it.
+                    if let Some(Outcome::Answered(body)) = outcome {
+                        let known = crate::job::Fingerprint::parse(&fp)
+                            .is_some_and(|f| intake.checkpoint().is_done(k, f));
+                        if !known && recorded_now.insert(k) {
+                            let (r, cost) =
+                                self.unasked(&id, &fp, &models[at], jobs.get(&k), &body);
+                            unasked += 1;
+                            stale += u64::from(r.stale.is_some());
+                            *spent.entry(at).or_default() += cost;
+                            sent += 1;
+                            let _ = ctx.writer.send(Box::new(r));
+                        }
+                    }
                     continue;
                 };
+                let Some(job) = jobs.get(&k) else {
+                    continue;
+                };
+                recorded_now.insert(k);
                 let tries = attempts.get(&k).copied().unwrap_or(1);
                 let record = match outcome {
                     Some(Outcome::Answered(body)) => {
-                        let (r, cost) = self.answered(job, &fp, &body, tries);
+                        let (mut r, cost) = self.answered(job, &fp, &body, tries);
+                        if job.fingerprint.to_string() != fp {
+                            r.stale = Some(Stale::JobChanged);
+                        }
                         *spent.entry(at).or_default() += cost;
                         r
                     }
@@ -863,6 +950,11 @@ impl Engine for BatchEngine {
                 sent += 1;
                 let record = ctx.with_prompt(job, record);
                 let _ = ctx.writer.send(Box::new(record));
+            }
+            if unasked > 0 {
+                tracing::warn!(
+                    "{unasked} answers of the collected batches were not asked for by this run ({stale} of them for jobs edited or removed since, the rest beyond --limit or another run's); written all the same, their cost counted"
+                );
             }
             // The records are on disk before the batches are marked collected.
             if !self.durable(sent).await {

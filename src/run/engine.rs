@@ -57,6 +57,8 @@ pub(crate) struct IntakeCounts {
     pub(crate) read: u64,
     pub(crate) skipped_done: u64,
     pub(crate) skipped_failed: u64,
+    /// Jobs not sent because they are in a batch that was open when the run started.
+    pub(crate) in_open_batch: u64,
     /// Jobs handed to the engine.
     pub(crate) handed: u64,
     /// The stream ended (as opposed to a stop, an error or `--limit`).
@@ -73,6 +75,9 @@ pub(crate) struct Intake<'a> {
     pub(crate) counts: IntakeCounts,
     /// The job file could not be read any more (it changed under the run).
     pub(crate) error: Option<String>,
+    /// Ids this run must not send: they sit in batches of the output that were open when
+    /// the run started (their answers are the batch's to deliver).
+    exclude: std::collections::HashSet<crate::job::IdKey>,
 }
 
 impl<'a> Intake<'a> {
@@ -91,7 +96,18 @@ impl<'a> Intake<'a> {
             counters,
             counts: IntakeCounts::default(),
             error: None,
+            exclude: Default::default(),
         }
+    }
+
+    /// Ids not to hand over, whatever the checkpoint says.
+    pub(crate) fn exclude(&mut self, ids: std::collections::HashSet<crate::job::IdKey>) {
+        self.exclude = ids;
+    }
+
+    /// What the output held when the run started.
+    pub(crate) fn checkpoint(&self) -> &Checkpoint {
+        self.checkpoint
     }
 
     /// The next job that must run, with why; `None` at the end of the file, on a read error
@@ -114,6 +130,11 @@ impl<'a> Intake<'a> {
                 Some(Ok(job)) => job,
             };
             self.counts.read += 1;
+            if !self.exclude.is_empty() && self.exclude.contains(&job.id.key()) {
+                self.counts.in_open_batch += 1;
+                self.counters.skipped.fetch_add(1, Relaxed);
+                continue;
+            }
             match self.checkpoint.decide(&job, self.retry_failed) {
                 Decision::Done => self.counts.skipped_done += 1,
                 Decision::SkipFailed => self.counts.skipped_failed += 1,

@@ -230,6 +230,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         opened: Default::default(),
         abort: Default::default(),
         warned_unpriced: AtomicBool::new(false),
+        warned_usage: AtomicBool::new(false),
         streak: Mutex::new((None, 0)),
         breaker_at: cfg.circuit_breaker,
         budget,
@@ -261,28 +262,58 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         cfg.limit,
         &counters,
     );
+    let journal = crate::batch::journal::journal_path(&cfg.output);
+    let batch_engine = |settings: &BatchSettings| batch::BatchEngine {
+        ctx: ctx.clone(),
+        input: cfg.input.clone(),
+        journal: journal.clone(),
+        settings: settings.clone(),
+        write_failed: writer.failed.clone(),
+    };
     let end = match &cfg.batch {
         None => {
-            live::LiveEngine {
-                ctx: ctx.clone(),
-                concurrency: cfg.concurrency,
-                grace: cfg.grace,
-                write_failed: writer.failed.clone(),
+            // Jobs in the output's open batches are never bought again live: those batches
+            // are collected first, and their jobs are left out of this run's live work.
+            let in_batches = crate::batch::journal::open_ids(&journal)
+                .map_err(|e| RunError::Config(format!("batch journal: {e}")))?;
+            let mut collected = None;
+            if !in_batches.is_empty() {
+                tracing::warn!(
+                    "{} jobs of this output are in batches still open at the provider (submitted with --mode batch): collecting them first; none of them is sent live",
+                    in_batches.len()
+                );
+                let settings = BatchSettings {
+                    api: match &cfg.endpoint {
+                        Endpoint::Url(u) => BatchApi::for_endpoint(u),
+                        Endpoint::Mock(_) => BatchApi::OpenAi,
+                    },
+                    ..BatchSettings::default()
+                };
+                let mut nothing_new = Intake::new(
+                    JobStream::spawn(cfg.input.clone(), 16)?,
+                    &prepared.checkpoint,
+                    cfg.retry_failed,
+                    Some(0),
+                    &counters,
+                );
+                collected = Some(batch_engine(&settings).execute(&mut nothing_new).await);
+                intake.exclude(in_batches);
             }
-            .execute(&mut intake)
-            .await
-        }
-        Some(settings) => {
-            batch::BatchEngine {
-                ctx: ctx.clone(),
-                input: cfg.input.clone(),
-                journal: crate::batch::journal::journal_path(&cfg.output),
-                settings: settings.clone(),
-                write_failed: writer.failed.clone(),
+            match collected {
+                Some(end) if ctx.aborted() || shutdown.phase() >= Phase::Draining => end,
+                _ => {
+                    live::LiveEngine {
+                        ctx: ctx.clone(),
+                        concurrency: cfg.concurrency,
+                        grace: cfg.grace,
+                        write_failed: writer.failed.clone(),
+                    }
+                    .execute(&mut intake)
+                    .await
+                }
             }
-            .execute(&mut intake)
-            .await
         }
+        Some(settings) => batch_engine(settings).execute(&mut intake).await,
     };
     let counts = intake.counts;
     let mut input_error = intake.error.take();

@@ -165,6 +165,13 @@ pub(super) fn summarize(t: Tallies) -> Summary {
     let output_failed = t.counted.failed + t.intake.skipped_failed;
     let (outcome, message) = outcome(&t.stops, output_failed);
     let c = t.counted;
+    // Failures a re-run retries: every kind but the permanent ones.
+    let retried_on_resume: u64 = c
+        .failed_by_kind
+        .iter()
+        .filter(|(kind, _)| !matches!(kind.as_str(), "client" | "invalid_output"))
+        .map(|(_, n)| n)
+        .sum();
     Summary {
         outcome,
         exit_code: outcome.exit_code(),
@@ -206,7 +213,9 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         endpoint: t.endpoint,
         models: c.models,
         invalid_cost_usd: c.invalid_cost.usd(),
-        resume_command: (t.stops.early() || not_run > 0).then_some(t.resume_command),
+        resume_command: (t.stops.early() || not_run > 0 || retried_on_resume > 0)
+            .then_some(t.resume_command),
+        retried_on_resume,
         coordinator: t.coordinator,
     }
 }
@@ -308,6 +317,7 @@ mod tests {
                 read: 120,
                 skipped_done: 50,
                 skipped_failed: 5,
+                in_open_batch: 0,
                 handed: 65,
                 read_all: false,
             },

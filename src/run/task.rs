@@ -47,6 +47,8 @@ pub(super) struct Ctx {
     /// Why the run was aborted, if it was.
     pub(super) abort: Abort,
     pub(super) warned_unpriced: AtomicBool,
+    /// Warned once that an answer's usage could not be read.
+    pub(super) warned_usage: AtomicBool,
     pub(super) budget: Option<Arc<dyn Budget>>,
     /// Jobs failing in a row with the same kind of error; `breaker_at` of them stop the run.
     pub(super) streak: Mutex<(Option<ErrorKind>, u32)>,
@@ -228,9 +230,11 @@ impl Ctx {
         }
     }
 
+    /// The output a job may be billed: its allowance for every choice it asks for (`n`).
     pub(super) fn output_allowance(&self, job: &Job) -> u64 {
         job.max_output_tokens
             .map_or(self.default_output_tokens, u64::from)
+            .saturating_mul(u64::from(job.choices.max(1)))
     }
 
     /// The most `job` can cost: the price table's worst case ([`Ctx::table_worst_case`]),
@@ -295,7 +299,7 @@ impl Ctx {
     /// request body's bytes: a byte-level BPE token is at least one byte, natural language
     /// averages three to four bytes a token, and the body also carries JSON punctuation, tools
     /// and schemas.
-    fn table_worst_case(&self, job: &Job, model: &str) -> Money {
+    pub(super) fn table_worst_case(&self, job: &Job, model: &str) -> Money {
         match self.prices.get(model) {
             Some(p) => p.worst_case(
                 job.body.len().div_ceil(2) as u64,
@@ -307,29 +311,97 @@ impl Ctx {
         }
     }
 
+    /// Fills a record with what an answer carries (served model, content, every choice, tool
+    /// calls, usage, the raw body under `--keep-response`): one shape for live and batch
+    /// answers. Returns the check of the first choice against the job's schema.
+    pub(super) fn answer_into(
+        &self,
+        job: &Job,
+        r: &mut Record,
+        c: Completion,
+        raw: Option<&[u8]>,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let checked = self.validators.check(&job.expect, c.content.as_deref());
+        let u: Option<Usage> = c.usage;
+        r.response_model = c.response_model;
+        r.finish_reason = c.finish_reason;
+        r.prompt_tokens = u.map(|u| u.prompt);
+        r.completion_tokens = u.map(|u| u.completion);
+        r.total_tokens = u.map(|u| u.prompt + u.completion);
+        r.cached_tokens = u.map(|u| u.cached);
+        r.reasoning_tokens = u.map(|u| u.reasoning);
+        if self.keep_response {
+            r.response = raw.and_then(|b| serde_json::from_slice(b).ok());
+        }
+        if !c.more.is_empty() {
+            let parse =
+                |content: Option<&str>| self.validators.check(&job.expect, content).ok().flatten();
+            let mut all = vec![Choice {
+                content: c.content.clone(),
+                finish_reason: r.finish_reason.clone(),
+                tool_calls: c.tool_calls.clone(),
+                parsed: checked.as_ref().ok().cloned().flatten(),
+            }];
+            all.extend(c.more.into_iter().map(|m| Choice {
+                parsed: parse(m.content.as_deref()),
+                content: m.content,
+                finish_reason: m.finish_reason,
+                tool_calls: m.tool_calls,
+            }));
+            r.choices = Some(all);
+        }
+        r.content = c.content;
+        r.tool_calls = c.tool_calls;
+        checked
+    }
+
     pub(super) fn cost(
         &self,
         job: &Job,
         model: &str,
         c: &Completion,
     ) -> (Option<Money>, Option<CostSource>) {
+        self.cost_at(job, model, c, |p, u| p.cost(u, job.images))
+    }
+
+    /// The cost of an answer: the provider's own figure first, else its usage at `price` of
+    /// the model's (or the served model's) listed price (live or batch). A paid answer whose usage cannot be
+    /// read is taken at the job's worst case, with a warning, so the cap still counts it.
+    pub(super) fn cost_at(
+        &self,
+        job: &Job,
+        model: &str,
+        c: &Completion,
+        price: impl Fn(&crate::cost::Price, &Usage) -> Money,
+    ) -> (Option<Money>, Option<CostSource>) {
         if let Some(usd) = c.provider_cost {
             return (Some(Money::from_usd(usd)), Some(CostSource::Provider));
         }
-        let price = self
+        let listed = self
             .prices
             .get(model)
             .or_else(|| c.response_model.as_deref().and_then(|m| self.prices.get(m)));
-        match (price, &c.usage) {
-            (Some(p), Some(u)) => (Some(p.cost(u, job.images)), Some(CostSource::PriceTable)),
-            (None, Some(_)) => {
+        match (listed, &c.usage, &c.usage_problem) {
+            (Some(p), Some(u), _) => (Some(price(p, u)), Some(CostSource::PriceTable)),
+            (Some(_), None, Some(problem)) => {
+                // At the full price, batch or not: nothing says what share was billed.
+                let worst = self.table_worst_case(job, model);
+                if !self.warned_usage.swap(true, Relaxed) {
+                    tracing::warn!(
+                        "job {}: the answer's usage cannot be read ({problem}); its cost is recorded at the job's worst case, {worst}",
+                        job.id
+                    );
+                }
+                (Some(worst), Some(CostSource::WorstCase))
+            }
+            (None, Some(_), _) => {
                 self.counters.unpriced.fetch_add(1, Relaxed);
                 if !self.warned_unpriced.swap(true, Relaxed) {
                     tracing::warn!("model {model:?} has no known price: its cost is recorded as null (add it with --prices)");
                 }
                 (None, None)
             }
-            (_, None) => (None, None),
+            _ => (None, None),
         }
     }
 }
@@ -360,6 +432,7 @@ pub(super) fn base_record(
         tool_calls: None,
         choices: None,
         fallback_model: None,
+        stale: None,
         response: None,
         prompt: None,
         prompt_tokens: None,
@@ -618,43 +691,15 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                     h.settle(this);
                 }
                 ctx.open();
-                let checked = ctx.validators.check(&job.expect, c.content.as_deref());
                 let mut r = base_record(job, started, attempts, latency);
-                let u: Option<Usage> = c.usage;
-                r.response_model = c.response_model;
                 r.fallback_model = fallback.clone();
-                r.finish_reason = c.finish_reason;
-                r.prompt_tokens = u.map(|u| u.prompt);
-                r.completion_tokens = u.map(|u| u.completion);
-                r.total_tokens = u.map(|u| u.prompt + u.completion);
-                r.cached_tokens = u.map(|u| u.cached);
-                r.reasoning_tokens = u.map(|u| u.reasoning);
                 r.cost_usd = match (paid > Money::ZERO, cost) {
                     (true, _) => Some((paid + this).usd()),
                     (false, c) => c.map(Money::usd),
                 };
                 r.cost_source = source;
-                r.response = raw.and_then(|b| serde_json::from_slice(&b).ok());
-                if !c.more.is_empty() {
-                    let parse = |content: Option<&str>| {
-                        ctx.validators.check(&job.expect, content).ok().flatten()
-                    };
-                    let mut all = vec![Choice {
-                        content: c.content.clone(),
-                        finish_reason: r.finish_reason.clone(),
-                        tool_calls: c.tool_calls.clone(),
-                        parsed: checked.as_ref().ok().cloned().flatten(),
-                    }];
-                    all.extend(c.more.into_iter().map(|m| Choice {
-                        parsed: parse(m.content.as_deref()),
-                        content: m.content,
-                        finish_reason: m.finish_reason,
-                        tool_calls: m.tool_calls,
-                    }));
-                    r.choices = Some(all);
-                }
-                r.content = c.content;
-                r.tool_calls = c.tool_calls;
+                let cut = c.finish_reason.as_deref() == Some("length");
+                let checked = ctx.answer_into(job, &mut r, *c, raw.as_deref());
                 match checked {
                     Ok(parsed) => {
                         r.parsed = parsed;
@@ -668,12 +713,22 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
                         r.error = Some(RecordError {
                             kind: ErrorKind::InvalidOutput,
                             http_status: None,
-                            message: format!(
-                                "{why} ({invalid} invalid answer{} paid for)",
-                                if invalid == 1 { "" } else { "s" }
-                            ),
+                            message: match cut {
+                                true => format!(
+                                    "cut at max_tokens {}: raise --max-tokens ({why}; {invalid} invalid answer{} paid for)",
+                                    ctx.output_allowance(job) / u64::from(job.choices.max(1)),
+                                    if invalid == 1 { "" } else { "s" }
+                                ),
+                                false => format!(
+                                    "{why} ({invalid} invalid answer{} paid for)",
+                                    if invalid == 1 { "" } else { "s" }
+                                ),
+                            },
                         });
-                        let again = invalid <= ctx.retry_invalid
+                        // An answer cut at `max_tokens` would be cut again: asking again buys
+                        // the same answer twice.
+                        let again = !cut
+                            && invalid <= ctx.retry_invalid
                             && ctx.shutdown.phase() < Phase::Draining
                             && !ctx.aborted();
                         // The next answer is paid for too: it reserves its worst case again.

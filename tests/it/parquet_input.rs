@@ -296,3 +296,63 @@ fn parquet_problems_name_the_row_and_images_come_from_a_column() {
         "one row has a photo, the other none"
     );
 }
+
+#[test]
+fn parquet_dates_before_1970_and_after_9999_are_ordinary_data() {
+    use arrow_array::{Date32Array, TimestampSecondArray};
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let pq = dir.path("people.parquet");
+    write_table(
+        &pq,
+        vec![
+            (
+                "id",
+                Arc::new(StringArray::from(vec!["a", "b", "c"])) as ArrayRef,
+            ),
+            (
+                "born",
+                // 1900-01-01, 1969-12-31, and a year past 9999.
+                Arc::new(Date32Array::from(vec![-25_567, -1, 2_932_897])) as ArrayRef,
+            ),
+            (
+                "seen",
+                Arc::new(TimestampSecondArray::from(vec![-1, -2_208_988_800, 0])) as ArrayRef,
+            ),
+        ],
+    );
+    let o = bulkprompt()
+        .args(["validate"])
+        .arg(&pq)
+        .args(["--template", "{born} {seen}", "--model", "m"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let out = dir.path("o.jsonl");
+    let o = run(
+        &pq,
+        &out,
+        &mock.url(),
+        &["--template", "born {born}, seen {seen}", "--keep-prompt"],
+    );
+    assert_code(&o, 0);
+    let recs = records_by_id(&out);
+    let prompt = |id: &str| {
+        recs[id].prompt.as_ref().unwrap()[0]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        prompt("a"),
+        "born 1900-01-01, seen 1969-12-31T23:59:59.000000000Z"
+    );
+    assert_eq!(
+        prompt("b"),
+        "born 1969-12-31, seen 1900-01-01T00:00:00.000000000Z"
+    );
+    assert_eq!(
+        prompt("c"),
+        "born +10000-01-01, seen 1970-01-01T00:00:00.000000000Z"
+    );
+}

@@ -1,0 +1,338 @@
+//! Every paid answer once: the edges of "nothing paid twice" found by a careless user and a
+//! hostile world (issue 22). Each test is named after what it protects; the money checks
+//! compare what the simulator billed with what the output records.
+
+use crate::harness::*;
+use bulkprompt::mock::{BatchConfig, MockConfig};
+use bulkprompt::output::{CostSource, Stale, Status};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MODEL: &str = "google/gemini-2.0-flash-001";
+const ENDS: Duration = Duration::from_secs(60);
+
+fn batch_mock(batch: BatchConfig) -> Mock {
+    Mock::start(MockConfig {
+        batch,
+        ..Default::default()
+    })
+}
+
+fn batch_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--model", MODEL, "--mode", "batch", "--poll-interval", "1"];
+    a.extend(extra);
+    a
+}
+
+fn billed(mock: &Mock) -> f64 {
+    mock.stats().billed as f64 / 1e12
+}
+
+fn recorded(out: &std::path::Path) -> f64 {
+    records(out).iter().filter_map(|r| r.cost_usd).sum()
+}
+
+/// A chat-completions server that answers every request with `body`, counting requests.
+struct Canned {
+    url: String,
+    requests: Arc<AtomicU64>,
+}
+
+fn canned(body: &'static str) -> Canned {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let requests = Arc::new(AtomicU64::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { return };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: headers, then Content-Length bytes.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + len);
+                    count.fetch_add(1, Relaxed);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Canned { url, requests }
+}
+
+// ---- 5. A paid answer with odd usage -----------------------------------------------------
+
+#[test]
+fn an_answer_with_odd_usage_is_bought_once_and_still_counted() {
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    // Whole floats and numeric strings are read as they are meant.
+    let floats = canned(
+        r#"{"choices":[{"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10.0,"completion_tokens":"5","cost":"0.01"}}"#,
+    );
+    let out = dir.path("floats.jsonl");
+    let o = run(&input, &out, &floats.url, &["--model", MODEL]);
+    assert_code(&o, 0);
+    assert_eq!(floats.requests.load(Relaxed), 3, "one request a job");
+    for r in records(&out) {
+        assert_eq!((r.prompt_tokens, r.completion_tokens), (Some(10), Some(5)));
+        assert_eq!(r.cost_usd, Some(0.01));
+        assert_eq!(r.cost_source, Some(CostSource::Provider));
+    }
+    // Usage that cannot be read: one request a job, the job's worst case recorded, so the cap
+    // counts it; the cap holds.
+    let negative = canned(
+        r#"{"choices":[{"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":-4,"completion_tokens":[5]}}"#,
+    );
+    let out = dir.path("negative.jsonl");
+    let args = ["--model", MODEL, "--max-tokens", "100", "--max-cost", "1"];
+    let o = run(&input, &out, &negative.url, &args);
+    assert_code(&o, 0);
+    assert_eq!(
+        negative.requests.load(Relaxed),
+        3,
+        "never retried for its usage"
+    );
+    assert!(
+        stderr(&o).contains("usage cannot be read"),
+        "{}",
+        stderr(&o)
+    );
+    for r in records(&out) {
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.cost_source, Some(CostSource::WorstCase));
+        // At least the whole output allowance at $0.40/M.
+        assert!(r.cost_usd.unwrap() >= 100.0 * 0.40e-6, "{:?}", r.cost_usd);
+    }
+    let again = run(&input, &out, &negative.url, &args);
+    assert_code(&again, 0);
+    assert_eq!(
+        negative.requests.load(Relaxed),
+        3,
+        "the re-run buys nothing"
+    );
+}
+
+// ---- 8. n > 1 in the worst case ----------------------------------------------------------
+
+#[test]
+fn several_choices_count_in_the_worst_case_so_the_cap_holds() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let jobs: String = (0..40)
+        .map(|i| format!("{{\"id\":\"j{i}\",\"n\":8,\"max_tokens\":32,\"messages\":[{{\"role\":\"user\",\"content\":\"Write a line about item {i}.\"}}]}}\n"))
+        .collect();
+    let input = dir.write("jobs.jsonl", jobs);
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--model", MODEL, "--max-cost", "0.0002"],
+    );
+    assert_code(&o, 3);
+    let spent = recorded(&out);
+    assert!(spent <= 0.0002 + 1e-12, "recorded {spent} over the cap");
+    assert!(
+        (spent - billed(&mock)).abs() < 1e-9,
+        "{spent} vs billed {}",
+        billed(&mock)
+    );
+    // The estimate's worst case counts every choice too.
+    let o = bulkprompt()
+        .args(["estimate"])
+        .arg(&input)
+        .args(["--model", MODEL])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let text = String::from_utf8_lossy(&o.stdout).replace(',', "");
+    assert!(
+        text.contains("10240"),
+        "40 jobs x 8 choices x 32 tokens: {text}"
+    );
+}
+
+// ---- 13. An image cell naming a FIFO -----------------------------------------------------
+
+#[cfg(unix)]
+#[test]
+fn an_image_cell_naming_a_fifo_never_blocks_validate_or_run() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let fifo = dir.path("pipe.png");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let input = dir.write("jobs.csv", "id,caption,photo\na,shoe,pipe.png\n");
+    let args = [
+        "--template",
+        "Describe: {caption}",
+        "--image-column",
+        "photo",
+    ];
+    let o = output_within(
+        bulkprompt()
+            .arg("validate")
+            .arg(&input)
+            .args(args)
+            .args(["--model", "m"]),
+        ENDS,
+    );
+    assert_code(&o, 1);
+    let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(said.contains("pipe.png: not a regular file"), "{said}");
+    let o = output_within(
+        &mut run_cmd(&input, &dir.path("o.jsonl"), &mock.url(), &args),
+        ENDS,
+    );
+    assert_code(&o, 1);
+    assert_eq!(mock.stats().requests, 0);
+}
+
+// ---- 2. A creation whose answer is lost --------------------------------------------------
+
+#[test]
+fn a_batch_creation_or_upload_whose_answer_is_lost_is_made_once() {
+    for lose in [1, 2] {
+        // 1: the upload's answer is lost; 2: the upload's and the creation's.
+        let mock = batch_mock(BatchConfig {
+            lose_answers: lose,
+            ..Default::default()
+        });
+        let dir = Dir::new();
+        let input = dir.write("jobs.jsonl", chat_jobs(100));
+        let out = dir.path("out.jsonl");
+        let o = output_within(
+            &mut run_cmd(
+                &input,
+                &out,
+                &mock.url(),
+                &batch_args(&["--retry-base-ms", "10"]),
+            ),
+            ENDS,
+        );
+        assert_code(&o, 0);
+        let b = mock.batch_stats();
+        assert_eq!(b.files_uploaded, 1, "lose {lose}: one upload");
+        assert_eq!((b.batches_created, b.duplicate_keys), (1, 0), "lose {lose}");
+        assert_eq!((b.lines_answered, b.most_answers_per_id), (100, 1));
+        assert_eq!(records_by_id(&out).len(), 100);
+    }
+}
+
+// ---- 3. Collecting with --limit, or after the job file was edited ------------------------
+
+#[test]
+fn collecting_with_a_limit_or_an_edited_job_file_keeps_every_paid_answer() {
+    let mock = batch_mock(BatchConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(100));
+    let out = dir.path("out.jsonl");
+    let o = run(&input, &out, &mock.url(), &batch_args(&["--no-wait"]));
+    assert_code(&o, 6);
+    std::thread::sleep(Duration::from_millis(400));
+    let o = run(&input, &out, &mock.url(), &batch_args(&["--limit", "10"]));
+    assert_code(&o, 0);
+    assert_eq!(
+        records_by_id(&out).len(),
+        100,
+        "all 100 paid answers are written"
+    );
+    assert!((recorded(&out) - billed(&mock)).abs() < 1e-9);
+    let o = run(&input, &out, &mock.url(), &batch_args(&[]));
+    assert_code(&o, 0);
+    assert_eq!(
+        mock.batch_stats().lines_answered,
+        100,
+        "nothing submitted again"
+    );
+
+    // Ids 51-100 removed, id j0 changed, before collecting.
+    let mock = batch_mock(BatchConfig::default());
+    let out = dir.path("edited.jsonl");
+    let o = run(&input, &out, &mock.url(), &batch_args(&["--no-wait"]));
+    assert_code(&o, 6);
+    std::thread::sleep(Duration::from_millis(400));
+    let kept: String = chat_jobs(50).replacen("item number 0 ", "item number zero ", 1);
+    let edited = dir.write("edited-jobs.jsonl", kept);
+    std::fs::copy(&edited, &input).unwrap();
+    let o = run(&input, &out, &mock.url(), &batch_args(&[]));
+    assert_code(&o, 0);
+    let by_id = records_by_id(&out);
+    assert_eq!(
+        by_id.len(),
+        100,
+        "the removed jobs' answers stay: they were bought"
+    );
+    assert_eq!(by_id["j77"].stale, Some(Stale::JobRemoved));
+    assert_eq!(by_id["j7"].stale, None);
+    assert_eq!(by_id["j0"].stale, Some(Stale::JobChanged));
+    // The changed job runs again (its record was for the old request); the rest is done.
+    let before = mock.batch_stats().lines_answered;
+    let o = run(&input, &out, &mock.url(), &batch_args(&[]));
+    assert_code(&o, 0);
+    assert_eq!(mock.batch_stats().lines_answered, before + 1);
+    assert_eq!(records_by_id(&out)["j0"].stale, None);
+    assert!(
+        (recorded(&out) - billed(&mock)).abs() < 1e-9,
+        "the output's total is the bill"
+    );
+}
+
+// ---- 1. A live run on an output whose batches are open -----------------------------------
+
+#[test]
+fn a_live_run_never_buys_again_what_an_open_batch_holds() {
+    let mock = batch_mock(BatchConfig {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(200));
+    let out = dir.path("out.jsonl");
+    let o = run(&input, &out, &mock.url(), &batch_args(&["--no-wait"]));
+    assert_code(&o, 6);
+    let live = ["--model", MODEL];
+    let o = output_within(&mut run_cmd(&input, &out, &mock.url(), &live), ENDS);
+    assert_code(&o, 0);
+    assert!(stderr(&o).contains("batches still open"), "{}", stderr(&o));
+    assert_eq!(
+        mock.stats().requests,
+        0,
+        "nothing in an open batch is sent live"
+    );
+    assert_eq!(records_by_id(&out).len(), 200);
+    let o = run(&input, &out, &mock.url(), &batch_args(&[]));
+    assert_code(&o, 0);
+    assert_eq!(mock.batch_stats().most_answers_per_id, 1);
+    assert!((recorded(&out) - billed(&mock)).abs() < 1e-9);
+}

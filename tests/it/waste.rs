@@ -1,0 +1,166 @@
+//! Requests that waste nothing (issue 23): an answer cut at `max_tokens` is not bought again,
+//! a template that makes every prompt the same is refused, a named key variable that is not
+//! set stops the run before anything is sent, and a run with transient failures says how to
+//! resume.
+
+use crate::harness::*;
+use bulkprompt::mock::{Fault, MockConfig};
+use bulkprompt::output::{ErrorKind, Status};
+
+#[test]
+fn a_structured_answer_cut_at_max_tokens_is_not_bought_again() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(6));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--param",
+            r#"response_format={"type":"json_object"}"#,
+            "--max-tokens",
+            "2",
+            "--retry-invalid",
+            "3",
+        ],
+    );
+    assert_code(&o, 2);
+    assert_eq!(
+        mock.stats().requests,
+        6,
+        "one request a job: a retry is the same cut answer"
+    );
+    for r in records(&out) {
+        assert_eq!(r.status, Status::Failed);
+        assert_eq!(r.finish_reason.as_deref(), Some("length"));
+        let e = r.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::InvalidOutput);
+        assert!(
+            e.message
+                .contains("cut at max_tokens 2: raise --max-tokens"),
+            "{}",
+            e.message
+        );
+    }
+}
+
+#[test]
+fn a_template_that_makes_every_prompt_the_same_is_refused() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let rows: String = std::iter::once("id,text\n".to_string())
+        .chain((0..64).map(|i| format!("r{i},review number {i}\n")))
+        .collect();
+    let input = dir.write("reviews.csv", rows);
+    for template in ["", "Classify this review."] {
+        let o = run(
+            &input,
+            &dir.path("o.jsonl"),
+            &mock.url(),
+            &["--template", template],
+        );
+        assert_code(&o, 1);
+        let e = stderr(&o);
+        assert!(e.contains("all 64 jobs send the same request"), "{e}");
+        assert!(e.contains("--allow-constant-prompt"), "{e}");
+        let o = bulkprompt()
+            .arg("validate")
+            .arg(&input)
+            .args(["--template", template, "--model", "m"])
+            .output()
+            .unwrap();
+        assert_code(&o, 1);
+    }
+    assert_eq!(mock.stats().requests, 0);
+    // Said on purpose, it runs; a template with a placeholder was never in question.
+    let o = run(
+        &input,
+        &dir.path("same.jsonl"),
+        &mock.url(),
+        &[
+            "--template",
+            "Classify this review.",
+            "--allow-constant-prompt",
+        ],
+    );
+    assert_code(&o, 0);
+    let o = run(
+        &input,
+        &dir.path("t.jsonl"),
+        &mock.url(),
+        &["--template", "Classify: {text}"],
+    );
+    assert_code(&o, 0);
+    // One job is never "the same request twice".
+    let one = dir.write("one.csv", "id,text\nr1,x\n");
+    let o = run(
+        &one,
+        &dir.path("one.jsonl"),
+        &mock.url(),
+        &["--template", "Hi"],
+    );
+    assert_code(&o, 0);
+}
+
+#[test]
+fn a_named_key_variable_that_is_not_set_stops_before_anything_is_sent() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    for value in [None, Some("")] {
+        let mut cmd = run_cmd(
+            &input,
+            &dir.path("o.jsonl"),
+            &mock.url(),
+            &["--api-key-env", "BULKPROMPT_TEST_UNSET_KEY"],
+        );
+        match value {
+            None => cmd.env_remove("BULKPROMPT_TEST_UNSET_KEY"),
+            Some(v) => cmd.env("BULKPROMPT_TEST_UNSET_KEY", v),
+        };
+        let o = cmd.output().unwrap();
+        assert_code(&o, 1);
+        assert!(
+            stderr(&o).contains("BULKPROMPT_TEST_UNSET_KEY is not set or empty"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(mock.stats().requests, 0);
+}
+
+#[test]
+fn a_run_ending_with_transient_failures_prints_how_to_resume() {
+    let mock = Mock::start(MockConfig::with_fault(Fault::ServerError, 1.0));
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(4));
+    let out = dir.path("out.jsonl");
+    let sum = dir.path("s.json");
+    let o = bulkprompt()
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(["--endpoint", &mock.url(), "--model", "m"])
+        .args([
+            "--max-attempts",
+            "1",
+            "--retry-base-ms",
+            "1",
+            "--circuit-breaker",
+            "0",
+        ])
+        .arg("--summary-json")
+        .arg(&sum)
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    let e = stderr(&o);
+    assert!(e.contains("resume:"), "{e}");
+    assert!(e.contains("(retries 4 failed jobs)"), "{e}");
+    let s = summary(&sum);
+    assert_eq!(s["retried_on_resume"], 4);
+    assert!(s["resume_command"].is_string());
+}
