@@ -20,6 +20,8 @@ pub const KEY_FIELD: &str = "bulkprompt_key";
 pub struct ApiError {
     pub transient: bool,
     pub message: String,
+    /// The HTTP status of the refusal, when there was one.
+    pub status: Option<u16>,
 }
 
 /// What the runner reads of a batch.
@@ -87,6 +89,7 @@ async fn ok_body(
     match client.call(method, path, body).await {
         Call::Http { status, body } if (200..300).contains(&status) => Ok(body),
         Call::Http { status, body } => Err(ApiError {
+            status: Some(status),
             transient: status == 429 || status >= 500 || status == 408,
             message: format!(
                 "{path}: HTTP {status}: {}",
@@ -94,6 +97,7 @@ async fn ok_body(
             ),
         }),
         Call::Transport(message) => Err(ApiError {
+            status: None,
             transient: true,
             message: format!("{path}: {message}"),
         }),
@@ -102,6 +106,7 @@ async fn ok_body(
 
 fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError {
+        status: None,
         transient: false,
         message: format!("{path}: unexpected answer ({e})"),
     })
@@ -204,6 +209,7 @@ pub async fn create_inline(
     let mut first = true;
     for raw in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let line: Line = serde_json::from_slice(raw).map_err(|e| ApiError {
+            status: None,
             transient: false,
             message: format!("a batch line: {e}"),
         })?;

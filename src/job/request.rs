@@ -136,6 +136,14 @@ pub fn finish(
             body.insert(k.clone(), v.clone());
         }
     }
+    // A streamed answer reports its usage only when asked to (OpenAI's `stream_options`):
+    // without it the cost of a streamed job would be unknown.
+    if body.get("stream") == Some(&Value::Bool(true)) && !body.contains_key("stream_options") {
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(Value::String(_)) | None => match &defaults.model {

@@ -434,6 +434,10 @@ struct ChatRequest {
     #[serde(default)]
     tools: Vec<serde_json::Value>,
     tool_choice: Option<serde_json::Value>,
+    /// Answer as server-sent events.
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<serde_json::Value>,
 }
 
 impl ChatRequest {
@@ -917,7 +921,17 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
     stats
         .completion_tokens
         .fetch_add(answer.completion_tokens, Relaxed);
-    let bytes = Bytes::from(serde_json::to_vec(&response).unwrap_or_default());
+    let streamed = parsed.stream;
+    let bytes = match streamed {
+        false => Bytes::from(serde_json::to_vec(&response).unwrap_or_default()),
+        true => {
+            let usage = parsed
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o["include_usage"] == true);
+            event_stream(&response, usage)
+        }
+    };
     let mut r = match fault {
         Some(Fault::Truncated) => {
             stats.faults.fetch_add(1, Relaxed);
@@ -929,8 +943,13 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         }
         _ => Response::new(MockBody::full(bytes)),
     };
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(match streamed {
+            true => "text/event-stream",
+            false => "application/json",
+        }),
+    );
     // The limit it enforces, as providers say it (or the one it was told to advertise).
     if cfg.dialect.sends_limit_headers() {
         let per_minute = cfg.window == window::MINUTE;
@@ -954,6 +973,68 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         }
     }
     Ok(r)
+}
+
+/// A response as the server-sent events of a streamed answer: each choice's content in two
+/// deltas, its tool calls in one, a last chunk with every `finish_reason`, the usage chunk
+/// when `stream_options.include_usage` asked for it, and `[DONE]`.
+fn event_stream(response: &ChatResponse<'_>, usage: bool) -> Bytes {
+    let mut out = String::new();
+    let mut send = |chunk: serde_json::Value| {
+        out.push_str("data: ");
+        out.push_str(&chunk.to_string());
+        out.push_str("\n\n");
+    };
+    let head = |choices: serde_json::Value| {
+        serde_json::json!({"id": response.id, "object": "chat.completion.chunk",
+            "created": response.created, "model": response.model, "choices": choices})
+    };
+    for c in &response.choices {
+        let text = c.message.content.clone().unwrap_or_default();
+        let mut cut = text.len() / 2;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        for (i, piece) in [&text[..cut], &text[cut..]].into_iter().enumerate() {
+            let mut delta = serde_json::json!({"content": piece});
+            if i == 0 {
+                delta["role"] = "assistant".into();
+                if c.message.content.is_none() {
+                    delta["content"] = serde_json::Value::Null;
+                }
+            }
+            if let (1, Some(calls)) = (i, &c.message.tool_calls) {
+                let calls: Vec<serde_json::Value> = calls
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(n, t)| {
+                        let mut t = t.clone();
+                        t["index"] = n.into();
+                        t
+                    })
+                    .collect();
+                delta["tool_calls"] = calls.into();
+            }
+            send(head(
+                serde_json::json!([{"index": c.index, "delta": delta, "finish_reason": null}]),
+            ));
+        }
+    }
+    let ends: Vec<serde_json::Value> = response
+        .choices
+        .iter()
+        .map(|c| serde_json::json!({"index": c.index, "delta": {}, "finish_reason": c.finish_reason}))
+        .collect();
+    send(head(ends.into()));
+    if usage {
+        let mut last = head(serde_json::json!([]));
+        last["usage"] = serde_json::to_value(&response.usage).unwrap_or_default();
+        send(last);
+    }
+    out.push_str("data: [DONE]\n\n");
+    Bytes::from(out)
 }
 
 /// What the simulator charges when asked to report cost: its price table plus 5%, like a

@@ -6,6 +6,7 @@ pub mod classify;
 mod pacific;
 pub mod refusal;
 pub mod response;
+pub mod stream;
 
 pub use classify::{classify, Attempt, ErrorKind, Verdict};
 pub use response::Completion;
@@ -162,6 +163,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        let content_type = header("content-type");
         let retry_after = header("retry-after");
         let reset_requests = header("x-ratelimit-reset-requests");
         let reset_tokens = header("x-ratelimit-reset-tokens");
@@ -201,6 +203,20 @@ impl Client {
                 Err(e) => return transport(e),
             }
         }
+        let mut body = buf.freeze();
+        if (200..300).contains(&status) && stream::is_event_stream(content_type.as_deref(), &body) {
+            // A streamed answer, read whole: from here on it is the answer it streams.
+            match stream::assemble(&body) {
+                Ok(b) => body = b.into(),
+                Err(message) => {
+                    let kind = match message.contains("carried an error") {
+                        true => ErrorKind::Server,
+                        false => ErrorKind::Connection,
+                    };
+                    return Attempt::Transport { kind, message };
+                }
+            }
+        }
         Attempt::Http {
             status,
             retry_after,
@@ -208,7 +224,7 @@ impl Client {
             reset_tokens,
             quota_exhausted,
             advertised,
-            body: buf.freeze(),
+            body,
         }
     }
 }

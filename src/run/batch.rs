@@ -176,6 +176,15 @@ impl BatchEngine {
 
     /// Stops the run for a batch-API failure (exit 4); open batches stay in the journal.
     fn fail(&self, what: &str, e: &ApiError) {
+        if e.status == Some(404) && matches!(what, "upload" | "create") {
+            // Nothing there to take a batch: the same command would stop the same way.
+            self.ctx.abort.abort_fatal(format!(
+                "the endpoint {} has no batch API ({what} answered HTTP 404: {}); nothing was submitted: run with --mode live",
+                self.ctx.endpoint, e.message
+            ));
+            self.ctx.open();
+            return;
+        }
         self.ctx.abort(format!(
             "batch API: {what}: {e}; batches already submitted are in the journal {} and the next run collects them",
             self.journal.display()

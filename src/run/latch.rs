@@ -43,9 +43,23 @@ impl Latch {
 pub(super) struct Abort {
     reason: std::sync::Mutex<Option<String>>,
     latch: Latch,
+    /// The same command would stop the same way: no resume line is offered.
+    fatal: std::sync::atomic::AtomicBool,
 }
 
 impl Abort {
+    /// Aborts for a reason that re-running the same command cannot fix.
+    pub(super) fn abort_fatal(&self, reason: String) {
+        if !self.is_set() {
+            self.fatal.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.abort(reason);
+    }
+
+    pub(super) fn is_fatal(&self) -> bool {
+        self.fatal.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn abort(&self, reason: String) {
         let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         if r.is_none() {

@@ -325,6 +325,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         ));
     }
     let abort = ctx.abort.reason();
+    let fatal = ctx.abort.is_fatal();
     let provider_limits = ctx.limiter.provider_limits();
     let found_rpm = ctx.limiter.found_rpm();
     if let Some(b) = &ctx.budget {
@@ -351,6 +352,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         cap: end.cap_reached.map(|cap| (cap, spent_before + c.spent())),
         interrupted: shutdown.phase() >= Phase::Draining,
         submitted: end.submitted,
+        fatal,
         ..Stops::default()
     };
     if stops.write_error.is_none() {

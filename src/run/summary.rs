@@ -23,6 +23,8 @@ pub(super) struct Stops {
     pub(super) interrupted: bool,
     /// `--no-wait`: batches submitted (or still open) that a later run collects.
     pub(super) submitted: u64,
+    /// The run stopped for a reason the same command cannot get past: no resume line.
+    pub(super) fatal: bool,
 }
 
 impl Stops {
@@ -213,7 +215,8 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         endpoint: t.endpoint,
         models: c.models,
         invalid_cost_usd: c.invalid_cost.usd(),
-        resume_command: (t.stops.early() || not_run > 0 || retried_on_resume > 0)
+        resume_command: (!t.stops.fatal
+            && (t.stops.early() || not_run > 0 || retried_on_resume > 0))
             .then_some(t.resume_command),
         retried_on_resume,
         coordinator: t.coordinator,
@@ -246,6 +249,7 @@ mod tests {
             cap: Some(cap()),
             interrupted: true,
             submitted: 2,
+            fatal: false,
         };
         let mut s = all;
         let mut seen = vec![];

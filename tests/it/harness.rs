@@ -5,8 +5,11 @@
 use bulkprompt::mock::{MockConfig, MockServer, StatsSnapshot};
 use bulkprompt::output::Record;
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 pub struct Mock {
     server: MockServer,
@@ -451,4 +454,73 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A chat-completions server that answers every `POST .../chat/completions` with `body`
+/// (counting them) and anything else with 404, as llama.cpp's server does.
+pub struct Canned {
+    pub url: String,
+    pub requests: Arc<AtomicU64>,
+}
+
+pub fn canned(body: &'static str) -> Canned {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let requests = Arc::new(AtomicU64::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        for stream in l.incoming() {
+            let Ok(mut s) = stream else { return };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: headers, then Content-Length bytes.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let chat = head
+                        .lines()
+                        .next()
+                        .is_some_and(|l| l.contains("/chat/completions "));
+                    buf.drain(..end + 4 + len);
+                    let (status, text) = match chat {
+                        true => {
+                            count.fetch_add(1, Relaxed);
+                            ("200 OK", body)
+                        }
+                        false => (
+                            "404 Not Found",
+                            r#"{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}"#,
+                        ),
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Canned { url, requests }
 }

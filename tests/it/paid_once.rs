@@ -5,9 +5,7 @@
 use crate::harness::*;
 use bulkprompt::mock::{BatchConfig, MockConfig};
 use bulkprompt::output::{CostSource, Stale, Status};
-use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 const MODEL: &str = "google/gemini-2.0-flash-001";
@@ -32,61 +30,6 @@ fn billed(mock: &Mock) -> f64 {
 
 fn recorded(out: &std::path::Path) -> f64 {
     records(out).iter().filter_map(|r| r.cost_usd).sum()
-}
-
-/// A chat-completions server that answers every request with `body`, counting requests.
-struct Canned {
-    url: String,
-    requests: Arc<AtomicU64>,
-}
-
-fn canned(body: &'static str) -> Canned {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    let requests = Arc::new(AtomicU64::new(0));
-    let count = requests.clone();
-    std::thread::spawn(move || {
-        for stream in l.incoming() {
-            let Ok(mut s) = stream else { return };
-            let count = count.clone();
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request: headers, then Content-Length bytes.
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + len {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + 4 + len);
-                    count.fetch_add(1, Relaxed);
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if s.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Canned { url, requests }
 }
 
 // ---- 5. A paid answer with odd usage -----------------------------------------------------

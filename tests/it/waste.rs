@@ -164,3 +164,75 @@ fn a_run_ending_with_transient_failures_prints_how_to_resume() {
     assert_eq!(s["retried_on_resume"], 4);
     assert!(s["resume_command"].is_string());
 }
+
+#[test]
+fn a_streamed_answer_is_read_whole_and_bought_once() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let jobs: String = (0..5)
+        .map(|i| format!("{{\"id\":\"s{i}\",\"stream\":true,\"n\":2,\"messages\":[{{\"role\":\"user\",\"content\":\"Tell me about item {i}.\"}}]}}\n"))
+        .collect();
+    let input = dir.write("jobs.jsonl", jobs);
+    let out = dir.path("out.jsonl");
+    let model = "google/gemini-2.0-flash-001";
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--model", model, "--keep-response"],
+    );
+    assert_code(&o, 0);
+    assert_eq!(mock.stats().requests, 5, "one generation a job");
+    for r in records(&out) {
+        assert_eq!(r.status, Status::Ok);
+        assert!(r.content.as_deref().is_some_and(|c| !c.is_empty()));
+        assert!(r.finish_reason.is_some());
+        assert_eq!(r.choices.as_ref().map(Vec::len), Some(2), "every choice");
+        assert!(
+            r.prompt_tokens.is_some() && r.cost_usd.is_some(),
+            "usage from the last chunk"
+        );
+        assert!(
+            r.response.is_some(),
+            "--keep-response keeps the assembled answer"
+        );
+    }
+    let billed = mock.stats().billed as f64 / 1e12;
+    let recorded: f64 = records(&out).iter().filter_map(|r| r.cost_usd).sum();
+    assert!((recorded - billed).abs() < 1e-12, "{recorded} vs {billed}");
+    // The same through --param, and a re-run buys nothing.
+    let plain = dir.write("plain.jsonl", chat_jobs(3));
+    let out2 = dir.path("p.jsonl");
+    let o = run(&plain, &out2, &mock.url(), &["--param", "stream=true"]);
+    assert_code(&o, 0);
+    assert_eq!(mock.stats().requests, 8);
+    let o = run(&plain, &out2, &mock.url(), &["--param", "stream=true"]);
+    assert_code(&o, 0);
+    assert_eq!(mock.stats().requests, 8);
+}
+
+#[test]
+fn batch_mode_against_a_server_without_a_batch_api_says_so_and_offers_no_resume() {
+    let server = canned(
+        r#"{"choices":[{"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#,
+    );
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    let sum = dir.path("s.json");
+    let o = run(
+        &input,
+        &dir.path("out.jsonl"),
+        &server.url,
+        &["--mode", "batch", "--summary-json", sum.to_str().unwrap()],
+    );
+    assert_code(&o, 4);
+    let e = stderr(&o);
+    assert!(e.contains("has no batch API"), "{e}");
+    assert!(e.contains("--mode live"), "{e}");
+    assert!(!e.contains("resume:"), "{e}");
+    assert!(summary(&sum)["resume_command"].is_null());
+    assert_eq!(
+        server.requests.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
