@@ -12,7 +12,7 @@ use crate::run::{self, RunError};
 use crate::secret::ApiKey;
 use crate::shutdown::Shutdown;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Errors that end a command; [`AppError::exit_code`] picks the code (README's table).
@@ -555,19 +555,36 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
             }
         })
         .collect();
-    for (n, i) in inputs.iter().enumerate() {
-        // The same output twice (or through a symlink) would count its costs twice.
-        if let Some(j) = inputs[..n].iter().find(|j| crate::paths::same_file(j, i)) {
+    // Every name one output goes by: the file, and for a Parquet output its journal (where
+    // it was found and where it is written).
+    let forms = |p: &Path| -> Vec<PathBuf> {
+        let mut f = vec![p.to_path_buf()];
+        if crate::output::parquet::is_parquet(p) {
+            f.push(crate::output::parquet::journal_path(p));
+            f.push(crate::output::parquet::found_journal(p));
+        }
+        f
+    };
+    let same = |a: &Path, b: &Path| {
+        let (fa, fb) = (forms(a), forms(b));
+        fa.iter()
+            .any(|x| fb.iter().any(|y| crate::paths::same_file(x, y)))
+    };
+    for (n, i) in args.inputs.iter().enumerate() {
+        // The same output twice (as JSONL, its Parquet, its journal, a link) would count its
+        // costs twice.
+        if let Some(j) = args.inputs[..n].iter().find(|j| same(j, i)) {
             return Err(AppError::Usage(format!(
                 "{} and {} are the same output: give each once",
                 j.display(),
                 i.display()
             )));
         }
-        if crate::paths::same_file(i, &args.output) {
+        if same(i, &args.output) {
             return Err(AppError::Usage(format!(
-                "{} is one of the outputs being merged: give another -o",
-                args.output.display()
+                "{} is one of the outputs being merged (as {}): give another -o",
+                args.output.display(),
+                i.display()
             )));
         }
     }

@@ -53,6 +53,14 @@ impl OutputLock {
         for _ in 0..100 {
             let lock = Self::try_acquire(output, &path)?;
             if still_named(&lock.file, &path) {
+                // The writer of a run whose folder was deleted under it still holds the
+                // output itself.
+                if crate::output::jsonl::is_being_written(output) {
+                    return Err(CheckpointError::Locked {
+                        path: output.to_path_buf(),
+                        pid: None,
+                    });
+                }
                 return Ok(lock);
             }
             // Locked a file nobody can find any more: its drop leaves the path alone.

@@ -55,9 +55,11 @@ impl JsonlWriter {
         };
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .map_err(err)?;
+        hold(&file).map_err(err)?;
         let good_len = file.metadata().map_err(err)?.len();
         Ok(JsonlWriter {
             path: path.to_path_buf(),
@@ -76,8 +78,59 @@ impl JsonlWriter {
         }
     }
 
+    /// Makes sure the path still names the file being written. Deleted (the file, or its
+    /// folder, `.bulkprompt/` for a Parquet output's journal), it is made again from what this
+    /// writer has written, so nothing is lost and the next run finds it; replaced by another
+    /// file, writing stops: something else owns that path now.
+    fn ensure_named(&mut self) -> Result<(), WriteError> {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let ours = self.file.metadata().map_err(|e| self.err(e))?;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok(()),
+            Ok(_) => {
+                return Err(self.err(io::Error::other(
+                    "the file was replaced by another while this run wrote it; writing stopped (re-run to resume)",
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        }
+        let new = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| self.err(e))?;
+        hold(&new).map_err(|e| self.err(e))?;
+        let mut at = 0u64;
+        let mut chunk = vec![0u8; 1 << 20];
+        while at < self.good_len {
+            let want = chunk.len().min((self.good_len - at) as usize);
+            let n = self
+                .file
+                .read_at(&mut chunk[..want], at)
+                .map_err(|e| self.err(e))?;
+            if n == 0 {
+                break;
+            }
+            (&new).write_all(&chunk[..n]).map_err(|e| self.err(e))?;
+            at += n as u64;
+        }
+        new.sync_all().map_err(|e| self.err(e))?;
+        tracing::warn!(
+            "{} was deleted while this run wrote it: written again from the {at} bytes this run had",
+            self.path.display()
+        );
+        self.file = new;
+        Ok(())
+    }
+
     /// Writes records as lines, in one `write`.
     pub fn write(&mut self, records: &[Box<Record>]) -> Result<(), WriteError> {
+        self.ensure_named()?;
         self.buf.clear();
         for r in records {
             serde_json::to_writer(&mut self.buf, r).map_err(|e| self.err(e.into()))?;
@@ -105,6 +158,26 @@ impl JsonlWriter {
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+}
+
+/// Takes an exclusive lock on the file being written, so that no second run can start on it
+/// even when the run's own folder (and the lock file in it) was deleted under this one.
+fn hold(file: &File) -> io::Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::other(
+            "another bulkprompt run is writing this file",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Whether another process is writing `path` (holds the writer's lock on it).
+pub fn is_being_written(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
     }
 }
 

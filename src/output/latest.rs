@@ -16,6 +16,9 @@ pub struct Latest {
     last: KeyMap,
     /// Cost of each line, by line number, while reading (empty once sealed).
     costs: Vec<u64>,
+    /// Which paid answer each line is, by line number, where known ([`Latest::push_answer`]):
+    /// lines of one id with the same answer are copies of one record, paid once.
+    answers: Vec<u64>,
     /// Last line -> the money of the same id's earlier lines, where there is some.
     carried: HashMap<u64, Money>,
 }
@@ -41,21 +44,47 @@ impl Latest {
         }
     }
 
+    /// [`Latest::push`] of a line whose paid answer is `answer` (a hash of what identifies
+    /// it: its times and request). Copies of one record (an output merged with an output that
+    /// already holds it) then count once, at the most any copy says (a merged copy carries
+    /// the money of what it superseded), instead of once a copy.
+    pub fn push_answer(&mut self, key: IdKey, line: u64, cost_usd: Option<f64>, answer: u64) {
+        self.push(key, line, cost_usd);
+        let i = line as usize;
+        if self.answers.len() <= i {
+            self.answers.resize(i + 1, 0);
+        }
+        self.answers[i] = answer;
+    }
+
     /// Done reading: picks each id's last line and adds up what its earlier lines cost.
     pub fn seal(&mut self) {
         self.last.seal_ordered();
         let costs = std::mem::take(&mut self.costs);
+        let answers = std::mem::take(&mut self.answers);
         let cost = |line: u64| costs.get(line as usize).copied().unwrap_or(0);
+        let answer = |line: u64| answers.get(line as usize).copied().filter(|&a| a != 0);
+        let mut copies: HashMap<u64, u64> = HashMap::new();
         for run in self.last.runs() {
-            let mut earlier = 0u64;
-            let mut last = None;
+            // Everything paid for the id: each distinct answer once, at its dearest copy.
+            let (mut paid, mut last) = (0u64, None);
+            copies.clear();
             for line in run {
-                if let Some(prev) = last.replace(line) {
-                    earlier += cost(prev);
+                last = Some(line);
+                match answer(line) {
+                    Some(a) => {
+                        let most = copies.entry(a).or_default();
+                        paid = paid - *most + (*most).max(cost(line));
+                        *most = (*most).max(cost(line));
+                    }
+                    None => paid += cost(line),
                 }
             }
-            if let (Some(line), true) = (last, earlier > 0) {
-                self.carried.insert(line, Money(earlier));
+            if let Some(line) = last {
+                let earlier = paid.saturating_sub(cost(line));
+                if earlier > 0 {
+                    self.carried.insert(line, Money(earlier));
+                }
             }
         }
         self.last.keep_last();
@@ -94,5 +123,25 @@ mod tests {
         assert_eq!(l.carried(4), Some(Money::from_usd(0.25)));
         assert_eq!(l.carried(2), None);
         assert_eq!(add_carried(Some(0.5), Money::from_usd(0.25)), 0.75);
+    }
+
+    #[test]
+    fn copies_of_one_answer_count_once() {
+        let mut l = Latest::default();
+        let a = IdKey::of(b"a");
+        // A shard's record (0.25), then a merged copy of it that also carries 0.5 of a
+        // superseded answer (0.75), then the shard's record again.
+        l.push_answer(a, 1, Some(0.25), 7);
+        l.push_answer(a, 2, Some(0.75), 7);
+        l.push_answer(a, 3, Some(0.25), 7);
+        l.seal();
+        assert!(l.is_last(&a, 3));
+        assert_eq!(add_carried(Some(0.25), l.carried(3).unwrap()), 0.75);
+        // Two different answers add up.
+        let mut l = Latest::default();
+        l.push_answer(a, 1, Some(0.25), 7);
+        l.push_answer(a, 2, Some(0.5), 8);
+        l.seal();
+        assert_eq!(l.carried(2), Some(Money::from_usd(0.25)));
     }
 }

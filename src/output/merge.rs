@@ -37,13 +37,31 @@ pub fn merge(inputs: &[PathBuf], mut out: impl Write) -> Result<Merged, ParquetE
                 id: String,
                 #[serde(default)]
                 cost_usd: Option<f64>,
+                #[serde(default)]
+                started_at: String,
+                #[serde(default)]
+                finished_at: String,
+                #[serde(default)]
+                fingerprint: String,
             }
             let h: Head = serde_json::from_slice(bytes).map_err(|e| ParquetError::Record {
                 path: path.clone(),
                 line,
                 message: e.to_string(),
             })?;
-            last.push(IdKey::of(h.id.as_bytes()), offset + line, h.cost_usd);
+            // One paid answer, in whichever output it is copied: its times and request.
+            let mut answer = xxhash_rust::xxh3::Xxh3::new();
+            for part in [&h.started_at, &h.finished_at, &h.fingerprint] {
+                answer.update(part.as_bytes());
+                answer.update(b"\0");
+            }
+            let answer = answer.digest().max(1);
+            last.push_answer(
+                IdKey::of(h.id.as_bytes()),
+                offset + line,
+                h.cost_usd,
+                answer,
+            );
             most = line;
             Ok(())
         })?;

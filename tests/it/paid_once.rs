@@ -279,3 +279,128 @@ fn a_live_run_never_buys_again_what_an_open_batch_holds() {
     assert_eq!(mock.batch_stats().most_answers_per_id, 1);
     assert!((recorded(&out) - billed(&mock)).abs() < 1e-9);
 }
+
+// ---- 4. The run's own folder deleted mid-run ---------------------------------------------
+
+#[test]
+fn a_deleted_run_folder_lets_no_second_writer_in_and_loses_nothing() {
+    for parquet in [false, true] {
+        let mock = Mock::start(MockConfig {
+            latency: Duration::from_millis(40),
+            ..Default::default()
+        });
+        let dir = Dir::new();
+        let input = dir.write("jobs.jsonl", chat_jobs(400));
+        let out = dir.path(if parquet { "out.parquet" } else { "out.jsonl" });
+        let args = ["--concurrency", "8", "--rpm", "1000000"];
+        let mut first = run_cmd(&input, &out, &mock.url(), &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let folder = dir.path(".bulkprompt");
+        let end = std::time::Instant::now() + ENDS;
+        while mock.stats().requests < 40 && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::fs::remove_dir_all(&folder).unwrap();
+        // A second run on the same output is refused while the first writes it.
+        let second = run(&input, &out, &mock.url(), &args);
+        assert_code(&second, 1);
+        assert!(
+            stderr(&second).contains("being written by another bulkprompt run"),
+            "parquet {parquet}: {}",
+            stderr(&second)
+        );
+        let status = first.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(0), "parquet {parquet}: {err}");
+        let ids: std::collections::HashSet<String> = if parquet {
+            let f = std::fs::File::open(&out).unwrap();
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                .unwrap()
+                .build()
+                .unwrap();
+            let mut ids = std::collections::HashSet::new();
+            for b in r {
+                let b = b.unwrap();
+                let col = b
+                    .column_by_name("id")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap()
+                    .clone();
+                ids.extend(col.iter().flatten().map(str::to_string));
+            }
+            ids
+        } else {
+            records_by_id(&out).into_keys().collect()
+        };
+        assert_eq!(ids.len(), 400, "parquet {parquet}: every id, once");
+        assert_eq!(
+            mock.stats().requests,
+            400,
+            "parquet {parquet}: nothing bought twice"
+        );
+    }
+}
+
+// ---- 6. merge and copies of one record ---------------------------------------------------
+
+#[test]
+fn merge_refuses_an_output_in_any_form_and_counts_a_copied_record_once() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(60));
+    let out = dir.path("out.jsonl");
+    let mut shards = Vec::new();
+    for i in 0..2 {
+        let o = run(
+            &input,
+            &out,
+            &mock.url(),
+            &["--model", MODEL, "--shard", &format!("{i}/2")],
+        );
+        assert_code(&o, 0);
+        shards.push(dir.path(&format!("out.shard-{i}-of-2.jsonl")));
+    }
+    let paid = billed(&mock);
+    let merge = |inputs: &[&std::path::Path], target: &std::path::Path| {
+        bulkprompt()
+            .arg("merge")
+            .args(inputs)
+            .arg("-o")
+            .arg(target)
+            .output()
+            .unwrap()
+    };
+    let p = dir.path("p.parquet");
+    assert_code(&merge(&[&shards[0], &shards[1]], &p), 0);
+    let journal = dir.path(".bulkprompt/p.parquet.journal.jsonl");
+    let total =
+        |path: &std::path::Path| -> f64 { records(path).iter().filter_map(|r| r.cost_usd).sum() };
+    assert!((total(&journal) - paid).abs() < 1e-12);
+    // The target among the inputs, as its Parquet or its journal: refused.
+    for same in [&p, &journal] {
+        let o = merge(&[&shards[0], &shards[1], same], &p);
+        assert_code(&o, 1);
+        assert!(
+            stderr(&o).contains("is one of the outputs being merged"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = merge(&[&shards[0], &p, &journal], &dir.path("q.jsonl"));
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("are the same output"), "{}", stderr(&o));
+    // Merged again with the shards it holds (another file), and again: the total stays the bill.
+    let q = dir.path("q.jsonl");
+    assert_code(&merge(&[&shards[0], &shards[1], &p], &q), 0);
+    assert!((total(&q) - paid).abs() < 1e-12, "{} vs {paid}", total(&q));
+    let r = dir.path("r.jsonl");
+    assert_code(&merge(&[&q, &shards[0], &shards[1]], &r), 0);
+    assert!((total(&r) - paid).abs() < 1e-12, "{} vs {paid}", total(&r));
+    assert_eq!(records_by_id(&r).len(), 60);
+}
