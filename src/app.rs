@@ -360,6 +360,7 @@ fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
     }
     let listed = journal::list(&path).map_err(|e| AppError::Usage(e.to_string()))?;
     let mut states: Vec<Option<String>> = vec![None; listed.len()];
+    let mut refused = 0usize;
     if args.check || args.cancel {
         let preset = match &args.provider {
             Some(name) => Some(crate::providers::preset(name).ok_or_else(|| {
@@ -410,6 +411,10 @@ fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
             });
             *state = Some(match got {
                 Ok(info) => info.status,
+                Err(e) if args.cancel => {
+                    refused += 1;
+                    format!("not cancelled: {e}")
+                }
                 Err(e) => format!("unknown ({e})"),
             });
         }
@@ -438,6 +443,9 @@ fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
         );
         for (l, s) in listed.iter().zip(&states) {
             let state = match (&l.ended, s) {
+                (Some(e), _) if e == "never_submitted" => {
+                    "never submitted: its jobs go again".to_string()
+                }
                 (Some(e), _) => format!("ended ({e}), collected"),
                 (None, Some(s)) => format!("open ({s} at the provider)"),
                 (None, None) => "open: a run collects it".to_string(),
@@ -453,8 +461,14 @@ fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
         }
     }
     let open = listed.iter().filter(|l| l.ended.is_none()).count();
+    if refused > 0 {
+        eprintln!(
+            "bulkprompt: the provider refused to cancel {refused} of {open} open batches (their state above says why)"
+        );
+        return Ok(4);
+    }
     if args.cancel && open > 0 {
-        eprintln!("bulkprompt: asked to cancel {open} open batches; re-run the same command to collect what they answered");
+        eprintln!("bulkprompt: asked to cancel {open} open batches; re-run the same command to collect what they answered and submit the rest again");
     }
     Ok(0)
 }
@@ -733,6 +747,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
             fail_rate: args.batch_fail_rate,
             expire_rate: args.batch_expire_rate,
             lose_answers: args.batch_lose_answers,
+            lose_output_files: 0,
         },
     };
     let server = MockServer::start((args.host, args.port).into(), config)

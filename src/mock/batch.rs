@@ -32,6 +32,8 @@ pub struct BatchConfig {
     /// The first this many uploads and creations take effect, then answer 502: their answer
     /// is lost on the wire, as a client sees it.
     pub lose_answers: u32,
+    /// The first this many output files asked for are lost: 404 for ever after.
+    pub lose_output_files: u32,
 }
 
 impl Default for BatchConfig {
@@ -42,6 +44,7 @@ impl Default for BatchConfig {
             fail_rate: 0.0,
             expire_rate: 0.0,
             lose_answers: 0,
+            lose_output_files: 0,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct Store {
     names: HashMap<String, String>,
     /// Answers lost so far (`lose_answers`).
     lost: u32,
+    /// Output files the provider lost (`lose_output_files`): 404 for ever.
+    lost_files: std::collections::HashSet<String>,
     batches: Vec<MockBatch>,
     /// Answers given per custom id, over every batch.
     answered: HashMap<String, u32>,
@@ -178,10 +183,21 @@ pub async fn handle(
                 json!({"object": "list", "data": data}).to_string(),
             )
         }
-        ("GET", ["files", id, "content"]) => match lock(state).files.get(*id) {
-            Some(b) => json_response(StatusCode::OK, b.clone()),
-            None => not_found("file"),
-        },
+        ("GET", ["files", id, "content"]) => {
+            let mut s = lock(state);
+            // The first `lose_output_files` output files are lost by the provider.
+            if id.starts_with("file-out") && !s.lost_files.contains(*id) {
+                let lose = s.lost_files.len() < cfg.lose_output_files as usize;
+                if lose {
+                    s.lost_files.insert(id.to_string());
+                }
+            }
+            match s.files.get(*id) {
+                Some(_) if s.lost_files.contains(*id) => not_found("file"),
+                Some(b) => json_response(StatusCode::OK, b.clone()),
+                None => not_found("file"),
+            }
+        }
         ("POST", ["batches"]) => lose(state, cfg, create(state, &body)),
         ("GET", ["batches"]) => list(state, query),
         ("GET", ["batches", id]) => {
@@ -401,7 +417,12 @@ fn cancel(state: &State, id: &str) -> Resp {
     let Some(at) = s.batches.iter().position(|b| b.id == id) else {
         return not_found("batch");
     };
-    if s.batches[at].status == "in_progress" {
+    if s.batches[at].status != "in_progress" {
+        // As OpenAI answers: only a running batch can be cancelled.
+        let status = s.batches[at].status;
+        return bad(&format!("Cannot cancel a batch with status '{status}'."));
+    }
+    {
         finish(
             &mut s,
             at,
@@ -482,6 +503,21 @@ fn finish(
             "error": null});
         out.extend_from_slice(row.to_string().as_bytes());
         out.push(b'\n');
+    }
+    // The lines a batch that ended early never ran, in its error file as OpenAI writes them.
+    let code = match status {
+        "cancelled" => Some("batch_cancelled"),
+        "expired" => Some("batch_expired"),
+        _ => None,
+    };
+    for line in lines.iter().skip(answer_n).filter(|_| code.is_some()) {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        let row = json!({"custom_id": v["custom_id"], "response": null, "error": {"code": code,
+            "message": format!("This request was not executed because the batch was {status}.")}});
+        errors.extend_from_slice(row.to_string().as_bytes());
+        errors.push(b'\n');
     }
     s.next += 1;
     let out_id = format!("file-out{:06}", s.next);

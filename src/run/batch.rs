@@ -429,6 +429,16 @@ impl BatchEngine {
                 .await?
             {
                 Ok(b) => b,
+                // An ended batch's file the provider no longer has: its lines were never
+                // delivered, so they go again (asking again would answer 404 for ever).
+                Err(e) if e.status == Some(404) => {
+                    tracing::warn!(
+                        "batch {}: the provider has lost its {} file {file} ({e}); its lines are submitted again",
+                        info.id,
+                        if is_errors { "error" } else { "output" }
+                    );
+                    continue;
+                }
                 Err(e) => return Some(Err(e)),
             };
             let values = bytes
@@ -455,9 +465,11 @@ impl BatchEngine {
                             .or(v["error"]["message"].as_str())
                             .unwrap_or("failed in the batch")
                             .to_string();
+                        // A line with no response was never run (the batch expired or was
+                        // cancelled first): nothing was paid, it goes again.
                         let transient = match status {
                             Some(s) => s == 429 || s == 408 || s >= 500,
-                            None => v["error"]["code"].as_str() == Some("batch_expired"),
+                            None => true,
                         };
                         Outcome::Refused {
                             status,

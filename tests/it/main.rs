@@ -19,6 +19,7 @@ mod parquet_input;
 mod promises;
 mod providers;
 mod ratelimit;
+mod real_server;
 mod report;
 mod resume;
 mod secrets;

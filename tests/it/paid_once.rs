@@ -404,3 +404,94 @@ fn merge_refuses_an_output_in_any_form_and_counts_a_copied_record_once() {
     assert!((total(&r) - paid).abs() < 1e-12, "{} vs {paid}", total(&r));
     assert_eq!(records_by_id(&r).len(), 60);
 }
+
+// ---- 11, 12. A lost output file; cancelled lines ----------------------------------------
+
+#[test]
+fn a_batch_whose_output_file_is_lost_goes_again_instead_of_blocking_the_output() {
+    let mock = batch_mock(BatchConfig {
+        lose_output_files: 1,
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(50));
+    let out = dir.path("out.jsonl");
+    let o = output_within(
+        &mut run_cmd(&input, &out, &mock.url(), &batch_args(&[])),
+        ENDS,
+    );
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("has lost its output file"),
+        "{}",
+        stderr(&o)
+    );
+    let recs = records_by_id(&out);
+    assert_eq!(recs.len(), 50);
+    assert!(recs.values().all(|r| r.status == Status::Ok));
+    assert_eq!(mock.batch_stats().batches_created, 2);
+}
+
+#[test]
+fn cancelled_lines_go_again_and_a_refused_cancel_says_so() {
+    let mock = batch_mock(BatchConfig {
+        delay: Duration::from_secs(3),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(40));
+    let out = dir.path("out.jsonl");
+    let o = run(&input, &out, &mock.url(), &batch_args(&["--no-wait"]));
+    assert_code(&o, 6);
+    let batches = |extra: &[&str]| {
+        bulkprompt()
+            .arg("batches")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let url = mock.url();
+    let o = batches(&["--cancel", "--endpoint", &url]);
+    assert_code(&o, 0);
+    // The provider wrote the lines it never ran into the error file: they go again, in this
+    // run, and nothing is recorded as failed.
+    let o = output_within(
+        &mut run_cmd(&input, &out, &mock.url(), &batch_args(&[])),
+        ENDS,
+    );
+    assert!(o.status.code() == Some(0), "{}", stderr(&o));
+    let recs = records_by_id(&out);
+    assert_eq!(recs.len(), 40);
+    assert!(
+        recs.values().all(|r| r.status == Status::Ok),
+        "no cancelled line recorded as failed"
+    );
+    assert_eq!(mock.batch_stats().most_answers_per_id, 1);
+    // Cancelling what has ended is refused by the provider: said, and exit 4.
+    let o = run(
+        &input,
+        &dir.path("other.jsonl"),
+        &mock.url(),
+        &batch_args(&["--no-wait"]),
+    );
+    assert_code(&o, 6);
+    let other = dir.path("other.jsonl");
+    let cancel = |target: &std::path::Path| {
+        bulkprompt()
+            .arg("batches")
+            .arg(target)
+            .args(["--cancel", "--endpoint", &url])
+            .output()
+            .unwrap()
+    };
+    assert_code(&cancel(&other), 0);
+    // Already cancelled at the provider, still open in the journal: the second cancel is refused.
+    let o = cancel(&other);
+    assert_code(&o, 4);
+    assert!(
+        stderr(&o).contains("refused to cancel 1 of 1"),
+        "{}",
+        stderr(&o)
+    );
+}

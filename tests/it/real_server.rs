@@ -1,0 +1,177 @@
+//! Against a real model server: llama.cpp's `llama-server` with SmolLM2-135M-Instruct, built
+//! from PyPI packages by `scripts/real-server.sh` (`.ci/run` starts it and sets the variables).
+//! Real tokenization, chat templates, grammar-constrained JSON, slots and queueing. Each test
+//! counts what it bought from the server's log: one `launch_slot_` line per generation.
+//!
+//! Runs when `BULKPROMPT_REAL_SERVER=URL` (and `BULKPROMPT_REAL_SERVER_LOG=FILE`) are set;
+//! says it skipped otherwise. The tests share the one server, so they take turns.
+
+use crate::harness::*;
+use bulkprompt::output::{ErrorKind, Status};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+struct Real {
+    url: String,
+    log: PathBuf,
+}
+
+impl Real {
+    /// The server, or `None` (and a line saying the test skipped) when none is set.
+    fn get(test: &str) -> Option<Real> {
+        match (
+            std::env::var("BULKPROMPT_REAL_SERVER"),
+            std::env::var("BULKPROMPT_REAL_SERVER_LOG"),
+        ) {
+            (Ok(url), Ok(log)) if !url.is_empty() => Some(Real {
+                url,
+                log: log.into(),
+            }),
+            _ => {
+                eprintln!("{test}: skipped (BULKPROMPT_REAL_SERVER is not set; scripts/real-server.sh --env sets it)");
+                None
+            }
+        }
+    }
+
+    /// Generations the server has started so far.
+    fn generations(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("launch_slot_")
+            .count()
+    }
+}
+
+/// Short prompts the small model answers quickly.
+fn questions(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"q{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Name a colour. Item {i}.\"}}]}}\n"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn real_server_every_job_once_with_its_usage() {
+    let Some(real) = Real::get("real_server_every_job_once_with_its_usage") else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", questions(8));
+    let out = dir.path("out.jsonl");
+    let before = real.generations();
+    let o = run(&input, &out, &real.url, &["--max-tokens", "12"]);
+    assert_code(&o, 0);
+    assert_eq!(real.generations() - before, 8, "one generation a job");
+    let recs = records_by_id(&out);
+    assert_eq!(recs.len(), 8);
+    for r in recs.values() {
+        assert_eq!(r.status, Status::Ok);
+        assert!(r.prompt_tokens.unwrap() > 0 && r.completion_tokens.unwrap() > 0);
+    }
+    // Resumed: nothing bought again.
+    let o = run(&input, &out, &real.url, &["--max-tokens", "12"]);
+    assert_code(&o, 0);
+    assert_eq!(real.generations() - before, 8);
+}
+
+#[test]
+fn real_server_a_streamed_job_costs_one_generation() {
+    let Some(real) = Real::get("real_server_a_streamed_job_costs_one_generation") else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", questions(4));
+    let out = dir.path("out.jsonl");
+    let before = real.generations();
+    let args = ["--param", "stream=true", "--max-tokens", "12"];
+    let o = run(&input, &out, &real.url, &args);
+    assert_code(&o, 0);
+    assert_eq!(real.generations() - before, 4, "one generation a job");
+    for r in records(&out) {
+        assert_eq!(r.status, Status::Ok);
+        assert!(r.content.as_deref().is_some_and(|c| !c.is_empty()));
+        assert!(r.finish_reason.is_some());
+        assert!(r.prompt_tokens.is_some(), "usage from the final chunk");
+    }
+    let o = run(&input, &out, &real.url, &args);
+    assert_code(&o, 0);
+    assert_eq!(
+        real.generations() - before,
+        4,
+        "an answer that arrived whole is never asked again"
+    );
+}
+
+#[test]
+fn real_server_a_schema_answer_cut_at_max_tokens_is_bought_once() {
+    let Some(real) = Real::get("real_server_a_schema_answer_cut_at_max_tokens_is_bought_once")
+    else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Dir::new();
+    let schema = dir.write(
+        "label.json",
+        r#"{"type":"object","properties":{"colour":{"type":"string"},"why":{"type":"string"}},"required":["colour","why"]}"#,
+    );
+    let input = dir.write("jobs.jsonl", questions(6));
+    let out = dir.path("out.jsonl");
+    let before = real.generations();
+    let o = run(
+        &input,
+        &out,
+        &real.url,
+        &[
+            "--json-schema",
+            schema.to_str().unwrap(),
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "0",
+        ],
+    );
+    assert_code(&o, 2);
+    assert_eq!(
+        real.generations() - before,
+        6,
+        "6 generations for 6 jobs, not 12"
+    );
+    for r in records(&out) {
+        assert_eq!(r.finish_reason.as_deref(), Some("length"));
+        let e = r.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::InvalidOutput);
+        assert!(e.message.contains("cut at max_tokens 6"), "{}", e.message);
+    }
+}
+
+#[test]
+fn real_server_a_constant_template_sends_nothing() {
+    let Some(real) = Real::get("real_server_a_constant_template_sends_nothing") else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Dir::new();
+    let rows: String = std::iter::once("id,text\n".to_string())
+        .chain((0..64).map(|i| format!("r{i},review {i}\n")))
+        .collect();
+    let input = dir.write("reviews.csv", rows);
+    let before = real.generations();
+    for template in ["", "Classify this review."] {
+        let o = run(
+            &input,
+            &dir.path("o.jsonl"),
+            &real.url,
+            &["--template", template],
+        );
+        assert_code(&o, 1);
+    }
+    assert_eq!(real.generations(), before);
+}
