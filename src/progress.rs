@@ -127,8 +127,10 @@ impl Counters {
     /// Notes a written record's model and, for a failure, its message.
     pub fn note_record(&self, r: &crate::output::Record) {
         {
+            // The models the run asked for, as the summary lists them: a handful, bounded
+            // for a job file that names a model per line.
             let mut m = self.models.lock().unwrap_or_else(|p| p.into_inner());
-            if !m.contains(&r.model) {
+            if m.len() < 100 && !m.contains(&r.model) {
                 m.insert(r.model.clone());
             }
         }

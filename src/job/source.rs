@@ -346,31 +346,90 @@ pub fn validate(
 pub struct JobStream {
     rx: mpsc::Receiver<Vec<Result<Job, InputError>>>,
     batch: std::vec::IntoIter<Result<Job, InputError>>,
+    room: Arc<Room>,
 }
 
 const BATCH: usize = 64;
 
+/// Most request-body bytes the reader holds ahead of the run: jobs with a large shared part
+/// (a 2 MB schema in every body) cannot fill memory however many fit the job count.
+const MAX_AHEAD_BYTES: usize = 64 << 20;
+
+/// The bytes of the jobs read ahead and not taken yet, with a wait for room.
+struct Room {
+    max: usize,
+    held: std::sync::Mutex<(usize, bool)>,
+    freed: std::sync::Condvar,
+}
+
+impl Room {
+    /// Waits until `bytes` more fit (one batch always fits into an empty room); false once
+    /// the stream is gone.
+    fn new(max: usize) -> Self {
+        Room {
+            max,
+            held: Default::default(),
+            freed: Default::default(),
+        }
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while !g.1 && g.0 > 0 && g.0 + bytes > self.max {
+            g = self.freed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        g.0 += bytes;
+        !g.1
+    }
+
+    fn give(&self, bytes: usize) {
+        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = g.0.saturating_sub(bytes);
+        self.freed.notify_all();
+    }
+
+    fn close(&self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.freed.notify_all();
+    }
+}
+
+fn body_bytes(job: &Result<Job, InputError>) -> usize {
+    job.as_ref().map_or(0, |j| j.body.len())
+}
+
+impl Drop for JobStream {
+    fn drop(&mut self) {
+        self.room.close();
+    }
+}
+
 impl JobStream {
-    /// Starts the reader thread with room for `capacity` jobs in flight. It stops when the
-    /// stream is dropped.
+    /// Starts the reader thread with room for `capacity` jobs in flight (and at most 64 MB of
+    /// their request bodies). It stops when the stream is dropped.
     pub fn spawn(spec: InputSpec, capacity: usize) -> Result<Self, InputError> {
         let jobs = spec.open()?;
         let (tx, rx) = mpsc::channel((capacity / BATCH).max(1));
+        let room = Arc::new(Room::new(MAX_AHEAD_BYTES));
+        let reader_room = room.clone();
         std::thread::Builder::new()
             .name("bulkprompt-reader".into())
             .spawn(move || {
                 let mut batch = Vec::with_capacity(BATCH);
+                let mut bytes = 0usize;
                 for job in jobs {
+                    bytes += body_bytes(&job);
                     batch.push(job);
-                    if batch.len() == BATCH
-                        && tx
-                            .blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                            .is_err()
-                    {
-                        return;
+                    if batch.len() == BATCH || bytes >= MAX_AHEAD_BYTES / 16 {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        if !reader_room.take(std::mem::take(&mut bytes))
+                            || tx.blocking_send(full).is_err()
+                        {
+                            return;
+                        }
                     }
                 }
-                if !batch.is_empty() {
+                if !batch.is_empty() && reader_room.take(bytes) {
                     let _ = tx.blocking_send(batch);
                 }
             })
@@ -381,6 +440,7 @@ impl JobStream {
         Ok(JobStream {
             rx,
             batch: Vec::new().into_iter(),
+            room,
         })
     }
 
@@ -388,6 +448,7 @@ impl JobStream {
     pub async fn next(&mut self) -> Option<Result<Job, InputError>> {
         loop {
             if let Some(job) = self.batch.next() {
+                self.room.give(body_bytes(&job));
                 return Some(job);
             }
             self.batch = self.rx.recv().await?.into_iter();
@@ -478,6 +539,41 @@ impl<R: BufRead> LineReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reader_holds_no_more_body_bytes_ahead_than_its_room() {
+        let room = Arc::new(Room::new(100));
+        let ahead = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reader = {
+            let (room, ahead, most) = (room.clone(), ahead.clone(), most.clone());
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    assert!(room.take(40));
+                    let now = ahead.fetch_add(40, std::sync::atomic::Ordering::SeqCst) + 40;
+                    most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        let mut taken = 0;
+        while taken < 50 {
+            if ahead.load(std::sync::atomic::Ordering::SeqCst) >= 40 {
+                ahead.fetch_sub(40, std::sync::atomic::Ordering::SeqCst);
+                room.give(40);
+                taken += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        reader.join().unwrap();
+        assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 100);
+        // One item larger than the room still goes through an empty room, and a closed room
+        // never blocks.
+        let big = Room::new(10);
+        assert!(big.take(500));
+        big.close();
+        assert!(!big.take(500));
+    }
 
     #[test]
     fn caps_long_lines_without_keeping_them() {

@@ -18,6 +18,9 @@ const MAX_FIELDS: usize = 24;
 const MAX_BINS: usize = 4000;
 /// Jobs listed as the most expensive and the slowest.
 pub(crate) const TOP: usize = 10;
+/// Models with a row of their own; the rest share one ("other models"), so an output naming
+/// a model per record keeps the page and the memory bounded.
+pub(crate) const MAX_MODELS: usize = 40;
 /// Latency bands of the histogram chart, in ms (upper bounds; the last is open).
 pub(crate) const LATENCY_BANDS: [u64; 12] = [
     50,
@@ -84,6 +87,8 @@ pub(crate) struct Aggregate {
     /// Picodollars.
     pub(crate) cost: u64,
     pub(crate) by_model: BTreeMap<String, ModelRow>,
+    /// Every model past the first [`MAX_MODELS`], together.
+    pub(crate) other_models: ModelRow,
     pub(crate) latency: Histogram,
     pub(crate) latency_bands: [u64; LATENCY_BANDS.len()],
     pub(crate) first_start: Option<SystemTime>,
@@ -159,7 +164,10 @@ impl Aggregate {
         self.completion_tokens += ct;
         let cost = crate::cost::Money::from_usd(r.cost_usd.unwrap_or(0.0)).0;
         self.cost += cost;
-        let m = self.by_model.entry(r.model.clone()).or_default();
+        let m = match self.by_model.contains_key(&r.model) || self.by_model.len() < MAX_MODELS {
+            true => self.by_model.entry(r.model.clone()).or_default(),
+            false => &mut self.other_models,
+        };
         m.jobs += 1;
         m.failed += u64::from(!ok);
         m.cost += cost;

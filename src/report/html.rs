@@ -334,7 +334,8 @@ pub(crate) fn page(
                 (None, Some(w)) => format!("at most ${w:.6}"),
                 _ => "no price".to_string(),
             };
-            for m in &e.models {
+            let shown = super::aggregate::MAX_MODELS;
+            for m in e.models.iter().take(shown) {
                 let actual = a.by_model.get(&m.model);
                 let _ = write!(
                     s,
@@ -347,6 +348,13 @@ pub(crate) fn page(
                     esc(&m.model),
                     esc(&range(m.cost_typical_usd, m.cost_worst_usd)),
                     usd(actual.map_or(0, |r| r.cost))
+                );
+            }
+            if e.models.len() > shown {
+                let _ = write!(
+                    s,
+                    r#"<tr><td colspan="5">and {} more models</td></tr>"#,
+                    thousands(e.models.len() as u64 - shown as u64)
                 );
             }
             let _ = write!(
@@ -432,6 +440,18 @@ pub(crate) fn page(
                 thousands(r.completion_tokens),
                 esc(m),
                 usd(r.cost)
+            );
+        }
+        let o = &a.other_models;
+        if o.jobs > 0 {
+            let _ = write!(
+                s,
+                r#"<tr><td>other models</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n" data-model-cost="other models">{}</td></tr>"#,
+                thousands(o.jobs),
+                thousands(o.failed),
+                thousands(o.prompt_tokens),
+                thousands(o.completion_tokens),
+                usd(o.cost)
             );
         }
         s.push_str("</table>");

@@ -495,3 +495,39 @@ fn cancelled_lines_go_again_and_a_refused_cancel_says_so() {
         stderr(&o)
     );
 }
+
+// ---- 16. The report and many model names --------------------------------------------------
+
+#[test]
+fn the_report_stays_bounded_however_many_model_names_the_output_holds() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let page_for = |models: usize| -> usize {
+        let jobs: String = (0..2000)
+            .map(|i| format!("{{\"id\":\"j{i}\",\"model\":\"m-{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"x {i}\"}}]}}\n", i % models))
+            .collect();
+        let input = dir.write(&format!("jobs-{models}.jsonl"), jobs);
+        let out = dir.path(&format!("out-{models}.jsonl"));
+        let o = run(&input, &out, &mock.url(), &["--model", MODEL]);
+        assert_code(&o, 0);
+        let page = dir.path(&format!("r-{models}.html"));
+        let o = bulkprompt()
+            .arg("report")
+            .arg(&out)
+            .arg("-o")
+            .arg(&page)
+            .output()
+            .unwrap();
+        assert_code(&o, 0);
+        let html = std::fs::read_to_string(&page).unwrap();
+        if models > 40 {
+            assert!(html.contains("other models"), "the rest share one row");
+        }
+        html.len()
+    };
+    let (few, many) = (page_for(50), page_for(2000));
+    assert!(
+        many < few + 4096,
+        "2,000 model names made a page of {many} bytes, 50 one of {few}"
+    );
+}
