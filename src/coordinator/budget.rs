@@ -164,6 +164,7 @@ impl SharedBudget {
         let started = tokio::time::Instant::now();
         let mut force = false;
         let mut said = false;
+        let mut spent = spent_before;
         loop {
             let args = vec![
                 worker.clone(),
@@ -174,9 +175,18 @@ impl SharedBudget {
                 lease.as_millis().to_string(),
                 u8::from(force).to_string(),
             ];
-            let (ok, holder, left_ms): (i64, String, i64) =
+            let (ok, holder, left_ms, known): (i64, String, i64, Option<String>) =
                 link.invoke(&scripts::CLAIM, &key, |_| args.clone()).await?;
             if ok == 1 {
+                let known = known
+                    .and_then(|k| k.parse::<f64>().ok())
+                    .map(|k| Money(k as u64));
+                if let Some(k) = known.filter(|&k| k > spent_before) {
+                    tracing::warn!(
+                        "the shared budget: worker {worker} spent {k} by Redis's count, more than its output here records ({spent_before}): the run counts {k} (an earlier run from another folder or disk)"
+                    );
+                    spent = k;
+                }
                 if force {
                     tracing::warn!(
                         "the shared budget: worker {worker}'s previous process ({holder}) is gone; its holds are returned"
@@ -192,6 +202,19 @@ impl SharedBudget {
             if dead_here {
                 force = true;
                 continue;
+            }
+            // Alive on this host: the same shard is running twice. Waiting would only run it
+            // again, from this folder's idea of what is done, once the other ends.
+            let alive_here = holder
+                .strip_prefix("pid ")
+                .and_then(|r| r.split_once(" on "))
+                .is_some_and(|(p, h)| {
+                    h == host && p.parse().is_ok_and(|p: u32| p != pid && alive(p))
+                });
+            if alive_here {
+                return Err(Unreachable(format!(
+                    "the shared budget: worker {worker} of this run is being run by {holder}; one process a shard (or give this one another --shard or output)"
+                )));
             }
             if started.elapsed() > lease * 2 {
                 return Err(Unreachable(format!(
@@ -216,7 +239,7 @@ impl SharedBudget {
             desc,
             lease,
             ledger: Mutex::new(Ledger {
-                spent: spent_before,
+                spent,
                 held: Money::ZERO,
                 seq: 0,
             }),

@@ -139,6 +139,49 @@ impl Coordinator {
     }
 
     /// The run's shared rate limit; `local` still finds a limit nobody states.
+    /// The run's requests and tokens a minute: the first worker's, which every later one
+    /// takes. A worker that named other limits is refused (it would pace the others by its
+    /// own idea of the key's limit); one that named none takes the run's and says so.
+    pub(crate) async fn agree_limits(
+        &self,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    ) -> Result<(Option<u64>, Option<u64>), Unreachable> {
+        let key = format!("{}:limit", self.prefix);
+        let (run_rpm, run_tpm): (u64, u64) = self
+            .link
+            .invoke(&scripts::AGREE, &key, |_| {
+                vec![rpm.unwrap_or(0).to_string(), tpm.unwrap_or(0).to_string()]
+            })
+            .await?;
+        let shown = |v: u64| match v {
+            0 => "none".to_string(),
+            v => v.to_string(),
+        };
+        let run = (
+            (run_rpm > 0).then_some(run_rpm),
+            (run_tpm > 0).then_some(run_tpm),
+        );
+        for (what, mine, theirs) in [("--rpm", rpm, run.0), ("--tpm", tpm, run.1)] {
+            match mine {
+                Some(m) if Some(m) != theirs => {
+                    return Err(Unreachable(format!(
+                        "the coordinator: run {:?} paces every worker by {what} {} (its first worker's); this worker says {what} {m}: give the run's limits, or another --run-name",
+                        self.cfg.run_name,
+                        shown(theirs.unwrap_or(0))
+                    )))
+                }
+                None if theirs.is_some() => tracing::info!(
+                    "the coordinator: run {:?} is paced at {what} {} (its first worker's)",
+                    self.cfg.run_name,
+                    shown(theirs.unwrap_or(0))
+                ),
+                _ => {}
+            }
+        }
+        Ok(run)
+    }
+
     pub(crate) fn limit(&self, rpm: Option<u64>, tpm: Option<u64>, local: Limiter) -> SharedLimit {
         SharedLimit::new(
             self.link.clone(),

@@ -126,7 +126,9 @@ return 1
 /// carry a sequence number, so an older one arriving late never undoes a newer one).
 ///
 /// KEYS[1] the budget hash. ARGV: worker, token, desc, spent, held, lease ms, force (1: take
-/// the worker over whoever holds it). Returns `{1}` or `{0, desc of the holder, ms left}`.
+/// the worker over whoever holds it). Returns `{1, '', 0, spent}` or `{0, desc of the holder,
+/// ms left, ''}`. A worker's spent never goes down: a re-run from a fresh folder (a rescheduled
+/// pod with a new disk) keeps what Redis knows it spent, and gets it back as `spent`.
 pub(super) static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -136,12 +138,15 @@ local w = ARGV[1]
 local owner = redis.call('HGET', KEYS[1], w .. '|owner')
 local lease = tonumber(redis.call('HGET', KEYS[1], w .. '|lease')) or 0
 if owner and owner ~= ARGV[2] and lease > now and ARGV[7] ~= '1' then
-  return {0, redis.call('HGET', KEYS[1], w .. '|desc') or '?', lease - now}
+  return {0, redis.call('HGET', KEYS[1], w .. '|desc') or '?', lease - now, ''}
 end
-redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|spent', ARGV[4],
+local spent = ARGV[4]
+local known = redis.call('HGET', KEYS[1], w .. '|spent')
+if known and tonumber(known) > tonumber(spent) then spent = known end
+redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|spent', spent,
   w .. '|held', ARGV[5], w .. '|lease', now + tonumber(ARGV[6]), w .. '|seq', 0)
 redis.call('PEXPIRE', KEYS[1], 2592000000)
-return {1, '', 0}
+return {1, '', 0, spent}
 "#,
     )
 });
@@ -193,6 +198,23 @@ if not owner or tonumber(ARGV[4]) > seq then
 end
 redis.call('PEXPIRE', KEYS[1], 2592000000)
 return {1}
+"#,
+    )
+});
+
+/// KEYS[1] the limit hash. ARGV: rpm, tpm this worker was given (0: none). The first worker's
+/// limits are the run's: set when the hash holds none, and returned as `{rpm, tpm}` either
+/// way, so every worker paces by one limit, whatever its own flags said.
+pub(super) static AGREE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local s = redis.call('HMGET', KEYS[1], 'crpm', 'ctpm')
+if not s[1] then
+  redis.call('HSET', KEYS[1], 'crpm', ARGV[1], 'ctpm', ARGV[2])
+  s = {ARGV[1], ARGV[2]}
+end
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return {tonumber(s[1]), tonumber(s[2])}
 "#,
     )
 });

@@ -172,7 +172,11 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             // The key's limits (or the provider's documented default) are shared; each worker
             // still finds a lower limit nobody states from its own answers.
             let local = Limiter::new(None, None).finding(None);
-            let limiter = Arc::new(coordinator.limit(cfg.rpm.or(cfg.start_rpm), cfg.tpm, local));
+            let (rpm, tpm) = coordinator
+                .agree_limits(cfg.rpm.or(cfg.start_rpm), cfg.tpm)
+                .await
+                .map_err(RunError::Coordinator)?;
+            let limiter = Arc::new(coordinator.limit(rpm, tpm, local));
             let budget = match cfg.max_cost {
                 None => None,
                 Some(cap) => {

@@ -531,3 +531,117 @@ fn the_report_stays_bounded_however_many_model_names_the_output_holds() {
         "2,000 model names made a page of {many} bytes, 50 one of {few}"
     );
 }
+
+// ---- 7, 9. The shared budget and the shared limit ----------------------------------------
+
+fn coordinated<'a>(redis: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--model", MODEL, "--coordinator", redis, "--run-name", name];
+    a.extend(extra);
+    a
+}
+
+fn priced(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{{\"id\":\"j{i}\",\"max_tokens\":200,\"messages\":[{{\"role\":\"user\",\"content\":\"Label item {i}: {}\"}}]}}\n", "some words ".repeat(12)))
+        .collect()
+}
+
+#[test]
+fn a_shard_rerun_from_a_fresh_folder_keeps_what_it_spent_under_the_shared_cap() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let mock = Mock::start(MockConfig::default());
+    const CAP: &str = "0.005";
+    let args = coordinated(
+        &url,
+        "fresh",
+        &["--shard", "0/2", "--max-cost", CAP, "--concurrency", "4"],
+    );
+    // Shard 0 runs to the cap, then again from a new folder (a rescheduled pod, a new disk).
+    for folder in ["a", "b"] {
+        let dir = Dir::new();
+        let input = dir.write("jobs.jsonl", priced(2000));
+        let o = run(
+            &input,
+            &dir.path(&format!("{folder}.jsonl")),
+            &mock.url(),
+            &args,
+        );
+        assert_code(&o, 3);
+        std::mem::forget(dir);
+    }
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced(2000));
+    let shard1 = coordinated(&url, "fresh", &["--shard", "1/2", "--max-cost", CAP]);
+    let o = run(&input, &dir.path("c.jsonl"), &mock.url(), &shard1);
+    assert_code(&o, 3);
+    let billed = billed(&mock);
+    assert!(
+        billed <= 0.005 + 1e-12,
+        "billed {billed} against a cap of {CAP}"
+    );
+}
+
+#[test]
+fn a_second_process_on_a_running_shard_is_refused_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced(400));
+    let args = coordinated(
+        &url,
+        "twice",
+        &["--shard", "0/2", "--max-cost", "5", "--concurrency", "2"],
+    );
+    let mut first = run_cmd(&input, &dir.path("a.jsonl"), &mock.url(), &args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + ENDS;
+    while mock.stats().requests < 5 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let other = Dir::new();
+    let o = output_within(
+        &mut run_cmd(&input, &other.path("b.jsonl"), &mock.url(), &args),
+        Duration::from_secs(20),
+    );
+    assert_code(&o, 4);
+    assert!(stderr(&o).contains("is being run by pid"), "{}", stderr(&o));
+    let _ = first.kill();
+    let _ = first.wait();
+}
+
+#[test]
+fn every_worker_paces_by_the_runs_limit_not_its_own() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(20));
+    let a = coordinated(&url, "limits", &["--shard", "0/2", "--rpm", "600"]);
+    assert_code(&run(&input, &dir.path("a.jsonl"), &mock.url(), &a), 0);
+    // Another limit: refused, saying the run's.
+    let b = coordinated(&url, "limits", &["--shard", "1/2", "--rpm", "6000"]);
+    let o = run(&input, &dir.path("b.jsonl"), &mock.url(), &b);
+    assert_code(&o, 4);
+    assert!(
+        stderr(&o).contains("paces every worker by --rpm 600"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.path("b.shard-1-of-2.jsonl").exists());
+    // No limit of its own: it takes the run's.
+    let c = coordinated(&url, "limits", &["--shard", "1/2", "-v"]);
+    let o = run(&input, &dir.path("b.jsonl"), &mock.url(), &c);
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("is paced at --rpm 600"),
+        "{}",
+        stderr(&o)
+    );
+}
