@@ -741,6 +741,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
         advertise_rpm: args.advertise_rpm,
         script: Vec::new(),
         refuse_unknown_models: args.refuse_unknown_models,
+        slots: args.slots,
         batch: crate::mock::BatchConfig {
             delay: Duration::from_millis(args.batch_delay_ms),
             latency: Duration::from_millis(args.batch_latency_ms),

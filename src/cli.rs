@@ -232,6 +232,11 @@ pub struct RunArgs {
     /// Requests in flight at once [default: 64].
     #[arg(help_heading = "Limits", long)]
     pub concurrency: Option<usize>,
+    /// Keep --concurrency requests in flight whatever the server's latency says (by default
+    /// the run lowers it to what a queueing server serves at once; --concurrency is the
+    /// ceiling).
+    #[arg(help_heading = "Limits", long)]
+    pub fixed_concurrency: bool,
     /// HTTP attempts per job before it is recorded as failed [default: 6].
     #[arg(help_heading = "Limits", long)]
     pub max_attempts: Option<u32>,
@@ -531,6 +536,9 @@ pub struct ServeMockArgs {
     /// Batch API: share of batches that expire with half their lines answered.
     #[arg(long, value_name = "RATE", default_value_t = 0.0)]
     pub batch_expire_rate: f64,
+    /// Serve N requests at once, like a self-hosted server's slots; the rest wait in line.
+    #[arg(long, value_name = "N")]
+    pub slots: Option<usize>,
     /// Batch API: the first N uploads and creations take effect, then answer 502 (their
     /// answer lost on the wire).
     #[arg(long, value_name = "N", default_value_t = 0)]

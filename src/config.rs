@@ -47,6 +47,8 @@ pub struct RunConfig {
     pub start_rpm: Option<u64>,
     /// Do not pace to the provider's advertised `x-ratelimit-limit-*`.
     pub ignore_limit_headers: bool,
+    /// `--fixed-concurrency`: the in-flight limit stays at `concurrency`.
+    pub fixed_concurrency: bool,
     pub concurrency: usize,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -674,6 +676,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         start_rpm: provider.and_then(|p| p.start_rpm),
         ignore_limit_headers: args.ignore_limit_headers
             || spec.ignore_limit_headers.unwrap_or(false),
+        fixed_concurrency: args.fixed_concurrency,
         concurrency,
         max_attempts: args.max_attempts.or(spec.max_attempts).unwrap_or(6).max(1),
         backoff,

@@ -31,6 +31,7 @@ pub mod config;
 pub mod coordinator;
 pub mod cost;
 pub(crate) mod estimate;
+pub(crate) mod flight;
 pub(crate) mod histogram;
 pub mod job;
 pub(crate) mod limit;

@@ -351,6 +351,9 @@ pub struct Summary {
     /// The requests-a-minute limit found from the provider's 429s (it stated none, or less
     /// than it enforces), as the run ended.
     pub found_rpm: Option<u64>,
+    /// The requests in flight the server took (lowered from `--concurrency` when it queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_concurrency: Option<usize>,
     pub resume_command: Option<String>,
     /// Failed jobs a re-run retries (their failures were transient).
     #[serde(default)]
@@ -452,6 +455,11 @@ impl Summary {
             line(format!(
                 "  shared:    run {} as worker {} ({}): {} Redis calls, {:.2} a job",
                 c.run_name, c.worker, c.url, c.round_trips, c.round_trips_per_job
+            ));
+        }
+        if let Some(n) = self.found_concurrency {
+            line(format!(
+                "  server:    served about {n} requests at once (more queued: found from its latency; --concurrency is the ceiling)"
             ));
         }
         if let Some(n) = self.found_rpm {

@@ -75,6 +75,9 @@ pub struct MockConfig {
     pub refuse_unknown_models: bool,
     /// The batch API's timing and failures.
     pub batch: BatchConfig,
+    /// Like a self-hosted server: this many requests are served at once (each taking
+    /// `latency`); the rest wait in line for a slot, their wait part of their latency.
+    pub slots: Option<usize>,
 }
 
 /// One scripted answer.
@@ -120,6 +123,7 @@ impl Default for MockConfig {
             script: Vec::new(),
             refuse_unknown_models: false,
             batch: BatchConfig::default(),
+            slots: None,
         }
     }
 }
@@ -209,6 +213,8 @@ struct State {
     quota_after: AtomicU64,
     /// The batch API's files and batches.
     batch_store: Mutex<batch::Store>,
+    /// `slots`: the server's places.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A running simulator. Dropping it stops accepting connections.
@@ -241,6 +247,9 @@ impl MockServer {
             script_pos: AtomicU64::new(0),
             quota_after: AtomicU64::new(config.quota_after.unwrap_or(u64::MAX)),
             batch_store: Mutex::new(batch::Store::default()),
+            slots: config
+                .slots
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             stats: stats.clone(),
             config,
         });
@@ -699,6 +708,11 @@ async fn chat(state: &State, req: Request<Incoming>) -> Reply {
         (c.0.f64(), c.0.f64(), c.1)
     };
     let cfg = &state.config;
+    // A place in one of the server's slots, held while the answer is made.
+    let _slot = match &state.slots {
+        Some(s) => s.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     if !cfg.latency.is_zero() {
         tokio::time::sleep(cfg.latency.mul_f64(0.75 + jitter * 0.5)).await;
     }

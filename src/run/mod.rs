@@ -243,6 +243,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         validators: Default::default(),
         retry_invalid: cfg.retry_invalid,
         fallback_models: cfg.fallback_models.clone(),
+        flight: crate::flight::Flight::new(cfg.concurrency, !cfg.fixed_concurrency),
     });
     // What this run will do: the file, less what earlier runs finished, at most --limit.
     let t = &prepared.checkpoint.totals;
@@ -332,6 +333,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     let fatal = ctx.abort.is_fatal();
     let provider_limits = ctx.limiter.provider_limits();
     let found_rpm = ctx.limiter.found_rpm();
+    let found_concurrency = ctx.flight.found();
     if let Some(b) = &ctx.budget {
         b.close().await;
     }
@@ -394,6 +396,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
             unpriced: c.unpriced.load(Relaxed),
             provider_limits,
             found_rpm,
+            found_concurrency,
             invalid_answers: c.invalid_answers.load(Relaxed),
             batches: c.batches_submitted.load(Relaxed),
             top_errors: c.top_errors(),

@@ -66,6 +66,8 @@ pub(super) struct Ctx {
     pub(super) retry_invalid: u32,
     /// Models tried in turn when the provider says a job's model is not there.
     pub(super) fallback_models: Vec<String>,
+    /// Attempts in flight: the concurrency the server takes, found under `--concurrency`.
+    pub(super) flight: crate::flight::Flight,
 }
 
 /// Answers of a model seen before its typical length replaces `max_tokens` in the token bucket.
@@ -613,6 +615,12 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
         };
         attempts += 1;
         tries += 1;
+        // A place under the in-flight limit (a timed-out attempt comes back here only once
+        // the limit has come down).
+        let slot = tokio::select! {
+            s = ctx.flight.acquire() => s,
+            _ = ctx.stopping() => return abandon(pending),
+        };
         ctx.counters.requests.fetch_add(1, Relaxed);
         let send = ctx.client.send(body.clone());
         let (attempt, latency) = tokio::select! {
@@ -675,7 +683,16 @@ async fn execute(ctx: &Ctx, job: &Job, first: Grant, mut hold: Option<Hold>) -> 
         };
         // The next model to try, if the provider says this one is not there.
         let next_model = ctx.fallback_models.get(model_at);
-        let record = match classify(attempt, SystemTime::now()) {
+        let verdict = classify(attempt, SystemTime::now());
+        slot.done(match &verdict {
+            Verdict::Done(_) => crate::flight::Sample::Answer,
+            Verdict::Retry {
+                kind: ErrorKind::Timeout,
+                ..
+            } => crate::flight::Sample::Timeout,
+            _ => crate::flight::Sample::Other,
+        });
+        let record = match verdict {
             Verdict::Done(c) => {
                 let total = c.usage.map_or(charge, |u| u.prompt + u.completion);
                 ctx.limiter.reconcile(g, total);

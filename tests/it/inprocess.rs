@@ -335,3 +335,53 @@ fn advertised_limits_spare_the_429s_that_ignoring_them_costs() {
     assert_eq!(read.end.rate_limited, 0);
     assert!(ignored.end.rate_limited > 0);
 }
+
+/// A simulator that serves 4 requests at a time and queues the rest, like a self-hosted server
+/// with 4 slots: the run finds 4 (give or take one) under a ceiling of 64, and sends no
+/// request twice; with `--fixed-concurrency` it keeps 64 in flight.
+#[test]
+fn the_concurrency_a_queueing_server_takes_is_found() {
+    let slots = MockConfig {
+        slots: Some(4),
+        latency: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let r = paused_run_against(slots.clone(), 400, &["--concurrency", "64"], Duration::ZERO);
+    assert_eq!(r.summary.ok, 400);
+    let found = r
+        .summary
+        .found_concurrency
+        .expect("the summary names the concurrency found");
+    assert!((3..=5).contains(&found), "found {found} for 4 slots");
+    assert_eq!(r.summary.requests, 400, "nothing sent twice");
+    let fixed = paused_run_against(
+        slots,
+        400,
+        &["--concurrency", "64", "--fixed-concurrency"],
+        Duration::ZERO,
+    );
+    assert_eq!(fixed.summary.found_concurrency, None);
+    // The same work, as fast: the server was the bottleneck either way.
+    assert!(
+        r.took.as_secs_f64() <= fixed.took.as_secs_f64() * 1.1,
+        "{:?} against {:?} fixed",
+        r.took,
+        fixed.took
+    );
+}
+
+/// A provider whose latency does not grow with load keeps the whole ceiling.
+#[test]
+fn a_provider_that_does_not_queue_keeps_the_ceiling() {
+    let r = paused_run_against(
+        MockConfig {
+            latency: Duration::from_millis(500),
+            ..Default::default()
+        },
+        4000,
+        &["--concurrency", "512", "--rpm", "100000000"],
+        Duration::ZERO,
+    );
+    assert_eq!(r.summary.ok, 4000);
+    assert_eq!(r.summary.found_concurrency, None, "never lowered");
+}

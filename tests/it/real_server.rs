@@ -175,3 +175,53 @@ fn real_server_a_constant_template_sends_nothing() {
     }
     assert_eq!(real.generations(), before);
 }
+
+#[test]
+fn real_server_more_in_flight_than_slots_is_found_and_wastes_little() {
+    let Some(real) = Real::get("real_server_more_in_flight_than_slots_is_found_and_wastes_little")
+    else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Dir::new();
+    let jobs: String = (0..64)
+        .map(|i| format!("{{\"id\":\"c{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Write a short story about the number {i}.\"}}]}}\n"))
+        .collect();
+    let input = dir.write("jobs.jsonl", jobs);
+    let out = dir.path("out.jsonl");
+    let sum = dir.path("s.json");
+    let before = real.generations();
+    // The server has 2 slots; 64 in flight would queue past the timeout.
+    let o = run(
+        &input,
+        &out,
+        &real.url,
+        &[
+            "--concurrency",
+            "64",
+            "--timeout",
+            "6",
+            "--max-tokens",
+            "96",
+            "--summary-json",
+            sum.to_str().unwrap(),
+        ],
+    );
+    assert_code(&o, 0);
+    let bought = real.generations() - before;
+    let s = typed_summary(&sum);
+    eprintln!(
+        "64 jobs, 2 slots: {bought} generations, found concurrency {:?}, {} requests, {:.1} s",
+        s.found_concurrency, s.requests, s.elapsed_secs
+    );
+    assert_eq!(s.ok, 64);
+    assert!(
+        bought <= 80,
+        "{bought} generations for 64 jobs (at most 1.25 a job)"
+    );
+    assert!(
+        s.found_concurrency.is_some_and(|n| n <= 4),
+        "{:?}",
+        s.found_concurrency
+    );
+}

@@ -1,0 +1,327 @@
+//! How many requests go out at once: `--concurrency` is the ceiling, and below it the run
+//! finds what the server can take, as it finds an unstated rate limit. A self-hosted server
+//! (llama.cpp, vLLM) serves a few slots at a time and queues the rest: more in flight than it
+//! has slots buys nothing but waiting, and a queued request that times out is sent again.
+//! A provider behind a load balancer (OpenAI, OpenRouter) answers as fast at 4,096 in flight as
+//! at 4: its latency does not grow with load.
+//!
+//! The signal is latency against the lowest seen, as TCP Vegas reads it: the fastest answer
+//! of a window over the fastest answer seen. A window is the next `limit` requests sent after
+//! the limit last changed (at least 4), judged once all of them are answered, so it never
+//! closes on its fastest answers only. Fastest, not mean: answers differ in length, but every
+//! window has short ones, and when requests queue at the server even the fastest waits, about
+//! `in flight / served at once` times the fastest alone:
+//! - well above 1 (1.5, or 1.15 with two or more requests waiting by Vegas's reckoning): the
+//!   rest queue; the limit becomes what the server serves at once (`limit / ratio`), plus one
+//!   to keep it fed;
+//! - at about 1 with the limit in use and under half a request waiting: there may be room; it
+//!   doubles until the first queue is seen, and grows by one after;
+//! - a timeout cuts it at once, to half or to what the wait says was served (the time waited
+//!   over the fastest answer seen): a queue so long that answers do not come back in time.
+//!
+//! The lowest latency drifts up 6% a minute, so a server slower for good is learnt again. The
+//! run starts at the ceiling (after its first request, which goes alone): a provider that does
+//! not queue loses nothing to a slow start, and a queueing server's first answers bring the
+//! limit down within seconds. `--fixed-concurrency` keeps the ceiling.
+
+use std::sync::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A window's fastest answer this far above the fastest seen is a queue.
+const TOLERANCE: f64 = 1.5;
+/// With two or more requests waiting (by Vegas's reckoning), this far is a queue too: on a
+/// small server 6 in flight at 4 slots is only 1.5x.
+const SMALL: f64 = 1.15;
+/// Below this there may be room.
+const ROOM: f64 = 1.25;
+
+/// What one attempt told.
+#[derive(Debug, Clone, Copy)]
+pub enum Sample {
+    /// An answer.
+    Answer,
+    /// The request timed out.
+    Timeout,
+    /// Anything else (a refusal, a closed connection): says nothing of the queue.
+    Other,
+}
+
+#[derive(Debug)]
+struct State {
+    limit: f64,
+    in_flight: usize,
+    /// The fastest answer seen (seconds; drifting up 6% a minute), and the fastest ever.
+    lowest: Option<f64>,
+    fastest: Option<f64>,
+    /// Still doubling (no queue seen yet).
+    starting: bool,
+    /// The window being sent (its number), how many of it are still to send and to answer.
+    window: u64,
+    to_send: usize,
+    to_answer: usize,
+    /// The window's fastest answer, and how many answered.
+    least: f64,
+    n: u32,
+    /// The window's requests found the limit used.
+    used: bool,
+    /// Whether the limit was ever lowered (for the summary).
+    lowered: bool,
+    last_drift: Instant,
+}
+
+/// The in-flight limiter every attempt passes through.
+#[derive(Debug)]
+pub struct Flight {
+    state: Mutex<State>,
+    freed: Notify,
+    ceiling: usize,
+    adaptive: bool,
+}
+
+/// A place for one attempt in flight; give it back with [`Slot::done`] (dropping it gives it
+/// back too, saying nothing).
+pub struct Slot<'a> {
+    flight: &'a Flight,
+    sent: Instant,
+    open: bool,
+    /// The window it counts in, if any.
+    window: Option<u64>,
+}
+
+impl Flight {
+    /// A limit of `ceiling` requests in flight; `adaptive` finds a lower one the server needs.
+    pub fn new(ceiling: usize, adaptive: bool) -> Self {
+        let ceiling = ceiling.max(1);
+        Flight {
+            state: Mutex::new(State {
+                limit: ceiling as f64,
+                in_flight: 0,
+                lowest: None,
+                fastest: None,
+                starting: true,
+                window: 0,
+                to_send: ceiling.max(4),
+                to_answer: ceiling.max(4),
+                least: 0.0,
+                n: 0,
+                used: false,
+                lowered: false,
+                last_drift: Instant::now(),
+            }),
+            freed: Notify::new(),
+            ceiling,
+            adaptive,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a place under the limit.
+    pub async fn acquire(&self) -> Slot<'_> {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut s = self.lock();
+                let limit = (s.limit.floor() as usize).max(1);
+                if s.in_flight < limit {
+                    s.in_flight += 1;
+                    let window = (s.to_send > 0).then(|| {
+                        s.to_send -= 1;
+                        s.used |= s.in_flight >= limit;
+                        s.window
+                    });
+                    return Slot {
+                        flight: self,
+                        sent: Instant::now(),
+                        open: true,
+                        window,
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// The limit now.
+    #[cfg(test)]
+    pub fn limit(&self) -> usize {
+        (self.lock().limit.floor() as usize).max(1)
+    }
+
+    /// The limit found, when the run had to lower it below the ceiling.
+    pub fn found(&self) -> Option<usize> {
+        let s = self.lock();
+        (self.adaptive && s.lowered).then(|| (s.limit.floor() as usize).max(1))
+    }
+
+    fn release(&self, slot: &Slot<'_>, sample: Sample) {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if self.adaptive {
+            self.learn(&mut s, slot, sample);
+        }
+        drop(s);
+        self.freed.notify_waiters();
+    }
+
+    fn learn(&self, s: &mut State, slot: &Slot<'_>, sample: Sample) {
+        let took = slot.sent.elapsed().as_secs_f64();
+        let ours = slot.window == Some(s.window);
+        match sample {
+            Sample::Timeout if ours => {
+                // A queue so long that answers do not come back in time: at least half as
+                // many, and as few as the wait says the server served.
+                let waited = s.fastest.map_or(2.0, |f| took / f.max(1e-6));
+                s.limit = (s.limit / 2.0).min(s.limit / waited + 1.0).max(1.0);
+                s.starting = false;
+                s.lowered = true;
+                self.next_window(s);
+                return;
+            }
+            Sample::Answer => {
+                if s.lowest.is_none_or(|l| took < l) {
+                    s.lowest = Some(took);
+                }
+                if s.fastest.is_none_or(|f| took < f) {
+                    s.fastest = Some(took);
+                }
+                if ours {
+                    s.least = if s.n == 0 { took } else { s.least.min(took) };
+                    s.n += 1;
+                }
+            }
+            _ => {}
+        }
+        if !ours {
+            return;
+        }
+        s.to_answer = s.to_answer.saturating_sub(1);
+        if s.to_answer > 0 || s.to_send > 0 {
+            return;
+        }
+        if s.n > 0 && s.used {
+            self.judge(s);
+        }
+        self.next_window(s);
+    }
+
+    /// A whole window answered: is there a queue, or room?
+    fn judge(&self, s: &mut State) {
+        let mean = s.least;
+        let now = Instant::now();
+        let drift = 1.0 + 0.001 * now.duration_since(s.last_drift).as_secs_f64().min(60.0);
+        s.last_drift = now;
+        let lowest = s.lowest.map_or(mean, |l| (l * drift).min(mean));
+        s.lowest = Some(lowest);
+        let ratio = mean / lowest;
+        // Requests waiting at the server, by Vegas's reckoning.
+        let queue = s.limit * (1.0 - 1.0 / ratio);
+        let before = s.limit;
+        if ratio > TOLERANCE || (queue > 1.5 && ratio > SMALL) {
+            s.limit = (s.limit / ratio + 1.0).clamp(1.0, s.limit);
+            s.lowered |= s.limit < before;
+            s.starting = false;
+        } else if ratio < ROOM && (s.starting || queue < 0.5) {
+            let step = if s.starting { s.limit } else { 1.0 };
+            s.limit = (s.limit + step).min(self.ceiling as f64);
+        }
+    }
+
+    fn next_window(&self, s: &mut State) {
+        s.window += 1;
+        let size = (s.limit.floor() as usize).max(4);
+        s.to_send = size;
+        s.to_answer = size;
+        s.least = 0.0;
+        s.n = 0;
+        s.used = false;
+    }
+}
+
+impl Slot<'_> {
+    /// Gives the place back with what the attempt told.
+    pub fn done(mut self, sample: Sample) {
+        self.open = false;
+        self.flight.release(&self, sample);
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.open = false;
+            let me: &Slot<'_> = self;
+            me.flight.release(me, Sample::Other);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A server of `slots` places, each answer `service` long, fed by `jobs` tasks through
+    /// the limiter: the limit it settles at.
+    async fn settle(slots: usize, ceiling: usize, jobs: usize) -> (usize, usize) {
+        let flight = std::sync::Arc::new(Flight::new(ceiling, true));
+        let server = std::sync::Arc::new(tokio::sync::Semaphore::new(slots));
+        let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // The run's first request goes alone.
+        let first = flight.acquire().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        first.done(Sample::Answer);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..jobs {
+            let (flight, server, most) = (flight.clone(), server.clone(), most.clone());
+            // Answers of different lengths: 300 to 500 ms of the server's time.
+            let service = Duration::from_millis(rng.u64(300..500));
+            tasks.spawn(async move {
+                let slot = flight.acquire().await;
+                let _place = server.acquire().await.unwrap();
+                tokio::time::sleep(service).await;
+                most.fetch_max(flight.limit(), std::sync::atomic::Ordering::Relaxed);
+                slot.done(Sample::Answer);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        (
+            flight.limit(),
+            most.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queueing_server_brings_the_limit_to_its_slots() {
+        for slots in [2, 4, 8] {
+            let (limit, _) = settle(slots, 64, 400).await;
+            assert!(
+                limit >= slots.saturating_sub(1).max(1) && limit <= slots + 1,
+                "{slots} slots: limit {limit}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_does_not_queue_keeps_the_ceiling() {
+        let (limit, _) = settle(10_000, 256, 3000).await;
+        assert_eq!(limit, 256);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_halve_and_fixed_never_moves() {
+        let f = Flight::new(64, true);
+        f.acquire().await.done(Sample::Timeout);
+        assert_eq!(f.limit(), 32);
+        assert_eq!(f.found(), Some(32));
+        let fixed = Flight::new(64, false);
+        fixed.acquire().await.done(Sample::Timeout);
+        assert_eq!((fixed.limit(), fixed.found()), (64, None));
+    }
+}
