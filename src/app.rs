@@ -121,7 +121,7 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
         }
         Command::Validate(args) => validate_cmd(args),
         Command::Status(args) => status_cmd(args),
-        Command::Estimate(args) => estimate_cmd(args),
+        Command::Estimate(args) => estimate_cmd(*args),
         Command::ServeMock(args) => {
             let threads = args.threads;
             runtime(threads)?.block_on(serve_mock_cmd(args))
@@ -277,9 +277,24 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
 }
 
 fn estimate_cmd(args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
-    let cfg = config::resolve_estimate(&args)?;
+    let mut cfg = config::resolve_estimate(&args)?;
+    let calibration = match args.calibrate {
+        None | Some(0) => None,
+        Some(n) => {
+            let argv: Vec<String> = std::env::args().collect();
+            let run = config::resolve_run(&args.run, &argv)?;
+            let c = runtime(Some(1))?
+                .block_on(crate::calibrate::calibrate(&run, n))
+                .map_err(AppError::Usage)?;
+            cfg.calibrated = c.factors();
+            Some(c)
+        }
+    };
     let e = crate::estimate::estimate(&cfg).map_err(RunError::from)?;
     let mut out = std::io::stdout().lock();
+    if let (Some(c), false) = (&calibration, args.json) {
+        let _ = out.write_all(c.render().as_bytes());
+    }
     if args.json {
         let _ = writeln!(
             out,

@@ -35,7 +35,7 @@ pub enum Command {
     /// Read the whole job file and report every problem; sends nothing.
     Validate(ValidateArgs),
     /// Count jobs and prompt tokens and price them per model; sends nothing.
-    Estimate(EstimateArgs),
+    Estimate(Box<EstimateArgs>),
     /// How an output stands against its job file: done, failed, changed, pending, spend.
     Status(StatusArgs),
     /// Start the offline simulator of an OpenAI-compatible provider.
@@ -372,31 +372,22 @@ pub struct ValidateArgs {
     pub max_errors: usize,
 }
 
+/// `estimate` takes every `run` flag (so a run command becomes an estimate by its verb alone):
+/// `-o` is the earlier output whose median answer is the typical case, `--rpm`, `--tpm` and
+/// `--concurrency` shape the time, `--mode batch` prices at batch prices, and the provider
+/// flags are where `--calibrate` asks.
 #[derive(Debug, Args)]
 pub struct EstimateArgs {
     #[command(flatten)]
-    pub job: JobArgs,
-    /// An earlier output: its median answer length is the typical case [default: the run's output, if it exists].
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
+    pub run: RunArgs,
     /// Typical answer length in tokens (overrides the earlier output's median).
     #[arg(long)]
     pub assume_output_tokens: Option<u64>,
-    /// Output tokens assumed for jobs without max_tokens in the worst case [default: 1024].
-    #[arg(long)]
-    pub reserve_output_tokens: Option<u64>,
-    /// Requests per minute, for the time estimate.
-    #[arg(long)]
-    pub rpm: Option<u64>,
-    /// Tokens per minute, for the time estimate.
-    #[arg(long)]
-    pub tpm: Option<u64>,
-    /// Price table overrides (TOML).
-    #[arg(long, value_name = "FILE")]
-    pub prices: Option<PathBuf>,
-    /// Price as for this mode: batch prices are the batch APIs' (about half) [default: live].
-    #[arg(long, value_enum)]
-    pub mode: Option<ModeArg>,
+    /// Send N of the jobs to the endpoint with max_tokens 1 (their cost is shown, within
+    /// --max-cost) and scale every model's prompt tokens by what the provider counted for them
+    /// against the local count: chat templates and system prompts a server adds are counted.
+    #[arg(long, value_name = "N")]
+    pub calibrate: Option<usize>,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

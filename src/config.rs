@@ -850,25 +850,28 @@ fn resolve_target(path: &Path) -> Result<PathBuf, ConfigError> {
 pub fn resolve_estimate(
     args: &crate::cli::EstimateArgs,
 ) -> Result<crate::estimate::EstimateConfig, ConfigError> {
-    let spec = load_spec(&args.job)?;
-    let input = resolve_input(&args.job, &spec)?;
-    let output = output_path(args.output.as_ref(), &spec, &input);
-    let prices = PriceTable::load_effective(args.prices.as_deref().or(spec.prices.as_deref()))
+    let run = &args.run;
+    let spec = load_spec(&run.job)?;
+    let input = resolve_input(&run.job, &spec)?;
+    let output = output_path(run.output.as_ref(), &spec, &input);
+    let prices = PriceTable::load_effective(run.prices.as_deref().or(spec.prices.as_deref()))
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     Ok(crate::estimate::EstimateConfig {
         input,
         prices,
-        rpm: args.rpm.or(spec.rpm),
-        tpm: args.tpm.or(spec.tpm),
+        rpm: run.rpm.or(spec.rpm),
+        tpm: run.tpm.or(spec.tpm),
+        concurrency: run.concurrency.or(spec.concurrency),
         assume_output_tokens: args.assume_output_tokens,
-        reserve_output_tokens: args
+        reserve_output_tokens: run
             .reserve_output_tokens
             .or(spec.reserve_output_tokens)
             .unwrap_or(1024),
         // Only a regular file: a device or a pipe could be read for ever.
         output: output.is_file().then_some(output),
-        batch: args.mode == Some(crate::cli::ModeArg::Batch)
-            || (args.mode.is_none() && spec.mode.as_deref() == Some("batch")),
+        batch: run.mode == Some(crate::cli::ModeArg::Batch)
+            || (run.mode.is_none() && spec.mode.as_deref() == Some("batch")),
+        calibrated: Default::default(),
     })
 }
 

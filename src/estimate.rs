@@ -20,6 +20,10 @@ pub struct EstimateConfig {
     pub prices: PriceTable,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// Requests in flight (`--concurrency`), for the time when no limit is given.
+    pub concurrency: Option<usize>,
+    /// Per model, the provider's prompt count over the local one (`--calibrate`).
+    pub calibrated: BTreeMap<String, f64>,
     /// Typical answer length, when the user knows it.
     pub assume_output_tokens: Option<u64>,
     /// Output allowance for jobs that set no max_tokens (the worst case).
@@ -67,6 +71,10 @@ pub struct Estimate {
     pub unpriced_jobs: u64,
     /// Minutes the rate limits imply (typical case), when limits are given.
     pub minutes_at_limits: Option<f64>,
+    /// Requests in flight the time is reckoned at without limits.
+    pub concurrency: usize,
+    /// Prompt counts scaled by what the provider counted (`--calibrate`).
+    pub calibrated: bool,
     pub models: Vec<ModelEstimate>,
 }
 
@@ -166,10 +174,15 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
         batch_prices: cfg.batch,
         unpriced_jobs: 0,
         minutes_at_limits: None,
+        concurrency: cfg.concurrency.unwrap_or(64).max(1),
+        calibrated: !cfg.calibrated.is_empty(),
         models: Vec::new(),
     };
     let (mut worst_total, mut typical_total) = (Money::ZERO, Money::ZERO);
     for (_, mut m) in models {
+        if let Some(f) = cfg.calibrated.get(&m.model) {
+            m.prompt_tokens = (m.prompt_tokens as f64 * f).round() as u64;
+        }
         let cost = |out: u64| {
             cfg.prices.get(&m.model).map(|p| {
                 let u = Usage {
@@ -235,9 +248,8 @@ fn jobs(n: u64) -> String {
     }
 }
 
-/// Requests a minute assumed without `--rpm`/`--tpm`: 64 in flight (the default concurrency)
-/// of about a second each.
-const ASSUMED_RPM: f64 = 64.0 * 60.0;
+/// Seconds an answer is assumed to take, for the time without `--rpm`/`--tpm`.
+const ASSUMED_SECS: f64 = 1.0;
 
 impl Estimate {
     pub fn render(&self) -> String {
@@ -248,12 +260,16 @@ impl Estimate {
         if self.batch_prices {
             images.push_str(", at batch prices");
         }
+        let counted = match self.calibrated {
+            true => format!("{}, scaled to the provider's own counts", self.tokenizer),
+            false => self.tokenizer.to_string(),
+        };
         let mut s = format!(
             "{}: {}, {} prompt tokens{images} ({})\n",
             self.input,
             jobs(self.jobs),
             thousands(self.prompt_tokens),
-            self.tokenizer
+            counted
         );
         for m in &self.models {
             let range = match (m.cost_typical_usd, m.cost_worst_usd) {
@@ -297,11 +313,15 @@ impl Estimate {
                 "  time at the given rate limits: about {}\n",
                 human_minutes(min)
             )),
-            None => s.push_str(&format!(
-                "  time: about {} assuming 64 requests in flight of about a second each ({} a minute); give --rpm/--tpm for your provider's limits\n",
-                human_minutes(self.jobs as f64 / ASSUMED_RPM),
-                thousands(ASSUMED_RPM as u64)
-            )),
+            None => {
+                let per_minute = self.concurrency as f64 * 60.0 / ASSUMED_SECS;
+                s.push_str(&format!(
+                    "  time: about {} assuming {} requests in flight of about a second each ({} a minute; a self-hosted server takes fewer at once); give --rpm/--tpm for your provider's limits\n",
+                    human_minutes(self.jobs as f64 / per_minute),
+                    self.concurrency,
+                    thousands(per_minute as u64)
+                ))
+            }
         }
         s
     }

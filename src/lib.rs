@@ -25,6 +25,7 @@ pub mod answer;
 pub mod app;
 pub(crate) mod batch;
 pub(crate) mod budget;
+pub(crate) mod calibrate;
 pub(crate) mod checkpoint;
 pub mod cli;
 pub mod config;

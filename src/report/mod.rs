@@ -62,6 +62,8 @@ fn estimate_of(jsonl: &Path) -> Result<crate::estimate::Estimate, String> {
         prices: crate::cost::PriceTable::load_effective(None).map_err(|e| e.to_string())?,
         rpm: None,
         tpm: None,
+        concurrency: None,
+        calibrated: Default::default(),
         assume_output_tokens: None,
         reserve_output_tokens: 1024,
         output: Some(jsonl.to_path_buf()),

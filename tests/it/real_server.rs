@@ -225,3 +225,72 @@ fn real_server_more_in_flight_than_slots_is_found_and_wastes_little() {
         s.found_concurrency
     );
 }
+
+#[test]
+fn real_server_a_calibrated_estimate_is_within_ten_percent() {
+    let Some(real) = Real::get("real_server_a_calibrated_estimate_is_within_ten_percent") else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Dir::new();
+    let words = [
+        "good",
+        "bad",
+        "arrived",
+        "late",
+        "quality",
+        "excellent",
+        "poor",
+        "would",
+        "buy",
+        "again",
+        "never",
+        "price",
+        "shipping",
+        "box",
+        "broken",
+        "works",
+        "great",
+    ];
+    let rows: String = std::iter::once("id,text\n".to_string())
+        .chain((0..40).map(|i| {
+            let text: Vec<&str> = (0..5 + i * 7 % 35)
+                .map(|k| words[(i * 3 + k) % words.len()])
+                .collect();
+            format!("r{i},{}\n", text.join(" "))
+        }))
+        .collect();
+    let input = dir.write("reviews.csv", rows);
+    let t = "Classify the sentiment of this review as positive or negative: {text}";
+    let estimate = |extra: &[&str]| -> u64 {
+        let o = bulkprompt()
+            .arg("estimate")
+            .arg(&input)
+            .args(["--template", t, "--model", "m", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_code(&o, 0);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["prompt_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let offline = estimate(&[]);
+    let calibrated = estimate(&["--endpoint", &real.url, "--calibrate", "5"]);
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &real.url,
+        &["--template", t, "--max-tokens", "2"],
+    );
+    assert_code(&o, 0);
+    let served: u64 = records(&out).iter().filter_map(|r| r.prompt_tokens).sum();
+    let off = |e: u64| (e as f64 - served as f64) / served as f64;
+    eprintln!(
+        "prompt tokens: offline {offline} ({:+.1}%), calibrated {calibrated} ({:+.1}%), server {served}",
+        off(offline) * 100.0,
+        off(calibrated) * 100.0
+    );
+    assert!(off(calibrated).abs() < 0.10);
+}

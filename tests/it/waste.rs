@@ -236,3 +236,109 @@ fn batch_mode_against_a_server_without_a_batch_api_says_so_and_offers_no_resume(
         0
     );
 }
+
+#[test]
+fn a_calibrated_estimate_counts_as_the_provider_counts() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let rows: String = std::iter::once("id,text\n".to_string())
+        .chain((0..60).map(|i| {
+            format!(
+                "r{i},\"{}\"\n",
+                "the parcel came late and the box was torn ".repeat(1 + i % 7)
+            )
+        }))
+        .collect();
+    let input = dir.write("reviews.csv", rows);
+    let t = "Is this review positive or negative? {text}";
+    let estimate = |extra: &[&str]| -> serde_json::Value {
+        let o = bulkprompt()
+            .arg("estimate")
+            .arg(&input)
+            .args([
+                "--template",
+                t,
+                "--model",
+                "google/gemini-2.0-flash-001",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_code(&o, 0);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let offline = estimate(&[])["prompt_tokens"].as_u64().unwrap();
+    let url = mock.url();
+    let calibrated = estimate(&["--endpoint", &url, "--calibrate", "6", "--concurrency", "8"]);
+    assert_eq!(mock.stats().requests, 6, "N requests");
+    assert_eq!(
+        mock.stats().completion_tokens,
+        6,
+        "of one answer token each"
+    );
+    assert_eq!(
+        calibrated["concurrency"], 8,
+        "the time at the given concurrency"
+    );
+    // What the provider then counts for the whole file.
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--template",
+            t,
+            "--model",
+            "google/gemini-2.0-flash-001",
+            "--max-tokens",
+            "1",
+        ],
+    );
+    assert_code(&o, 0);
+    let served: u64 = records(&out).iter().filter_map(|r| r.prompt_tokens).sum();
+    let within = |e: u64| (e as f64 - served as f64).abs() / served as f64;
+    let c = calibrated["prompt_tokens"].as_u64().unwrap();
+    eprintln!("prompt tokens: offline {offline}, calibrated {c}, provider {served}");
+    assert!(within(c) < 0.10, "calibrated {c} against {served}");
+    // Within --max-cost, or nothing is sent.
+    let o = bulkprompt()
+        .arg("estimate")
+        .arg(&input)
+        .args(["--template", t, "--model", "google/gemini-2.0-flash-001"])
+        .args([
+            "--endpoint",
+            &url,
+            "--calibrate",
+            "6",
+            "--max-cost",
+            "0.0000001",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("more than --max-cost"),
+        "{}",
+        stderr(&o)
+    );
+    // A run command becomes an estimate by its verb: its run flags are taken.
+    let o = bulkprompt()
+        .arg("estimate")
+        .arg(&input)
+        .args([
+            "--template",
+            t,
+            "--model",
+            "m",
+            "--endpoint",
+            &url,
+            "-o",
+            "x.jsonl",
+        ])
+        .args(["--max-cost", "1", "--rpm", "600", "--quiet"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+}
