@@ -346,9 +346,9 @@ pub struct RunArgs {
     #[arg(help_heading = "Output", long)]
     pub report: bool,
     /// Serve the run's counters in Prometheus's format at http://ADDR/metrics while it goes,
-    /// e.g. 127.0.0.1:9464 (0.0.0.0:9464 in a container).
+    /// e.g. 127.0.0.1:9464 or localhost:9464 (0.0.0.0:9464 in a container).
     #[arg(help_heading = "Output", long, value_name = "HOST:PORT")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: Option<String>,
     /// No progress display, warnings and the summary only.
     #[arg(help_heading = "Behaviour", short, long)]
     pub quiet: bool,

@@ -789,8 +789,29 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         summary_json: args.summary_json.clone(),
         max_errors: 20,
         coordinator,
-        metrics_addr: args.metrics_addr,
+        metrics_addr: args.metrics_addr.as_deref().map(metrics_addr).transpose()?,
     })
+}
+
+/// `--metrics-addr HOST:PORT`, a name resolved (`localhost:9464`). Anything but loopback
+/// serves the run's counters to whoever can reach the port: said once.
+fn metrics_addr(text: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    let addr = text
+        .to_socket_addrs()
+        .map_err(|e| {
+            ConfigError::Invalid(format!("--metrics-addr {text:?}: {e} (expected HOST:PORT)"))
+        })?
+        .next()
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!("--metrics-addr {text:?}: the name has no address"))
+        })?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "--metrics-addr {text}: serving the run's counters on {addr}, to anyone who can reach it (127.0.0.1 keeps them on this machine)"
+        );
+    }
+    Ok(addr)
 }
 
 /// `--coordinator`, `--run-name` and `--coordinator-timeout` (or `BULKPROMPT_COORDINATOR`), with

@@ -16,8 +16,10 @@
 //!   to keep it fed;
 //! - at about 1 with the limit in use and under half a request waiting: there may be room; it
 //!   doubles until the first queue is seen, and grows by one after;
-//! - a timeout cuts it at once, to half or to what the wait says was served (the time waited
-//!   over the fastest answer seen): a queue so long that answers do not come back in time.
+//! - a timeout while the window's answers show a queue (their median 1.5 times the fastest)
+//!   cuts it at once, to half or to what the wait says was served (the time waited over the
+//!   fastest answer seen): a queue so long that answers do not come back in time. A timeout
+//!   among answers as fast as ever is a hung connection, and leaves the limit alone.
 //!
 //! The lowest latency drifts up 6% a minute, so a server slower for good is learnt again. The
 //! run starts at the ceiling (after its first request, which goes alone): a provider that does
@@ -35,6 +37,9 @@ const TOLERANCE: f64 = 1.5;
 const SMALL: f64 = 1.15;
 /// Below this there may be room.
 const ROOM: f64 = 1.25;
+/// Seconds added to both sides of every latency ratio: differences within the noise of a
+/// connection and a scheduler (an answer of 1 ms against one of 0.2 ms) are no queue.
+const NOISE: f64 = 0.05;
 
 /// What one attempt told.
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +65,10 @@ struct State {
     window: u64,
     to_send: usize,
     to_answer: usize,
-    /// The window's fastest answer, and how many answered.
+    /// The window's fastest answer, how many answered, and their latencies (the first 1,024).
     least: f64,
     n: u32,
+    answered: Vec<f64>,
     /// The window's requests found the limit used.
     used: bool,
     /// Whether the limit was ever lowered (for the summary).
@@ -105,6 +111,7 @@ impl Flight {
                 to_answer: ceiling.max(4),
                 least: 0.0,
                 n: 0,
+                answered: Vec::new(),
                 used: false,
                 lowered: false,
                 last_drift: Instant::now(),
@@ -173,10 +180,10 @@ impl Flight {
         let took = slot.sent.elapsed().as_secs_f64();
         let ours = slot.window == Some(s.window);
         match sample {
-            Sample::Timeout if ours => {
+            Sample::Timeout if ours && self.queueing(s) => {
                 // A queue so long that answers do not come back in time: at least half as
                 // many, and as few as the wait says the server served.
-                let waited = s.fastest.map_or(2.0, |f| took / f.max(1e-6));
+                let waited = s.fastest.map_or(2.0, |f| (took + NOISE) / (f + NOISE));
                 s.limit = (s.limit / 2.0).min(s.limit / waited + 1.0).max(1.0);
                 s.starting = false;
                 s.lowered = true;
@@ -193,6 +200,9 @@ impl Flight {
                 if ours {
                     s.least = if s.n == 0 { took } else { s.least.min(took) };
                     s.n += 1;
+                    if s.answered.len() < 1024 {
+                        s.answered.push(took);
+                    }
                 }
             }
             _ => {}
@@ -210,6 +220,20 @@ impl Flight {
         self.next_window(s);
     }
 
+    /// Whether the window's answers so far show a queue: their median well above the fastest
+    /// answer seen (a server answering in turn: 1 s, 2 s, 3 s...). A timeout without that is a
+    /// hung connection, not a queue, and leaves the limit alone.
+    fn queueing(&self, s: &mut State) -> bool {
+        let Some(fastest) = s.fastest else {
+            return false;
+        };
+        if s.answered.len() < 4 {
+            return false;
+        }
+        s.answered.sort_by(f64::total_cmp);
+        (s.answered[s.answered.len() / 2] + NOISE) > (fastest + NOISE) * TOLERANCE
+    }
+
     /// A whole window answered: is there a queue, or room?
     fn judge(&self, s: &mut State) {
         let mean = s.least;
@@ -218,7 +242,7 @@ impl Flight {
         s.last_drift = now;
         let lowest = s.lowest.map_or(mean, |l| (l * drift).min(mean));
         s.lowest = Some(lowest);
-        let ratio = mean / lowest;
+        let ratio = (mean + NOISE) / (lowest + NOISE);
         // Requests waiting at the server, by Vegas's reckoning.
         let queue = s.limit * (1.0 - 1.0 / ratio);
         let before = s.limit;
@@ -238,6 +262,7 @@ impl Flight {
         s.to_send = size;
         s.to_answer = size;
         s.least = 0.0;
+        s.answered.clear();
         s.n = 0;
         s.used = false;
     }
@@ -298,11 +323,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    /// Within one of the slots (two at 8: a queue of two there is only 1.25x).
     async fn a_queueing_server_brings_the_limit_to_its_slots() {
         for slots in [2, 4, 8] {
             let (limit, _) = settle(slots, 64, 400).await;
             assert!(
-                limit >= slots.saturating_sub(1).max(1) && limit <= slots + 1,
+                limit >= slots.saturating_sub(1).max(1) && limit <= slots + 1 + slots / 8,
                 "{slots} slots: limit {limit}"
             );
         }
@@ -315,13 +341,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn timeouts_halve_and_fixed_never_moves() {
+    async fn a_timeout_cuts_only_where_answers_show_a_queue() {
+        // Answers as fast as ever, then a timeout: a hung connection, the limit stays.
         let f = Flight::new(64, true);
+        for _ in 0..8 {
+            let slot = f.acquire().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            slot.done(Sample::Answer);
+        }
         f.acquire().await.done(Sample::Timeout);
-        assert_eq!(f.limit(), 32);
-        assert_eq!(f.found(), Some(32));
+        assert_eq!((f.limit(), f.found()), (64, None));
+        // Answers taking longer and longer (a server answering in turn), then a timeout.
+        let f = Flight::new(64, true);
+        let first = f.acquire().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first.done(Sample::Answer);
+        let slots: Vec<_> = futures_join(&f, 9).await;
+        for (i, slot) in slots.into_iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(100 * i as u64)).await;
+            match i {
+                8 => slot.done(Sample::Timeout),
+                _ => slot.done(Sample::Answer),
+            }
+        }
+        assert!(f.limit() <= 32 && f.found().is_some(), "{}", f.limit());
         let fixed = Flight::new(64, false);
         fixed.acquire().await.done(Sample::Timeout);
         assert_eq!((fixed.limit(), fixed.found()), (64, None));
+    }
+
+    async fn futures_join(f: &Flight, n: usize) -> Vec<Slot<'_>> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(f.acquire().await);
+        }
+        v
     }
 }

@@ -143,8 +143,9 @@ impl Link {
                     }
                     Ok(Err(e)) if refused(&e) => {
                         return Err(Unreachable(format!(
-                            "the coordinator {} refused a call: {e}",
-                            self.shown
+                            "the coordinator {} refused a call: {}",
+                            self.shown,
+                            explained(e.to_string())
                         )))
                     }
                     Ok(Err(e)) => e.to_string(),
@@ -181,11 +182,26 @@ impl Link {
 
 /// `text` without the password of `url` (redis-rs may quote the URL it was given).
 fn scrub(text: &str, url: &str) -> String {
-    match url::Url::parse(url)
+    let text = match url::Url::parse(url)
         .ok()
         .and_then(|u| u.password().map(String::from))
     {
         Some(pw) if !pw.is_empty() => text.replace(&pw, "(redacted)"),
         _ => text.to_string(),
+    };
+    explained(text)
+}
+
+/// Redis's own words for "a password is needed" ("NOAUTH", or "Protocol error: unauthenticated
+/// multibulk length" to a client that sent none), said plainly.
+fn explained(text: String) -> String {
+    let lower = text.to_ascii_lowercase();
+    if ["noauth", "unauthenticated", "authentication required"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        format!("{text} (Redis needs a password: give it in the URL, redis://:PASSWORD@HOST:PORT, best through BULKPROMPT_COORDINATOR)")
+    } else {
+        text
     }
 }

@@ -574,14 +574,27 @@ fn chat_answer(body: &Value, raw: &[u8], n: u64, state: &State) -> Value {
     stats
         .completion_tokens
         .fetch_add(a.completion_tokens, Relaxed);
+    let mut usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": a.completion_tokens,
+        "total_tokens": prompt_tokens + a.completion_tokens});
     if let Some(p) = state.prices.get(&model) {
         let u = crate::cost::Usage {
             prompt: prompt_tokens,
             completion: a.completion_tokens,
             ..Default::default()
         };
-        // Batch prices.
-        stats.billed.fetch_add(p.batch_cost(&u, 0).0, Relaxed);
+        match state.config.cost_factor {
+            // A provider that bills its batch API at this multiple of the live price, and
+            // says so in `usage.cost`.
+            Some(f) => {
+                let cost = crate::cost::Money((p.cost(&u, 0).0 as f64 * f) as u64);
+                stats.billed.fetch_add(cost.0, Relaxed);
+                usage["cost"] = json!(cost.usd());
+            }
+            // Batch prices.
+            None => {
+                stats.billed.fetch_add(p.batch_cost(&u, 0).0, Relaxed);
+            }
+        }
     }
     json!({
         "id": format!("chatcmpl-batch-{n}"),
@@ -589,7 +602,6 @@ fn chat_answer(body: &Value, raw: &[u8], n: u64, state: &State) -> Value {
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": a.content},
             "finish_reason": a.finish_reason}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": a.completion_tokens,
-            "total_tokens": prompt_tokens + a.completion_tokens},
+        "usage": usage,
     })
 }

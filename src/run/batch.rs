@@ -19,7 +19,7 @@ use super::task::{base_record, Ctx, Hold, NoHold};
 use crate::batch::journal::{Entry, Event, Journal};
 use crate::batch::openai::{self, ApiError, BatchInfo};
 use crate::checkpoint::Decision;
-use crate::cost::{Money, DEFAULT_BATCH_PERMILLE};
+use crate::cost::Money;
 use crate::job::{IdKey, InputSpec, Job};
 use crate::output::{Record, RecordError, Stale, Status};
 use crate::provider::response::parse_completion;
@@ -185,10 +185,14 @@ impl BatchEngine {
             self.ctx.open();
             return;
         }
-        self.ctx.abort(format!(
-            "batch API: {what}: {e}; batches already submitted are in the journal {} and the next run collects them",
-            self.journal.display()
-        ));
+        let submitted = self.ctx.counters.batches_submitted.load(Relaxed);
+        self.ctx.abort(match submitted {
+            0 => format!("batch API: {what}: {e}; this run submitted no batch; re-run to try again (batches of earlier runs, if any, stay in the journal and are collected then)"),
+            n => format!(
+                "batch API: {what}: {e}; the {n} batches this run submitted are in the journal {} and the next run collects them",
+                self.journal.display()
+            ),
+        });
     }
 
     fn journal_append(&self, journal: &mut Journal, event: &Event) -> bool {
@@ -201,16 +205,14 @@ impl BatchEngine {
         }
     }
 
-    /// The worst case of `job` at its model's batch price.
+    /// What `job` is held at against `--max-cost`: its worst case at the *live* price. The
+    /// batch share is the price table's idea of the provider's discount; a provider that bills
+    /// its batch API at more than that (at the live price, say) would otherwise carry the run
+    /// past the cap with every job of the batches already submitted, before the first one is
+    /// collected and its real cost seen. Collected answers settle at what they cost, so the
+    /// money held beyond that returns to the cap for the next batches.
     fn worst(&self, job: &Job) -> Money {
-        let live = self.ctx.worst_case(job);
-        let share = self
-            .ctx
-            .prices
-            .get(&job.model)
-            .and_then(|p| p.batch_permille)
-            .unwrap_or(DEFAULT_BATCH_PERMILLE);
-        Money((u128::from(live.0) * u128::from(share) / 1000) as u64)
+        self.ctx.worst_case(job)
     }
 
     /// Journals, uploads and creates one batch. False when the run must stop.
@@ -338,6 +340,11 @@ impl BatchEngine {
                     },
                 );
                 self.ctx.counters.batches_submitted.fetch_add(1, Relaxed);
+                // Each line is a request the provider runs (the summary counts them).
+                self.ctx
+                    .counters
+                    .requests
+                    .fetch_add(entry.ids.len() as u64, Relaxed);
                 open.push(Open { entry, holds });
                 ok
             }

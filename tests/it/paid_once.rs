@@ -645,3 +645,137 @@ fn every_worker_paces_by_the_runs_limit_not_its_own() {
         stderr(&o)
     );
 }
+
+// ---- 8. Batch mode and a provider that bills more than the table's batch share ----------
+
+#[test]
+fn batch_mode_holds_the_cap_when_the_provider_bills_the_full_price() {
+    let mock = Mock::start(MockConfig {
+        // The batch API's usage.cost is the live price: no discount.
+        cost_factor: Some(1.0),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced(400));
+    let out = dir.path("out.jsonl");
+    let o = output_within(
+        &mut run_cmd(
+            &input,
+            &out,
+            &mock.url(),
+            &batch_args(&["--max-cost", "0.005", "--batch-max-lines", "40"]),
+        ),
+        ENDS,
+    );
+    assert_code(&o, 3);
+    let spent = recorded(&out);
+    assert!(
+        spent <= 0.005 + 1e-12,
+        "recorded {spent} under a cap of $0.005"
+    );
+    assert!(
+        (spent - billed(&mock)).abs() < 1e-9,
+        "{spent} vs billed {}",
+        billed(&mock)
+    );
+    // Several choices in batch mode count in full too.
+    let mock = batch_mock(BatchConfig::default());
+    let jobs: String = (0..40)
+        .map(|i| format!("{{\"id\":\"j{i}\",\"n\":8,\"max_tokens\":32,\"messages\":[{{\"role\":\"user\",\"content\":\"Write a line about item {i}.\"}}]}}\n"))
+        .collect();
+    let input = dir.write("n.jsonl", jobs);
+    let out = dir.path("n-out.jsonl");
+    let o = output_within(
+        &mut run_cmd(
+            &input,
+            &out,
+            &mock.url(),
+            &batch_args(&["--max-cost", "0.0001"]),
+        ),
+        ENDS,
+    );
+    assert_code(&o, 3);
+    assert!(recorded(&out) <= 0.0001 + 1e-12);
+}
+
+#[test]
+fn a_redis_that_needs_a_password_says_so() {
+    let Some(redis) = Redis::start_with(Some("s3cret-pw-123")) else {
+        return;
+    };
+    let url = redis.url().replace(":s3cret-pw-123@", "");
+    assert!(!url.contains("s3cret"), "{url}");
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    let o = output_within(
+        &mut run_cmd(
+            &input,
+            &dir.path("o.jsonl"),
+            &mock.url(),
+            &coordinated(&url, "pw", &["--max-cost", "1"]),
+        ),
+        ENDS,
+    );
+    assert_code(&o, 4);
+    assert!(
+        stderr(&o).contains("Redis needs a password"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(mock.stats().requests, 0);
+}
+
+// ---- The smaller ones --------------------------------------------------------------------
+
+#[test]
+fn metrics_addr_takes_a_name_and_warns_off_loopback() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    let o = run(
+        &input,
+        &dir.path("a.jsonl"),
+        &mock.url(),
+        &["--metrics-addr", "localhost:0"],
+    );
+    assert_code(&o, 0);
+    assert!(!stderr(&o).contains("to anyone"), "{}", stderr(&o));
+    let o = run(
+        &input,
+        &dir.path("b.jsonl"),
+        &mock.url(),
+        &["--metrics-addr", "0.0.0.0:0"],
+    );
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("to anyone who can reach it"),
+        "{}",
+        stderr(&o)
+    );
+    // No port: refused by name, before any look-up.
+    let o = run(
+        &input,
+        &dir.path("c.jsonl"),
+        &mock.url(),
+        &["--metrics-addr", "localhost"],
+    );
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("--metrics-addr"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_batch_summary_counts_its_lines_as_requests() {
+    let mock = batch_mock(BatchConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(30));
+    let sum = dir.path("s.json");
+    let o = run(
+        &input,
+        &dir.path("out.jsonl"),
+        &mock.url(),
+        &batch_args(&["--summary-json", sum.to_str().unwrap()]),
+    );
+    assert_code(&o, 0);
+    assert_eq!(summary(&sum)["requests"], 30);
+}
