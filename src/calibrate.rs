@@ -6,9 +6,9 @@
 //! `prompt_tokens` set against the local count of the same request, and every model's prompt
 //! tokens scaled by the ratio its calibration jobs showed.
 
-use crate::config::{Endpoint, RunConfig};
+use crate::config::RunConfig;
 use crate::cost::{Money, Usage};
-use crate::provider::{classify, Client, ClientConfig, Verdict};
+use crate::provider::{classify, Verdict};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -65,28 +65,9 @@ fn one_token(body: &[u8]) -> Option<(Vec<u8>, Value)> {
 
 /// Sends the first `n` jobs of the run's job file with `max_tokens: 1` and counts.
 pub async fn calibrate(cfg: &RunConfig, n: usize) -> Result<Calibration, String> {
-    let (base_url, _mock) = match &cfg.endpoint {
-        Endpoint::Url(u) => (u.clone(), None),
-        Endpoint::Mock(mc) => {
-            let server = crate::mock::MockServer::start(([127, 0, 0, 1], 0).into(), (**mc).clone())
-                .await
-                .map_err(|e| format!("the simulator: {e}"))?;
-            (server.base_url(), Some(server))
-        }
-    };
-    let client = Client::new(&ClientConfig {
-        base_url,
-        api_key: cfg.api_key.clone(),
-        headers: cfg.headers.clone(),
-        timeout: cfg.timeout,
-        pool_size: 4,
-        max_response_bytes: cfg.max_response_bytes,
-        scrubber: crate::secret::Scrubber::new(
-            cfg.api_key.as_ref(),
-            cfg.headers.iter().map(|(a, b)| (a.as_str(), b.as_str())),
-        ),
-    })
-    .map_err(|e| e.to_string())?;
+    let (client, _mock) = crate::run::connect(cfg, 4)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut jobs = Vec::new();
     for job in cfg.input.open().map_err(|e| e.to_string())? {
         let job = job.map_err(|e| e.to_string())?;

@@ -30,6 +30,8 @@ pub struct BatchInfo {
     pub id: String,
     pub status: String,
     #[serde(default)]
+    pub input_file_id: Option<String>,
+    #[serde(default)]
     pub output_file_id: Option<String>,
     #[serde(default)]
     pub error_file_id: Option<String>,
@@ -255,6 +257,40 @@ pub async fn content(client: &Client, file_id: &str) -> Result<Bytes, ApiError> 
         None,
     )
     .await
+}
+
+/// Every batch among the newest `max_pages` pages whose key starts with `prefix`: how a run
+/// whose journal is gone finds the batches its output submitted.
+pub async fn list_with_prefix(
+    client: &Client,
+    prefix: &str,
+    max_pages: usize,
+) -> Result<Vec<BatchInfo>, ApiError> {
+    let mut found = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..max_pages {
+        let path = match &after {
+            Some(a) => format!("batches?limit=100&after={a}"),
+            None => "batches?limit=100".to_string(),
+        };
+        let b = ok_body(client, Method::GET, &path, None).await?;
+        let page: Page = parse(&path, &b)?;
+        found.extend(
+            page.data
+                .iter()
+                .filter(|b| b.key().is_some_and(|k| k.starts_with(prefix)))
+                .cloned(),
+        );
+        match (
+            page.has_more,
+            page.last_id
+                .or_else(|| page.data.last().map(|b| b.id.clone())),
+        ) {
+            (true, Some(last)) => after = Some(last),
+            _ => break,
+        }
+    }
+    Ok(found)
 }
 
 /// The batch carrying `key` in its metadata, looked for among the newest `max_pages` pages:

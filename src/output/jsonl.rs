@@ -166,7 +166,8 @@ impl JsonlWriter {
 fn hold(file: &File) -> io::Result<()> {
     match file.try_lock() {
         Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::other(
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
             "another bulkprompt run is writing this file",
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(e),

@@ -153,6 +153,137 @@ impl BatchEngine {
         }
     }
 
+    /// The start of every batch key this output submits: `bp-`, a hash of the journal's path,
+    /// `-`. A run whose journal is gone finds the output's batches at the provider by it.
+    fn key_prefix(&self) -> String {
+        let path = crate::paths::resolve(&self.journal).unwrap_or_else(|_| self.journal.clone());
+        let tag = xxhash_rust::xxh3::xxh3_64(path.to_string_lossy().as_bytes());
+        format!("bp-{:012x}-", tag >> 16)
+    }
+
+    /// The journal is gone (deleted with `.bulkprompt/`, or a new disk): the output's batches
+    /// are found at the provider by their keys, read back from their input files, journaled
+    /// again and collected like any open batch, so none of their jobs is bought twice.
+    async fn rediscover(&self, journal: &mut Journal, open: &mut Vec<Open>) -> Result<(), ()> {
+        let client = &self.ctx.client;
+        let prefix = self.key_prefix();
+        let found = match self
+            .call("list batches", || {
+                openai::list_with_prefix(client, &prefix, 20)
+            })
+            .await
+        {
+            None => return Err(()),
+            Some(Err(e)) => {
+                self.fail("list batches", &e);
+                return Err(());
+            }
+            Some(Ok(found)) => found,
+        };
+        for info in found {
+            let (Some(key), Some(file)) =
+                (info.key().map(str::to_string), info.input_file_id.clone())
+            else {
+                continue;
+            };
+            let bytes = match self
+                .call("download", || openai::content(client, &file))
+                .await
+            {
+                None => return Err(()),
+                Some(Ok(b)) => b,
+                // Its input is gone too: nothing to match its answers with.
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "batch {}: its input file cannot be read ({e}); left alone",
+                        info.id
+                    );
+                    continue;
+                }
+            };
+            let Some(entry) = self.entry_from_lines(&key, &file, &info.id, &bytes) else {
+                continue;
+            };
+            for event in [
+                Event::Intent {
+                    key: key.clone(),
+                    model: entry.model.clone(),
+                    ids: entry.ids.clone(),
+                    fingerprints: entry.fingerprints.clone(),
+                    worst_usd: entry.worst.usd(),
+                },
+                Event::File {
+                    key: key.clone(),
+                    file_id: file.clone(),
+                },
+                Event::Created {
+                    key: key.clone(),
+                    batch_id: info.id.clone(),
+                },
+            ] {
+                if !self.journal_append(journal, &event) {
+                    return Err(());
+                }
+            }
+            tracing::warn!(
+                "the batch journal was gone: batch {} ({} jobs) of this output found at the provider by its key; collecting it",
+                info.id,
+                entry.ids.len()
+            );
+            let holds = self
+                .ctx
+                .budget
+                .iter()
+                .map(|b| Hold {
+                    budget: b.clone(),
+                    reservation: Some(b.hold(entry.worst)),
+                })
+                .collect();
+            open.push(Open { entry, holds });
+        }
+        Ok(())
+    }
+
+    /// A journal entry rebuilt from a batch's input file: its ids, the fingerprints of the
+    /// bodies as sent, and their worst case at the live price.
+    fn entry_from_lines(&self, key: &str, file: &str, batch: &str, bytes: &[u8]) -> Option<Entry> {
+        #[derive(serde::Deserialize)]
+        struct Line<'a> {
+            custom_id: String,
+            #[serde(borrow)]
+            body: &'a serde_json::value::RawValue,
+        }
+        let (mut ids, mut fingerprints, mut worst, mut model) =
+            (Vec::new(), Vec::new(), Money::ZERO, None);
+        for raw in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(line) = serde_json::from_slice::<Line>(raw) else {
+                continue;
+            };
+            let body: serde_json::Value = serde_json::from_str(line.body.get()).ok()?;
+            let m = body["model"].as_str().unwrap_or_default().to_string();
+            let out = body["max_completion_tokens"]
+                .as_u64()
+                .or(body["max_tokens"].as_u64())
+                .unwrap_or(self.ctx.default_output_tokens)
+                * body["n"].as_u64().unwrap_or(1).max(1);
+            if let Some(p) = self.ctx.prices.get(&m) {
+                worst += p.worst_case(line.body.get().len().div_ceil(2) as u64, out, 0);
+            }
+            model.get_or_insert(m);
+            ids.push(line.custom_id);
+            fingerprints.push(crate::job::Fingerprint::of(line.body.get().as_bytes()).to_string());
+        }
+        Some(Entry {
+            key: key.to_string(),
+            model: model?,
+            ids,
+            fingerprints,
+            worst,
+            file_id: Some(file.to_string()),
+            batch_id: Some(batch.to_string()),
+        })
+    }
+
     /// Creates a batch, retried like any call, but each retry first looks for the batch by its
     /// key: a creation whose answer was lost on the wire is found, never made twice.
     async fn create_once<F, Fut>(&self, key: &str, create: F) -> Option<Result<BatchInfo, ApiError>>
@@ -226,7 +357,7 @@ impl BatchEngine {
         if chunk.ids.is_empty() {
             return true;
         }
-        let key = format!("bp-{:016x}", fastrand::u64(..));
+        let key = format!("{}{:016x}", self.key_prefix(), fastrand::u64(..));
         if !self.journal_append(
             journal,
             &Event::Intent {
@@ -711,6 +842,8 @@ impl Engine for BatchEngine {
     async fn execute(self, intake: &mut Intake<'_>) -> EngineEnd {
         let mut end = EngineEnd::default();
         let ctx = self.ctx.clone();
+        // No journal where a run of this output would have left one: look at the provider.
+        let gone = !self.journal.exists() && self.settings.api == BatchApi::OpenAi;
         let (mut journal, replay) = match Journal::open(&self.journal) {
             Ok(j) => j,
             Err(e) => {
@@ -731,6 +864,9 @@ impl Engine for BatchEngine {
                 .collect()
         };
         let mut open: Vec<Open> = Vec::new();
+        if gone && self.rediscover(&mut journal, &mut open).await.is_err() {
+            return end;
+        }
         for entry in replay.open {
             // Submitted by an earlier run: its money is committed whatever the cap says now.
             let holds = committed(entry.worst);

@@ -128,14 +128,13 @@ fn render_invalid(errors: &[InputError], more: u64) -> String {
     s
 }
 
-/// Runs a job file to completion (or until stopped) and reports how it went.
-pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError> {
-    let started = Instant::now();
-    let started_at = crate::output::record::timestamp(std::time::SystemTime::now());
-    let prepared = prepare::prepare(&cfg, started, &shutdown).await?;
-    let spent_before = prepared.checkpoint.totals.spent + prepared.removed_cost;
-
-    let (base_url, _mock) = match &cfg.endpoint {
+/// The client for the run's endpoint (the simulator started first for `mock`, kept alive by
+/// the server handed back), with `pool` idle connections kept.
+pub(crate) async fn connect(
+    cfg: &RunConfig,
+    pool: usize,
+) -> Result<(Client, Option<MockServer>), RunError> {
+    let (base_url, mock) = match &cfg.endpoint {
         Endpoint::Url(u) => (u.clone(), None),
         Endpoint::Mock(mc) => {
             let server = MockServer::start(([127, 0, 0, 1], 0).into(), (**mc).clone())
@@ -149,13 +148,24 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         api_key: cfg.api_key.clone(),
         headers: cfg.headers.clone(),
         timeout: cfg.timeout,
-        pool_size: cfg.concurrency,
+        pool_size: pool,
         max_response_bytes: cfg.max_response_bytes,
         scrubber: Scrubber::new(
             cfg.api_key.as_ref(),
             cfg.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         ),
     })?;
+    Ok((client, mock))
+}
+
+/// Runs a job file to completion (or until stopped) and reports how it went.
+pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let started_at = crate::output::record::timestamp(std::time::SystemTime::now());
+    let prepared = prepare::prepare(&cfg, started, &shutdown).await?;
+    let spent_before = prepared.checkpoint.totals.spent + prepared.removed_cost;
+
+    let (client, _mock) = connect(&cfg, cfg.concurrency).await?;
 
     // Limits and budget: this process's own, or shared with the run's other workers.
     let (coordinator, limiter, budget): (_, Arc<dyn RateLimit>, _) = match &cfg.coordinator {

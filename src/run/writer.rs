@@ -36,7 +36,16 @@ impl Writer {
         counters: Arc<Counters>,
         retry_for: Duration,
     ) -> Result<Writer, RunError> {
-        let file = JsonlWriter::open(output)?;
+        let file = JsonlWriter::open(output).map_err(|e| match e.source.kind() {
+            // Another run took the output between this run's check and its first write.
+            std::io::ErrorKind::WouldBlock => {
+                RunError::Checkpoint(crate::checkpoint::CheckpointError::Locked {
+                    path: output.to_path_buf(),
+                    pid: None,
+                })
+            }
+            _ => RunError::Write(e),
+        })?;
         let (sender, rx) = mpsc::channel();
         let failed = Arc::new(Notify::new());
         let notify = failed.clone();

@@ -779,3 +779,58 @@ fn a_batch_summary_counts_its_lines_as_requests() {
     assert_code(&o, 0);
     assert_eq!(summary(&sum)["requests"], 30);
 }
+
+#[test]
+fn a_deleted_batch_journal_is_found_again_at_the_provider() {
+    let mock = batch_mock(BatchConfig {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(400));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &batch_args(&["--no-wait", "--batch-max-lines", "150"]),
+    );
+    assert_code(&o, 6);
+    // Another output's batch in the same account is not this output's.
+    let other = dir.path("other.jsonl");
+    assert_code(
+        &run(&input, &other, &mock.url(), &batch_args(&["--no-wait"])),
+        6,
+    );
+    std::fs::remove_file(dir.path(".bulkprompt/out.jsonl.batches.jsonl")).unwrap();
+    let o = output_within(
+        &mut run_cmd(&input, &out, &mock.url(), &batch_args(&[])),
+        ENDS,
+    );
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("found at the provider by its key"),
+        "{}",
+        stderr(&o)
+    );
+    let b = mock.batch_stats();
+    assert_eq!(
+        b.batches_created, 4,
+        "3 for the output, 1 for the other: none again"
+    );
+    assert_eq!(records_by_id(&out).len(), 400);
+    assert_eq!(
+        b.most_answers_per_id, 2,
+        "400 ids answered once per output, never twice in one"
+    );
+    assert_eq!(b.lines_answered, 800);
+    let journal = std::fs::read_to_string(dir.path(".bulkprompt/out.jsonl.batches.jsonl")).unwrap();
+    assert_eq!(
+        journal
+            .matches("\"created\"")
+            .count()
+            .max(journal.matches("batch_id").count()),
+        3,
+        "{journal}"
+    );
+}
