@@ -355,6 +355,10 @@ pub struct Summary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub found_concurrency: Option<usize>,
     pub resume_command: Option<String>,
+    /// What the jobs not run would cost and take, from this run's real answers (their mean
+    /// cost and its pace): the estimate, re-made from what the provider billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<Remaining>,
     /// Failed jobs a re-run retries (their failures were transient).
     #[serde(default)]
     pub retried_on_resume: u64,
@@ -505,6 +509,14 @@ impl Summary {
             ));
         }
         line(cost);
+        if let Some(r) = self.remaining {
+            line(format!(
+                "  left:      {} jobs not run: about {} and {:.0} s more at this run's cost a job and pace",
+                r.jobs,
+                Money::from_usd(r.cost_usd),
+                r.secs
+            ));
+        }
         if self.batches > 0 {
             line(format!(
                 "  batches:   {} submitted this run (the batch API, at batch prices)",
@@ -529,6 +541,14 @@ impl Summary {
         }
         s
     }
+}
+
+/// The rest of the job file, at this run's measured cost and pace.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Remaining {
+    pub jobs: u64,
+    pub cost_usd: f64,
+    pub secs: f64,
 }
 
 /// 1234 -> "1.2k", 5600000 -> "5.6M".

@@ -307,7 +307,7 @@ impl BatchEngine {
 
     /// Stops the run for a batch-API failure (exit 4); open batches stay in the journal.
     fn fail(&self, what: &str, e: &ApiError) {
-        if e.status == Some(404) && matches!(what, "upload" | "create") {
+        if e.status == Some(404) && matches!(what, "upload" | "create" | "list batches") {
             // Nothing there to take a batch: the same command would stop the same way.
             self.ctx.abort.abort_fatal(format!(
                 "the endpoint {} has no batch API ({what} answered HTTP 404: {}); nothing was submitted: run with --mode live",

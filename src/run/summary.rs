@@ -161,6 +161,21 @@ pub(super) struct Tallies {
     pub(super) coordinator: Option<crate::progress::CoordinatorReport>,
 }
 
+/// The jobs not run, re-estimated from this run's own answers: their mean cost (what the
+/// provider billed, not the table's guess) and the pace the run kept.
+fn remaining(
+    not_run: u64,
+    answered: u64,
+    spent: crate::cost::Money,
+    secs: f64,
+) -> Option<crate::progress::Remaining> {
+    (not_run > 0 && answered > 0 && secs > 0.0).then(|| crate::progress::Remaining {
+        jobs: not_run,
+        cost_usd: spent.usd() / answered as f64 * not_run as f64,
+        secs: secs / answered as f64 * not_run as f64,
+    })
+}
+
 /// The summary: job counts that add up to the file, the outcome, the exit code.
 pub(super) fn summarize(t: Tallies) -> Summary {
     let skipped = t.intake.skipped_done + t.intake.skipped_failed;
@@ -221,6 +236,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
             && (t.stops.early() || not_run > 0 || retried_on_resume > 0))
             .then_some(t.resume_command),
         retried_on_resume,
+        remaining: remaining(not_run, c.ok + c.failed, c.spent, t.elapsed_secs),
         coordinator: t.coordinator,
     }
 }

@@ -342,3 +342,45 @@ fn a_calibrated_estimate_counts_as_the_provider_counts() {
         .unwrap();
     assert_code(&o, 0);
 }
+
+#[test]
+fn a_run_that_stops_early_says_what_the_rest_will_cost_from_its_own_bills() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(100));
+    let out = dir.path("out.jsonl");
+    let sum = dir.path("s.json");
+    let model = "google/gemini-2.0-flash-001";
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--model",
+            model,
+            "--limit",
+            "20",
+            "--summary-json",
+            sum.to_str().unwrap(),
+        ],
+    );
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("left:      80 jobs not run"),
+        "{}",
+        stderr(&o)
+    );
+    let s = typed_summary(&sum);
+    let left = s.remaining.expect("the rest re-estimated");
+    assert_eq!(left.jobs, 80);
+    let first = mock.stats().billed as f64 / 1e12;
+    // The rest, run: what they cost against what the first 20 said they would.
+    let o = run(&input, &out, &mock.url(), &["--model", model]);
+    assert_code(&o, 0);
+    let rest = mock.stats().billed as f64 / 1e12 - first;
+    assert!(
+        (left.cost_usd - rest).abs() / rest < 0.3,
+        "estimated {} for the rest, billed {rest}",
+        left.cost_usd
+    );
+}
