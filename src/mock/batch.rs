@@ -553,7 +553,23 @@ fn chat_answer(body: &Value, raw: &[u8], n: u64, state: &State) -> Value {
     let json = body["response_format"]["type"]
         .as_str()
         .is_some_and(|t| t != "text");
-    let a = content::answer(xxhash_rust::xxh3::xxh3_64(raw), max_tokens, json);
+    let seed = xxhash_rust::xxh3::xxh3_64(raw);
+    // Several choices (`n`), each its own answer and billed as one.
+    let answers: Vec<content::Answer> = (0..body["n"].as_u64().unwrap_or(1).clamp(1, 16))
+        .map(|i| content::answer(seed.wrapping_add(i), max_tokens, json))
+        .collect();
+    let choices: Vec<Value> = answers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            json!({"index": i, "message": {"role": "assistant", "content": a.content},
+            "finish_reason": a.finish_reason})
+        })
+        .collect();
+    let a = content::Answer {
+        completion_tokens: answers.iter().map(|a| a.completion_tokens).sum(),
+        ..answers[0].clone()
+    };
     let stats = &state.stats;
     // Images sent inline as data: URLs, as the live endpoint counts them.
     let images = body["messages"]
@@ -600,8 +616,7 @@ fn chat_answer(body: &Value, raw: &[u8], n: u64, state: &State) -> Value {
         "id": format!("chatcmpl-batch-{n}"),
         "object": "chat.completion",
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": a.content},
-            "finish_reason": a.finish_reason}],
+        "choices": choices,
         "usage": usage,
     })
 }

@@ -834,3 +834,50 @@ fn a_deleted_batch_journal_is_found_again_at_the_provider() {
         "{journal}"
     );
 }
+
+// ---- 10. Batch records are live records ---------------------------------------------------
+
+#[test]
+fn a_batch_record_keeps_every_choice_and_the_response_as_a_live_one() {
+    let mock = batch_mock(BatchConfig::default());
+    let dir = Dir::new();
+    let jobs: String = (0..5)
+        .map(|i| format!("{{\"id\":\"j{i}\",\"n\":3,\"messages\":[{{\"role\":\"user\",\"content\":\"Name a colour, {i}.\"}}]}}\n"))
+        .collect();
+    let input = dir.write("jobs.jsonl", jobs);
+    let batch_out = dir.path("batch.jsonl");
+    let o = run(
+        &input,
+        &batch_out,
+        &mock.url(),
+        &batch_args(&["--keep-response"]),
+    );
+    assert_code(&o, 0);
+    let live_out = dir.path("live.jsonl");
+    let o = run(
+        &input,
+        &live_out,
+        &mock.url(),
+        &["--model", MODEL, "--keep-response"],
+    );
+    assert_code(&o, 0);
+    let (batch, live) = (records_by_id(&batch_out), records_by_id(&live_out));
+    for (id, b) in &batch {
+        let l = &live[id];
+        assert_eq!(
+            b.choices.as_ref().map(Vec::len),
+            Some(3),
+            "{id}: every choice"
+        );
+        assert_eq!(
+            b.choices.as_ref().map(Vec::len),
+            l.choices.as_ref().map(Vec::len)
+        );
+        assert!(
+            b.response.is_some() && l.response.is_some(),
+            "{id}: --keep-response"
+        );
+        assert_eq!(b.content.is_some(), l.content.is_some());
+    }
+    assert!((recorded(&batch_out) + recorded(&live_out) - billed(&mock)).abs() < 1e-9);
+}
