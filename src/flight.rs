@@ -173,6 +173,9 @@ impl Flight {
             self.learn(&mut s, slot, sample);
         }
         drop(s);
+        // Every waiter looks again. Waiters exist only while the limit is below the engine's
+        // ceiling (a queueing server, answering a few a second), so this is no herd on a
+        // provider's fast path, where nobody waits here.
         self.freed.notify_waiters();
     }
 
@@ -236,13 +239,13 @@ impl Flight {
 
     /// A whole window answered: is there a queue, or room?
     fn judge(&self, s: &mut State) {
-        let mean = s.least;
+        let least = s.least;
         let now = Instant::now();
         let drift = 1.0 + 0.001 * now.duration_since(s.last_drift).as_secs_f64().min(60.0);
         s.last_drift = now;
-        let lowest = s.lowest.map_or(mean, |l| (l * drift).min(mean));
+        let lowest = s.lowest.map_or(least, |l| (l * drift).min(least));
         s.lowest = Some(lowest);
-        let ratio = (mean + NOISE) / (lowest + NOISE);
+        let ratio = (least + NOISE) / (lowest + NOISE);
         // Requests waiting at the server, by Vegas's reckoning.
         let queue = s.limit * (1.0 - 1.0 / ratio);
         let before = s.limit;

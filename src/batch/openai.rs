@@ -259,14 +259,13 @@ pub async fn content(client: &Client, file_id: &str) -> Result<Bytes, ApiError> 
     .await
 }
 
-/// Every batch among the newest `max_pages` pages whose key starts with `prefix`: how a run
-/// whose journal is gone finds the batches its output submitted.
-pub async fn list_with_prefix(
+/// Walks the newest `max_pages` pages of the provider's batches, newest first, handing each
+/// page to `visit` until it says stop (`true`).
+async fn each_page(
     client: &Client,
-    prefix: &str,
     max_pages: usize,
-) -> Result<Vec<BatchInfo>, ApiError> {
-    let mut found = Vec::new();
+    mut visit: impl FnMut(&[BatchInfo]) -> bool,
+) -> Result<(), ApiError> {
     let mut after: Option<String> = None;
     for _ in 0..max_pages {
         let path = match &after {
@@ -275,21 +274,38 @@ pub async fn list_with_prefix(
         };
         let b = ok_body(client, Method::GET, &path, None).await?;
         let page: Page = parse(&path, &b)?;
-        found.extend(
-            page.data
-                .iter()
-                .filter(|b| b.key().is_some_and(|k| k.starts_with(prefix)))
-                .cloned(),
-        );
+        if visit(&page.data) {
+            return Ok(());
+        }
         match (
             page.has_more,
             page.last_id
                 .or_else(|| page.data.last().map(|b| b.id.clone())),
         ) {
             (true, Some(last)) => after = Some(last),
-            _ => break,
+            _ => return Ok(()),
         }
     }
+    Ok(())
+}
+
+/// Every batch among the newest `max_pages` pages whose key starts with `prefix`: how a run
+/// whose journal is gone finds the batches its output submitted.
+pub async fn list_with_prefix(
+    client: &Client,
+    prefix: &str,
+    max_pages: usize,
+) -> Result<Vec<BatchInfo>, ApiError> {
+    let mut found = Vec::new();
+    each_page(client, max_pages, |page| {
+        found.extend(
+            page.iter()
+                .filter(|b| b.key().is_some_and(|k| k.starts_with(prefix)))
+                .cloned(),
+        );
+        false
+    })
+    .await?;
     Ok(found)
 }
 
@@ -300,25 +316,11 @@ pub async fn find_by_key(
     key: &str,
     max_pages: usize,
 ) -> Result<Option<BatchInfo>, ApiError> {
-    let mut after: Option<String> = None;
-    for _ in 0..max_pages {
-        let path = match &after {
-            Some(a) => format!("batches?limit=100&after={a}"),
-            None => "batches?limit=100".to_string(),
-        };
-        let b = ok_body(client, Method::GET, &path, None).await?;
-        let page: Page = parse(&path, &b)?;
-        if let Some(found) = page.data.iter().find(|b| b.key() == Some(key)) {
-            return Ok(Some(found.clone()));
-        }
-        match (
-            page.has_more,
-            page.last_id
-                .or_else(|| page.data.last().map(|b| b.id.clone())),
-        ) {
-            (true, Some(last)) => after = Some(last),
-            _ => return Ok(None),
-        }
-    }
-    Ok(None)
+    let mut found = None;
+    each_page(client, max_pages, |page| {
+        found = page.iter().find(|b| b.key() == Some(key)).cloned();
+        found.is_some()
+    })
+    .await?;
+    Ok(found)
 }

@@ -100,8 +100,10 @@ struct UsageRead {
 /// A token count: a non-negative whole number, however it was written.
 fn count(v: &Value) -> Result<u64, String> {
     let f = match v {
-        Value::Number(n) if n.as_u64().is_some() => return Ok(n.as_u64().unwrap_or(0)),
-        Value::Number(n) => n.as_f64(),
+        Value::Number(n) => match n.as_u64() {
+            Some(u) => return Ok(u),
+            None => n.as_f64(),
+        },
         Value::String(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     };

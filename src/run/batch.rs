@@ -153,6 +153,19 @@ impl BatchEngine {
         }
     }
 
+    /// Money a batch already at the provider holds, whatever the cap says now: it was
+    /// submitted (by an earlier run, or found again there).
+    fn committed(&self, worst: Money) -> Vec<Hold> {
+        self.ctx
+            .budget
+            .iter()
+            .map(|b| Hold {
+                budget: b.clone(),
+                reservation: Some(b.hold(worst)),
+            })
+            .collect()
+    }
+
     /// The start of every batch key this output submits: `bp-`, a hash of the journal's path,
     /// `-`. A run whose journal is gone finds the output's batches at the provider by it.
     fn key_prefix(&self) -> String {
@@ -230,15 +243,7 @@ impl BatchEngine {
                 info.id,
                 entry.ids.len()
             );
-            let holds = self
-                .ctx
-                .budget
-                .iter()
-                .map(|b| Hold {
-                    budget: b.clone(),
-                    reservation: Some(b.hold(entry.worst)),
-                })
-                .collect();
+            let holds = self.committed(entry.worst);
             open.push(Open { entry, holds });
         }
         Ok(())
@@ -853,23 +858,13 @@ impl Engine for BatchEngine {
         };
         // Attempts per id: batches it was in, over every run.
         let mut attempts = replay.attempts;
-        // Money committed whatever the cap says now (a batch an earlier run submitted).
-        let committed = |worst: Money| -> Vec<Hold> {
-            ctx.budget
-                .iter()
-                .map(|b| Hold {
-                    budget: b.clone(),
-                    reservation: Some(b.hold(worst)),
-                })
-                .collect()
-        };
         let mut open: Vec<Open> = Vec::new();
         if gone && self.rediscover(&mut journal, &mut open).await.is_err() {
             return end;
         }
         for entry in replay.open {
             // Submitted by an earlier run: its money is committed whatever the cap says now.
-            let holds = committed(entry.worst);
+            let holds = self.committed(entry.worst);
             open.push(Open { entry, holds });
         }
         let mut kept = Vec::new();
