@@ -384,3 +384,42 @@ fn a_run_that_stops_early_says_what_the_rest_will_cost_from_its_own_bills() {
         left.cost_usd
     );
 }
+
+#[test]
+fn a_streamed_answer_that_echoes_the_key_is_scrubbed_like_any_answer() {
+    let server = canned(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"your key is sk-echo-secret-123456\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n",
+    );
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(2));
+    let out = dir.path("out.jsonl");
+    let o = run_cmd(
+        &input,
+        &out,
+        &server.url,
+        &[
+            "--api-key-env",
+            "K",
+            "--param",
+            "stream=true",
+            "--keep-response",
+            "-vv",
+        ],
+    )
+    .env("K", "sk-echo-secret-123456")
+    .output()
+    .unwrap();
+    assert_code(&o, 0);
+    assert_eq!(
+        server.requests.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(written.contains("your key is"), "{written}");
+    for (what, text) in [("output", written), ("stderr", stderr(&o))] {
+        assert!(
+            !text.contains("sk-echo-secret-123456"),
+            "the key leaked into the {what}"
+        );
+    }
+}
