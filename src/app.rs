@@ -9,6 +9,7 @@ use crate::output::parquet::ParquetError;
 use crate::paths::TargetError;
 use crate::prices_sync::SyncError;
 use crate::run::{self, RunError};
+use crate::run_files::RunFiles;
 use crate::secret::ApiKey;
 use crate::shutdown::Shutdown;
 use std::io::Write;
@@ -92,22 +93,8 @@ pub fn render_chain(e: &dyn std::error::Error) -> String {
 /// `--log-format json`: the end-of-run summary is one JSON line on stderr too, not text.
 pub static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// `NO_COLOR` is set (to anything but the empty string): no colours anywhere.
-pub fn no_color() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
-}
-
-/// The version and the commit it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("BULKPROMPT_COMMIT"),
-    ")"
-);
-
-pub fn version() -> &'static str {
-    VERSION
-}
+pub use crate::term::no_color;
+pub use crate::version::{version, VERSION};
 
 /// Runs a command to completion; `Ok` is the exit code.
 pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
@@ -137,11 +124,7 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
 
 /// The JSONL an output's records are in (a Parquet output's journal), and the name to show.
 fn records_of(output: &std::path::Path) -> PathBuf {
-    if crate::output::parquet::is_parquet(output) {
-        crate::output::parquet::found_journal(output)
-    } else {
-        output.to_path_buf()
-    }
+    RunFiles::named(output).found_records()
 }
 
 fn report_cmd(args: crate::cli::ReportArgs) -> Result<i32, AppError> {
@@ -350,7 +333,7 @@ fn write_through_temp<T>(
         path: shown.to_path_buf(),
         source,
     };
-    let tmp = crate::paths::TempFile::new(crate::output::parquet::temp_path(target));
+    let tmp = crate::paths::TempFile::new(crate::run_files::parquet_temp(target));
     let file = std::fs::File::create(tmp.path()).map_err(werr)?;
     let mut w = std::io::BufWriter::new(file);
     let value = write(&mut w)?;
@@ -361,11 +344,8 @@ fn write_through_temp<T>(
 
 fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
     use crate::batch::{journal, openai};
-    let mut output = args.output.clone();
-    if crate::output::parquet::is_parquet(&output) {
-        output = crate::output::parquet::found_journal(&output);
-    }
-    let path = journal::found_journal(&output);
+    let output = RunFiles::named(&args.output).found_records();
+    let path = RunFiles::of(&output).found_batch_journal();
     if !path.exists() {
         return Err(AppError::Usage(format!(
             "{}: no batch journal: {} was not written by a batch-mode run",
@@ -550,10 +530,7 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
 fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
     let mut all = Vec::new();
     for output in &args.outputs {
-        let mut output = output.clone();
-        if crate::output::parquet::is_parquet(&output) {
-            output = crate::output::parquet::found_journal(&output);
-        }
+        let output = RunFiles::named(output).found_records();
         all.push(crate::status::status(&output).map_err(|e| AppError::Run(e.into()))?);
     }
     let mut out = std::io::stdout().lock();
@@ -576,21 +553,16 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
     let inputs: Vec<PathBuf> = args
         .inputs
         .iter()
-        .map(|p| {
-            if crate::output::parquet::is_parquet(p) {
-                crate::output::parquet::found_journal(p)
-            } else {
-                p.clone()
-            }
-        })
+        .map(|p| RunFiles::named(p).found_records())
         .collect();
     // Every name one output goes by: the file, and for a Parquet output its journal (where
     // it was found and where it is written).
     let forms = |p: &Path| -> Vec<PathBuf> {
         let mut f = vec![p.to_path_buf()];
         if crate::output::parquet::is_parquet(p) {
-            f.push(crate::output::parquet::journal_path(p));
-            f.push(crate::output::parquet::found_journal(p));
+            let files = RunFiles::of_parquet(p);
+            f.push(files.records().to_path_buf());
+            f.push(files.found_records());
         }
         f
     };
@@ -621,7 +593,7 @@ fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
     let parquet = crate::output::parquet::is_parquet(&target);
     // JSONL straight to the target, or to a journal converted to Parquet.
     let jsonl = if parquet {
-        let journal = crate::output::parquet::journal_path(&target);
+        let journal = RunFiles::of_parquet(&target).records().to_path_buf();
         if let Some(dir) = journal.parent() {
             std::fs::create_dir_all(dir).map_err(|source| AppError::Write {
                 path: dir.to_path_buf(),
@@ -764,6 +736,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
             expire_rate: args.batch_expire_rate,
             lose_answers: args.batch_lose_answers,
             lose_output_files: 0,
+            max_lines: None,
         },
     };
     let server = MockServer::start((args.host, args.port).into(), config)

@@ -7,8 +7,8 @@
 //! shared by several workers (`--coordinator`) implements the same calls against Redis
 //! (`crate::coordinator::SharedBudget`).
 
-use crate::coordinator::Unreachable;
 use crate::cost::Money;
+use crate::unreachable::Unreachable;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;

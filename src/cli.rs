@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(
     name = "bulkprompt",
-    version = crate::app::VERSION,
+    version = crate::version::VERSION,
     about = "Run bulk LLM prompts against OpenAI-compatible endpoints: rate-limited, retried, resumable, costed."
 )]
 pub struct Cli {

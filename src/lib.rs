@@ -31,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod cost;
+pub mod error_kind;
 pub(crate) mod estimate;
 pub(crate) mod flight;
 pub(crate) mod histogram;
@@ -47,9 +48,13 @@ pub(crate) mod providers;
 pub mod report;
 pub(crate) mod retry;
 pub mod run;
+pub mod run_files;
 pub mod secret;
 pub mod shutdown;
 pub(crate) mod status;
+pub(crate) mod term;
+pub mod unreachable;
+pub mod version;
 
 // What an embedding program needs, at the root.
 pub use config::{resolve_run, RunConfig};

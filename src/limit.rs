@@ -26,7 +26,7 @@
 //! (additive increase); a 429 then measures again (at most every ten seconds). A stray 429 among
 //! many accepted answers starts nothing, so a provider that refuses at random is not throttled.
 
-use crate::coordinator::Unreachable;
+use crate::unreachable::Unreachable;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -163,35 +163,6 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// The folder beside an output that holds the run's own files (lock, meta, journals), out of
-/// the data's way.
-pub const RUN_DIR: &str = ".bulkprompt";
-
-/// Where a run keeps its file `OUT` + `suffix`: in [`RUN_DIR`] beside the output
-/// (`data/out.jsonl` -> `data/.bulkprompt/out.jsonl.lock`); for a file already in that folder
-/// (a Parquet output's journal), beside it.
-pub fn run_file(output: &Path, suffix: &str) -> PathBuf {
-    let parent = output.parent().unwrap_or(Path::new(""));
-    let dir = if parent.file_name().is_some_and(|n| n == RUN_DIR) {
-        parent.to_path_buf()
-    } else {
-        parent.join(RUN_DIR)
-    };
-    let mut name = output.file_name().unwrap_or_default().to_os_string();
-    name.push(suffix);
-    dir.join(name)
-}
-
-/// For readers of outputs that a version before [`RUN_DIR`] wrote: `new` when it exists or
-/// `old` does not, else `old` (the next run moves it).
-pub fn found(new: PathBuf, old: PathBuf) -> PathBuf {
-    if !new.exists() && old.exists() {
-        old
-    } else {
-        new
-    }
-}
-
 /// Removes a temporary file on drop unless [`keep`](TempFile::keep) was called: every failure
 /// path of a write-then-rename leaves no temporary file behind.
 pub struct TempFile {

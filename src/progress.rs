@@ -582,6 +582,8 @@ pub struct Snapshot {
     pub tokens_out: u64,
     pub spent: Money,
     pub elapsed: Duration,
+    /// Requests the server was found to serve at once, when fewer than `--concurrency`.
+    pub at_once: Option<usize>,
 }
 
 /// The progress line, fitted to `width` columns: fields are dropped, least useful first, and
@@ -619,6 +621,9 @@ pub fn progress_line(s: &Snapshot, pause: &str, width: usize) -> String {
     }
     if s.retries > 0 {
         fields.push((4, format!("{} retries", s.retries)));
+    }
+    if let Some(n) = s.at_once {
+        fields.push((4, format!("{n} at once")));
     }
     fields.push((
         5,
@@ -678,8 +683,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// `to_do`: the jobs this run will do (after earlier runs' records and `--limit`).
-    pub fn start(mode: ProgressMode, to_do: u64, counters: Arc<Counters>) -> Reporter {
+    /// `to_do`: the jobs this run will do (after earlier runs' records and `--limit`);
+    /// `at_once`: the concurrency found below the ceiling, asked at every tick.
+    pub fn start(
+        mode: ProgressMode,
+        to_do: u64,
+        counters: Arc<Counters>,
+        at_once: impl Fn() -> Option<usize> + Send + 'static,
+    ) -> Reporter {
         if mode == ProgressMode::Quiet {
             return Reporter {
                 stop: None,
@@ -693,7 +704,7 @@ impl Reporter {
             let bar = bar_on.then(|| {
                 let bar = indicatif::ProgressBar::new(to_do.max(1));
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template(if crate::app::no_color() {
+                    indicatif::ProgressStyle::with_template(if crate::term::no_color() {
                         "{bar:16} {msg}"
                     } else {
                         "{bar:16.cyan/blue} {msg}"
@@ -725,6 +736,7 @@ impl Reporter {
                     tokens_out: c.completion_tokens.load(Relaxed),
                     spent: c.spent(),
                     elapsed: started.elapsed(),
+                    at_once: at_once(),
                 };
                 let pause = c.pause_note();
                 match &bar {
@@ -785,7 +797,18 @@ mod tests {
             tokens_out: 345_678,
             spent: Money::from_usd(0.378591),
             elapsed: Duration::from_secs(secs),
+            at_once: None,
         }
+    }
+
+    #[test]
+    fn the_concurrency_found_shows_when_wide_enough() {
+        let s = Snapshot {
+            at_once: Some(2),
+            ..snap(40, 64, 20)
+        };
+        assert!(progress_line(&s, "", 200).contains(" · 2 at once"));
+        assert!(!progress_line(&snap(40, 64, 20), "", 200).contains("at once"));
     }
 
     #[test]

@@ -125,9 +125,10 @@ pub fn status(output: &Path) -> Result<Status, CheckpointError> {
         ..Default::default()
     };
     s.failed_by_kind = failure_kinds(output);
-    s.open_batches = crate::batch::journal::list(&crate::batch::journal::found_journal(output))
-        .map(|l| l.iter().filter(|b| b.ended.is_none()).count() as u64)
-        .unwrap_or(0);
+    s.open_batches =
+        crate::batch::journal::list(&crate::run_files::RunFiles::of(output).found_batch_journal())
+            .map(|l| l.iter().filter(|b| b.ended.is_none()).count() as u64)
+            .unwrap_or(0);
     let meta = match RunMeta::load(output)? {
         Some(m) => m,
         None => {

@@ -76,21 +76,6 @@ pub struct Journal {
     file: File,
 }
 
-/// `results.jsonl` -> `.bulkprompt/results.jsonl.batches.jsonl`.
-pub fn journal_path(output: &Path) -> PathBuf {
-    crate::paths::run_file(output, ".batches.jsonl")
-}
-
-/// Where versions before `.bulkprompt/` kept it: `results.jsonl.batches.jsonl`, beside.
-pub fn legacy_journal_path(output: &Path) -> PathBuf {
-    crate::paths::sibling(output, ".batches.jsonl")
-}
-
-/// The journal an output has, for readers (the new place, or the old one not yet moved).
-pub fn found_journal(output: &Path) -> PathBuf {
-    crate::paths::found(journal_path(output), legacy_journal_path(output))
-}
-
 /// Every batch of a journal, with how it ended (`None`: still open).
 struct Read {
     entries: Vec<(Entry, Option<String>)>,
@@ -195,15 +180,35 @@ pub struct Listed {
 
 /// The ids in batches of the journal at `path` that have not ended (none without a journal).
 pub fn open_ids(path: &Path) -> Result<std::collections::HashSet<IdKey>, JournalError> {
+    ids_where(path, |ended| ended.is_none())
+}
+
+/// The ids in every batch of the journal at `path`, ended or not (none without a journal).
+pub fn all_ids(path: &Path) -> Result<std::collections::HashSet<IdKey>, JournalError> {
+    ids_where(path, |_| true)
+}
+
+fn ids_where(
+    path: &Path,
+    keep: impl Fn(&Option<String>) -> bool,
+) -> Result<std::collections::HashSet<IdKey>, JournalError> {
     if !path.exists() {
         return Ok(Default::default());
     }
     Ok(read(path)?
         .entries
         .into_iter()
-        .filter(|(_, ended)| ended.is_none())
+        .filter(|(_, ended)| keep(ended))
         .flat_map(|(e, _)| e.ids.into_iter().map(|id| IdKey::of(id.as_bytes())))
         .collect())
+}
+
+/// The start of every batch key an output's runs submit: `bp-`, a hash of the journal's
+/// path, `-`. A run whose journal is gone finds the output's batches at the provider by it.
+pub fn key_prefix(journal: &Path) -> String {
+    let path = crate::paths::resolve(journal).unwrap_or_else(|_| journal.to_path_buf());
+    let tag = xxhash_rust::xxh3::xxh3_64(path.to_string_lossy().as_bytes());
+    format!("bp-{:012x}-", tag >> 16)
 }
 
 /// Every batch the journal at `path` knows, oldest first.

@@ -115,7 +115,7 @@ fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, A
 }
 
 /// Uploads a batch input file; its id.
-pub async fn upload(client: &Client, name: &str, lines: Vec<u8>) -> Result<String, ApiError> {
+pub async fn upload(client: &Client, name: &str, lines: &[u8]) -> Result<String, ApiError> {
     let boundary = format!("bulkprompt-{:016x}", fastrand::u64(..));
     let mut body = Vec::with_capacity(lines.len() + 512);
     body.extend_from_slice(
@@ -130,7 +130,7 @@ pub async fn upload(client: &Client, name: &str, lines: Vec<u8>) -> Result<Strin
         )
         .as_bytes(),
     );
-    body.extend_from_slice(&lines);
+    body.extend_from_slice(lines);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let content_type = format!("multipart/form-data; boundary={boundary}");
     let b = ok_body(client, Method::POST, "files", Some((content_type, body))).await?;

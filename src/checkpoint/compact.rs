@@ -6,13 +6,14 @@
 //! the surviving record ([`super::latest`]), and what pruned records cost is reported so the
 //! caller can keep it in the run's meta before the new file replaces the old.
 
-use super::{for_each_head, io_err, temp_path, CheckpointError};
+use super::{for_each_head, io_err, CheckpointError};
 use crate::cost::Money;
 use crate::job::source::{LineReader, RawLine};
 use crate::job::IdKey;
 use crate::output::latest::{add_carried, Latest};
 use crate::output::{Record, RecordHead};
 use crate::paths::TempFile;
+use crate::run_files::compact_temp;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
@@ -40,7 +41,7 @@ pub fn compact(
         Ok(())
     })?;
     latest.seal();
-    let tmp = TempFile::new(temp_path(path));
+    let tmp = TempFile::new(compact_temp(path));
     let file = File::create(tmp.path()).map_err(io_err(tmp.path()))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 20, open()?), usize::MAX);
@@ -126,7 +127,7 @@ pub fn sort_by_index(path: &Path) -> Result<u64, CheckpointError> {
         return Ok(spans.len() as u64);
     }
     spans.sort_unstable_by_key(|s| s.0);
-    let tmp = TempFile::new(temp_path(path));
+    let tmp = TempFile::new(compact_temp(path));
     let out = File::create(tmp.path()).map_err(io_err(tmp.path()))?;
     let mut w = BufWriter::with_capacity(1 << 20, out);
     let mut line = Vec::new();

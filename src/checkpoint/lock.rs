@@ -3,6 +3,7 @@
 //! holder's pid so the refusal can name it.
 
 use super::{io_err, CheckpointError};
+use crate::run_files::RunFiles;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -37,15 +38,11 @@ impl Drop for OutputLock {
 }
 
 impl OutputLock {
-    /// `.bulkprompt/OUT.lock`. Callers pass the resolved output ([`crate::paths::resolve`]),
+    /// Takes the lock ([`RunFiles::lock`]), making the run's folder (`.bulkprompt/`) when it
+    /// is the first file in it. Callers pass the resolved output ([`crate::paths::resolve`]),
     /// so every name of one file (symlinks) meets the same lock.
-    pub fn path_for(output: &Path) -> std::path::PathBuf {
-        crate::paths::run_file(output, ".lock")
-    }
-
-    /// Takes the lock, making the run's folder (`.bulkprompt/`) when it is the first file in it.
     pub fn acquire(output: &Path) -> Result<Self, CheckpointError> {
-        let path = Self::path_for(output);
+        let path = RunFiles::of(output).lock();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }

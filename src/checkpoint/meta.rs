@@ -5,8 +5,9 @@
 //! `status` reads the stored command line to find the job file and its settings again.
 
 use super::{io_err, CheckpointError};
+use crate::run_files::RunFiles;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMeta {
@@ -29,6 +30,29 @@ pub struct RunMeta {
     /// How the run read the job file, for `status` (absent in metas of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<crate::job::source::InputSettings>,
+    /// How each run of this output sent its jobs, oldest first (the latest [`MAX_RUNS`]): a
+    /// run that finds no batch journal where a batch-mode run left one looks for the output's
+    /// batches at the provider before it sends anything live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunMode>,
+}
+
+/// Runs kept in a meta's history.
+pub const MAX_RUNS: usize = 100;
+
+/// One run of an output: when it started and how it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMode {
+    pub at: String,
+    pub mode: SendMode,
+}
+
+/// Live requests or the provider's batch API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendMode {
+    Live,
+    Batch,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -55,19 +79,9 @@ fn show(v: &Option<String>) -> String {
 }
 
 impl RunMeta {
-    /// `.bulkprompt/OUT.meta.json`, where a run writes it.
-    pub fn path_for(output: &Path) -> PathBuf {
-        crate::paths::run_file(output, ".meta.json")
-    }
-
-    /// `OUT.meta.json` beside the output, where versions before `.bulkprompt/` kept it.
-    pub fn legacy_path_for(output: &Path) -> PathBuf {
-        crate::paths::sibling(output, ".meta.json")
-    }
-
     /// The meta of an existing output, if it has one.
     pub fn load(output: &Path) -> Result<Option<RunMeta>, CheckpointError> {
-        let path = crate::paths::found(Self::path_for(output), Self::legacy_path_for(output));
+        let path = RunFiles::of(output).found_meta();
         match std::fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes)
@@ -108,12 +122,27 @@ impl RunMeta {
 
     /// Writes the meta beside `output`, atomically (no temporary file is left on a failure).
     pub fn store(&self, output: &Path) -> Result<(), CheckpointError> {
-        let path = Self::path_for(output);
+        let path = RunFiles::of(output).meta();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| io_err(&path)(e.into()))?;
         crate::paths::write_atomic(&path, &bytes).map_err(io_err(&path))
+    }
+
+    /// This run's mode added to the history of the runs before it.
+    pub fn carry_runs(&mut self, before: &[RunMode], now: SendMode) {
+        let keep = before.len().saturating_sub(MAX_RUNS - 1);
+        self.runs = before[keep..].to_vec();
+        self.runs.push(RunMode {
+            at: self.updated_at.clone(),
+            mode: now,
+        });
+    }
+
+    /// Whether any run of the output used the batch API.
+    pub fn used_batches(&self) -> bool {
+        self.runs.iter().any(|r| r.mode == SendMode::Batch)
     }
 
     /// Money of records no longer in the output of `output`'s meta (zero without a meta).
@@ -140,7 +169,30 @@ mod tests {
             updated_at: "t".into(),
             removed_cost_usd: 0.0,
             job: None,
+            runs: vec![],
         }
+    }
+
+    #[test]
+    fn keeps_each_runs_mode_and_the_latest_hundred() {
+        let mut m = meta("/a", "mock", None);
+        assert!(!m.used_batches());
+        m.carry_runs(&[], SendMode::Batch);
+        let first = m.runs.clone();
+        let mut next = meta("/a", "mock", None);
+        next.carry_runs(&first, SendMode::Live);
+        assert_eq!(next.runs.len(), 2);
+        assert!(next.used_batches(), "an earlier batch run is remembered");
+        let many = vec![first[0].clone(); 150];
+        next.carry_runs(&many, SendMode::Live);
+        assert_eq!(next.runs.len(), MAX_RUNS);
+        assert_eq!(next.runs.last().unwrap().mode, SendMode::Live);
+        // An older meta without the field reads as no history.
+        let old = r#"{"bulkprompt":"0","input":"/a","endpoint":"mock","model":null,"argv":[],"cwd":"/","updated_at":"t"}"#;
+        assert!(serde_json::from_str::<RunMeta>(old)
+            .unwrap()
+            .runs
+            .is_empty());
     }
 
     #[test]

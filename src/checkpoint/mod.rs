@@ -12,8 +12,8 @@ mod repair;
 
 pub use compact::{compact, sort_by_index};
 pub use lock::OutputLock;
-pub use meta::RunMeta;
-pub use repair::{quarantine_path, repair};
+pub use meta::{RunMeta, SendMode};
+pub use repair::repair;
 
 use crate::cost::Money;
 use crate::job::keys::KeyMap;
@@ -297,30 +297,6 @@ pub(crate) fn for_each_head(
         }),
         _ => Ok(()),
     }
-}
-
-/// `OUT.jsonl` -> `OUT.jsonl.compact.tmp`, beside it so the rename stays on one filesystem.
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    crate::paths::sibling(path, ".compact.tmp")
-}
-
-/// Removes temporary files a killed run may have left beside `output` (a compaction, a meta
-/// update, a repair). Call with the output's lock held. Returns the files removed.
-pub fn remove_leftovers(output: &Path) -> Vec<PathBuf> {
-    temp_files(output)
-        .into_iter()
-        .filter(|p| std::fs::remove_file(p).is_ok())
-        .collect()
-}
-
-/// The temporary files the checkpoint writes beside `output`: compaction's, the meta's
-/// ([`crate::paths::write_atomic`]) and `--repair`'s.
-pub fn temp_files(output: &Path) -> [PathBuf; 3] {
-    [
-        temp_path(output),
-        crate::paths::sibling(&RunMeta::path_for(output), ".tmp"),
-        repair::temp(output),
-    ]
 }
 
 #[cfg(test)]

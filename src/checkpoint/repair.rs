@@ -8,19 +8,11 @@ use super::{io_err, CheckpointError};
 use crate::job::source::{LineReader, RawLine};
 use crate::job::Fingerprint;
 use crate::output::RecordHead;
-use crate::paths::{sibling, TempFile};
+use crate::paths::TempFile;
+use crate::run_files::RunFiles;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
-
-/// Where `--repair` moves unreadable lines: `OUT.quarantine.jsonl`.
-pub fn quarantine_path(output: &Path) -> PathBuf {
-    sibling(output, ".quarantine.jsonl")
-}
-
-pub(super) fn temp(output: &Path) -> PathBuf {
-    sibling(output, ".repair.tmp")
-}
+use std::path::Path;
 
 /// Whether a line is a record the checkpoint can use.
 fn readable(bytes: &[u8]) -> bool {
@@ -59,14 +51,14 @@ pub fn repair(output: &Path) -> Result<u64, CheckpointError> {
     if bad == 0 {
         return Ok(0);
     }
-    let qpath = quarantine_path(output);
+    let qpath = RunFiles::of(output).quarantine();
     let qfile = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&qpath)
         .map_err(io_err(&qpath))?;
     let mut quarantine = BufWriter::new(qfile);
-    let tmp = TempFile::new(temp(output));
+    let tmp = TempFile::new(RunFiles::of(output).repair_temp());
     let file = File::create(tmp.path()).map_err(io_err(tmp.path()))?;
     let mut good = BufWriter::with_capacity(1 << 20, file);
     for_each_line(output, |bytes, ok| {
@@ -107,11 +99,11 @@ mod tests {
         assert_eq!(repair(&p).unwrap(), 2);
         assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("{a}{b}"));
         assert_eq!(
-            std::fs::read_to_string(quarantine_path(&p)).unwrap(),
+            std::fs::read_to_string(RunFiles::of(&p).quarantine()).unwrap(),
             "garbage\n{\"id\":\"x\"}\n"
         );
         assert_eq!(scan(&p).unwrap().ids(), 2);
         assert_eq!(repair(&p).unwrap(), 0);
-        assert!(!temp(&p).exists());
+        assert!(!RunFiles::of(&p).repair_temp().exists());
     }
 }

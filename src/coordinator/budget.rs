@@ -164,6 +164,7 @@ impl SharedBudget {
         let started = tokio::time::Instant::now();
         let mut force = false;
         let mut said = false;
+        let mut last_left: Option<(i64, tokio::time::Instant)> = None;
         let mut spent = spent_before;
         loop {
             let args = vec![
@@ -216,6 +217,16 @@ impl SharedBudget {
                     "the shared budget: worker {worker} of this run is being run by {holder}; one process a shard (or give this one another --shard or output)"
                 )));
             }
+            // Its lease did not run down while this one waited: renewed, so its process is
+            // alive (on another host: one here was told apart above).
+            if last_left.is_some_and(|(before, at): (i64, tokio::time::Instant)| {
+                left_ms > before - at.elapsed().as_millis() as i64 + 250
+            }) {
+                return Err(Unreachable(format!(
+                    "the shared budget: worker {worker} of this run is being run by {holder}, which renewed its lease just now; one process a shard (or give this one another --shard or output)"
+                )));
+            }
+            last_left = Some((left_ms, tokio::time::Instant::now()));
             if started.elapsed() > lease * 2 {
                 return Err(Unreachable(format!(
                     "the shared budget: worker {worker} of this run is held by {holder}, which keeps renewing it; is that shard running twice?"

@@ -31,10 +31,7 @@ use link::Link;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A shared piece (Redis) could not be reached or refused the call: the run stops (exit 4).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unreachable(pub String);
+pub use crate::unreachable::Unreachable;
 
 /// `--coordinator` and its settings, resolved.
 #[derive(Clone)]
@@ -222,9 +219,17 @@ impl Coordinator {
     }
 }
 
-/// This machine's name, for the budget's "held by" messages.
-#[cfg(unix)]
+/// This machine's name, for the budget's "held by" messages: `BULKPROMPT_WORKER_HOST` when
+/// set (containers that share a host name), else the system's.
 fn hostname() -> String {
+    match std::env::var("BULKPROMPT_WORKER_HOST") {
+        Ok(h) if !h.is_empty() => h,
+        _ => system_hostname(),
+    }
+}
+
+#[cfg(unix)]
+fn system_hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
     let r = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -236,7 +241,7 @@ fn hostname() -> String {
 }
 
 #[cfg(not(unix))]
-fn hostname() -> String {
+fn system_hostname() -> String {
     std::env::var("COMPUTERNAME").unwrap_or_else(|_| "unknown-host".into())
 }
 

@@ -34,6 +34,8 @@ pub struct BatchConfig {
     pub lose_answers: u32,
     /// The first this many output files asked for are lost: 404 for ever after.
     pub lose_output_files: u32,
+    /// A batch of more lines is refused at creation (400, saying the limit).
+    pub max_lines: Option<usize>,
 }
 
 impl Default for BatchConfig {
@@ -45,6 +47,7 @@ impl Default for BatchConfig {
             expire_rate: 0.0,
             lose_answers: 0,
             lose_output_files: 0,
+            max_lines: None,
         }
     }
 }
@@ -361,6 +364,11 @@ fn create(state: &State, body: &[u8]) -> Resp {
         .split(|&b| b == b'\n')
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
         .count();
+    if let Some(max) = state.config.batch.max_lines.filter(|&m| lines > m) {
+        return bad(&format!(
+            "The batch input file has {lines} requests, more than allowed: the limit is {max} requests per batch."
+        ));
+    }
     s.next += 1;
     let b = MockBatch {
         id: format!("batch_{:06}", s.next),

@@ -7,4 +7,5 @@ pub mod merge;
 pub mod parquet;
 pub mod record;
 
-pub use record::{CostSource, ErrorKind, Record, RecordError, RecordHead, Stale, Status};
+pub use crate::error_kind::ErrorKind;
+pub use record::{CostSource, Record, RecordError, RecordHead, Stale, Status};

@@ -75,32 +75,8 @@ pub enum ParquetError {
     Write { path: PathBuf, message: String },
 }
 
-/// The journal of a Parquet output, with the run's files:
-/// `results.parquet` -> `.bulkprompt/results.parquet.journal.jsonl`.
-pub fn journal_path(parquet: &Path) -> PathBuf {
-    crate::paths::run_file(parquet, ".journal.jsonl")
-}
-
-/// Where versions before `.bulkprompt/` kept it: `results.parquet.journal.jsonl`, beside.
-pub fn legacy_journal_path(parquet: &Path) -> PathBuf {
-    crate::paths::sibling(parquet, ".journal.jsonl")
-}
-
-/// The journal a Parquet output has, for readers (the new place, or the old one not yet moved).
-pub fn found_journal(parquet: &Path) -> PathBuf {
-    crate::paths::found(journal_path(parquet), legacy_journal_path(parquet))
-}
-
-/// Where a conversion writes before the rename: `results.parquet` -> `results.parquet.tmp`.
-pub fn temp_path(parquet: &Path) -> PathBuf {
-    crate::paths::sibling(parquet, ".tmp")
-}
-
 /// Whether a path names Parquet output.
-pub fn is_parquet(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-}
+pub use crate::run_files::is_parquet;
 
 /// What a conversion wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +162,7 @@ pub fn convert(
 
     // Pass 2: stream the records into batches.
     // Removed on every failure path (a full disk): a leftover would keep the disk full.
-    let tmp = crate::paths::TempFile::new(temp_path(parquet));
+    let tmp = crate::paths::TempFile::new(crate::run_files::parquet_temp(parquet));
     let werr = |m: String| ParquetError::Write {
         path: parquet.to_path_buf(),
         message: m,

@@ -3,7 +3,7 @@
 //! No I/O here, so every branch is unit-tested.
 
 use super::response::{parse_completion, Completion};
-pub use crate::output::ErrorKind;
+pub use crate::error_kind::ErrorKind;
 use crate::retry::{parse_reset, parse_retry_after};
 use std::time::{Duration, SystemTime};
 

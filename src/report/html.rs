@@ -154,7 +154,7 @@ pub(crate) fn page(
         esc(source),
         thousands(a.records),
         humantime::format_rfc3339_seconds(SystemTime::now()),
-        esc(crate::app::version())
+        esc(crate::version::version())
     );
 
     // Headline.

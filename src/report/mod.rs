@@ -74,7 +74,7 @@ fn estimate_of(jsonl: &Path) -> Result<crate::estimate::Estimate, String> {
 
 /// `out.jsonl` -> `out.jsonl.report.html`, beside it.
 pub fn default_path(output: &Path) -> PathBuf {
-    crate::paths::sibling(output, ".report.html")
+    crate::run_files::RunFiles::of(output).report()
 }
 
 /// Reads the JSONL records at `jsonl` (the output, or a Parquet output's journal) and writes

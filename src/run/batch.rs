@@ -18,6 +18,7 @@ use super::engine::{Engine, EngineEnd, Intake};
 use super::task::{base_record, Ctx, Hold, NoHold};
 use crate::batch::journal::{Entry, Event, Journal};
 use crate::batch::openai::{self, ApiError, BatchInfo};
+use crate::batch::{BatchApi, BatchSettings};
 use crate::checkpoint::Decision;
 use crate::cost::Money;
 use crate::job::{IdKey, InputSpec, Job};
@@ -31,61 +32,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Which batch protocol the provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchApi {
-    /// Upload a file, create from it, download result files (OpenAI, Gemini).
-    OpenAi,
-    /// Requests and results inline, at most 5,000 a batch (OpenRouter).
-    OpenRouter,
-}
-
-impl BatchApi {
-    /// The protocol for an endpoint: OpenRouter's by its host, OpenAI's otherwise.
-    pub fn for_endpoint(url: &str) -> BatchApi {
-        let host = url
-            .split("://")
-            .nth(1)
-            .unwrap_or(url)
-            .split('/')
-            .next()
-            .unwrap_or("");
-        if host == "openrouter.ai" || host.ends_with(".openrouter.ai") {
-            BatchApi::OpenRouter
-        } else {
-            BatchApi::OpenAi
-        }
-    }
-}
-
-/// Batch-mode settings.
-#[derive(Debug, Clone)]
-pub struct BatchSettings {
-    pub api: BatchApi,
-    /// How often open batches are polled (never faster than once a second).
-    pub poll: Duration,
-    /// Most lines and bytes in one batch.
-    pub max_lines: usize,
-    pub max_bytes: usize,
-    /// Submit and stop (exit 6) instead of waiting for the batches to end.
-    pub no_wait: bool,
-    /// Send what a batch left unanswered live instead of in a new batch.
-    pub fallback_live: bool,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        BatchSettings {
-            api: BatchApi::OpenAi,
-            poll: Duration::from_secs(30),
-            max_lines: 50_000,
-            max_bytes: 200 << 20,
-            no_wait: false,
-            fallback_live: false,
-        }
-    }
-}
-
 pub(super) struct BatchEngine {
     pub(super) ctx: Arc<Ctx>,
     pub(super) input: InputSpec,
@@ -93,6 +39,9 @@ pub(super) struct BatchEngine {
     pub(super) settings: BatchSettings,
     /// Notified when the writer fails.
     pub(super) write_failed: Arc<tokio::sync::Notify>,
+    /// The most lines a batch may have, as the provider's refusal of a larger one said (0:
+    /// none said yet).
+    pub(super) learned_max_lines: std::sync::atomic::AtomicUsize,
 }
 
 /// A batch in flight, with what it holds of the budget.
@@ -108,7 +57,68 @@ struct Chunk {
     fingerprints: Vec<String>,
     lines: Vec<u8>,
     worst: Money,
-    holds: Vec<Hold>,
+    /// Each job's worst case and holds, in line order (a refused batch is split by them).
+    jobs: Vec<(Money, Vec<Hold>)>,
+}
+
+impl Chunk {
+    fn holds(&mut self) -> Vec<Hold> {
+        std::mem::take(&mut self.jobs)
+            .into_iter()
+            .flat_map(|(_, h)| h)
+            .collect()
+    }
+
+    /// The chunk cut into chunks of at most `max` lines, in order.
+    fn split(mut self, max: usize) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        let mut lines = self.lines.split_inclusive(|&b| b == b'\n');
+        while !self.ids.is_empty() {
+            let n = max.min(self.ids.len());
+            let jobs: Vec<(Money, Vec<Hold>)> = self.jobs.drain(..n).collect();
+            out.push(Chunk {
+                ids: self.ids.drain(..n).collect(),
+                fingerprints: self.fingerprints.drain(..n).collect(),
+                lines: lines.by_ref().take(n).flatten().copied().collect(),
+                worst: jobs.iter().fold(Money::ZERO, |t, (w, _)| t + *w),
+                jobs,
+            });
+        }
+        out
+    }
+}
+
+/// The largest batch a provider's refusal states, when the refusal says a batch of `lines`
+/// lines is too large: a number in the message under `lines` next to "limit", "maximum",
+/// "at most" or "exceed" (a size in bytes or MB is not a line count).
+fn stated_limit(e: &ApiError, lines: usize) -> Option<usize> {
+    if e.transient || e.status != Some(400) {
+        return None;
+    }
+    let text = e.message.to_ascii_lowercase();
+    if !["limit", "maximum", "at most", "exceed", "too many"]
+        .iter()
+        .any(|w| text.contains(w))
+    {
+        return None;
+    }
+    let words: Vec<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == ','))
+        .filter(|w| !w.is_empty())
+        .collect();
+    words
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            let unit = words.get(i + 1).copied().unwrap_or("");
+            !matches!(
+                unit,
+                "mb" | "gb" | "kb" | "bytes" | "byte" | "tokens" | "mib"
+            )
+        })
+        .filter_map(|(_, w)| w.replace(',', "").parse::<usize>().ok())
+        .filter(|&n| n >= 1 && n < lines)
+        .max()
 }
 
 /// What a batch said about one of its lines.
@@ -166,12 +176,14 @@ impl BatchEngine {
             .collect()
     }
 
-    /// The start of every batch key this output submits: `bp-`, a hash of the journal's path,
-    /// `-`. A run whose journal is gone finds the output's batches at the provider by it.
+    /// Whether this engine can find the output's batches at the provider without a journal
+    /// (the OpenAI-style API lists batches with their keys).
+    pub(super) fn finds_lost_batches(&self) -> bool {
+        self.settings.api == BatchApi::OpenAi
+    }
+
     fn key_prefix(&self) -> String {
-        let path = crate::paths::resolve(&self.journal).unwrap_or_else(|_| self.journal.clone());
-        let tag = xxhash_rust::xxh3::xxh3_64(path.to_string_lossy().as_bytes());
-        format!("bp-{:012x}-", tag >> 16)
+        crate::batch::journal::key_prefix(&self.journal)
     }
 
     /// The journal is gone (deleted with `.bulkprompt/`, or a new disk): the output's batches
@@ -356,7 +368,7 @@ impl BatchEngine {
         &self,
         journal: &mut Journal,
         model: &str,
-        chunk: Chunk,
+        mut chunk: Chunk,
         open: &mut Vec<Open>,
     ) -> bool {
         if chunk.ids.is_empty() {
@@ -378,74 +390,125 @@ impl BatchEngine {
         let mut entry = Entry {
             key: key.clone(),
             model: model.to_string(),
-            ids: chunk.ids,
-            fingerprints: chunk.fingerprints,
+            ids: chunk.ids.clone(),
+            fingerprints: chunk.fingerprints.clone(),
             worst: chunk.worst,
             file_id: None,
             batch_id: None,
         };
         let client = &self.ctx.client;
-        let lines = chunk.lines;
-        if self.settings.api == BatchApi::OpenRouter {
+        let lines = std::mem::take(&mut chunk.lines);
+        let created = if self.settings.api == BatchApi::OpenRouter {
             tracing::info!(
                 "batch {key}: creating it with {} jobs of {model} inline",
                 entry.ids.len()
             );
-            let created = self
-                .create_once(&key, || openai::create_inline(client, model, &key, &lines))
-                .await;
-            return self.created(journal, entry, chunk.holds, created, open);
+            self.create_once(&key, || openai::create_inline(client, model, &key, &lines))
+                .await
+        } else {
+            let file_id = match self.upload(&key, model, &entry, &lines).await {
+                Some(Ok(id)) => id,
+                refused => {
+                    if let Some(Err(e)) = &refused {
+                        if let Some(max) = stated_limit(e, entry.ids.len()) {
+                            chunk.lines = lines;
+                            return Box::pin(self.smaller(journal, model, &key, chunk, max, open))
+                                .await;
+                        }
+                        self.fail("upload", e);
+                    }
+                    // Stopped: whatever arrived is found again by its key.
+                    let holds = chunk.holds();
+                    open.push(Open { entry, holds });
+                    return false;
+                }
+            };
+            entry.file_id = Some(file_id.clone());
+            if !self.journal_append(
+                journal,
+                &Event::File {
+                    key: key.clone(),
+                    file_id: file_id.clone(),
+                },
+            ) {
+                return false;
+            }
+            tracing::info!("batch {key}: creating it from {file_id}");
+            self.create_once(&key, || openai::create(client, &file_id, &key))
+                .await
+        };
+        if let Some(Err(e)) = &created {
+            if let Some(max) = stated_limit(e, entry.ids.len()) {
+                chunk.lines = lines;
+                return Box::pin(self.smaller(journal, model, &key, chunk, max, open)).await;
+            }
         }
+        let holds = chunk.holds();
+        self.created(journal, entry, holds, created, open)
+    }
+
+    /// Uploads a batch's input file once: a retry first asks whether the upload before it
+    /// arrived after all.
+    async fn upload(
+        &self,
+        key: &str,
+        model: &str,
+        entry: &Entry,
+        lines: &[u8],
+    ) -> Option<Result<String, ApiError>> {
         tracing::info!(
             "batch {key}: uploading {} jobs of {model} ({} bytes)",
             entry.ids.len(),
             lines.len()
         );
+        let client = &self.ctx.client;
         let retried = std::sync::atomic::AtomicBool::new(false);
-        let file_id = match self
-            .call("upload", || async {
-                // A retry first asks whether the upload before it arrived after all.
-                if retried.swap(true, Relaxed) {
-                    if let Some(id) = openai::find_file(client, &key).await? {
-                        tracing::info!("batch {key}: its file was uploaded after all, as {id}");
-                        return Ok(id);
-                    }
+        self.call("upload", || async {
+            if retried.swap(true, Relaxed) {
+                if let Some(id) = openai::find_file(client, key).await? {
+                    tracing::info!("batch {key}: its file was uploaded after all, as {id}");
+                    return Ok(id);
                 }
-                openai::upload(client, &key, lines.clone()).await
-            })
-            .await
-        {
-            None => {
-                open.push(Open {
-                    entry,
-                    holds: chunk.holds,
-                });
-                return false;
             }
-            Some(Err(e)) => {
-                self.fail("upload", &e);
-                return false;
-            }
-            Some(Ok(id)) => id,
-        };
-        entry.file_id = Some(file_id.clone());
+            openai::upload(client, key, lines).await
+        })
+        .await
+    }
+
+    /// The provider refused a batch as larger than it takes, saying how large one may be:
+    /// the refused batch ends unsubmitted, and its jobs go in batches of that size (and so
+    /// does every batch after it in this run).
+    async fn smaller(
+        &self,
+        journal: &mut Journal,
+        model: &str,
+        key: &str,
+        chunk: Chunk,
+        max: usize,
+        open: &mut Vec<Open>,
+    ) -> bool {
+        tracing::warn!(
+            "batch {key}: the provider takes at most {max} lines a batch (its refusal said so); submitting its {} jobs in batches of {max} (set --batch-max-lines {max} to start so)",
+            chunk.ids.len()
+        );
+        self.learned_max_lines.store(max, Relaxed);
         if !self.journal_append(
             journal,
-            &Event::File {
-                key: key.clone(),
-                file_id: file_id.clone(),
+            &Event::Ended {
+                key: key.to_string(),
+                status: "never_submitted".into(),
             },
         ) {
             return false;
         }
-        tracing::info!("batch {key}: creating it from {file_id}");
-        let created = self
-            .create_once(&key, || openai::create(client, &file_id, &key))
-            .await;
-        self.created(journal, entry, chunk.holds, created, open)
+        for piece in chunk.split(max) {
+            if !self.submit(journal, model, piece, open).await {
+                return false;
+            }
+        }
+        true
     }
 
-    /// Journals a creation's outcome. False when the run must stop.
     fn created(
         &self,
         journal: &mut Journal,
@@ -794,8 +857,12 @@ impl BatchEngine {
         worst: Money,
         holds: Vec<Hold>,
     ) -> bool {
+        let max_lines = match self.learned_max_lines.load(Relaxed) {
+            0 => chunks.max_lines,
+            learned => learned.min(chunks.max_lines),
+        };
         let full = chunks.by_model.get(&job.model).is_some_and(|c| {
-            c.ids.len() >= chunks.max_lines || c.lines.len() + line.len() > chunks.max_bytes
+            c.ids.len() >= max_lines || c.lines.len() + line.len() > chunks.max_bytes
         });
         if full {
             let c = chunks.by_model.remove(&job.model).unwrap_or_default();
@@ -808,7 +875,7 @@ impl BatchEngine {
         c.fingerprints.push(job.fingerprint.to_string());
         c.lines.extend_from_slice(line);
         c.worst += worst;
-        c.holds.extend(holds);
+        c.jobs.push((worst, holds));
         true
     }
 
@@ -1236,5 +1303,69 @@ impl Engine for BatchEngine {
             }
         }
         end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(message: &str) -> ApiError {
+        ApiError {
+            transient: false,
+            message: message.into(),
+            status: Some(400),
+        }
+    }
+
+    #[test]
+    fn a_refusal_that_states_the_batch_limit_is_read() {
+        for (message, want) in [
+            (
+                "The batch has 12000 requests; the limit is 5000 requests per batch.",
+                Some(5000),
+            ),
+            ("at most 5,000 requests in a batch", Some(5000)),
+            ("Maximum of 2000 lines exceeded", Some(2000)),
+            ("the file exceeds 200 MB", None),
+            ("model is required", None),
+        ] {
+            assert_eq!(stated_limit(&refusal(message), 12_000), want, "{message}");
+        }
+        let not_400 = ApiError {
+            status: Some(500),
+            ..refusal("the limit is 10")
+        };
+        assert_eq!(stated_limit(&not_400, 100), None);
+        assert_eq!(
+            stated_limit(&refusal("the limit is 5000"), 4000),
+            None,
+            "not smaller"
+        );
+    }
+
+    #[test]
+    fn a_chunk_splits_by_lines_with_each_jobs_money() {
+        let mut c = Chunk::default();
+        for i in 0..5u64 {
+            c.ids.push(format!("j{i}"));
+            c.fingerprints.push(format!("f{i}"));
+            c.lines
+                .extend_from_slice(format!("{{\"custom_id\":\"j{i}\"}}\n").as_bytes());
+            c.worst += Money(i + 1);
+            c.jobs.push((Money(i + 1), Vec::new()));
+        }
+        let parts = c.split(2);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0].ids, ["j0", "j1"]);
+        assert_eq!(parts[2].ids, ["j4"]);
+        assert_eq!(
+            parts[1].lines,
+            b"{\"custom_id\":\"j2\"}\n{\"custom_id\":\"j3\"}\n"
+        );
+        assert_eq!(
+            parts.iter().map(|p| p.worst.0).collect::<Vec<_>>(),
+            [3, 7, 5]
+        );
     }
 }

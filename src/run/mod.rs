@@ -15,13 +15,14 @@ mod engine;
 mod finish;
 mod latch;
 mod live;
+mod open_batches;
 mod prepare;
 mod summary;
 mod task;
 mod writer;
 
+pub use crate::batch::{BatchApi, BatchSettings};
 pub use crate::config::{Endpoint, RunConfig};
-pub use batch::{BatchApi, BatchSettings};
 
 use crate::budget::{Budget, LocalBudget};
 use crate::checkpoint::CheckpointError;
@@ -36,6 +37,7 @@ use crate::provider::{Client, ClientConfig, ClientError};
 use crate::secret::Scrubber;
 use crate::shutdown::{Phase, Shutdown};
 use engine::{Engine, Intake};
+use open_batches::OpenBatches;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -268,7 +270,10 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         to_do = to_do.min(l);
     }
     counters.to_do.store(to_do, Relaxed);
-    let reporter = Reporter::start(cfg.progress, to_do, counters.clone());
+    let reporter = Reporter::start(cfg.progress, to_do, counters.clone(), {
+        let ctx = ctx.clone();
+        move || ctx.flight.found()
+    });
 
     let mut intake = Intake::new(
         JobStream::spawn(cfg.input.clone(), 1024)?,
@@ -277,46 +282,34 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         cfg.limit,
         &counters,
     );
-    let journal = crate::batch::journal::journal_path(&cfg.output);
+    let journal = cfg.files().batch_journal();
     let batch_engine = |settings: &BatchSettings| batch::BatchEngine {
         ctx: ctx.clone(),
         input: cfg.input.clone(),
         journal: journal.clone(),
         settings: settings.clone(),
         write_failed: writer.failed.clone(),
+        learned_max_lines: Default::default(),
     };
     let end = match &cfg.batch {
         None => {
-            // Jobs in the output's open batches are never bought again live: those batches
-            // are collected first, and their jobs are left out of this run's live work.
-            let in_batches = crate::batch::journal::open_ids(&journal)
-                .map_err(|e| RunError::Config(format!("batch journal: {e}")))?;
-            let mut collected = None;
-            if !in_batches.is_empty() {
-                tracing::warn!(
-                    "{} jobs of this output are in batches still open at the provider (submitted with --mode batch): collecting them first; none of them is sent live",
-                    in_batches.len()
-                );
-                let settings = BatchSettings {
-                    api: match &cfg.endpoint {
-                        Endpoint::Url(u) => BatchApi::for_endpoint(u),
-                        Endpoint::Mock(_) => BatchApi::OpenAi,
-                    },
-                    ..BatchSettings::default()
-                };
-                let mut nothing_new = Intake::new(
-                    JobStream::spawn(cfg.input.clone(), 16)?,
-                    &prepared.checkpoint,
-                    cfg.retry_failed,
-                    Some(0),
-                    &counters,
-                );
-                collected = Some(batch_engine(&settings).execute(&mut nothing_new).await);
-                intake.exclude(in_batches);
-            }
-            match collected {
-                Some(end) if ctx.aborted() || shutdown.phase() >= Phase::Draining => end,
-                _ => {
+            let open = OpenBatches {
+                journal: &journal,
+                unknown: prepared.batches_unknown,
+            };
+            let collector = batch_engine(&BatchSettings {
+                api: match &cfg.endpoint {
+                    Endpoint::Url(u) => BatchApi::for_endpoint(u),
+                    Endpoint::Mock(_) => BatchApi::OpenAi,
+                },
+                ..BatchSettings::default()
+            });
+            match open.collect_first(&ctx, &cfg, &prepared, collector).await? {
+                Some((end, _)) if ctx.aborted() || shutdown.phase() >= Phase::Draining => end,
+                found => {
+                    if let Some((_, ids)) = found {
+                        intake.exclude(ids);
+                    }
                     live::LiveEngine {
                         ctx: ctx.clone(),
                         concurrency: cfg.concurrency,

@@ -5,12 +5,11 @@
 //! a signal meanwhile stops it at once.
 
 use super::RunError;
-use crate::checkpoint::{self, Checkpoint, OutputLock, RunMeta};
+use crate::checkpoint::{self, Checkpoint, OutputLock, RunMeta, SendMode};
 use crate::config::{is_loopback, Endpoint, RunConfig};
 use crate::cost::Money;
 use crate::job::{self, keys::KeyMap};
 use crate::output::jsonl::WriteError;
-use crate::output::parquet;
 use crate::output::record::timestamp;
 use crate::paths;
 use crate::shutdown::{Phase, Shutdown};
@@ -35,34 +34,14 @@ fn run_meta(cfg: &RunConfig) -> RunMeta {
         updated_at: timestamp(SystemTime::now()),
         removed_cost_usd: 0.0,
         job: Some(cfg.input.settings()),
+        runs: Vec::new(),
     }
-}
-
-/// The run's files where versions before `.bulkprompt/` kept them, beside the output, and
-/// where they go now: the Parquet journal, the meta and the batch journal.
-fn legacy_files(cfg: &RunConfig) -> Vec<(PathBuf, PathBuf)> {
-    let out = &cfg.output;
-    // The old output: the Parquet journal beside its target, or the JSONL output itself.
-    let old = match &cfg.parquet {
-        Some((target, _)) => parquet::legacy_journal_path(target),
-        None => out.clone(),
-    };
-    let mut moves = Vec::new();
-    if &old != out {
-        moves.push((old.clone(), out.clone()));
-    }
-    moves.push((RunMeta::legacy_path_for(&old), RunMeta::path_for(out)));
-    moves.push((
-        crate::batch::journal::legacy_journal_path(&old),
-        crate::batch::journal::journal_path(out),
-    ));
-    moves
 }
 
 /// Moves what an earlier version left beside the output into `.bulkprompt/` (under the lock,
 /// before anything reads them); a file already at its new place is left as it is.
 fn migrate(cfg: &RunConfig) -> Result<(), RunError> {
-    for (old, new) in legacy_files(cfg) {
+    for (old, new) in cfg.files().legacy_moves() {
         if new.exists() || !old.is_file() {
             continue;
         }
@@ -76,24 +55,10 @@ fn migrate(cfg: &RunConfig) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Every file a run writes: the output (or journal), its lock, meta, quarantine and
-/// temporary files, the Parquet target with its temporary file, and the files of earlier
-/// versions it moves into `.bulkprompt/`.
+/// Every file a run writes: the run's files ([`crate::run_files::RunFiles::written`]) and
+/// `--summary-json`.
 fn written_files(cfg: &RunConfig) -> Vec<PathBuf> {
-    let out = &cfg.output;
-    let mut w = vec![
-        out.clone(),
-        OutputLock::path_for(out),
-        RunMeta::path_for(out),
-        checkpoint::quarantine_path(out),
-        crate::batch::journal::journal_path(out),
-    ];
-    w.extend(legacy_files(cfg).into_iter().map(|(old, _)| old));
-    w.extend(checkpoint::temp_files(out));
-    if let Some((target, _)) = &cfg.parquet {
-        w.push(target.clone());
-        w.push(parquet::temp_path(target));
-    }
+    let mut w = cfg.files().written();
     w.extend(cfg.summary_json.clone());
     w
 }
@@ -129,6 +94,8 @@ pub(super) struct Prepared {
     pub(super) checkpoint: Checkpoint,
     /// What this run is, written when it starts ([`Prepared::start`]).
     meta: RunMeta,
+    /// No batch journal where one may belong: the provider is asked for the output's batches.
+    pub(super) batches_unknown: bool,
     pub(super) _lock: OutputLock,
 }
 
@@ -158,7 +125,11 @@ pub(super) async fn prepare(
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             // The run's own folder is made with the lock, once the run starts; the folder it
             // goes in is checked with the Parquet target beside it.
-            if parent.file_name().is_some_and(|n| n == paths::RUN_DIR) && !parent.exists() {
+            if parent
+                .file_name()
+                .is_some_and(|n| n == crate::run_files::RUN_DIR)
+                && !parent.exists()
+            {
                 continue;
             }
             std::fs::create_dir_all(parent).map_err(|source| WriteError {
@@ -170,13 +141,11 @@ pub(super) async fn prepare(
     }
     let lock = OutputLock::acquire(&cfg.output)?;
     migrate(cfg)?;
-    let mut leftovers = checkpoint::remove_leftovers(&cfg.output);
-    if let Some((target, _)) = &cfg.parquet {
-        let tmp = parquet::temp_path(target);
-        if std::fs::remove_file(&tmp).is_ok() {
-            leftovers.push(tmp);
-        }
-    }
+    let leftovers = cfg
+        .files()
+        .temps()
+        .into_iter()
+        .filter(|p| std::fs::remove_file(p).is_ok());
     for l in leftovers {
         tracing::info!("removed {}, left by an interrupted run", l.display());
     }
@@ -194,6 +163,19 @@ pub(super) async fn prepare(
     if !cfg.fresh {
         meta.removed_cost_usd = old.as_ref().map_or(0.0, |m| m.removed_cost_usd);
     }
+    let mode = match cfg.batch {
+        Some(_) => SendMode::Batch,
+        None => SendMode::Live,
+    };
+    // `--fresh` empties the output, not the provider: earlier runs' modes stay known.
+    meta.carry_runs(old.as_ref().map_or(&[], |m| &m.runs[..]), mode);
+    // Batches of this output may be open at the provider with no journal here to say so:
+    // the run folder was lost under an output with records, or a batch-mode run's journal is.
+    let batches_unknown = !cfg.files().has_batch_journal()
+        && match &old {
+            Some(m) => m.used_batches(),
+            None => std::fs::metadata(&cfg.output).is_ok(),
+        };
     if cfg.repair && !cfg.fresh {
         let moved = checkpoint::repair(&cfg.output)?;
         if moved > 0 {
@@ -201,7 +183,7 @@ pub(super) async fn prepare(
                 "--repair: moved {moved} unreadable line{} of {} to {}; their jobs run again",
                 if moved == 1 { "" } else { "s" },
                 cfg.output.display(),
-                checkpoint::quarantine_path(&cfg.output).display()
+                cfg.files().quarantine().display()
             );
         }
     }
@@ -275,6 +257,7 @@ pub(super) async fn prepare(
         removed_cost: Money::from_usd(meta.removed_cost_usd),
         checkpoint,
         meta,
+        batches_unknown,
         _lock: lock,
     })
 }

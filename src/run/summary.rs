@@ -228,7 +228,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
         top_errors: c.top_errors,
         started_at: t.started_at,
         ended_at: crate::output::record::timestamp(std::time::SystemTime::now()),
-        version: crate::app::version().to_string(),
+        version: crate::version::version().to_string(),
         endpoint: t.endpoint,
         models: c.models,
         invalid_cost_usd: c.invalid_cost.usd(),

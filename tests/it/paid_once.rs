@@ -881,3 +881,126 @@ fn a_batch_record_keeps_every_choice_and_the_response_as_a_live_one() {
     }
     assert!((recorded(&batch_out) + recorded(&live_out) - billed(&mock)).abs() < 1e-9);
 }
+
+#[test]
+fn a_live_run_finds_the_open_batches_of_a_lost_run_folder_at_the_provider() {
+    for lost in ["the journal", "the run folder"] {
+        let mock = batch_mock(BatchConfig {
+            delay: Duration::from_millis(300),
+            ..Default::default()
+        });
+        let dir = Dir::new();
+        let input = dir.write("jobs.jsonl", chat_jobs(200));
+        let out = dir.path("out.jsonl");
+        let o = run(&input, &out, &mock.url(), &batch_args(&["--no-wait"]));
+        assert_code(&o, 6);
+        match lost {
+            "the journal" => {
+                std::fs::remove_file(dir.path(".bulkprompt/out.jsonl.batches.jsonl")).unwrap()
+            }
+            _ => std::fs::remove_dir_all(dir.path(".bulkprompt")).unwrap(),
+        }
+        let live = ["--model", MODEL];
+        let o = output_within(&mut run_cmd(&input, &out, &mock.url(), &live), ENDS);
+        assert_code(&o, 0);
+        assert!(
+            stderr(&o).contains("at the provider"),
+            "{lost}: {}",
+            stderr(&o)
+        );
+        assert_eq!(
+            mock.stats().requests,
+            0,
+            "{lost}: nothing in a batch found at the provider is sent live"
+        );
+        assert_eq!(records_by_id(&out).len(), 200, "{lost}");
+        assert_eq!(mock.batch_stats().most_answers_per_id, 1, "{lost}");
+        assert!((recorded(&out) - billed(&mock)).abs() < 1e-9, "{lost}");
+        // The meta remembers each run's mode.
+        let meta = std::fs::read_to_string(dir.path(".bulkprompt/out.jsonl.meta.json")).unwrap();
+        let modes: Vec<&str> = ["\"batch\"", "\"live\""]
+            .into_iter()
+            .filter(|m| meta.contains(m))
+            .collect();
+        let want: &[&str] = match lost {
+            "the journal" => &["\"batch\"", "\"live\""],
+            _ => &["\"live\""],
+        };
+        assert_eq!(modes, want, "{lost}: {meta}");
+    }
+}
+
+#[test]
+fn a_batch_refused_as_too_large_is_split_by_the_limit_the_provider_states() {
+    let mock = batch_mock(BatchConfig {
+        max_lines: Some(500),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(1_200));
+    let out = dir.path("out.jsonl");
+    let o = output_within(
+        &mut run_cmd(&input, &out, &mock.url(), &batch_args(&[])),
+        ENDS,
+    );
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("takes at most 500 lines a batch"),
+        "{}",
+        stderr(&o)
+    );
+    let b = mock.batch_stats();
+    assert_eq!(b.batches_created, 3, "500 + 500 + 200");
+    assert_eq!(b.most_answers_per_id, 1);
+    assert_eq!(records_by_id(&out).len(), 1_200);
+    assert!((recorded(&out) - billed(&mock)).abs() < 1e-9);
+    // The refused batch is journaled as never submitted, not as open.
+    let o = run(&input, &out, &mock.url(), &batch_args(&[]));
+    assert_code(&o, 0);
+    assert_eq!(mock.batch_stats().batches_created, 3);
+}
+
+#[test]
+fn a_second_process_on_a_shard_running_on_another_host_is_refused_within_seconds() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(50),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced(400));
+    let args = coordinated(
+        &url,
+        "elsewhere",
+        &["--shard", "0/2", "--max-cost", "5", "--concurrency", "2"],
+    );
+    let mut first = run_cmd(&input, &dir.path("a.jsonl"), &mock.url(), &args)
+        .env("BULKPROMPT_WORKER_HOST", "pod-a")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + ENDS;
+    while mock.stats().requests < 5 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let other = Dir::new();
+    let o = output_within(
+        run_cmd(&input, &other.path("b.jsonl"), &mock.url(), &args)
+            .env("BULKPROMPT_WORKER_HOST", "pod-b"),
+        Duration::from_secs(20),
+    );
+    assert_code(&o, 4);
+    assert!(
+        stderr(&o).contains("renewed its lease just now"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    let second = other.path("b.shard-0-of-2.jsonl");
+    assert!(
+        std::fs::read(&second).map_or(true, |b| b.is_empty()),
+        "the second wrote nothing"
+    );
+}

@@ -1,10 +1,10 @@
-//! Job specs (`jobs/*.toml`) and the resolution of flags into a `RunConfig`. Precedence is
-//! command line, then spec, then environment (`BULKPROMPT_ENDPOINT`, `BULKPROMPT_API_KEY_ENV`,
-//! `BULKPROMPT_MODEL`), then defaults. Paths in a spec are relative to the spec's folder, so a
-//! spec works from any working directory. A spec names the key's variable, never the key.
+//! Flags and a spec into a [`RunConfig`]: the half of the command line's layer that knows
+//! both the flags' types ([`crate::cli`]) and the resolved ones. Each setting is taken from
+//! the command line, then the spec, then the environment, then its default.
 
+use super::*;
 use crate::cli::{InputFormatArg, JobArgs, OutputFormat, RunArgs};
-use crate::cost::{Money, PriceTable};
+use crate::cost::PriceTable;
 use crate::job::request::JobDefaults;
 use crate::job::source::DEFAULT_MAX_LINE_BYTES;
 use crate::job::{InputFormat, InputSpec, Template};
@@ -13,301 +13,12 @@ use crate::output::parquet::{self, ParquetOptions};
 use crate::progress::ProgressMode;
 use crate::provider::DEFAULT_MAX_RESPONSE_BYTES;
 use crate::retry::Backoff;
+use crate::run_files::RunFiles;
 use crate::secret::ApiKey;
-use serde::Deserialize;
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Where requests go.
-#[derive(Debug, Clone)]
-pub enum Endpoint {
-    /// An OpenAI-compatible base URL.
-    Url(String),
-    /// The simulator, started in-process on 127.0.0.1.
-    Mock(Box<MockConfig>),
-}
-
-/// Everything a run needs, resolved from flags, spec and defaults.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub input: InputSpec,
-    pub output: PathBuf,
-    pub endpoint: Endpoint,
-    pub api_key: Option<ApiKey>,
-    pub headers: Vec<(String, String)>,
-    pub timeout: Duration,
-    pub max_response_bytes: usize,
-    pub allow_insecure_http: bool,
-    pub rpm: Option<u64>,
-    pub tpm: Option<u64>,
-    /// Without `--rpm`: the provider's documented default to start finding its limit from.
-    pub start_rpm: Option<u64>,
-    /// Do not pace to the provider's advertised `x-ratelimit-limit-*`.
-    pub ignore_limit_headers: bool,
-    /// `--fixed-concurrency`: the in-flight limit stays at `concurrency`.
-    pub fixed_concurrency: bool,
-    pub concurrency: usize,
-    pub max_attempts: u32,
-    pub backoff: Backoff,
-    /// Output tokens charged to the limiter for jobs without `max_tokens`.
-    pub default_output_tokens: u64,
-    pub retry_failed: bool,
-    /// Times an answer that does not match its schema is asked again.
-    pub retry_invalid: u32,
-    /// Models tried in turn when the provider says a job's model is not there.
-    pub fallback_models: Vec<String>,
-    /// `--mode batch`: the batch engine's settings (`None`: live).
-    pub batch: Option<crate::run::BatchSettings>,
-    /// Hard cap on the money recorded in the output, over all runs.
-    pub max_cost: Option<Money>,
-    /// Jobs failing in a row with the same kind of error that stop the run (0: never).
-    pub circuit_breaker: u32,
-    /// Send at most this many jobs this run (a sample before the whole file).
-    pub limit: Option<u64>,
-    pub fresh: bool,
-    /// Move unreadable output lines to the quarantine file instead of refusing the output.
-    pub repair: bool,
-    /// Drop records of ids no longer in the job file.
-    pub prune: bool,
-    pub keep_response: bool,
-    /// Records keep the messages sent.
-    pub keep_prompt: bool,
-    /// `--order input`: the final rewrite puts records in the job file's order.
-    pub order_input: bool,
-    pub prices: PriceTable,
-    pub progress: ProgressMode,
-    pub grace: Duration,
-    /// The command line, for the resume hint and the output's meta.
-    pub argv: Vec<String>,
-    /// Parquet output: the file, written from the journal (`output`) at the end of the run.
-    pub parquet: Option<(PathBuf, ParquetOptions)>,
-    /// Files the run reads besides the job file (spec, template, prices): never written.
-    pub reads: Vec<PathBuf>,
-    /// Where the caller writes the summary as JSON, checked with the run's own files.
-    pub summary_json: Option<PathBuf>,
-    /// Problems `validate` lists before giving up.
-    pub max_errors: usize,
-    /// `--coordinator`: limits and budget shared with the other workers of the run.
-    pub coordinator: Option<crate::coordinator::CoordinatorConfig>,
-    /// `--metrics-addr`: where the run's counters are served for Prometheus.
-    pub metrics_addr: Option<std::net::SocketAddr>,
-}
-
-/// Whether `url` points at this machine.
-pub fn is_loopback(url: &str) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    match u.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
-/// A configuration problem (exit 1, nothing sent).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The spec file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The spec is not valid TOML or has unknown keys.
-    #[error("{path}: {message}")]
-    Spec { path: PathBuf, message: String },
-    /// A setting is missing or wrong.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// A job spec file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Spec {
-    pub input: Option<PathBuf>,
-    pub output: Option<PathBuf>,
-    pub input_format: Option<String>,
-    pub delimiter: Option<String>,
-    pub endpoint: Option<String>,
-    pub provider: Option<String>,
-    pub api_key_env: Option<String>,
-    pub model: Option<String>,
-    pub template: Option<String>,
-    pub template_file: Option<PathBuf>,
-    pub json_schema: Option<PathBuf>,
-    pub schema_name: Option<String>,
-    #[serde(default)]
-    pub image_columns: Vec<String>,
-    pub max_image_bytes: Option<u64>,
-    pub retry_invalid: Option<u32>,
-    #[serde(default)]
-    pub fallback_models: Vec<String>,
-    pub mode: Option<String>,
-    pub poll_interval: Option<f64>,
-    pub batch_max_lines: Option<usize>,
-    pub system: Option<String>,
-    pub id_column: Option<String>,
-    pub max_tokens: Option<u32>,
-    pub temperature: Option<f64>,
-    pub rpm: Option<u64>,
-    pub tpm: Option<u64>,
-    pub ignore_limit_headers: Option<bool>,
-    pub concurrency: Option<usize>,
-    pub max_attempts: Option<u32>,
-    pub timeout: Option<f64>,
-    pub retry_base_ms: Option<u64>,
-    pub reserve_output_tokens: Option<u64>,
-    pub keep_response: Option<bool>,
-    pub keep_prompt: Option<bool>,
-    pub max_cost: Option<f64>,
-    pub format: Option<String>,
-    pub content_json: Option<bool>,
-    pub circuit_breaker: Option<u32>,
-    pub prices: Option<PathBuf>,
-    pub grace: Option<f64>,
-    pub referer: Option<String>,
-    pub title: Option<String>,
-    pub max_line_bytes: Option<usize>,
-    pub max_response_bytes: Option<usize>,
-    /// Extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Extra request parameters for jobs that set none (response_format, seed, provider, ...).
-    #[serde(default)]
-    pub params: Map<String, Value>,
-    /// Simulator settings for `endpoint = "mock"`.
-    pub mock: Option<MockSpec>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MockSpec {
-    pub latency_ms: Option<u64>,
-    pub fail_rate: Option<f64>,
-}
-
-impl Spec {
-    pub fn load(path: &Path) -> Result<Spec, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut spec: Spec = toml::from_str(&text).map_err(|e| ConfigError::Spec {
-            path: path.to_path_buf(),
-            message: spec_hint(e.to_string()),
-        })?;
-        let dir = path.parent().unwrap_or(Path::new(""));
-        for p in [
-            &mut spec.input,
-            &mut spec.output,
-            &mut spec.template_file,
-            &mut spec.json_schema,
-            &mut spec.prices,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if p.is_relative() {
-                *p = lexical_join(dir, p);
-            }
-        }
-        Ok(spec)
-    }
-}
-
-/// The names inside backticks after `expected one of` in a serde "unknown field" message.
-fn expected_names(message: &str) -> Vec<String> {
-    message
-        .split("expected one of ")
-        .nth(1)
-        .unwrap_or("")
-        .split(", ")
-        .filter_map(|n| {
-            n.trim()
-                .strip_prefix('`')?
-                .split('`')
-                .next()
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-/// Edit distance, for "did you mean".
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
-/// A spec's "unknown field" error, with what was probably meant: a near key ("did you mean"),
-/// or a top-level key written after a `[table]` header (which makes it part of that table).
-fn spec_hint(message: String) -> String {
-    let Some(field) = message
-        .split("unknown field `")
-        .nth(1)
-        .and_then(|r| r.split('`').next())
-        .map(str::to_string)
-    else {
-        return message;
-    };
-    let here = expected_names(&message);
-    let top_level = toml::from_str::<Spec>("bulkprompt_no_such_key = 0")
-        .err()
-        .map(|e| expected_names(&e.to_string()))
-        .unwrap_or_default();
-    if !here.contains(&field) && top_level.contains(&field) && here != top_level {
-        return format!(
-            "{message}\n`{field}` is a top-level key: it is inside a [table] because it comes after the table's header; move it above the first [table]"
-        );
-    }
-    match here
-        .iter()
-        .map(|n| (distance(&field, n), n))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-    {
-        Some((_, near)) => format!("{message}\ndid you mean `{near}`?"),
-        None => message,
-    }
-}
-
-/// `jobs` + `../out/x.jsonl` -> `out/x.jsonl`: joins and folds `..` without touching the disk
-/// (the target may not exist yet), so messages show the path a person would write.
-fn lexical_join(dir: &Path, rel: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in dir.join(rel).components() {
-        match c {
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    if out.as_os_str().is_empty() {
-        out.push(".");
-    }
-    out
-}
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -500,8 +211,14 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
     });
     // Parquet output: the run writes (and resumes from) a JSONL journal beside it.
     let (output, parquet) = match format {
-        Some(OutputFormat::Parquet) => (parquet::journal_path(&output), Some(output)),
-        None if parquet::is_parquet(&output) => (parquet::journal_path(&output), Some(output)),
+        Some(OutputFormat::Parquet) => (
+            RunFiles::of_parquet(&output).records().to_path_buf(),
+            Some(output),
+        ),
+        None if parquet::is_parquet(&output) => (
+            RunFiles::of_parquet(&output).records().to_path_buf(),
+            Some(output),
+        ),
         _ => (output, None),
     };
     // Every name the run writes sits beside the file the output really is, symlinks followed.
@@ -710,8 +427,8 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             match batch {
                 false => None,
                 true => {
-                    use crate::run::BatchApi;
-                    let d = crate::run::BatchSettings::default();
+                    use crate::batch::BatchApi;
+                    let d = crate::batch::BatchSettings::default();
                     let api = match args.batch_api {
                         Some(crate::cli::BatchApiArg::Openrouter) => BatchApi::OpenRouter,
                         Some(crate::cli::BatchApiArg::Openai) => BatchApi::OpenAi,
@@ -721,7 +438,7 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
                         BatchApi::OpenAi => d.max_lines,
                         BatchApi::OpenRouter => crate::batch::openai::INLINE_MAX,
                     };
-                    Some(crate::run::BatchSettings {
+                    Some(crate::batch::BatchSettings {
                         api,
                         poll: secs(
                             args.poll_interval
@@ -896,73 +613,6 @@ pub fn resolve_estimate(
     })
 }
 
-/// The command line to resume with: the same, minus `--fresh` (which would start over) and
-/// `--repair` (done once), with secret header values redacted ([`redact_argv`]).
-/// An endpoint as the summary shows it: without credentials in it or a query.
-pub fn shown_endpoint(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            u.to_string()
-        }
-        Err(_) => "(not a URL)".into(),
-    }
-}
-
-pub fn resume_command(argv: &[String]) -> String {
-    redact_argv(argv)
-        .iter()
-        .filter(|a| a.as_str() != "--fresh" && a.as_str() != "--repair")
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The command line as it may be shown or stored: the value of every `--header` whose name
-/// looks secret (`Authorization`, `x-api-key`, anything with key, token, secret...) and the
-/// password in `--coordinator`'s URL replaced by `(redacted)`. `--header-env` names a
-/// variable, never a value, and is kept.
-pub fn redact_argv(argv: &[String]) -> Vec<String> {
-    let mut out = Vec::with_capacity(argv.len());
-    let mut next: Option<&str> = None;
-    for a in argv {
-        match next.take() {
-            Some("--header") => out.push(crate::secret::redact_header_arg(a)),
-            Some(_) => out.push(crate::coordinator::redact_url(a)),
-            None => {
-                if let Some(v) = a.strip_prefix("--header=") {
-                    out.push(format!("--header={}", crate::secret::redact_header_arg(v)));
-                } else if let Some(v) = a.strip_prefix("--coordinator=") {
-                    out.push(format!(
-                        "--coordinator={}",
-                        crate::coordinator::redact_url(v)
-                    ));
-                } else {
-                    if a == "--header" || a == "--coordinator" {
-                        next = Some(a.as_str());
-                    }
-                    out.push(a.clone());
-                }
-            }
-        }
-    }
-    out
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1025,22 +675,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown field `modle`"));
-    }
-
-    #[test]
-    fn spec_relative_paths_fold_parent_dirs() {
-        assert_eq!(
-            lexical_join(Path::new("jobs"), Path::new("../out/x.jsonl")),
-            PathBuf::from("out/x.jsonl")
-        );
-        assert_eq!(
-            lexical_join(Path::new(""), Path::new("../x")),
-            PathBuf::from("../x")
-        );
-        assert_eq!(
-            lexical_join(Path::new("/a/b"), Path::new("./c")),
-            PathBuf::from("/a/b/c")
-        );
     }
 
     fn resolve(argv: &[&str]) -> Result<RunConfig, ConfigError> {
