@@ -161,6 +161,15 @@ pub enum BatchApiArg {
     Openrouter,
 }
 
+/// `--dedupe`: for deterministic requests, or for every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DedupeArg {
+    /// Requests that ask for the same answer every time (temperature 0, or a seed).
+    On,
+    /// Every request, samples included.
+    Always,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Jsonl,
@@ -253,6 +262,13 @@ pub struct RunArgs {
     /// before a job that could cross it (exit 3).
     #[arg(help_heading = "Money", long, value_name = "USD")]
     pub max_cost: Option<f64>,
+    /// Send each distinct request once (the same model, messages and parameters after
+    /// templating): every other id with that request gets a copy of its answer (`dedup_of`,
+    /// cost 0), also from answers already in the output. Jobs sampling at a temperature above
+    /// 0 without a seed are meant to differ and are left alone unless `--dedupe=always`.
+    #[arg(help_heading = "Money", long, value_enum, num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_name = "WHEN")]
+    pub dedupe: Option<DedupeArg>,
     /// Share --rpm, --tpm and --max-cost with every worker of the same --run-name through
     /// Redis: `redis://[:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS [default: the
     /// environment's BULKPROMPT_COORDINATOR, the way to keep a password off the command line].

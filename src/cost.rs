@@ -62,6 +62,9 @@ pub struct Price {
     pub output: u64,
     /// Price of cached input tokens; the input price where none is published.
     pub cached_input: Option<u64>,
+    /// Price of input tokens written to the provider's cache (OpenRouter's
+    /// `cache_write_tokens`), where the provider documents one; the input price otherwise.
+    pub cache_write: Option<u64>,
     pub image: Option<u64>,
     /// The batch price as thousandths of the live price; [`DEFAULT_BATCH_PERMILLE`] where
     /// none is given.
@@ -72,13 +75,81 @@ pub struct Price {
 /// Mode ("50% of the standard cost"), as both document it.
 pub const DEFAULT_BATCH_PERMILLE: u32 = 500;
 
-/// Token counts from a response's `usage`.
+/// Token counts from a response's `usage`, as billed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt: u64,
+    /// Output billed: `completion_tokens`, or more when the provider left the answer's
+    /// reasoning out of it ([`OutputRule`]).
     pub completion: u64,
+    /// Of `prompt`, read from the provider's cache.
     pub cached: u64,
     pub reasoning: u64,
+    /// Of `prompt`, written to the provider's cache.
+    pub cache_write: u64,
+    /// What the provider said, when billing differs from it: its `completion_tokens`.
+    pub reported_completion: Option<u64>,
+    /// The provider's `total_tokens`, when it sent one.
+    pub total: Option<u64>,
+    /// How the billed output was read, when not as `completion_tokens`.
+    pub rule: Option<OutputRule>,
+}
+
+/// How an answer's billed output is read when `completion_tokens` leaves its reasoning out
+/// (gateways in front of Gemini report the visible answer only, the thinking in
+/// `completion_tokens_details.reasoning_tokens` and in `total_tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputRule {
+    /// `total_tokens - prompt_tokens`, larger than `completion_tokens`.
+    TotalMinusPrompt,
+    /// No total, and reasoning larger than the completion: `completion + reasoning`.
+    CompletionPlusReasoning,
+}
+
+impl OutputRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputRule::TotalMinusPrompt => "total_minus_prompt",
+            OutputRule::CompletionPlusReasoning => "completion_plus_reasoning",
+        }
+    }
+}
+
+impl Usage {
+    /// Usage as a provider reported it, with the output billed as the larger of
+    /// `completion_tokens` and `total_tokens - prompt_tokens` (and of completion + reasoning
+    /// where the total is missing and reasoning exceeds the completion).
+    pub fn reported(
+        prompt: u64,
+        completion: u64,
+        total: Option<u64>,
+        cached: u64,
+        reasoning: u64,
+        cache_write: u64,
+    ) -> Usage {
+        let (billed, rule) = match total {
+            Some(t) if t.saturating_sub(prompt) > completion => {
+                (t - prompt, Some(OutputRule::TotalMinusPrompt))
+            }
+            Some(_) => (completion, None),
+            None if reasoning > completion => (
+                completion + reasoning,
+                Some(OutputRule::CompletionPlusReasoning),
+            ),
+            None => (completion, None),
+        };
+        Usage {
+            prompt,
+            completion: billed,
+            cached,
+            reasoning,
+            cache_write,
+            reported_completion: rule.map(|_| completion),
+            total,
+            rule,
+        }
+    }
 }
 
 impl Price {
@@ -87,12 +158,15 @@ impl Price {
     /// images at the per-image price where one is published.
     pub fn cost(&self, u: &Usage, images: u32) -> Money {
         let cached = u.cached.min(u.prompt);
-        let fresh = u.prompt - cached;
+        let written = u.cache_write.min(u.prompt - cached);
+        let fresh = u.prompt - cached - written;
         let cached_price = self.cached_input.unwrap_or(self.input);
+        let write_price = self.cache_write.unwrap_or(self.input);
         Money(
             fresh
                 .saturating_mul(self.input)
                 .saturating_add(cached.saturating_mul(cached_price))
+                .saturating_add(written.saturating_mul(write_price))
                 .saturating_add(u.completion.saturating_mul(self.output))
                 .saturating_add(u64::from(images).saturating_mul(self.image.unwrap_or(0))),
         )
@@ -114,7 +188,13 @@ impl Price {
         };
         let full = Price {
             cached_input: None,
+            cache_write: None,
             ..*self
+        };
+        // A cache write may cost more than a plain input token: the worst case takes it.
+        let full = Price {
+            input: self.input.max(self.cache_write.unwrap_or(0)),
+            ..full
         };
         full.cost(&u, images)
     }
@@ -148,11 +228,55 @@ struct Entry {
     input: f64,
     output: f64,
     cached_input: Option<f64>,
+    cache_write: Option<f64>,
     image: Option<f64>,
     /// The batch price as a share of the live price (0.5 where the provider documents half).
     batch: Option<f64>,
     source: Option<String>,
     read_on: Option<String>,
+    /// The day the provider announced the model's end, and the day it stopped serving it.
+    deprecated_on: Option<String>,
+    retired_on: Option<String>,
+    /// The model the provider names as its successor.
+    replaced_by: Option<String>,
+}
+
+/// A model's end of life, as its provider announced it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub deprecated_on: Option<String>,
+    pub retired_on: Option<String>,
+    pub replaced_by: Option<String>,
+}
+
+impl Lifecycle {
+    /// Whether the model is retired on `today` (`YYYY-MM-DD`, compared as text).
+    pub fn retired(&self, today: &str) -> bool {
+        self.retired_on.as_deref().is_some_and(|d| d <= today)
+    }
+
+    /// "retired on 2026-06-01 (replaced by X)", or the deprecation when not retired yet.
+    pub fn say(&self, today: &str) -> Option<String> {
+        let then = |s: String| match &self.replaced_by {
+            Some(r) => format!("{s} (replaced by {r}: --fallback-model {r})"),
+            None => s,
+        };
+        match (&self.retired_on, &self.deprecated_on) {
+            (Some(r), _) if r.as_str() <= today => Some(then(format!("retired on {r}"))),
+            (Some(r), _) => Some(then(format!("to be retired on {r}"))),
+            (None, Some(d)) => Some(then(format!("deprecated on {d}"))),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Today as `YYYY-MM-DD` (UTC).
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs - secs % 86_400);
+    humantime::format_rfc3339_seconds(t).to_string()[..10].to_string()
 }
 
 /// Dollars per million tokens to picodollars per token (the same digits, times 10^6).
@@ -166,6 +290,8 @@ pub struct PriceTable {
     models: BTreeMap<String, Price>,
     /// Where each price was read, and on what day, as its file says.
     sources: BTreeMap<String, (Option<String>, Option<String>)>,
+    /// Models whose end the provider announced.
+    lifecycles: BTreeMap<String, Lifecycle>,
 }
 
 impl PriceTable {
@@ -220,12 +346,22 @@ impl PriceTable {
         for (model, e) in file.models {
             self.sources
                 .insert(model.clone(), (e.source.clone(), e.read_on.clone()));
+            let life = Lifecycle {
+                deprecated_on: e.deprecated_on.clone(),
+                retired_on: e.retired_on.clone(),
+                replaced_by: e.replaced_by.clone(),
+            };
+            match life == Lifecycle::default() {
+                true => self.lifecycles.remove(&model),
+                false => self.lifecycles.insert(model.clone(), life),
+            };
             self.models.insert(
                 model,
                 Price {
                     input: per_million(e.input),
                     output: per_million(e.output),
                     cached_input: e.cached_input.map(per_million),
+                    cache_write: e.cache_write.map(per_million),
                     // per thousand images -> per image, in picodollars
                     image: e.image.map(|usd| (usd.max(0.0) * 1e9).round() as u64),
                     batch_permille: e
@@ -251,6 +387,11 @@ impl PriceTable {
 
     pub fn get(&self, model: &str) -> Option<&Price> {
         self.models.get(model)
+    }
+
+    /// A model's announced end, if the table knows one.
+    pub fn lifecycle(&self, model: &str) -> Option<&Lifecycle> {
+        self.lifecycles.get(model)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Price)> {
@@ -308,6 +449,7 @@ mod tests {
             input: 100,
             output: 400,
             cached_input: Some(25),
+            cache_write: None,
             image: None,
             batch_permille: None,
         };
@@ -315,7 +457,7 @@ mod tests {
             prompt: 10,
             cached: 4,
             completion: 1,
-            reasoning: 0,
+            ..Usage::default()
         };
         assert_eq!(p.cost(&u, 0).0, 6 * 100 + 4 * 25 + 400);
         assert_eq!(p.cost(&u, 2).0, 6 * 100 + 4 * 25 + 400);
@@ -325,5 +467,87 @@ mod tests {
         };
         assert_eq!(img.cost(&u, 2).0, 6 * 100 + 4 * 25 + 400 + 2 * 619_000_000);
         assert_eq!(img.worst_case(10, 1, 1).0, 10 * 100 + 400 + 619_000_000);
+    }
+
+    #[test]
+    fn reasoning_left_out_of_completion_tokens_is_billed() {
+        // A gateway in front of Gemini: prompt 20, completion 198, total 623, reasoning 405.
+        let u = Usage::reported(20, 198, Some(623), 0, 405, 0);
+        assert_eq!(u.completion, 603);
+        assert_eq!(u.reported_completion, Some(198));
+        assert_eq!(u.rule, Some(OutputRule::TotalMinusPrompt));
+        // No total: completion + reasoning when reasoning is the larger.
+        let u = Usage::reported(20, 198, None, 0, 405, 0);
+        assert_eq!(
+            (u.completion, u.rule),
+            (603, Some(OutputRule::CompletionPlusReasoning))
+        );
+        // OpenAI's shape (reasoning inside completion, total = prompt + completion): as sent.
+        let u = Usage::reported(20, 603, Some(623), 0, 405, 0);
+        assert_eq!(
+            (u.completion, u.rule, u.reported_completion),
+            (603, None, None)
+        );
+        let flash = PriceTable::embedded()
+            .get("google/gemini-2.5-flash")
+            .copied()
+            .unwrap();
+        let billed = flash.cost(&Usage::reported(20, 198, Some(623), 0, 405, 0), 0);
+        assert_eq!(billed, Money((20 * 300_000) + 603 * 2_500_000));
+    }
+
+    #[test]
+    fn cached_input_and_cache_writes_are_priced_as_published() {
+        let t = PriceTable::embedded();
+        // gpt-4.1-mini: $0.40/M input, $0.10/M cached: 10,000 cached tokens cost $0.001.
+        let mini = t.get("gpt-4.1-mini").copied().unwrap();
+        let u = Usage::reported(10_000, 0, None, 10_000, 0, 0);
+        assert_eq!(mini.cost(&u, 0), Money::from_usd(0.001));
+        for (model, cached) in [("gpt-4o-mini", 0.075), ("gemini-2.0-flash", 0.025)] {
+            let p = t.get(model).copied().unwrap();
+            assert_eq!(p.cached_input, Some(per_million(cached)), "{model}");
+        }
+        // A write price where one is documented; the input price where none is.
+        let p = Price {
+            cache_write: Some(125),
+            ..Price {
+                input: 100,
+                output: 400,
+                cached_input: Some(10),
+                cache_write: None,
+                image: None,
+                batch_permille: None,
+            }
+        };
+        let u = Usage::reported(10, 0, None, 2, 0, 3);
+        assert_eq!(p.cost(&u, 0).0, 5 * 100 + 2 * 10 + 3 * 125);
+        assert_eq!(p.worst_case(10, 0, 0).0, 10 * 125);
+    }
+
+    #[test]
+    fn retired_models_say_when_and_what_replaced_them() {
+        let t = PriceTable::embedded();
+        let life = t.lifecycle("google/gemini-2.0-flash-001").unwrap();
+        assert!(life.retired("2026-12-04"));
+        assert!(!life.retired("2026-05-31"));
+        let said = life.say("2026-12-04").unwrap();
+        assert!(said.starts_with("retired on 2026-06-01"), "{said}");
+        assert!(t.lifecycle("google/gemini-2.5-flash").is_none());
+        assert_eq!(today().len(), 10);
+    }
+
+    #[test]
+    fn every_source_is_the_providers_own_page_with_its_day() {
+        let t = PriceTable::embedded();
+        for (model, _) in t.iter() {
+            let (source, day) = t.source(model);
+            let source = source.unwrap_or_default();
+            assert!(source.contains("https://"), "{model}: {source}");
+            assert!(
+                !source.contains("brief") && !source.contains("gaib"),
+                "{model}: {source}"
+            );
+            assert!(day.is_some_and(|d| d.len() == 10), "{model}");
+        }
     }
 }

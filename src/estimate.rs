@@ -49,6 +49,13 @@ pub struct ModelEstimate {
     /// Cost range in USD; null when the model has no known price.
     pub cost_typical_usd: Option<f64>,
     pub cost_worst_usd: Option<f64>,
+    /// Jobs whose request repeats an earlier job's (what `--dedupe` would not buy).
+    #[serde(default)]
+    pub duplicate_jobs: u64,
+    /// The model's end as its provider announced it ("retired on 2026-06-01 (replaced by
+    /// ...)"), when the price table knows one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<String>,
 }
 
 /// The whole estimate (`--json` prints this).
@@ -69,6 +76,10 @@ pub struct Estimate {
     pub batch_prices: bool,
     /// Jobs of models with no known price (not in the cost figures).
     pub unpriced_jobs: u64,
+    /// Jobs whose request repeats an earlier job's, and what they would cost (typical where
+    /// known, else at most): what `--dedupe` saves.
+    pub duplicate_jobs: u64,
+    pub dedupe_saves_usd: f64,
     /// Minutes the rate limits imply (typical case), when limits are given.
     pub minutes_at_limits: Option<f64>,
     /// Requests in flight the time is reckoned at without limits.
@@ -108,7 +119,7 @@ fn median_answer(path: &std::path::Path) -> Option<u64> {
     let reader = std::io::BufReader::new(file);
     for line in std::io::BufRead::lines(reader).map_while(Result::ok) {
         if let Ok(head) = serde_json::from_str::<RecordHead>(&line) {
-            if let (crate::output::Status::Ok, Some(c)) = (head.status, head.completion_tokens) {
+            if let (crate::output::Status::Ok, Some(c)) = (head.status, head.output_tokens()) {
                 h.record(c);
             }
         }
@@ -118,48 +129,8 @@ fn median_answer(path: &std::path::Path) -> Option<u64> {
 
 /// Reads the whole job file and estimates it. Sends nothing.
 pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
-    let bpe = tiktoken_rs::o200k_base_singleton();
-    let (typical, typical_from) = match (
-        cfg.assume_output_tokens,
-        cfg.output.as_deref().and_then(median_answer),
-    ) {
-        (Some(n), _) => (Some(n), Some("--assume-output-tokens".to_string())),
-        (None, Some(m)) => (
-            Some(m),
-            cfg.output
-                .as_ref()
-                .map(|p| format!("median answer length in {}", p.display())),
-        ),
-        (None, None) => (None, None),
-    };
-    let mut models: BTreeMap<String, ModelEstimate> = BTreeMap::new();
-    for job in cfg.input.open()? {
-        let job = job?;
-        let body: Value = serde_json::from_slice(&job.body).unwrap_or(Value::Null);
-        let m = models
-            .entry(job.model.clone())
-            .or_insert_with(|| ModelEstimate {
-                model: job.model.clone(),
-                ..Default::default()
-            });
-        m.jobs += 1;
-        m.prompt_tokens += prompt_tokens(&body, bpe);
-        m.images += u64::from(job.images);
-        // Every choice (`n`) is billed its own output.
-        let allowance = job
-            .max_output_tokens
-            .map_or(cfg.reserve_output_tokens, u64::from)
-            .saturating_mul(u64::from(job.choices.max(1)));
-        m.output_tokens_worst += allowance;
-        if let Some(t) = typical {
-            *m.output_tokens_typical.get_or_insert(0) += t.min(allowance);
-        }
-    }
-    if models.is_empty() {
-        return Err(InputError::Empty {
-            file: cfg.input.path.clone(),
-        });
-    }
+    let (typical, typical_from) = typical_answer(cfg);
+    let models = count_models(cfg, typical)?;
     let mut e = Estimate {
         input: cfg.input.path.display().to_string(),
         tokenizer: "o200k_base (exact for current OpenAI models, an approximation for others)",
@@ -173,6 +144,8 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
         cost_worst_usd: 0.0,
         batch_prices: cfg.batch,
         unpriced_jobs: 0,
+        duplicate_jobs: 0,
+        dedupe_saves_usd: 0.0,
         minutes_at_limits: None,
         concurrency: cfg.concurrency.unwrap_or(64).max(1),
         calibrated: !cfg.calibrated.is_empty(),
@@ -180,34 +153,17 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
     };
     let (mut worst_total, mut typical_total) = (Money::ZERO, Money::ZERO);
     for (_, mut m) in models {
-        if let Some(f) = cfg.calibrated.get(&m.model) {
-            m.prompt_tokens = (m.prompt_tokens as f64 * f).round() as u64;
-        }
-        let cost = |out: u64| {
-            cfg.prices.get(&m.model).map(|p| {
-                let u = Usage {
-                    prompt: m.prompt_tokens,
-                    completion: out,
-                    ..Usage::default()
-                };
-                let images = u32::try_from(m.images).unwrap_or(u32::MAX);
-                if cfg.batch {
-                    p.batch_cost(&u, images)
-                } else {
-                    p.cost(&u, images)
-                }
-            })
-        };
-        let worst = cost(m.output_tokens_worst);
-        let typ = m.output_tokens_typical.and_then(cost);
-        m.cost_worst_usd = worst.map(Money::usd);
-        m.cost_typical_usd = typ.map(Money::usd);
+        let (worst, typ) = price_model(cfg, &mut m);
         if worst.is_none() {
             e.unpriced_jobs += m.jobs;
         }
         worst_total += worst.unwrap_or(Money::ZERO);
         typical_total += typ.unwrap_or(Money::ZERO);
         e.jobs += m.jobs;
+        e.duplicate_jobs += m.duplicate_jobs;
+        if let Some(c) = typ.or(worst) {
+            e.dedupe_saves_usd += c.usd() * m.duplicate_jobs as f64 / m.jobs.max(1) as f64;
+        }
         e.prompt_tokens += m.prompt_tokens;
         e.images += m.images;
         e.output_tokens_worst += m.output_tokens_worst;
@@ -226,6 +182,96 @@ pub fn estimate(cfg: &EstimateConfig) -> Result<Estimate, InputError> {
         (a, b) => a.or(b),
     };
     Ok(e)
+}
+
+/// A typical answer's length, and where it comes from: `--assume-output-tokens`, else the
+/// median of an earlier output's answers.
+fn typical_answer(cfg: &EstimateConfig) -> (Option<u64>, Option<String>) {
+    match (
+        cfg.assume_output_tokens,
+        cfg.output.as_deref().and_then(median_answer),
+    ) {
+        (Some(n), _) => (Some(n), Some("--assume-output-tokens".to_string())),
+        (None, Some(m)) => (
+            Some(m),
+            cfg.output
+                .as_ref()
+                .map(|p| format!("median answer length in {}", p.display())),
+        ),
+        (None, None) => (None, None),
+    }
+}
+
+/// Per model: its jobs, prompt tokens (counted with o200k_base), images, and the output each
+/// may be billed (every choice, `n`, its own), worst and typical.
+fn count_models(
+    cfg: &EstimateConfig,
+    typical: Option<u64>,
+) -> Result<BTreeMap<String, ModelEstimate>, InputError> {
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    let mut models: BTreeMap<String, ModelEstimate> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for job in cfg.input.open()? {
+        let job = job?;
+        let body: Value = serde_json::from_slice(&job.body).unwrap_or(Value::Null);
+        let m = models
+            .entry(job.model.clone())
+            .or_insert_with(|| ModelEstimate {
+                model: job.model.clone(),
+                ..Default::default()
+            });
+        m.jobs += 1;
+        if !seen.insert(job.fingerprint.0) {
+            m.duplicate_jobs += 1;
+        }
+        m.prompt_tokens += prompt_tokens(&body, bpe);
+        m.images += u64::from(job.images);
+        let allowance = job
+            .max_output_tokens
+            .map_or(cfg.reserve_output_tokens, u64::from)
+            .saturating_mul(u64::from(job.choices.max(1)));
+        m.output_tokens_worst += allowance;
+        if let Some(t) = typical {
+            *m.output_tokens_typical.get_or_insert(0) += t.min(allowance);
+        }
+    }
+    if models.is_empty() {
+        return Err(InputError::Empty {
+            file: cfg.input.path.clone(),
+        });
+    }
+    Ok(models)
+}
+
+/// A model's worst and typical cost (live or batch prices), its prompt count scaled by the
+/// calibration when there is one. `None`: no price is known.
+fn price_model(cfg: &EstimateConfig, m: &mut ModelEstimate) -> (Option<Money>, Option<Money>) {
+    if let Some(f) = cfg.calibrated.get(&m.model) {
+        m.prompt_tokens = (m.prompt_tokens as f64 * f).round() as u64;
+    }
+    let cost = |out: u64| {
+        cfg.prices.get(&m.model).map(|p| {
+            let u = Usage {
+                prompt: m.prompt_tokens,
+                completion: out,
+                ..Usage::default()
+            };
+            let images = u32::try_from(m.images).unwrap_or(u32::MAX);
+            match cfg.batch {
+                true => p.batch_cost(&u, images),
+                false => p.cost(&u, images),
+            }
+        })
+    };
+    let worst = cost(m.output_tokens_worst);
+    let typ = m.output_tokens_typical.and_then(cost);
+    m.lifecycle = cfg
+        .prices
+        .lifecycle(&m.model)
+        .and_then(|l| l.say(&crate::cost::today()));
+    m.cost_worst_usd = worst.map(Money::usd);
+    m.cost_typical_usd = typ.map(Money::usd);
+    (worst, typ)
 }
 
 /// `1234567` -> `1,234,567`.
@@ -252,6 +298,25 @@ fn jobs(n: u64) -> String {
 const ASSUMED_SECS: f64 = 1.0;
 
 impl Estimate {
+    /// How long the run would take: at the given limits, or at an assumed concurrency.
+    fn time_line(&self) -> String {
+        match self.minutes_at_limits {
+            Some(min) => format!(
+                "  time at the given rate limits: about {}\n",
+                human_minutes(min)
+            ),
+            None => {
+                let per_minute = self.concurrency as f64 * 60.0 / ASSUMED_SECS;
+                format!(
+                    "  time: about {} assuming {} requests in flight of about a second each ({} a minute; a self-hosted server takes fewer at once); give --rpm/--tpm for your provider's limits\n",
+                    human_minutes(self.jobs as f64 / per_minute),
+                    self.concurrency,
+                    thousands(per_minute as u64)
+                )
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut images = match self.images {
             0 => String::new(),
@@ -289,6 +354,9 @@ impl Estimate {
                 thousands(m.output_tokens_worst),
                 range
             ));
+            if let Some(life) = &m.lifecycle {
+                s.push_str(&format!("    {}: {life}\n", m.model));
+            }
         }
         match (self.cost_typical_usd, &self.typical_from) {
             (Some(t), Some(from)) => s.push_str(&format!(
@@ -302,27 +370,21 @@ impl Estimate {
                 Money::from_usd(self.cost_worst_usd)
             )),
         }
+        if self.duplicate_jobs > 0 {
+            s.push_str(&format!(
+                "  {} jobs ({:.1}%) repeat an earlier job's request: --dedupe would send each once and save about {}\n",
+                self.duplicate_jobs,
+                self.duplicate_jobs as f64 * 100.0 / self.jobs.max(1) as f64,
+                Money::from_usd(self.dedupe_saves_usd)
+            ));
+        }
         if self.unpriced_jobs > 0 {
             s.push_str(&format!(
                 "  {} jobs are for models with no known price and are not in the totals\n",
                 self.unpriced_jobs
             ));
         }
-        match self.minutes_at_limits {
-            Some(min) => s.push_str(&format!(
-                "  time at the given rate limits: about {}\n",
-                human_minutes(min)
-            )),
-            None => {
-                let per_minute = self.concurrency as f64 * 60.0 / ASSUMED_SECS;
-                s.push_str(&format!(
-                    "  time: about {} assuming {} requests in flight of about a second each ({} a minute; a self-hosted server takes fewer at once); give --rpm/--tpm for your provider's limits\n",
-                    human_minutes(self.jobs as f64 / per_minute),
-                    self.concurrency,
-                    thousands(per_minute as u64)
-                ))
-            }
-        }
+        s.push_str(&self.time_line());
         s
     }
 }

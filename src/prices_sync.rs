@@ -40,6 +40,7 @@ struct Pricing {
     prompt: Option<serde_json::Value>,
     completion: Option<serde_json::Value>,
     input_cache_read: Option<serde_json::Value>,
+    input_cache_write: Option<serde_json::Value>,
     image: Option<serde_json::Value>,
 }
 
@@ -132,6 +133,7 @@ fn parse(url: &str, body: &[u8]) -> Result<PriceTable, SyncError> {
                 input,
                 output,
                 cached_input: p.input_cache_read.as_ref().and_then(picodollars),
+                cache_write: p.input_cache_write.as_ref().and_then(picodollars),
                 image: p.image.as_ref().and_then(picodollars),
                 batch_permille: None,
             },
@@ -161,6 +163,9 @@ pub fn write(table: &PriceTable, source: &str, path: &Path) -> Result<(), SyncEr
         ));
         if let Some(c) = p.cached_input {
             out.push_str(&format!("cached_input = {}\n", per_m(c)));
+        }
+        if let Some(c) = p.cache_write {
+            out.push_str(&format!("cache_write = {}\n", per_m(c)));
         }
         if let Some(i) = p.image {
             out.push_str(&format!("image = {}\n", i as f64 / 1e9));

@@ -362,6 +362,9 @@ pub struct Summary {
     /// Failed jobs a re-run retries (their failures were transient).
     #[serde(default)]
     pub retried_on_resume: u64,
+    /// `--dedupe`: jobs answered with another job's answer to the same request (not sent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deduplicated: u64,
     /// `--coordinator`: the run's shared limits and budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordinator: Option<CoordinatorReport>,
@@ -389,6 +392,17 @@ impl Summary {
             s.push_str(&t);
             s.push('\n');
         };
+        self.render_head(&mut line);
+        self.render_jobs(&mut line);
+        self.render_pace(&mut line);
+        self.render_answers(&mut line);
+        self.render_money(&mut line);
+        self.render_tail(&mut line);
+        s
+    }
+
+    /// The outcome, where the output is, and why the run stopped.
+    fn render_head(&self, line: &mut impl FnMut(String)) {
         let head = match self.outcome {
             Outcome::Completed => "bulkprompt: done".to_string(),
             Outcome::FailedJobs => "bulkprompt: done, with failed jobs".to_string(),
@@ -407,6 +421,10 @@ impl Summary {
         if let Some(m) = &self.message {
             line(format!("  reason:    {m}"));
         }
+    }
+
+    /// What the job file held and what became of this run's jobs.
+    fn render_jobs(&self, line: &mut impl FnMut(String)) {
         let mut jobs = format!("  jobs:      {} in file:", self.jobs);
         let mut sep = " ";
         for (n, what) in [
@@ -418,6 +436,7 @@ impl Summary {
             (self.new, "new"),
             (self.retried_failed, "retried"),
             (self.changed, "changed"),
+            (self.deduplicated, "answered by copy (--dedupe)"),
             (self.not_run, "not run"),
         ] {
             if n > 0 {
@@ -434,6 +453,10 @@ impl Summary {
             results.push_str(&format!(" ({})", counts_text(&self.failed_by_kind)));
         }
         line(results);
+    }
+
+    /// Requests, retries, and the limits the run found or was told.
+    fn render_pace(&self, line: &mut impl FnMut(String)) {
         let mut req = format!(
             "  requests:  {} ({:.1}/s), {} retries",
             self.requests, self.requests_per_sec, self.retries
@@ -471,6 +494,10 @@ impl Summary {
                 "  provider:  refused beyond about {n} requests a minute (found from its 429s; paced to it)"
             ));
         }
+    }
+
+    /// Tokens, the most frequent errors, and invalid answers.
+    fn render_answers(&self, line: &mut impl FnMut(String)) {
         line(format!(
             "  tokens:    {} in, {} out",
             self.prompt_tokens, self.completion_tokens
@@ -495,6 +522,10 @@ impl Summary {
                 Money::from_usd(self.invalid_cost_usd)
             ));
         }
+    }
+
+    /// This run's cost, the output's, and the rest's at this run's pace.
+    fn render_money(&self, line: &mut impl FnMut(String)) {
         let mut cost = format!("  cost:      {} this run", Money::from_usd(self.cost_usd));
         if self.total_cost_usd > self.cost_usd {
             cost.push_str(&format!(
@@ -523,6 +554,10 @@ impl Summary {
                 self.batches
             ));
         }
+    }
+
+    /// Latencies, and the command that resumes the run.
+    fn render_tail(&self, line: &mut impl FnMut(String)) {
         // Latencies only when requests were timed (not a batch run, not a run with nothing to do).
         if self.requests > 0 {
             let l = self.latency_ms;
@@ -539,8 +574,11 @@ impl Summary {
             };
             line(format!("  resume:    {cmd}{retries}"));
         }
-        s
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The rest of the job file, at this run's measured cost and pace.
@@ -676,6 +714,49 @@ fn terminal_width() -> usize {
     80
 }
 
+impl Snapshot {
+    /// The counters now.
+    fn of(c: &Counters, to_do: u64, elapsed: Duration) -> Snapshot {
+        Snapshot {
+            to_do,
+            done: c.ok.load(Relaxed) + c.failed.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            retries: c.retries_total(),
+            requests: c.requests.load(Relaxed),
+            tokens_in: c.prompt_tokens.load(Relaxed),
+            tokens_out: c.completion_tokens.load(Relaxed),
+            spent: c.spent(),
+            elapsed,
+            at_once: None,
+        }
+    }
+}
+
+/// One tick: the bar's line on a terminal, else a log line with the counts as fields.
+fn show(bar: Option<&indicatif::ProgressBar>, snap: &Snapshot, pause: &str) {
+    match bar {
+        Some(bar) => {
+            // The bar takes 17 columns; one more keeps the cursor off the edge.
+            let width = terminal_width().saturating_sub(18).max(20);
+            bar.set_position(snap.done.min(snap.to_do));
+            bar.set_message(progress_line(snap, pause, width));
+        }
+        None => tracing::info!(
+            done = snap.done,
+            to_do = snap.to_do,
+            failed = snap.failed,
+            retries = snap.retries,
+            requests = snap.requests,
+            tokens_in = snap.tokens_in,
+            tokens_out = snap.tokens_out,
+            spent_usd = snap.spent.usd(),
+            paused = !pause.is_empty(),
+            "progress: {}",
+            progress_line(snap, pause, usize::MAX)
+        ),
+    }
+}
+
 /// Draws progress until dropped.
 pub struct Reporter {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -725,41 +806,11 @@ impl Reporter {
                     _ = tick.tick() => {}
                     _ = &mut rx => break,
                 }
-                let c = &counters;
                 let snap = Snapshot {
-                    to_do,
-                    done: c.ok.load(Relaxed) + c.failed.load(Relaxed),
-                    failed: c.failed.load(Relaxed),
-                    retries: c.retries_total(),
-                    requests: c.requests.load(Relaxed),
-                    tokens_in: c.prompt_tokens.load(Relaxed),
-                    tokens_out: c.completion_tokens.load(Relaxed),
-                    spent: c.spent(),
-                    elapsed: started.elapsed(),
                     at_once: at_once(),
+                    ..Snapshot::of(&counters, to_do, started.elapsed())
                 };
-                let pause = c.pause_note();
-                match &bar {
-                    Some(bar) => {
-                        // The bar takes 17 columns; one more keeps the cursor off the edge.
-                        let width = terminal_width().saturating_sub(18).max(20);
-                        bar.set_position(snap.done.min(to_do));
-                        bar.set_message(progress_line(&snap, &pause, width));
-                    }
-                    None => tracing::info!(
-                        done = snap.done,
-                        to_do = snap.to_do,
-                        failed = snap.failed,
-                        retries = snap.retries,
-                        requests = snap.requests,
-                        tokens_in = snap.tokens_in,
-                        tokens_out = snap.tokens_out,
-                        spent_usd = snap.spent.usd(),
-                        paused = !pause.is_empty(),
-                        "progress: {}",
-                        progress_line(&snap, &pause, usize::MAX)
-                    ),
-                }
+                show(bar.as_ref(), &snap, &counters.pause_note());
             }
             if let Some(bar) = bar {
                 bar.finish_and_clear();

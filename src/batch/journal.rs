@@ -84,6 +84,52 @@ struct Read {
     cut_tail: Option<usize>,
 }
 
+impl Read {
+    /// One event replayed onto the batches it names (`index`: each key's place).
+    fn apply(&mut self, event: Event, index: &mut HashMap<String, usize>) {
+        let at = |key: &str| index.get(key).copied();
+        match event {
+            Event::Intent {
+                key,
+                model,
+                ids,
+                fingerprints,
+                worst_usd,
+            } => {
+                for id in &ids {
+                    *self.attempts.entry(IdKey::of(id.as_bytes())).or_default() += 1;
+                }
+                index.insert(key.clone(), self.entries.len());
+                let entry = Entry {
+                    key,
+                    model,
+                    ids,
+                    fingerprints,
+                    worst: Money::from_usd(worst_usd),
+                    file_id: None,
+                    batch_id: None,
+                };
+                self.entries.push((entry, None));
+            }
+            Event::File { key, file_id } => {
+                if let Some(a) = at(&key) {
+                    self.entries[a].0.file_id = Some(file_id);
+                }
+            }
+            Event::Created { key, batch_id } => {
+                if let Some(a) = at(&key) {
+                    self.entries[a].0.batch_id = Some(batch_id);
+                }
+            }
+            Event::Ended { key, status } => {
+                if let Some(a) = at(&key) {
+                    self.entries[a].1 = Some(status);
+                }
+            }
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<Read, JournalError> {
     let io = |source| JournalError::Io {
         path: path.to_path_buf(),
@@ -120,48 +166,7 @@ fn read(path: &Path) -> Result<Read, JournalError> {
                 })
             }
         };
-        let at = |key: &str| index.get(key).copied();
-        match event {
-            Event::Intent {
-                key,
-                model,
-                ids,
-                fingerprints,
-                worst_usd,
-            } => {
-                for id in &ids {
-                    *r.attempts.entry(IdKey::of(id.as_bytes())).or_default() += 1;
-                }
-                index.insert(key.clone(), r.entries.len());
-                r.entries.push((
-                    Entry {
-                        key,
-                        model,
-                        ids,
-                        fingerprints,
-                        worst: Money::from_usd(worst_usd),
-                        file_id: None,
-                        batch_id: None,
-                    },
-                    None,
-                ));
-            }
-            Event::File { key, file_id } => {
-                if let Some(a) = at(&key) {
-                    r.entries[a].0.file_id = Some(file_id);
-                }
-            }
-            Event::Created { key, batch_id } => {
-                if let Some(a) = at(&key) {
-                    r.entries[a].0.batch_id = Some(batch_id);
-                }
-            }
-            Event::Ended { key, status } => {
-                if let Some(a) = at(&key) {
-                    r.entries[a].1 = Some(status);
-                }
-            }
-        }
+        r.apply(event, &mut index);
     }
     Ok(r)
 }

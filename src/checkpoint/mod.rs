@@ -133,6 +133,22 @@ impl Checkpoint {
         self.lines > self.done.len() as u64
     }
 
+    /// The requests the output holds an ok answer to (62 bits of each fingerprint), for
+    /// `--dedupe`.
+    pub fn answered_requests(&self) -> std::collections::HashSet<u64> {
+        self.done
+            .values()
+            .map(Entry)
+            .filter(|e| e.state() == DoneState::Ok)
+            .map(Entry::fingerprint)
+            .collect()
+    }
+
+    /// A request's key in [`Checkpoint::answered_requests`].
+    pub fn request_key(fp: Fingerprint) -> u64 {
+        fp.short() & FP_MASK
+    }
+
     pub fn decide(&self, job: &Job, retry_failed: bool) -> Decision {
         self.decide_key(job.id.key(), job.fingerprint, retry_failed)
     }
@@ -216,7 +232,7 @@ fn scan_with(path: &Path, repair: bool) -> Result<Checkpoint, CheckpointError> {
             cp.totals.spent += Money::from_usd(c);
         }
         cp.totals.prompt_tokens += head.prompt_tokens.unwrap_or(0);
-        cp.totals.completion_tokens += head.completion_tokens.unwrap_or(0);
+        cp.totals.completion_tokens += head.output_tokens().unwrap_or(0);
         Ok(())
     })?;
     cp.done.seal();

@@ -75,6 +75,8 @@ pub struct RunConfig {
     pub keep_response: bool,
     /// Records keep the messages sent.
     pub keep_prompt: bool,
+    /// `--dedupe`: each distinct request sent once.
+    pub dedupe: Option<crate::job::Dedupe>,
     /// `--order input`: the final rewrite puts records in the job file's order.
     pub order_input: bool,
     pub prices: PriceTable,

@@ -15,7 +15,7 @@ use crate::provider::DEFAULT_MAX_RESPONSE_BYTES;
 use crate::retry::Backoff;
 use crate::run_files::RunFiles;
 use crate::secret::ApiKey;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +48,50 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
             "the job file cannot be standard input (`-`): a run reads it twice (every line is checked before anything is sent) and a resume reads it again; write it to a file first".into(),
         ));
     }
-    let template_text = match (
+    let defaults = JobDefaults {
+        model: args
+            .model
+            .clone()
+            .or_else(|| spec.model.clone())
+            .or_else(|| env("BULKPROMPT_MODEL")),
+        system: args.system.clone().or_else(|| spec.system.clone()),
+        template: resolve_template(args, spec)?,
+        id_field: args.id_column.clone().or_else(|| spec.id_column.clone()),
+        params: resolve_params(args, spec)?,
+        image_columns: match args.image_columns.is_empty() {
+            true => spec.image_columns.clone(),
+            false => args.image_columns.clone(),
+        },
+        max_image_bytes: args
+            .max_image_bytes
+            .or(spec.max_image_bytes)
+            .unwrap_or(crate::job::image::DEFAULT_MAX_BYTES),
+        allow_constant: args.allow_constant_prompt,
+        ..Default::default()
+    };
+    let (format, delimiter) = resolve_format(args, spec, &path)?;
+    let shard = match &args.shard {
+        Some(text) => Some(crate::job::shard::Shard::parse(text).map_err(ConfigError::Invalid)?),
+        None => {
+            crate::job::shard::Shard::from_env(env, args.shards).map_err(ConfigError::Invalid)?
+        }
+    };
+    Ok(InputSpec {
+        path,
+        format,
+        delimiter,
+        defaults: Arc::new(defaults),
+        max_line_bytes: args
+            .max_line_bytes
+            .or(spec.max_line_bytes)
+            .unwrap_or(DEFAULT_MAX_LINE_BYTES),
+        shard,
+    })
+}
+
+/// The template: `--template`, `--template-file`, then the spec's.
+fn resolve_template(args: &JobArgs, spec: &Spec) -> Result<Option<Template>, ConfigError> {
+    let text = match (
         &args.template,
         &args.template_file,
         &spec.template,
@@ -60,9 +103,13 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         (None, None, None, Some(f)) => Some(read(f)?),
         _ => None,
     };
-    let template = template_text
-        .map(|t| Template::parse(&t).map_err(|e| ConfigError::Invalid(format!("--template: {e}"))))
-        .transpose()?;
+    text.map(|t| Template::parse(&t).map_err(|e| ConfigError::Invalid(format!("--template: {e}"))))
+        .transpose()
+}
+
+/// The request parameters every job gets: the spec's, `--temperature`, `--max-tokens`,
+/// `--param KEY=JSON` (a bare word is a string), and `--json-schema` as a `response_format`.
+fn resolve_params(args: &JobArgs, spec: &Spec) -> Result<Map<String, Value>, ConfigError> {
     let mut params = spec.params.clone();
     if let Some(t) = args.temperature.or(spec.temperature) {
         params.insert("temperature".into(), serde_json::json!(t));
@@ -88,28 +135,16 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         let file = crate::answer::SchemaFile::load(path, name).map_err(ConfigError::Invalid)?;
         params.insert("response_format".into(), file.response_format());
     }
-    let defaults = JobDefaults {
-        model: args
-            .model
-            .clone()
-            .or_else(|| spec.model.clone())
-            .or_else(|| env("BULKPROMPT_MODEL")),
-        system: args.system.clone().or_else(|| spec.system.clone()),
-        template,
-        id_field: args.id_column.clone().or_else(|| spec.id_column.clone()),
-        params,
-        image_columns: if args.image_columns.is_empty() {
-            spec.image_columns.clone()
-        } else {
-            args.image_columns.clone()
-        },
-        max_image_bytes: args
-            .max_image_bytes
-            .or(spec.max_image_bytes)
-            .unwrap_or(crate::job::image::DEFAULT_MAX_BYTES),
-        allow_constant: args.allow_constant_prompt,
-        ..Default::default()
-    };
+    Ok(params)
+}
+
+/// The job file's format (given, or by its extension) and a CSV's delimiter (a tab for
+/// `.tsv`).
+fn resolve_format(
+    args: &JobArgs,
+    spec: &Spec,
+    path: &Path,
+) -> Result<(InputFormat, u8), ConfigError> {
     let format = match (args.input_format, spec.input_format.as_deref()) {
         (Some(InputFormatArg::Csv), _) | (None, Some("csv")) => InputFormat::Csv,
         (Some(InputFormatArg::Jsonl), _) | (None, Some("jsonl")) => InputFormat::Jsonl,
@@ -119,7 +154,7 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
                 "input_format {other:?}: expected jsonl, csv or parquet"
             )))
         }
-        (None, None) => InputFormat::from_path(&path),
+        (None, None) => InputFormat::from_path(path),
     };
     let is_tsv = path
         .extension()
@@ -129,23 +164,7 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         None if is_tsv => b'\t',
         None => b',',
     };
-    let shard = match &args.shard {
-        Some(text) => Some(crate::job::shard::Shard::parse(text).map_err(ConfigError::Invalid)?),
-        None => {
-            crate::job::shard::Shard::from_env(env, args.shards).map_err(ConfigError::Invalid)?
-        }
-    };
-    Ok(InputSpec {
-        path,
-        format,
-        delimiter,
-        defaults: Arc::new(defaults),
-        max_line_bytes: args
-            .max_line_bytes
-            .or(spec.max_line_bytes)
-            .unwrap_or(DEFAULT_MAX_LINE_BYTES),
-        shard,
-    })
+    Ok((format, delimiter))
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -188,7 +207,92 @@ fn secs(v: f64, flag: &str) -> Result<Duration, ConfigError> {
 pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigError> {
     let spec = load_spec(&args.job)?;
     let input = resolve_input(&args.job, &spec)?;
-    let output = output_path(args.output.as_ref(), &spec, &input);
+    let (output, parquet) = resolve_output(args, &spec, &input)?;
+    let provider = resolve_provider(args, &spec)?;
+    let (endpoint, endpoint_text) = resolve_endpoint(args, &spec, provider)?;
+    let api_key = resolve_key(args, &spec, provider, &endpoint)?;
+    let headers = resolve_headers(args, &spec, provider)?;
+    let prices_path = args.prices.clone().or_else(|| spec.prices.clone());
+    let prices = PriceTable::load_effective(prices_path.as_deref())
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let concurrency = args.concurrency.or(spec.concurrency).unwrap_or(64);
+    if concurrency == 0 {
+        return Err(ConfigError::Invalid(
+            "--concurrency must be at least 1".into(),
+        ));
+    }
+    let backoff = Backoff {
+        base: Duration::from_millis(args.retry_base_ms.or(spec.retry_base_ms).unwrap_or(500)),
+        ..Backoff::default()
+    };
+    let coordinator = resolve_coordinator(args, input.shard, &output)?;
+    Ok(RunConfig {
+        output,
+        endpoint,
+        api_key,
+        headers,
+        timeout: secs(args.timeout.or(spec.timeout).unwrap_or(120.0), "--timeout")?,
+        max_response_bytes: args
+            .max_response_bytes
+            .or(spec.max_response_bytes)
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+        allow_insecure_http: args.allow_insecure_http,
+        rpm: args.rpm.or(spec.rpm),
+        tpm: args.tpm.or(spec.tpm),
+        start_rpm: provider.and_then(|p| p.start_rpm),
+        ignore_limit_headers: args.ignore_limit_headers
+            || spec.ignore_limit_headers.unwrap_or(false),
+        fixed_concurrency: args.fixed_concurrency,
+        concurrency,
+        max_attempts: args.max_attempts.or(spec.max_attempts).unwrap_or(6).max(1),
+        backoff,
+        default_output_tokens: args
+            .reserve_output_tokens
+            .or(spec.reserve_output_tokens)
+            .unwrap_or(1024),
+        retry_failed: args.retry_failed,
+        retry_invalid: args.retry_invalid.or(spec.retry_invalid).unwrap_or(1),
+        batch: resolve_batch(args, &spec, &endpoint_text)?,
+        fallback_models: match args.fallback_models.is_empty() {
+            true => spec.fallback_models.clone(),
+            false => args.fallback_models.clone(),
+        },
+        circuit_breaker: args.circuit_breaker.or(spec.circuit_breaker).unwrap_or(20),
+        limit: args.limit,
+        max_cost: resolve_max_cost(args.max_cost.or(spec.max_cost))?,
+        fresh: args.fresh,
+        repair: args.repair,
+        prune: args.prune,
+        keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
+        keep_prompt: args.keep_prompt || spec.keep_prompt.unwrap_or(false),
+        dedupe: resolve_dedupe(args.dedupe, spec.dedupe.as_ref())?,
+        order_input: args.order == Some(crate::cli::OrderArg::Input),
+        prices,
+        progress: match (args.quiet, args.progress_log) {
+            (true, _) => ProgressMode::Quiet,
+            (false, true) => ProgressMode::Log,
+            (false, false) => ProgressMode::Auto,
+        },
+        grace: secs(args.grace.or(spec.grace).unwrap_or(30.0), "--grace")?,
+        argv: argv.to_vec(),
+        parquet,
+        reads: reads(args, &spec, prices_path),
+        summary_json: args.summary_json.clone(),
+        max_errors: 20,
+        coordinator,
+        metrics_addr: args.metrics_addr.as_deref().map(metrics_addr).transpose()?,
+        input,
+    })
+}
+
+/// Where the records go: the output (each shard its own), resolved through symlinks; for a
+/// Parquet output, its journal and the file with its options.
+fn resolve_output(
+    args: &RunArgs,
+    spec: &Spec,
+    input: &InputSpec,
+) -> Result<(PathBuf, Option<(PathBuf, ParquetOptions)>), ConfigError> {
+    let output = output_path(args.output.as_ref(), spec, input);
     // Each shard writes its own output, with every resume guarantee.
     let output = match input.shard {
         Some(s) => s.output(&output),
@@ -209,42 +313,49 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         }
         None => None,
     });
+    let is_parquet = match format {
+        Some(f) => f == OutputFormat::Parquet,
+        None => parquet::is_parquet(&output),
+    };
+    if !is_parquet {
+        // Every name the run writes sits beside the file the output really is.
+        return Ok((resolve_target(&output)?, None));
+    }
     // Parquet output: the run writes (and resumes from) a JSONL journal beside it.
-    let (output, parquet) = match format {
-        Some(OutputFormat::Parquet) => (
-            RunFiles::of_parquet(&output).records().to_path_buf(),
-            Some(output),
-        ),
-        None if parquet::is_parquet(&output) => (
-            RunFiles::of_parquet(&output).records().to_path_buf(),
-            Some(output),
-        ),
-        _ => (output, None),
+    let journal = resolve_target(RunFiles::of_parquet(&output).records())?;
+    let options = ParquetOptions {
+        content_json: args.content_json || spec.content_json.unwrap_or(false),
+        parsed_columns: crate::answer::run_schema(&input.defaults.params)
+            .map(crate::answer::typed_columns)
+            .unwrap_or_default(),
     };
-    // Every name the run writes sits beside the file the output really is, symlinks followed.
-    let output = resolve_target(&output)?;
-    let parquet = parquet.map(|p| resolve_target(&p)).transpose()?;
-    let parquet = parquet.map(|p| {
-        (
-            p,
-            ParquetOptions {
-                content_json: args.content_json || spec.content_json.unwrap_or(false),
-                parsed_columns: crate::answer::run_schema(&input.defaults.params)
-                    .map(crate::answer::typed_columns)
-                    .unwrap_or_default(),
-            },
-        )
-    });
-    let provider = match args.provider.as_deref().or(spec.provider.as_deref()) {
-        Some(name) => Some(crate::providers::preset(name).ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "--provider {name:?}: one of {}",
-                crate::providers::names()
-            ))
-        })?),
-        None => None,
+    Ok((journal, Some((resolve_target(&output)?, options))))
+}
+
+/// `--provider`: a preset of endpoint, key variable and pacing.
+fn resolve_provider(
+    args: &RunArgs,
+    spec: &Spec,
+) -> Result<Option<&'static crate::providers::Preset>, ConfigError> {
+    let Some(name) = args.provider.as_deref().or(spec.provider.as_deref()) else {
+        return Ok(None);
     };
-    let endpoint_text = args
+    crate::providers::preset(name).map(Some).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "--provider {name:?}: one of {}",
+            crate::providers::names()
+        ))
+    })
+}
+
+/// Where requests go: a URL with its scheme, or the simulator (`mock`) with its settings.
+/// Returns the endpoint and its text as given.
+fn resolve_endpoint(
+    args: &RunArgs,
+    spec: &Spec,
+    provider: Option<&crate::providers::Preset>,
+) -> Result<(Endpoint, String), ConfigError> {
+    let text = args
         .endpoint
         .clone()
         .or_else(|| spec.endpoint.clone())
@@ -255,44 +366,53 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
                 "no endpoint: give --endpoint URL or --provider NAME (or `--endpoint mock` for the offline simulator)".into(),
             )
         })?;
-    let endpoint = if endpoint_text == "mock" {
-        let ms = spec.mock.as_ref();
-        let fail_rate = args
-            .mock_fail_rate
-            .or(ms.and_then(|m| m.fail_rate))
-            .unwrap_or(0.0);
-        if !(0.0..1.0).contains(&fail_rate) {
+    if text != "mock" {
+        if !text.contains("://") {
             return Err(ConfigError::Invalid(format!(
-                "--mock-fail-rate {fail_rate}: expected 0 <= rate < 1"
+                "--endpoint {text:?}: no scheme; add https:// (https://{text}), or http:// for a server on this machine"
             )));
         }
-        Endpoint::Mock(Box::new(MockConfig {
-            latency: Duration::from_millis(
-                args.mock_latency_ms
-                    .or(ms.and_then(|m| m.latency_ms))
-                    .unwrap_or(200),
-            ),
-            seed: fastrand::u64(..),
-            ..MockConfig::with_fault(crate::mock::Fault::ServerError, fail_rate)
-        }))
-    } else {
-        if !endpoint_text.contains("://") {
-            return Err(ConfigError::Invalid(format!(
-                "--endpoint {endpoint_text:?}: no scheme; add https:// (https://{endpoint_text}), or http:// for a server on this machine"
-            )));
-        }
-        Endpoint::Url(endpoint_text.clone())
+        return Ok((Endpoint::Url(text.clone()), text));
+    }
+    let ms = spec.mock.as_ref();
+    let fail_rate = args
+        .mock_fail_rate
+        .or(ms.and_then(|m| m.fail_rate))
+        .unwrap_or(0.0);
+    if !(0.0..1.0).contains(&fail_rate) {
+        return Err(ConfigError::Invalid(format!(
+            "--mock-fail-rate {fail_rate}: expected 0 <= rate < 1"
+        )));
+    }
+    let latency_ms = args
+        .mock_latency_ms
+        .or(ms.and_then(|m| m.latency_ms))
+        .unwrap_or(200);
+    let mock = MockConfig {
+        latency: Duration::from_millis(latency_ms),
+        seed: fastrand::u64(..),
+        ..MockConfig::with_fault(crate::mock::Fault::ServerError, fail_rate)
     };
+    Ok((Endpoint::Mock(Box::new(mock)), text))
+}
+
+/// The API key, read from the variable the flags, the spec, the environment or the preset
+/// name. A variable named on the command line is meant: unset, it is an error wherever the
+/// requests go (a key silently left out is a run of 401s, or of unpaced free requests).
+fn resolve_key(
+    args: &RunArgs,
+    spec: &Spec,
+    provider: Option<&crate::providers::Preset>,
+    endpoint: &Endpoint,
+) -> Result<Option<ApiKey>, ConfigError> {
     let key_var = args
         .api_key_env
         .clone()
         .or_else(|| spec.api_key_env.clone())
         .or_else(|| env("BULKPROMPT_API_KEY_ENV"))
         .or_else(|| provider.and_then(|p| p.key_env).map(String::from));
-    // A variable named on the command line is meant: unset, it is an error wherever the
-    // requests go (a key silently left out is a run of 401s, or of unpaced free requests).
     let named = args.api_key_env.is_some();
-    let api_key = match (&key_var, &endpoint) {
+    Ok(match (&key_var, endpoint) {
         // The simulator and loopback servers (vLLM, a local mock) need no key: send one only if
         // the variable is set.
         (Some(var), Endpoint::Mock(_)) => env(var).map(ApiKey::new),
@@ -319,7 +439,17 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
             )));
         }
         (None, _) => None,
-    };
+    })
+}
+
+/// Extra headers: the spec's, the attribution headers (`--referer`, `--title`; OpenRouter
+/// shows requests by app, so this one is named unless the user did), `--header` and
+/// `--header-env` (a value read from a variable, so it never shows on the command line).
+fn resolve_headers(
+    args: &RunArgs,
+    spec: &Spec,
+    provider: Option<&crate::providers::Preset>,
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut headers: Vec<(String, String)> = spec
         .headers
         .iter()
@@ -329,7 +459,6 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         headers.push(("HTTP-Referer".into(), r));
     }
     let title = args.title.clone().or_else(|| spec.title.clone());
-    // OpenRouter shows requests by app: name this one unless the user did.
     let title = title.or_else(|| {
         provider
             .filter(|p| p.attribution)
@@ -362,152 +491,109 @@ pub fn resolve_run(args: &RunArgs, argv: &[String]) -> Result<RunConfig, ConfigE
         })?;
         headers.push((name.to_string(), value));
     }
-    let prices_path = args.prices.clone().or_else(|| spec.prices.clone());
-    let prices = PriceTable::load_effective(prices_path.as_deref())
-        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    let concurrency = args.concurrency.or(spec.concurrency).unwrap_or(64);
-    if concurrency == 0 {
-        return Err(ConfigError::Invalid(
-            "--concurrency must be at least 1".into(),
-        ));
-    }
-    let backoff = Backoff {
-        base: Duration::from_millis(args.retry_base_ms.or(spec.retry_base_ms).unwrap_or(500)),
-        ..Backoff::default()
+    Ok(headers)
+}
+
+/// `--mode batch` and its settings (`None`: live). The batch flags need it.
+fn resolve_batch(
+    args: &RunArgs,
+    spec: &Spec,
+    endpoint_text: &str,
+) -> Result<Option<crate::batch::BatchSettings>, ConfigError> {
+    use crate::batch::{BatchApi, BatchSettings};
+    use crate::cli::{BatchApiArg, ModeArg};
+    let batch = match (args.mode, spec.mode.as_deref()) {
+        (Some(ModeArg::Batch), _) | (None, Some("batch")) => true,
+        (Some(ModeArg::Live), _) | (None, Some("live") | None) => false,
+        (None, Some(other)) => {
+            return Err(ConfigError::Invalid(format!(
+                "mode {other:?}: expected live or batch"
+            )))
+        }
     };
-    let coordinator = resolve_coordinator(args, input.shard, &output)?;
-    Ok(RunConfig {
-        input,
-        output,
-        endpoint,
-        api_key,
-        headers,
-        timeout: secs(args.timeout.or(spec.timeout).unwrap_or(120.0), "--timeout")?,
-        max_response_bytes: args
-            .max_response_bytes
-            .or(spec.max_response_bytes)
-            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
-        allow_insecure_http: args.allow_insecure_http,
-        rpm: args.rpm.or(spec.rpm),
-        tpm: args.tpm.or(spec.tpm),
-        start_rpm: provider.and_then(|p| p.start_rpm),
-        ignore_limit_headers: args.ignore_limit_headers
-            || spec.ignore_limit_headers.unwrap_or(false),
-        fixed_concurrency: args.fixed_concurrency,
-        concurrency,
-        max_attempts: args.max_attempts.or(spec.max_attempts).unwrap_or(6).max(1),
-        backoff,
-        default_output_tokens: args
-            .reserve_output_tokens
-            .or(spec.reserve_output_tokens)
-            .unwrap_or(1024),
-        retry_failed: args.retry_failed,
-        retry_invalid: args.retry_invalid.or(spec.retry_invalid).unwrap_or(1),
-        batch: {
-            let batch = match (args.mode, spec.mode.as_deref()) {
-                (Some(crate::cli::ModeArg::Batch), _) | (None, Some("batch")) => true,
-                (Some(crate::cli::ModeArg::Live), _) | (None, Some("live") | None) => false,
-                (None, Some(other)) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "mode {other:?}: expected live or batch"
-                    )))
-                }
-            };
-            if !batch
-                && (args.no_wait
-                    || args.poll_interval.is_some()
-                    || args.batch_api.is_some()
-                    || args.batch_fallback.is_some())
-            {
-                return Err(ConfigError::Invalid(
-                    "--no-wait, --poll-interval, --batch-api and --batch-fallback need --mode batch"
-                        .into(),
-                ));
-            }
-            match batch {
-                false => None,
-                true => {
-                    use crate::batch::BatchApi;
-                    let d = crate::batch::BatchSettings::default();
-                    let api = match args.batch_api {
-                        Some(crate::cli::BatchApiArg::Openrouter) => BatchApi::OpenRouter,
-                        Some(crate::cli::BatchApiArg::Openai) => BatchApi::OpenAi,
-                        None => BatchApi::for_endpoint(&endpoint_text),
-                    };
-                    let most = match api {
-                        BatchApi::OpenAi => d.max_lines,
-                        BatchApi::OpenRouter => crate::batch::openai::INLINE_MAX,
-                    };
-                    Some(crate::batch::BatchSettings {
-                        api,
-                        poll: secs(
-                            args.poll_interval
-                                .or(spec.poll_interval)
-                                .unwrap_or(30.0)
-                                .max(1.0),
-                            "--poll-interval",
-                        )?,
-                        max_lines: args
-                            .batch_max_lines
-                            .or(spec.batch_max_lines)
-                            .unwrap_or(most)
-                            .clamp(1, most),
-                        no_wait: args.no_wait,
-                        fallback_live: args.batch_fallback.is_some(),
-                        ..d
-                    })
-                }
-            }
-        },
-        fallback_models: if args.fallback_models.is_empty() {
-            spec.fallback_models.clone()
-        } else {
-            args.fallback_models.clone()
-        },
-        circuit_breaker: args.circuit_breaker.or(spec.circuit_breaker).unwrap_or(20),
-        limit: args.limit,
-        max_cost: match args.max_cost.or(spec.max_cost) {
-            Some(usd) if usd.is_finite() && usd >= 0.0 => Some(crate::cost::Money::from_usd(usd)),
-            Some(usd) => {
-                return Err(ConfigError::Invalid(format!(
-                    "--max-cost {usd}: expected a dollar amount"
-                )))
-            }
-            None => None,
-        },
-        fresh: args.fresh,
-        repair: args.repair,
-        prune: args.prune,
-        keep_response: args.keep_response || spec.keep_response.unwrap_or(false),
-        keep_prompt: args.keep_prompt || spec.keep_prompt.unwrap_or(false),
-        order_input: args.order == Some(crate::cli::OrderArg::Input),
-        prices,
-        progress: if args.quiet {
-            ProgressMode::Quiet
-        } else if args.progress_log {
-            ProgressMode::Log
-        } else {
-            ProgressMode::Auto
-        },
-        grace: secs(args.grace.or(spec.grace).unwrap_or(30.0), "--grace")?,
-        argv: argv.to_vec(),
-        parquet,
-        reads: [
-            args.job.spec.clone(),
-            args.job.template_file.clone(),
-            spec.template_file.clone(),
-            args.job.json_schema.clone(),
-            spec.json_schema.clone(),
-            prices_path,
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-        summary_json: args.summary_json.clone(),
-        max_errors: 20,
-        coordinator,
-        metrics_addr: args.metrics_addr.as_deref().map(metrics_addr).transpose()?,
+    if !batch {
+        if args.no_wait
+            || args.poll_interval.is_some()
+            || args.batch_api.is_some()
+            || args.batch_fallback.is_some()
+        {
+            return Err(ConfigError::Invalid(
+                "--no-wait, --poll-interval, --batch-api and --batch-fallback need --mode batch"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let d = BatchSettings::default();
+    let api = match args.batch_api {
+        Some(BatchApiArg::Openrouter) => BatchApi::OpenRouter,
+        Some(BatchApiArg::Openai) => BatchApi::OpenAi,
+        None => BatchApi::for_endpoint(endpoint_text),
+    };
+    let most = match api {
+        BatchApi::OpenAi => d.max_lines,
+        BatchApi::OpenRouter => crate::batch::openai::INLINE_MAX,
+    };
+    let poll = args.poll_interval.or(spec.poll_interval).unwrap_or(30.0);
+    Ok(Some(BatchSettings {
+        api,
+        poll: secs(poll.max(1.0), "--poll-interval")?,
+        max_lines: args
+            .batch_max_lines
+            .or(spec.batch_max_lines)
+            .unwrap_or(most)
+            .clamp(1, most),
+        no_wait: args.no_wait,
+        fallback_live: args.batch_fallback.is_some(),
+        ..d
+    }))
+}
+
+/// `--dedupe[=always]`, or the spec's `dedupe = true | "always"`.
+fn resolve_dedupe(
+    flag: Option<crate::cli::DedupeArg>,
+    spec: Option<&toml::Value>,
+) -> Result<Option<crate::job::Dedupe>, ConfigError> {
+    use crate::cli::DedupeArg;
+    use crate::job::Dedupe;
+    Ok(match (flag, spec) {
+        (Some(DedupeArg::On), _) => Some(Dedupe::Deterministic),
+        (Some(DedupeArg::Always), _) => Some(Dedupe::Always),
+        (None, None) => None,
+        (None, Some(toml::Value::Boolean(b))) => b.then_some(Dedupe::Deterministic),
+        (None, Some(toml::Value::String(s))) if s == "always" => Some(Dedupe::Always),
+        (None, Some(other)) => {
+            return Err(ConfigError::Invalid(format!(
+                "dedupe = {other:?}: expected true, false or \"always\""
+            )))
+        }
     })
+}
+
+/// `--max-cost USD`: a dollar amount.
+fn resolve_max_cost(usd: Option<f64>) -> Result<Option<crate::cost::Money>, ConfigError> {
+    match usd {
+        Some(usd) if usd.is_finite() && usd >= 0.0 => Ok(Some(crate::cost::Money::from_usd(usd))),
+        Some(usd) => Err(ConfigError::Invalid(format!(
+            "--max-cost {usd}: expected a dollar amount"
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Files the run reads besides the job file (spec, template, schema, prices): never written.
+fn reads(args: &RunArgs, spec: &Spec, prices: Option<PathBuf>) -> Vec<PathBuf> {
+    [
+        args.job.spec.clone(),
+        args.job.template_file.clone(),
+        spec.template_file.clone(),
+        args.job.json_schema.clone(),
+        spec.json_schema.clone(),
+        prices,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// `--metrics-addr HOST:PORT`, a name resolved (`localhost:9464`). Anything but loopback

@@ -47,6 +47,8 @@ pub struct Spec {
     pub reserve_output_tokens: Option<u64>,
     pub keep_response: Option<bool>,
     pub keep_prompt: Option<bool>,
+    /// `dedupe = true` or `dedupe = "always"`.
+    pub dedupe: Option<toml::Value>,
     pub max_cost: Option<f64>,
     pub format: Option<String>,
     pub content_json: Option<bool>,

@@ -159,89 +159,22 @@ impl SharedBudget {
     ) -> Result<SharedBudget, Unreachable> {
         let host = hostname();
         let pid = std::process::id();
-        let token = format!("{host}:{pid}:{:016x}", fastrand::u64(..));
-        let desc = format!("pid {pid} on {host}");
-        let started = tokio::time::Instant::now();
-        let mut force = false;
-        let mut said = false;
-        let mut last_left: Option<(i64, tokio::time::Instant)> = None;
-        let mut spent = spent_before;
-        loop {
-            let args = vec![
-                worker.clone(),
-                token.clone(),
-                desc.clone(),
-                spent_before.0.to_string(),
-                "0".into(),
-                lease.as_millis().to_string(),
-                u8::from(force).to_string(),
-            ];
-            let (ok, holder, left_ms, known): (i64, String, i64, Option<String>) =
-                link.invoke(&scripts::CLAIM, &key, |_| args.clone()).await?;
-            if ok == 1 {
-                let known = known
-                    .and_then(|k| k.parse::<f64>().ok())
-                    .map(|k| Money(k as u64));
-                if let Some(k) = known.filter(|&k| k > spent_before) {
-                    tracing::warn!(
-                        "the shared budget: worker {worker} spent {k} by Redis's count, more than its output here records ({spent_before}): the run counts {k} (an earlier run from another folder or disk)"
-                    );
-                    spent = k;
-                }
-                if force {
-                    tracing::warn!(
-                        "the shared budget: worker {worker}'s previous process ({holder}) is gone; its holds are returned"
-                    );
-                }
-                break;
-            }
-            // "pid P on HOST": dead on this host means it can be taken over now.
-            let dead_here = holder
-                .strip_prefix("pid ")
-                .and_then(|r| r.split_once(" on "))
-                .is_some_and(|(p, h)| h == host && p.parse().is_ok_and(|p: u32| !alive(p)));
-            if dead_here {
-                force = true;
-                continue;
-            }
-            // Alive on this host: the same shard is running twice. Waiting would only run it
-            // again, from this folder's idea of what is done, once the other ends.
-            let alive_here = holder
-                .strip_prefix("pid ")
-                .and_then(|r| r.split_once(" on "))
-                .is_some_and(|(p, h)| {
-                    h == host && p.parse().is_ok_and(|p: u32| p != pid && alive(p))
-                });
-            if alive_here {
-                return Err(Unreachable(format!(
-                    "the shared budget: worker {worker} of this run is being run by {holder}; one process a shard (or give this one another --shard or output)"
-                )));
-            }
-            // Its lease did not run down while this one waited: renewed, so its process is
-            // alive (on another host: one here was told apart above).
-            if last_left.is_some_and(|(before, at): (i64, tokio::time::Instant)| {
-                left_ms > before - at.elapsed().as_millis() as i64 + 250
-            }) {
-                return Err(Unreachable(format!(
-                    "the shared budget: worker {worker} of this run is being run by {holder}, which renewed its lease just now; one process a shard (or give this one another --shard or output)"
-                )));
-            }
-            last_left = Some((left_ms, tokio::time::Instant::now()));
-            if started.elapsed() > lease * 2 {
-                return Err(Unreachable(format!(
-                    "the shared budget: worker {worker} of this run is held by {holder}, which keeps renewing it; is that shard running twice?"
-                )));
-            }
-            if !said {
-                tracing::warn!(
-                    "the shared budget: worker {worker} is held by {holder}; waiting up to {:.0} s for its lease to lapse",
-                    left_ms as f64 / 1000.0
-                );
-                said = true;
-            }
-            let wait = Duration::from_millis(left_ms.clamp(100, 2000) as u64);
-            tokio::time::sleep(wait).await;
-        }
+        let claim = Claim {
+            token: format!("{host}:{pid}:{:016x}", fastrand::u64(..)),
+            desc: format!("pid {pid} on {host}"),
+            host,
+            pid,
+            worker,
+            spent_before,
+            lease,
+        };
+        let spent = claim.take(&link, &key).await?;
+        let Claim {
+            worker,
+            token,
+            desc,
+            ..
+        } = claim;
         let shared = Arc::new(Shared {
             link,
             key,
@@ -358,5 +291,130 @@ impl Budget for SharedBudget {
                 );
             }
         })
+    }
+}
+
+/// This process claiming a worker's fields in the shared budget.
+struct Claim {
+    worker: String,
+    token: String,
+    desc: String,
+    host: String,
+    pid: u32,
+    spent_before: Money,
+    lease: Duration,
+}
+
+/// Who holds the worker, as its `pid P on HOST` says.
+enum Holder {
+    /// A process of this host that is gone: taken over at once.
+    DeadHere,
+    /// Another live process of this host: the same shard twice.
+    AliveHere,
+    /// Another host's (or not told): waited for.
+    Elsewhere,
+}
+
+impl Claim {
+    /// Claims the worker, waiting for another process's lease to lapse; returns what the
+    /// worker spent (by Redis's count when more than its output records: spend only grows).
+    async fn take(&self, link: &Link, key: &str) -> Result<Money, Unreachable> {
+        let started = tokio::time::Instant::now();
+        let mut force = false;
+        let mut said = false;
+        let mut last_left: Option<(i64, tokio::time::Instant)> = None;
+        loop {
+            let args = vec![
+                self.worker.clone(),
+                self.token.clone(),
+                self.desc.clone(),
+                self.spent_before.0.to_string(),
+                "0".into(),
+                self.lease.as_millis().to_string(),
+                u8::from(force).to_string(),
+            ];
+            let (ok, holder, left_ms, known): (i64, String, i64, Option<String>) =
+                link.invoke(&scripts::CLAIM, key, |_| args.clone()).await?;
+            if ok == 1 {
+                return Ok(self.claimed(force, &holder, known));
+            }
+            match self.holder(&holder) {
+                Holder::DeadHere => {
+                    force = true;
+                    continue;
+                }
+                // Waiting would only run the shard again, from this folder's idea of what is
+                // done, once the other ends.
+                Holder::AliveHere => return Err(self.refused(&holder, "")),
+                Holder::Elsewhere => {}
+            }
+            // Its lease did not run down while this one waited: renewed, so its process is
+            // alive (on another host: one here was told apart above).
+            if last_left.is_some_and(|(before, at)| {
+                left_ms > before - at.elapsed().as_millis() as i64 + 250
+            }) {
+                return Err(self.refused(&holder, ", which renewed its lease just now"));
+            }
+            last_left = Some((left_ms, tokio::time::Instant::now()));
+            if started.elapsed() > self.lease * 2 {
+                return Err(Unreachable(format!(
+                    "the shared budget: worker {} of this run is held by {holder}, which keeps renewing it; is that shard running twice?",
+                    self.worker
+                )));
+            }
+            if !said {
+                tracing::warn!(
+                    "the shared budget: worker {} is held by {holder}; waiting up to {:.0} s for its lease to lapse",
+                    self.worker,
+                    left_ms as f64 / 1000.0
+                );
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(left_ms.clamp(100, 2000) as u64)).await;
+        }
+    }
+
+    /// The claim is this process's: what the worker spent, said when Redis knows more.
+    fn claimed(&self, forced: bool, holder: &str, known: Option<String>) -> Money {
+        let worker = &self.worker;
+        let before = self.spent_before;
+        if forced {
+            tracing::warn!(
+                "the shared budget: worker {worker}'s previous process ({holder}) is gone; its holds are returned"
+            );
+        }
+        let known = known
+            .and_then(|k| k.parse::<f64>().ok())
+            .map(|k| Money(k as u64));
+        match known.filter(|&k| k > before) {
+            Some(k) => {
+                tracing::warn!(
+                    "the shared budget: worker {worker} spent {k} by Redis's count, more than its output here records ({before}): the run counts {k} (an earlier run from another folder or disk)"
+                );
+                k
+            }
+            None => before,
+        }
+    }
+
+    fn holder(&self, holder: &str) -> Holder {
+        let Some((p, h)) = holder
+            .strip_prefix("pid ")
+            .and_then(|r| r.split_once(" on "))
+        else {
+            return Holder::Elsewhere;
+        };
+        match (h == self.host, p.parse::<u32>()) {
+            (true, Ok(p)) if !alive(p) => Holder::DeadHere,
+            (true, Ok(p)) if p != self.pid => Holder::AliveHere,
+            _ => Holder::Elsewhere,
+        }
+    }
+
+    fn refused(&self, holder: &str, how: &str) -> Unreachable {
+        Unreachable(format!(
+            "the shared budget: worker {} of this run is being run by {holder}{how}; one process a shard (or give this one another --shard or output)",
+            self.worker
+        ))
     }
 }

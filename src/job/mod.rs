@@ -102,6 +102,33 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// `--dedupe`: which jobs may share an answer with another job of the same request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedupe {
+    /// Requests that ask for the same answer every time: no `temperature` above 0, or a `seed`.
+    Deterministic,
+    /// Every request, samples included.
+    Always,
+}
+
+impl Dedupe {
+    /// Whether `job` may be answered with another job's answer to the same request.
+    pub fn applies(self, job: &Job) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Sampling {
+            temperature: Option<f64>,
+            seed: Option<serde::de::IgnoredAny>,
+        }
+        match self {
+            Dedupe::Always => true,
+            Dedupe::Deterministic => match serde_json::from_slice::<Sampling>(&job.body) {
+                Ok(s) => s.seed.is_some() || s.temperature.is_none_or(|t| t <= 0.0),
+                Err(_) => false,
+            },
+        }
+    }
+}
+
 /// One request to make, ready to send.
 #[derive(Debug, Clone)]
 pub struct Job {

@@ -98,7 +98,9 @@ fn message(role: &str, content: String) -> Value {
     Value::Object(m)
 }
 
-/// Finishes a request body into a job. `Err` is a message for the caller to locate.
+/// Finishes a request body into a job: the run's defaults filled in, the model and messages
+/// checked (the default system prompt added), the limits read. `Err` is a message for the
+/// caller to locate.
 pub fn finish(
     defaults: &JobDefaults,
     id: JobId,
@@ -108,103 +110,10 @@ pub fn finish(
     metadata: Map<String, Value>,
     attached: Attached,
 ) -> Result<Job, String> {
-    let expect = if body.contains_key("response_format") {
-        own_expect(&body)?
-    } else {
-        defaults
-            .default_expect
-            .get_or_init(|| {
-                let mut only = Map::new();
-                if let Some(rf) = defaults.params.get("response_format") {
-                    only.insert("response_format".into(), rf.clone());
-                }
-                own_expect(&only)
-            })
-            .clone()?
-    };
-    for (k, v) in &defaults.params {
-        if !body.contains_key(k) {
-            // `max_tokens` and `max_completion_tokens` are one setting under two names.
-            let alias = match k.as_str() {
-                "max_tokens" => Some("max_completion_tokens"),
-                "max_completion_tokens" => Some("max_tokens"),
-                _ => None,
-            };
-            if alias.is_some_and(|a| body.contains_key(a)) {
-                continue;
-            }
-            body.insert(k.clone(), v.clone());
-        }
-    }
-    // A streamed answer reports its usage only when asked to (OpenAI's `stream_options`):
-    // without it the cost of a streamed job would be unknown.
-    if body.get("stream") == Some(&Value::Bool(true)) && !body.contains_key("stream_options") {
-        body.insert(
-            "stream_options".into(),
-            serde_json::json!({"include_usage": true}),
-        );
-    }
-    let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) | None => match &defaults.model {
-            Some(m) => {
-                body.insert("model".into(), Value::String(m.clone()));
-                m.clone()
-            }
-            None => {
-                return Err(
-                    "no model: give --model, a `model` in the spec, or a \"model\" field".into(),
-                )
-            }
-        },
-        Some(other) => {
-            return Err(format!(
-                "field \"model\": expected a string, found {}",
-                kind(other)
-            ))
-        }
-    };
-    let (est_prompt_tokens, images) = {
-        let messages = match body.get_mut("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => m,
-            Some(Value::Array(_)) => return Err("field \"messages\": is empty".into()),
-            Some(other) => {
-                return Err(format!(
-                    "field \"messages\": expected an array, found {}",
-                    kind(other)
-                ))
-            }
-            None => return Err("field \"messages\": missing".into()),
-        };
-        let mut chars = 0usize;
-        let mut has_system = false;
-        let mut images = 0u32;
-        for (i, m) in messages.iter().enumerate() {
-            let Value::Object(m) = m else {
-                return Err(format!(
-                    "field \"messages[{i}]\": expected an object, found {}",
-                    kind(m)
-                ));
-            };
-            let role = match m.get("role") {
-                Some(Value::String(r)) => r.as_str(),
-                _ => {
-                    return Err(format!(
-                        "field \"messages[{i}].role\": missing or not a string"
-                    ))
-                }
-            };
-            has_system |= role == "system" || role == "developer";
-            check_content(i, role, m)?;
-            chars += content_chars(m.get("content")) + 16;
-            images += count_images(m.get("content"));
-        }
-        if let (false, Some(system)) = (has_system, &defaults.system) {
-            chars += system.len() + 16;
-            messages.insert(0, message("system", system.clone()));
-        }
-        (approx_tokens(chars), images)
-    };
+    let expect = expect_of(defaults, &body)?;
+    fill_defaults(defaults, &mut body);
+    let model = model_of(defaults, &mut body)?;
+    let (est_prompt_tokens, images) = check_messages(defaults, &mut body)?;
     let max_output_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| body.get(*k))
@@ -241,6 +150,114 @@ pub fn finish(
         expect,
         image_files: attached.files,
     })
+}
+
+/// What the job's answers must be: its own `response_format`, else the run's (checked once).
+fn expect_of(defaults: &JobDefaults, body: &Map<String, Value>) -> Result<Expect, String> {
+    if body.contains_key("response_format") {
+        return own_expect(body);
+    }
+    defaults
+        .default_expect
+        .get_or_init(|| {
+            let mut only = Map::new();
+            if let Some(rf) = defaults.params.get("response_format") {
+                only.insert("response_format".into(), rf.clone());
+            }
+            own_expect(&only)
+        })
+        .clone()
+}
+
+/// The run's parameters where the job sets none (`max_tokens` and `max_completion_tokens`
+/// are one setting under two names); a streamed job asks for its usage.
+fn fill_defaults(defaults: &JobDefaults, body: &mut Map<String, Value>) {
+    for (k, v) in &defaults.params {
+        if body.contains_key(k) {
+            continue;
+        }
+        let alias = match k.as_str() {
+            "max_tokens" => Some("max_completion_tokens"),
+            "max_completion_tokens" => Some("max_tokens"),
+            _ => None,
+        };
+        if alias.is_some_and(|a| body.contains_key(a)) {
+            continue;
+        }
+        body.insert(k.clone(), v.clone());
+    }
+    // A streamed answer reports its usage only when asked to (OpenAI's `stream_options`):
+    // without it the cost of a streamed job would be unknown.
+    if body.get("stream") == Some(&Value::Bool(true)) && !body.contains_key("stream_options") {
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
+}
+
+/// The job's model: its own, else the run's (written into the body).
+fn model_of(defaults: &JobDefaults, body: &mut Map<String, Value>) -> Result<String, String> {
+    match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        Some(Value::String(_)) | None => match &defaults.model {
+            Some(m) => {
+                body.insert("model".into(), Value::String(m.clone()));
+                Ok(m.clone())
+            }
+            None => {
+                Err("no model: give --model, a `model` in the spec, or a \"model\" field".into())
+            }
+        },
+        Some(other) => Err(format!(
+            "field \"model\": expected a string, found {}",
+            kind(other)
+        )),
+    }
+}
+
+/// Every message checked (a role, content of the right shape); the run's system prompt added
+/// when the job has none. Returns the prompt's estimated tokens and its images.
+fn check_messages(
+    defaults: &JobDefaults,
+    body: &mut Map<String, Value>,
+) -> Result<(u32, u32), String> {
+    let messages = match body.get_mut("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => return Err("field \"messages\": is empty".into()),
+        Some(other) => {
+            return Err(format!(
+                "field \"messages\": expected an array, found {}",
+                kind(other)
+            ))
+        }
+        None => return Err("field \"messages\": missing".into()),
+    };
+    let mut chars = 0usize;
+    let mut has_system = false;
+    let mut images = 0u32;
+    for (i, m) in messages.iter().enumerate() {
+        let Value::Object(m) = m else {
+            return Err(format!(
+                "field \"messages[{i}]\": expected an object, found {}",
+                kind(m)
+            ));
+        };
+        let Some(Value::String(role)) = m.get("role") else {
+            return Err(format!(
+                "field \"messages[{i}].role\": missing or not a string"
+            ));
+        };
+        has_system |= role == "system" || role == "developer";
+        check_content(i, role, m)?;
+        chars += content_chars(m.get("content")) + 16;
+        images += count_images(m.get("content"));
+    }
+    if let (false, Some(system)) = (has_system, &defaults.system) {
+        chars += system.len() + 16;
+        messages.insert(0, message("system", system.clone()));
+    }
+    Ok((approx_tokens(chars), images))
 }
 
 /// What a body's own `response_format` expects; each distinct schema is checked once per

@@ -205,76 +205,14 @@ pub fn validate(
     max_errors: usize,
     keep_ids: bool,
 ) -> Result<Validation, InputError> {
-    let mut ids = KeyMap::with_capacity(super::keys::estimate_lines(&spec.path));
-    let mut errors = Vec::new();
-    let mut problems = 0u64;
-    let mut jobs = 0u64;
+    let mut t = Tally::new(spec, max_errors);
     let mut any_line = false;
-    let mut models = BTreeSet::new();
-    let mut without_max_tokens = 0;
-    // The same problem on many lines ("no model" on every row) is one message with its lines.
-    let mut same: HashMap<String, (usize, u64, Vec<u64>)> = HashMap::new();
-    let mut grouped = 0u64;
-    // The first job's request, and the line of a second job, while every job sends it.
-    let mut first: Option<super::Fingerprint> = None;
-    let mut all_same: Option<u64> = None;
-    let mut differ = false;
     for job in spec.open()? {
         any_line = true;
         match job {
-            Ok(job) => {
-                ids.push(job.id.key(), job.line);
-                jobs += 1;
-                match first {
-                    None => first = Some(job.fingerprint),
-                    Some(f) if f == job.fingerprint => {
-                        all_same.get_or_insert(job.line);
-                    }
-                    Some(_) => differ = true,
-                }
-                if !models.contains(&job.model) {
-                    models.insert(job.model);
-                }
-                without_max_tokens += u64::from(job.max_output_tokens.is_none());
-            }
+            Ok(job) => t.job(job),
             Err(e @ InputError::Io { .. }) => return Err(e),
-            Err(InputError::Invalid { at, message }) => {
-                problems += 1;
-                if let Some((_, n, lines)) = same.get_mut(&message) {
-                    *n += 1;
-                    grouped += 1;
-                    if lines.len() < 5 {
-                        lines.push(at.line);
-                    }
-                } else if errors.len() < max_errors {
-                    same.insert(message.clone(), (errors.len(), 1, Vec::new()));
-                    errors.push(InputError::Invalid { at, message });
-                }
-            }
-            Err(e) => {
-                problems += 1;
-                if errors.len() < max_errors {
-                    errors.push(e);
-                }
-            }
-        }
-    }
-    for (_, (at, n, lines)) in same {
-        if n < 2 {
-            continue;
-        }
-        if let Some(InputError::Invalid { message, .. }) = errors.get_mut(at) {
-            let shown: Vec<String> = lines.iter().map(u64::to_string).collect();
-            let etc = if n - 1 > lines.len() as u64 {
-                ", ..."
-            } else {
-                ""
-            };
-            *message = format!(
-                "{message} (the same on {} more lines: {}{etc})",
-                n - 1,
-                shown.join(", ")
-            );
+            Err(e) => t.problem(e),
         }
     }
     if !any_line {
@@ -282,19 +220,148 @@ pub fn validate(
             file: spec.path.clone(),
         });
     }
-    // A template that renders every row to one request (an unset shell variable, a missing
-    // placeholder) buys the same prompt once a row. Jobs that write their own messages may
-    // repeat a prompt on purpose (two ids, two samples).
-    let template = spec.defaults.template.as_ref().map(|t| t.text());
-    if let (false, Some(line), false, Some(t)) =
-        (differ, all_same, spec.defaults.allow_constant, template)
-    {
-        problems += 1;
+    t.say_grouped();
+    t.constant_prompt(spec);
+    t.ids.seal_ordered();
+    t.duplicates(spec)?;
+    Ok(Validation {
+        jobs: t.jobs,
+        more_errors: t.problems - t.grouped - t.errors.len() as u64,
+        problems: t.problems,
+        errors: t.errors,
+        ids: keep_ids.then_some(t.ids),
+        models: t.models,
+        without_max_tokens: t.without_max_tokens,
+    })
+}
+
+/// Jobs whose request (the body as sent, its files included) repeats an earlier job's: what
+/// `--dedupe` would not buy. Reads the file once more; a line that does not parse counts as
+/// no job.
+pub fn duplicate_requests(spec: &InputSpec) -> u64 {
+    let Ok(jobs) = spec.open() else { return 0 };
+    let mut seen = std::collections::HashSet::new();
+    jobs.flatten()
+        .filter(|j| !seen.insert(j.fingerprint.0))
+        .count() as u64
+}
+
+/// What validation has seen so far.
+struct Tally {
+    max_errors: usize,
+    ids: KeyMap,
+    errors: Vec<InputError>,
+    problems: u64,
+    jobs: u64,
+    models: BTreeSet<String>,
+    without_max_tokens: u64,
+    /// The same problem on many lines ("no model" on every row) is one message with its
+    /// lines: per message, its error's place, how many lines, the first few.
+    same: HashMap<String, (usize, u64, Vec<u64>)>,
+    grouped: u64,
+    /// The first job's request, and the line of a second job, while every job sends it.
+    first: Option<super::Fingerprint>,
+    all_same: Option<u64>,
+    differ: bool,
+}
+
+impl Tally {
+    fn new(spec: &InputSpec, max_errors: usize) -> Tally {
+        Tally {
+            max_errors,
+            ids: KeyMap::with_capacity(super::keys::estimate_lines(&spec.path)),
+            errors: Vec::new(),
+            problems: 0,
+            jobs: 0,
+            models: BTreeSet::new(),
+            without_max_tokens: 0,
+            same: HashMap::new(),
+            grouped: 0,
+            first: None,
+            all_same: None,
+            differ: false,
+        }
+    }
+
+    fn job(&mut self, job: super::Job) {
+        self.ids.push(job.id.key(), job.line);
+        self.jobs += 1;
+        match self.first {
+            None => self.first = Some(job.fingerprint),
+            Some(f) if f == job.fingerprint => {
+                self.all_same.get_or_insert(job.line);
+            }
+            Some(_) => self.differ = true,
+        }
+        if !self.models.contains(&job.model) {
+            self.models.insert(job.model);
+        }
+        self.without_max_tokens += u64::from(job.max_output_tokens.is_none());
+    }
+
+    fn problem(&mut self, e: InputError) {
+        self.problems += 1;
+        let InputError::Invalid { at, message } = e else {
+            if self.errors.len() < self.max_errors {
+                self.errors.push(e);
+            }
+            return;
+        };
+        if let Some((_, n, lines)) = self.same.get_mut(&message) {
+            *n += 1;
+            self.grouped += 1;
+            if lines.len() < 5 {
+                lines.push(at.line);
+            }
+        } else if self.errors.len() < self.max_errors {
+            self.same
+                .insert(message.clone(), (self.errors.len(), 1, Vec::new()));
+            self.errors.push(InputError::Invalid { at, message });
+        }
+    }
+
+    /// A problem seen on many lines says on which.
+    fn say_grouped(&mut self) {
+        for (_, (at, n, lines)) in std::mem::take(&mut self.same) {
+            if n < 2 {
+                continue;
+            }
+            if let Some(InputError::Invalid { message, .. }) = self.errors.get_mut(at) {
+                let shown: Vec<String> = lines.iter().map(u64::to_string).collect();
+                let etc = if n - 1 > lines.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                };
+                *message = format!(
+                    "{message} (the same on {} more lines: {}{etc})",
+                    n - 1,
+                    shown.join(", ")
+                );
+            }
+        }
+    }
+
+    /// A template that renders every row to one request (an unset shell variable, a missing
+    /// placeholder) buys the same prompt once a row. Jobs that write their own messages may
+    /// repeat a prompt on purpose (two ids, two samples).
+    fn constant_prompt(&mut self, spec: &InputSpec) {
+        let template = spec.defaults.template.as_ref().map(|t| t.text());
+        let (false, Some(line), false, Some(t)) = (
+            self.differ,
+            self.all_same,
+            spec.defaults.allow_constant,
+            template,
+        ) else {
+            return;
+        };
+        self.problems += 1;
         let why = match t {
             "" => " (the template is empty: an unset shell variable?)".to_string(),
             t => format!(" (the template {t:?} has no {{column}} placeholder)"),
         };
-        errors.insert(
+        let jobs = self.jobs;
+        self.errors.insert(
             0,
             InputError::invalid(
                 &spec.path,
@@ -305,39 +372,39 @@ pub fn validate(
             ),
         );
     }
-    ids.seal_ordered();
-    // Duplicates are rare: find their lines from the sorted hashes, then read the ids' text
-    // back from the file only for those lines.
-    let repeats: HashMap<u64, u64> = ids.repeats().map(|(_, first, dup)| (dup, first)).collect();
-    if !repeats.is_empty() {
-        jobs -= repeats.len() as u64;
-        problems += repeats.len() as u64;
+
+    /// Duplicate ids are rare: their lines are found from the sorted hashes, then the ids'
+    /// text is read back from the file only for those lines.
+    fn duplicates(&mut self, spec: &InputSpec) -> Result<(), InputError> {
+        let repeats: HashMap<u64, u64> = self
+            .ids
+            .repeats()
+            .map(|(_, first, dup)| (dup, first))
+            .collect();
+        if repeats.is_empty() {
+            return Ok(());
+        }
+        self.jobs -= repeats.len() as u64;
+        self.problems += repeats.len() as u64;
         for job in spec.open()?.flatten() {
-            if let Some(&first_line) = repeats.get(&job.line) {
-                if errors.len() < max_errors {
-                    errors.push(InputError::DuplicateId {
-                        at: Location {
-                            file: spec.path.clone(),
-                            line: job.line,
-                            column: None,
-                        },
-                        id: job.id.to_string(),
-                        first_line,
-                    });
-                }
+            let Some(&first_line) = repeats.get(&job.line) else {
+                continue;
+            };
+            if self.errors.len() < self.max_errors {
+                self.errors.push(InputError::DuplicateId {
+                    at: Location {
+                        file: spec.path.clone(),
+                        line: job.line,
+                        column: None,
+                    },
+                    id: job.id.to_string(),
+                    first_line,
+                });
             }
         }
-        errors.sort_by_key(InputError::line);
+        self.errors.sort_by_key(InputError::line);
+        Ok(())
     }
-    Ok(Validation {
-        jobs,
-        more_errors: problems - grouped - errors.len() as u64,
-        problems,
-        errors,
-        ids: keep_ids.then_some(ids),
-        models,
-        without_max_tokens,
-    })
 }
 
 /// Jobs flowing from a reader thread to the scheduler, in batches (one channel hand-off per

@@ -574,10 +574,26 @@ fn chat_answer(body: &Value, raw: &[u8], n: u64, state: &State) -> Value {
             "finish_reason": a.finish_reason})
         })
         .collect();
-    let a = content::Answer {
-        completion_tokens: answers.iter().map(|a| a.completion_tokens).sum(),
-        ..answers[0].clone()
-    };
+    let completion_tokens = answers.iter().map(|a| a.completion_tokens).sum();
+    let usage = bill(state, body, &model, prompt_tokens, completion_tokens);
+    json!({
+        "id": format!("chatcmpl-batch-{n}"),
+        "object": "chat.completion",
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    })
+}
+
+/// A batch line's usage, counted in the stats and billed: at batch prices, or at the
+/// configured multiple of the live price, said in `usage.cost`.
+fn bill(
+    state: &State,
+    body: &Value,
+    model: &str,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> Value {
     let stats = &state.stats;
     // Images sent inline as data: URLs, as the live endpoint counts them.
     let images = body["messages"]
@@ -597,34 +613,26 @@ fn chat_answer(body: &Value, raw: &[u8], n: u64, state: &State) -> Value {
     stats.prompt_tokens.fetch_add(prompt_tokens, Relaxed);
     stats
         .completion_tokens
-        .fetch_add(a.completion_tokens, Relaxed);
-    let mut usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": a.completion_tokens,
-        "total_tokens": prompt_tokens + a.completion_tokens});
-    if let Some(p) = state.prices.get(&model) {
-        let u = crate::cost::Usage {
-            prompt: prompt_tokens,
-            completion: a.completion_tokens,
-            ..Default::default()
-        };
-        match state.config.cost_factor {
-            // A provider that bills its batch API at this multiple of the live price, and
-            // says so in `usage.cost`.
-            Some(f) => {
-                let cost = crate::cost::Money((p.cost(&u, 0).0 as f64 * f) as u64);
-                stats.billed.fetch_add(cost.0, Relaxed);
-                usage["cost"] = json!(cost.usd());
-            }
-            // Batch prices.
-            None => {
-                stats.billed.fetch_add(p.batch_cost(&u, 0).0, Relaxed);
-            }
+        .fetch_add(completion_tokens, Relaxed);
+    let mut usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens});
+    let Some(p) = state.prices.get(model) else {
+        return usage;
+    };
+    let u = crate::cost::Usage {
+        prompt: prompt_tokens,
+        completion: completion_tokens,
+        ..Default::default()
+    };
+    match state.config.cost_factor {
+        Some(f) => {
+            let cost = crate::cost::Money((p.cost(&u, 0).0 as f64 * f) as u64);
+            stats.billed.fetch_add(cost.0, Relaxed);
+            usage["cost"] = json!(cost.usd());
+        }
+        None => {
+            stats.billed.fetch_add(p.batch_cost(&u, 0).0, Relaxed);
         }
     }
-    json!({
-        "id": format!("chatcmpl-batch-{n}"),
-        "object": "chat.completion",
-        "model": model,
-        "choices": choices,
-        "usage": usage,
-    })
+    usage
 }

@@ -196,6 +196,35 @@ pub struct Drained {
 /// How often a failed write is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 
+/// Takes what is queued for the writer (up to a batch, or everything while writes fail), waiting
+/// up to `wait` for the first. Returns whether it is time to sync (nothing came, or the channel
+/// closed, which clears `open`).
+fn gather(
+    rx: &mpsc::Receiver<WriterMsg>,
+    wait: Duration,
+    pending: &mut Vec<WriterMsg>,
+    failing: bool,
+    open: &mut bool,
+) -> bool {
+    match rx.recv_timeout(wait) {
+        Ok(first) => {
+            let mut next = Some(first);
+            while let Some(r) = next.take() {
+                pending.push(r);
+                if failing || pending.len() < BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            false
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => true,
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            *open = false;
+            true
+        }
+    }
+}
+
 /// Runs the writer on the current thread until the channel closes. `each` is called for every
 /// record once it reached the file (the run counts progress there, once).
 ///
@@ -223,27 +252,13 @@ pub fn drain(
         } else {
             SYNC_INTERVAL
         };
-        let mut sync = false;
-        if open {
-            match rx.recv_timeout(wait) {
-                Ok(first) => {
-                    let mut next = Some(first);
-                    while let Some(r) = next.take() {
-                        pending.push(r);
-                        if failed_at.is_some() || pending.len() < BATCH {
-                            next = rx.try_recv().ok();
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => sync = true,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    sync = true;
-                }
+        let sync = match open {
+            true => gather(&rx, wait, &mut pending, failed_at.is_some(), &mut open),
+            false => {
+                std::thread::sleep(RETRY_EVERY);
+                false
             }
-        } else {
-            std::thread::sleep(RETRY_EVERY);
-        }
+        };
         let mut result = Ok(());
         if !pending.is_empty() {
             result = writer.write(&pending);

@@ -51,6 +51,10 @@ struct Present {
     choices: bool,
     fallback_model: bool,
     stale: bool,
+    dedup_of: bool,
+    /// `billed_output_tokens` and `usage_rule`.
+    billing: bool,
+    upstream: bool,
 }
 
 /// Problems converting to Parquet.
@@ -142,6 +146,12 @@ pub fn convert(
             #[serde(default)]
             stale: Option<IgnoredAny>,
             #[serde(default)]
+            usage_rule: Option<IgnoredAny>,
+            #[serde(default)]
+            dedup_of: Option<IgnoredAny>,
+            #[serde(default)]
+            upstream_cost_usd: Option<IgnoredAny>,
+            #[serde(default)]
             cost_usd: Option<f64>,
         }
         let h: Head = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
@@ -153,6 +163,9 @@ pub fn convert(
         present.choices |= h.choices.is_some();
         present.fallback_model |= h.fallback_model.is_some();
         present.stale |= h.stale.is_some();
+        present.billing |= h.usage_rule.is_some();
+        present.dedup_of |= h.dedup_of.is_some();
+        present.upstream |= h.upstream_cost_usd.is_some();
         Ok(())
     })?;
     last.seal();
@@ -226,6 +239,7 @@ fn schema(meta_keys: &[String], present: Present, options: &ParquetOptions) -> S
         (present.choices, "choices"),
         (present.fallback_model, "fallback_model"),
         (present.stale, "stale"),
+        (present.dedup_of, "dedup_of"),
         (present.response, "response"),
     ] {
         if on {
@@ -241,9 +255,18 @@ fn schema(meta_keys: &[String], present: Present, options: &ParquetOptions) -> S
     ] {
         fields.push(Field::new(name, DataType::Int64, true));
     }
+    if present.billing {
+        fields.push(Field::new("billed_output_tokens", DataType::Int64, true));
+        fields.push(Field::new("usage_rule", DataType::Utf8, true));
+    }
     fields.extend([
         Field::new("cost_usd", DataType::Float64, true),
         Field::new("cost_source", DataType::Utf8, true),
+    ]);
+    if present.upstream {
+        fields.push(Field::new("upstream_cost_usd", DataType::Float64, true));
+    }
+    fields.extend([
         Field::new("latency_ms", DataType::Int64, false),
         Field::new("attempts", DataType::Int64, false),
         Field::new("error_kind", DataType::Utf8, true),
@@ -334,9 +357,13 @@ struct Columns {
     choices: StringBuilder,
     fallback_model: StringBuilder,
     stale: StringBuilder,
+    dedup_of: StringBuilder,
     typed_names: Vec<String>,
     typed: Vec<Typed>,
     tokens: [Int64Builder; 5],
+    billed_output_tokens: Int64Builder,
+    usage_rule: StringBuilder,
+    upstream_cost_usd: Float64Builder,
     cost_usd: Float64Builder,
     cost_source: StringBuilder,
     latency_ms: Int64Builder,
@@ -382,6 +409,7 @@ impl Columns {
             choices: s(),
             fallback_model: s(),
             stale: s(),
+            dedup_of: s(),
             typed_names: options
                 .parsed_columns
                 .iter()
@@ -393,6 +421,9 @@ impl Columns {
                 .map(|(_, t)| Typed::new(*t))
                 .collect(),
             tokens: [i(), i(), i(), i(), i()],
+            billed_output_tokens: i(),
+            usage_rule: s(),
+            upstream_cost_usd: Float64Builder::new(),
             cost_usd: Float64Builder::new(),
             cost_source: s(),
             latency_ms: i(),
@@ -447,6 +478,9 @@ impl Columns {
         if p.stale {
             self.stale.append_option(r.stale.map(|s| s.as_str()));
         }
+        if p.dedup_of {
+            self.dedup_of.append_option(r.dedup_of.as_deref());
+        }
         if p.response {
             self.response
                 .append_option(r.response.as_ref().map(|v| v.get()));
@@ -460,6 +494,15 @@ impl Columns {
         ];
         for (b, v) in self.tokens.iter_mut().zip(t) {
             b.append_option(v.map(|n| n as i64));
+        }
+        if p.billing {
+            self.billed_output_tokens
+                .append_option(r.billed_output_tokens.map(|n| n as i64));
+            self.usage_rule
+                .append_option(r.usage_rule.map(|u| u.as_str()));
+        }
+        if p.upstream {
+            self.upstream_cost_usd.append_option(r.upstream_cost_usd);
         }
         self.cost_usd.append_option(r.cost_usd);
         self.cost_source
@@ -532,6 +575,7 @@ impl Columns {
             (p.choices, &mut self.choices),
             (p.fallback_model, &mut self.fallback_model),
             (p.stale, &mut self.stale),
+            (p.dedup_of, &mut self.dedup_of),
             (p.response, &mut self.response),
         ] {
             if on {
@@ -541,10 +585,17 @@ impl Columns {
         for b in &mut self.tokens {
             cols.push(Arc::new(b.finish()));
         }
+        if p.billing {
+            cols.push(Arc::new(self.billed_output_tokens.finish()));
+            cols.push(Arc::new(self.usage_rule.finish()));
+        }
+        cols.push(Arc::new(self.cost_usd.finish()));
+        cols.push(Arc::new(self.cost_source.finish()));
+        if p.upstream {
+            cols.push(Arc::new(self.upstream_cost_usd.finish()));
+        }
         cols.extend([
-            Arc::new(self.cost_usd.finish()) as ArrayRef,
-            Arc::new(self.cost_source.finish()),
-            Arc::new(self.latency_ms.finish()),
+            Arc::new(self.latency_ms.finish()) as ArrayRef,
             Arc::new(self.attempts.finish()),
             Arc::new(self.error_kind.finish()),
             Arc::new(self.error_http_status.finish()),

@@ -78,6 +78,10 @@ pub struct Record {
     /// for, so recorded (its money counts), but not the answer to the job as it is now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<Stale>,
+    /// Under `--dedupe`: the id whose answer this is (the same request, sent once); this
+    /// record's cost is 0, the answer's cost is in that id's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_of: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<Box<RawValue>>,
     /// The messages sent (`--keep-prompt`), for audits of labels.
@@ -88,8 +92,18 @@ pub struct Record {
     pub total_tokens: Option<u64>,
     pub cached_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
+    /// The output billed, when it is not `completion_tokens`: the provider left the answer's
+    /// reasoning out of it ([`usage_rule`](Record::usage_rule) says how it was read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_rule: Option<crate::cost::OutputRule>,
     pub cost_usd: Option<f64>,
     pub cost_source: Option<CostSource>,
+    /// What the gateway says its upstream provider billed (OpenRouter's
+    /// `cost_details.upstream_inference_cost`), when it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_cost_usd: Option<f64>,
     pub latency_ms: u64,
     pub attempts: u32,
     pub error: Option<RecordError>,
@@ -111,6 +125,14 @@ pub struct Choice {
     pub parsed: Option<Value>,
 }
 
+impl Record {
+    /// The output billed: `billed_output_tokens` where the provider's `completion_tokens`
+    /// left the reasoning out, else `completion_tokens`.
+    pub fn output_tokens(&self) -> Option<u64> {
+        self.billed_output_tokens.or(self.completion_tokens)
+    }
+}
+
 /// The fields a resume needs, read without building the whole record.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RecordHead {
@@ -121,6 +143,15 @@ pub struct RecordHead {
     pub cost_usd: Option<f64>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub billed_output_tokens: Option<u64>,
+}
+
+impl RecordHead {
+    /// The output billed: [`Record::output_tokens`].
+    pub fn output_tokens(&self) -> Option<u64> {
+        self.billed_output_tokens.or(self.completion_tokens)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -148,63 +148,34 @@ impl Client {
             Err(e) => return transport(e),
         };
         let status = resp.status().as_u16();
+        let too_large = Attempt::TooLarge {
+            status,
+            limit: self.max_response_bytes,
+        };
         if resp
             .content_length()
             .is_some_and(|n| n > self.max_response_bytes as u64)
         {
-            return Attempt::TooLarge {
-                status,
-                limit: self.max_response_bytes,
-            };
+            return too_large;
         }
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let content_type = header("content-type");
-        let retry_after = header("retry-after");
-        let reset_requests = header("x-ratelimit-reset-requests");
-        let reset_tokens = header("x-ratelimit-reset-tokens");
-        let per_minute = |name: &str| {
-            header(name)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|n| n.is_finite() && *n >= 1.0)
-                .map(|n| n as u64)
-        };
-        // OpenAI's names; OpenRouter's `x-ratelimit-limit` counts requests.
-        let advertised = crate::limit::Advertised {
-            rpm: per_minute("x-ratelimit-limit-requests")
-                .or_else(|| per_minute("x-ratelimit-limit")),
-            tpm: per_minute("x-ratelimit-limit-tokens"),
-        };
-        let quota_exhausted = crate::retry::quota_exhausted(
-            header("x-ratelimit-remaining-requests").as_deref(),
-            reset_requests.as_deref(),
-            header("x-ratelimit-remaining-tokens").as_deref(),
-            reset_tokens.as_deref(),
-        );
+        let heard = Heard::of(resp.headers());
         let mut buf = bytes::BytesMut::with_capacity(
             resp.content_length().unwrap_or(4096).min(1 << 20) as usize,
         );
         loop {
             match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > self.max_response_bytes {
-                        return Attempt::TooLarge {
-                            status,
-                            limit: self.max_response_bytes,
-                        };
-                    }
-                    buf.extend_from_slice(&chunk);
+                Ok(Some(chunk)) if buf.len() + chunk.len() > self.max_response_bytes => {
+                    return too_large
                 }
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
                 Ok(None) => break,
                 Err(e) => return transport(e),
             }
         }
         let mut body = buf.freeze();
-        if (200..300).contains(&status) && stream::is_event_stream(content_type.as_deref(), &body) {
+        if (200..300).contains(&status)
+            && stream::is_event_stream(heard.content_type.as_deref(), &body)
+        {
             // A streamed answer, read whole: from here on it is the answer it streams.
             match stream::assemble(&body) {
                 Ok(b) => body = b.into(),
@@ -219,12 +190,61 @@ impl Client {
         }
         Attempt::Http {
             status,
-            retry_after,
+            retry_after: heard.retry_after,
+            reset_requests: heard.reset_requests,
+            reset_tokens: heard.reset_tokens,
+            quota_exhausted: heard.quota_exhausted,
+            advertised: heard.advertised,
+            body,
+        }
+    }
+}
+
+/// What an answer's headers say: its type, when to try again, the key's limits, a quota used
+/// up.
+struct Heard {
+    content_type: Option<String>,
+    retry_after: Option<String>,
+    reset_requests: Option<String>,
+    reset_tokens: Option<String>,
+    advertised: crate::limit::Advertised,
+    quota_exhausted: Option<std::time::Duration>,
+}
+
+impl Heard {
+    fn of(headers: &reqwest::header::HeaderMap) -> Heard {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let per_minute = |name: &str| {
+            header(name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|n| n.is_finite() && *n >= 1.0)
+                .map(|n| n as u64)
+        };
+        let reset_requests = header("x-ratelimit-reset-requests");
+        let reset_tokens = header("x-ratelimit-reset-tokens");
+        let quota_exhausted = crate::retry::quota_exhausted(
+            header("x-ratelimit-remaining-requests").as_deref(),
+            reset_requests.as_deref(),
+            header("x-ratelimit-remaining-tokens").as_deref(),
+            reset_tokens.as_deref(),
+        );
+        Heard {
+            content_type: header("content-type"),
+            retry_after: header("retry-after"),
+            // OpenAI's names; OpenRouter's `x-ratelimit-limit` counts requests.
+            advertised: crate::limit::Advertised {
+                rpm: per_minute("x-ratelimit-limit-requests")
+                    .or_else(|| per_minute("x-ratelimit-limit")),
+                tpm: per_minute("x-ratelimit-limit-tokens"),
+            },
             reset_requests,
             reset_tokens,
             quota_exhausted,
-            advertised,
-            body,
         }
     }
 }

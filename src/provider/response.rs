@@ -17,6 +17,9 @@ pub struct Completion {
     pub usage: Option<Usage>,
     /// Provider-reported cost in USD (OpenRouter `usage.cost`).
     pub provider_cost: Option<f64>,
+    /// What the upstream provider billed the gateway (OpenRouter's
+    /// `usage.cost_details.upstream_inference_cost`), when said.
+    pub upstream_cost: Option<f64>,
     /// The first choice's tool calls, as sent.
     pub tool_calls: Option<Box<RawValue>>,
     /// The other choices (`n` > 1), in order after the first.
@@ -94,7 +97,19 @@ fn calls(raw: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
 struct UsageRead {
     usage: Option<Usage>,
     cost: Option<f64>,
+    /// OpenRouter's `cost_details.upstream_inference_cost`: what the upstream provider billed.
+    upstream: Option<f64>,
     problem: Option<String>,
+}
+
+/// A dollar amount: a non-negative number, or a string of one.
+fn dollars(v: &Value) -> Option<f64> {
+    let f = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    f.filter(|f| f.is_finite() && *f >= 0.0)
 }
 
 /// A token count: a non-negative whole number, however it was written.
@@ -126,6 +141,7 @@ fn read_usage(u: Option<&Value>) -> UsageRead {
         return UsageRead {
             usage: None,
             cost: None,
+            upstream: None,
             problem: None,
         };
     };
@@ -133,44 +149,51 @@ fn read_usage(u: Option<&Value>) -> UsageRead {
         return UsageRead {
             usage: None,
             cost: None,
+            upstream: None,
             problem: Some(format!("usage is not an object: {u}")),
         };
     }
     let mut problem = None;
     let cost = match u.get("cost") {
         None | Some(Value::Null) => None,
-        Some(v) => {
-            let f = match v {
-                Value::Number(n) => n.as_f64(),
-                Value::String(s) => s.trim().parse::<f64>().ok(),
-                _ => None,
-            };
-            match f.filter(|f| f.is_finite() && *f >= 0.0) {
-                Some(f) => Some(f),
-                None => {
-                    problem = Some(format!("usage.cost is {v}"));
-                    None
-                }
+        Some(v) => match dollars(v) {
+            Some(f) => Some(f),
+            None => {
+                problem = Some(format!("usage.cost is {v}"));
+                None
             }
-        }
+        },
     };
+    let upstream = u
+        .get("cost_details")
+        .and_then(|d| d.get("upstream_inference_cost"))
+        .and_then(dollars);
     let read = || -> Result<Usage, String> {
-        Ok(Usage {
-            prompt: field(Some(u), "prompt_tokens")?,
-            completion: field(Some(u), "completion_tokens")?,
-            cached: field(u.get("prompt_tokens_details"), "cached_tokens")?,
-            reasoning: field(u.get("completion_tokens_details"), "reasoning_tokens")?,
-        })
+        let total = match u.get("total_tokens") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(field(Some(u), "total_tokens")?),
+        };
+        let details = u.get("prompt_tokens_details");
+        Ok(Usage::reported(
+            field(Some(u), "prompt_tokens")?,
+            field(Some(u), "completion_tokens")?,
+            total,
+            field(details, "cached_tokens")?,
+            field(u.get("completion_tokens_details"), "reasoning_tokens")?,
+            field(details, "cache_write_tokens")?,
+        ))
     };
     match read() {
         Ok(usage) => UsageRead {
             usage: Some(usage),
             cost,
+            upstream,
             problem,
         },
         Err(why) => UsageRead {
             usage: None,
             cost,
+            upstream,
             problem: Some(why),
         },
     }
@@ -226,6 +249,7 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
         },
         usage: usage.usage,
         provider_cost: usage.cost,
+        upstream_cost: usage.upstream,
         tool_calls,
         more,
         usage_problem: usage.problem,
@@ -249,7 +273,9 @@ mod tests {
                 prompt: 10,
                 completion: 5,
                 cached: 4,
-                reasoning: 2
+                reasoning: 2,
+                total: Some(15),
+                ..Usage::default()
             })
         );
         assert_eq!(c.provider_cost, Some(0.0000042));
@@ -300,5 +326,24 @@ mod tests {
     fn empty_choices_is_an_error() {
         assert!(parse_completion(br#"{"choices":[]}"#).is_err());
         assert!(parse_completion(b"").is_err());
+    }
+
+    #[test]
+    fn reasoning_outside_completion_and_cache_writes_and_upstream_cost_are_read() {
+        // A gateway in front of Gemini: prompt 20, completion 198, total 623, reasoning 405.
+        let body = br#"{"model":"google/gemini-2.5-flash","choices":[{"message":{"content":"ok"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":20,"completion_tokens":198,"total_tokens":623,
+            "completion_tokens_details":{"reasoning_tokens":405},
+            "prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":12},
+            "cost":0.0015,"cost_details":{"upstream_inference_cost":0.0014}}}"#;
+        let c = parse_completion(body).unwrap();
+        let u = c.usage.unwrap();
+        assert_eq!((u.prompt, u.completion, u.reasoning), (20, 603, 405));
+        assert_eq!(u.reported_completion, Some(198));
+        assert_eq!(u.total, Some(623));
+        assert_eq!(u.cache_write, 12);
+        assert_eq!(u.rule, Some(crate::cost::OutputRule::TotalMinusPrompt));
+        assert_eq!(c.provider_cost, Some(0.0015));
+        assert_eq!(c.upstream_cost, Some(0.0014));
     }
 }

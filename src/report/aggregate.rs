@@ -100,6 +100,8 @@ pub(crate) struct Aggregate {
     slowest: BinaryHeap<Reverse<(u64, Job)>>,
     /// Answers that did not match their schema (records failed as `invalid_output`).
     pub(crate) invalid: u64,
+    /// Records answered with another id's answer (`--dedupe`), not bought.
+    pub(crate) deduplicated: u64,
     /// Records with a `parsed` value.
     pub(crate) labeled: u64,
     pub(crate) fields: BTreeMap<String, Field>,
@@ -154,12 +156,10 @@ impl Aggregate {
         if kind == Some("invalid_output") {
             self.invalid += 1;
         }
+        self.deduplicated += u64::from(r.dedup_of.is_some());
         self.attempts += u64::from(r.attempts);
         *self.attempts_per_job.entry(r.attempts.min(10)).or_default() += 1;
-        let (pt, ct) = (
-            r.prompt_tokens.unwrap_or(0),
-            r.completion_tokens.unwrap_or(0),
-        );
+        let (pt, ct) = (r.prompt_tokens.unwrap_or(0), r.output_tokens().unwrap_or(0));
         self.prompt_tokens += pt;
         self.completion_tokens += ct;
         let cost = crate::cost::Money::from_usd(r.cost_usd.unwrap_or(0.0)).0;

@@ -157,34 +157,57 @@ pub(crate) fn page(
         esc(crate::version::version())
     );
 
-    // Headline.
+    headline(&mut s, a, summary);
+    over_time(&mut s, a);
+    labels(&mut s, a);
+    estimate_and_actual(&mut s, a, estimate);
+    latency(&mut s, a);
+    models(&mut s, a);
+    attempts(&mut s, a);
+    top_lists(&mut s, a);
+    failures(&mut s, a);
+    this_run(&mut s, summary);
+    let _ = write!(
+        s,
+        r#"<p class="note">Figures are over each id's latest record; a record's cost includes what its earlier attempts and runs paid. Axis numbers: k thousands, M millions ({} = {}).</p></main></body></html>"#,
+        short(1500.0),
+        1500
+    );
+    s
+}
+
+/// The report's section: headline.
+fn headline(s: &mut String, a: &Aggregate, summary: Option<&Summary>) {
     let span = a.span();
     s.push_str(r#"<div class="cards">"#);
     card(
-        &mut s,
+        s,
         "jobs",
         &thousands(a.records),
         "jobs with a record",
         false,
     );
-    card(&mut s, "ok", &thousands(a.ok), "ok", false);
+    card(s, "ok", &thousands(a.ok), "ok", false);
+    card(s, "failed", &thousands(a.failed), "failed", a.failed > 0);
+    card(s, "cost", &usd(a.cost), "cost (all runs)", false);
+    if a.deduplicated > 0 {
+        card(
+            s,
+            "deduplicated",
+            &thousands(a.deduplicated),
+            "answers reused, not bought (--dedupe)",
+            false,
+        );
+    }
     card(
-        &mut s,
-        "failed",
-        &thousands(a.failed),
-        "failed",
-        a.failed > 0,
-    );
-    card(&mut s, "cost", &usd(a.cost), "cost (all runs)", false);
-    card(
-        &mut s,
+        s,
         "prompt_tokens",
         &thousands(a.prompt_tokens),
         "tokens in",
         false,
     );
     card(
-        &mut s,
+        s,
         "completion_tokens",
         &thousands(a.completion_tokens),
         "tokens out",
@@ -201,7 +224,7 @@ pub(crate) fn page(
         }
     };
     card(
-        &mut s,
+        s,
         "wall",
         &duration(wall),
         if summary.is_some() {
@@ -212,7 +235,7 @@ pub(crate) fn page(
         false,
     );
     card(
-        &mut s,
+        s,
         "requests_per_sec",
         &format!("{rate:.1}"),
         "requests a second",
@@ -222,8 +245,10 @@ pub(crate) fn page(
     if summary.is_none() && a.records > 0 {
         s.push_str(r#"<p class="note">Times span every run that wrote this output, pauses between runs included.</p>"#);
     }
+}
 
-    // Over time.
+/// The report's section: over time.
+fn over_time(s: &mut String, a: &Aggregate) {
     if !a.bins.is_empty() {
         let (start, end) = (
             *a.bins.keys().next().unwrap_or(&0),
@@ -281,19 +306,15 @@ pub(crate) fn page(
             );
         }
     }
+}
 
-    // Labels.
+/// The report's section: labels.
+fn labels(s: &mut String, a: &Aggregate) {
     if a.labeled > 0 || a.invalid > 0 {
         s.push_str("<h2>Labels</h2><div class=\"cards\">");
+        card(s, "labeled", &thousands(a.labeled), "answers parsed", false);
         card(
-            &mut s,
-            "labeled",
-            &thousands(a.labeled),
-            "answers parsed",
-            false,
-        );
-        card(
-            &mut s,
+            s,
             "invalid",
             &thousands(a.invalid),
             "invalid answers (failed)",
@@ -324,8 +345,10 @@ pub(crate) fn page(
             s.push_str(r#"<p class="note">More fields than are shown here were labeled.</p>"#);
         }
     }
+}
 
-    // Estimate and actual.
+/// The report's section: estimate and actual.
+fn estimate_and_actual(s: &mut String, a: &Aggregate, estimate: Result<&Estimate, &String>) {
     match estimate {
         Ok(e) => {
             s.push_str(r#"<h2>Estimate and actual</h2><table><tr><th>model</th><th class="n">jobs</th><th class="n">prompt tokens</th><th class="n">estimated cost</th><th class="n">actual cost</th></tr>"#);
@@ -373,34 +396,36 @@ pub(crate) fn page(
             );
         }
     }
+}
 
-    // Latency.
+/// The report's section: latency.
+fn latency(s: &mut String, a: &Aggregate) {
     if a.latency.count() > 0 {
         let q = |p: f64| a.latency.quantile(p).unwrap_or(0);
         let _ = write!(s, r#"<h2>Latency</h2><div class="cards">"#);
         card(
-            &mut s,
+            s,
             "p50_ms",
             &format!("{} ms", thousands(q(0.5))),
             "p50",
             false,
         );
         card(
-            &mut s,
+            s,
             "p95_ms",
             &format!("{} ms", thousands(q(0.95))),
             "p95",
             false,
         );
         card(
-            &mut s,
+            s,
             "p99_ms",
             &format!("{} ms", thousands(q(0.99))),
             "p99",
             false,
         );
         card(
-            &mut s,
+            s,
             "max_ms",
             &format!("{} ms", thousands(a.latency.max())),
             "slowest",
@@ -423,8 +448,10 @@ pub(crate) fn page(
             single(values, labels, "jobs")
         );
     }
+}
 
-    // Models.
+/// The report's section: models.
+fn models(s: &mut String, a: &Aggregate) {
     if !a.by_model.is_empty() {
         s.push_str(r#"<h2>Cost and tokens by model</h2><table><tr><th>model</th><th class="n">jobs</th><th class="n">failed</th><th class="n">tokens in</th><th class="n">tokens out</th><th class="n">cost</th></tr>"#);
         let mut models: Vec<_> = a.by_model.iter().collect();
@@ -464,8 +491,10 @@ pub(crate) fn page(
             s.push_str(&bars(&rows, OK));
         }
     }
+}
 
-    // Attempts.
+/// The report's section: attempts.
+fn attempts(s: &mut String, a: &Aggregate) {
     if !a.attempts_per_job.is_empty() {
         let labels: Vec<String> = a
             .attempts_per_job
@@ -481,8 +510,10 @@ pub(crate) fn page(
             thousands(a.records)
         );
     }
+}
 
-    // Top lists.
+/// The report's section: top lists.
+fn top_lists(s: &mut String, a: &Aggregate) {
     let table = |s: &mut String, title: &str, jobs: &[super::aggregate::Job]| {
         let _ = write!(
             s,
@@ -501,11 +532,13 @@ pub(crate) fn page(
         s.push_str("</table>");
     };
     if a.records > 0 {
-        table(&mut s, "The most expensive jobs", &a.dearest());
-        table(&mut s, "The slowest jobs", &a.slowest());
+        table(s, "The most expensive jobs", &a.dearest());
+        table(s, "The slowest jobs", &a.slowest());
     }
+}
 
-    // Errors.
+/// The report's section: errors.
+fn failures(s: &mut String, a: &Aggregate) {
     if a.failed > 0 {
         s.push_str(r#"<h2>Failures</h2><table><tr><th>kind</th><th class="n">jobs</th></tr>"#);
         for (k, n) in &a.failed_by_kind {
@@ -528,8 +561,10 @@ pub(crate) fn page(
         }
         s.push_str("</table>");
     }
+}
 
-    // This run.
+/// The report's section: this run.
+fn this_run(s: &mut String, summary: Option<&Summary>) {
     if let Some(sm) = summary {
         let _ = write!(
             s,
@@ -551,11 +586,4 @@ pub(crate) fn page(
             let _ = write!(s, r#"<p class="note">{}</p>"#, esc(m));
         }
     }
-    let _ = write!(
-        s,
-        r#"<p class="note">Figures are over each id's latest record; a record's cost includes what its earlier attempts and runs paid. Axis numbers: k thousands, M millions ({} = {}).</p></main></body></html>"#,
-        short(1500.0),
-        1500
-    );
-    s
 }

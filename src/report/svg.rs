@@ -71,92 +71,127 @@ fn merge(layers: &mut [Layer<'_>], labels: &mut Vec<String>) {
 pub(crate) fn columns(mut layers: Vec<Layer<'_>>, mut labels: Vec<String>, y_unit: &str) -> String {
     merge(&mut layers, &mut labels);
     let n = labels.len().max(1);
-    let totals: Vec<f64> = (0..n)
-        .map(|i| {
-            layers
-                .iter()
-                .map(|l| l.values.get(i).copied().unwrap_or(0.0))
-                .sum()
-        })
-        .collect();
-    let top = nice(totals.iter().copied().fold(0.0, f64::max));
-    let (w, h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
-    let step = w / n as f64;
-    let bar = (step * 0.85).max(0.5);
-    let y = |v: f64| TOP + h - v / top * h;
+    let totals = (0..n).map(|i| {
+        layers
+            .iter()
+            .map(|l| l.values.get(i).copied().unwrap_or(0.0))
+            .sum::<f64>()
+    });
+    let frame = Frame::new(nice(totals.fold(0.0, f64::max)), n);
     let mut s = String::new();
     let _ = write!(
         s,
         r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" xmlns="http://www.w3.org/2000/svg" role="img">"#
     );
-    for t in 0..=4 {
-        let v = top * t as f64 / 4.0;
-        let _ = write!(
-            s,
-            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end" class="tick">{}</text>"##,
-            WIDTH - RIGHT,
-            LEFT - 6.0,
-            y(v) + 4.0,
-            short(v),
-            y = y(v),
-        );
-    }
-    let _ = write!(
-        s,
-        r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle" class="tick">{}</text>"#,
-        TOP + h / 2.0,
-        TOP + h / 2.0,
-        esc(y_unit)
-    );
-    for (i, label) in labels.iter().enumerate() {
-        let x = LEFT + i as f64 * step + (step - bar) / 2.0;
-        let mut base = 0.0;
-        for l in &layers {
-            let v = l.values.get(i).copied().unwrap_or(0.0);
-            if v <= 0.0 {
-                continue;
-            }
-            let _ = write!(
-                s,
-                r#"<rect x="{x:.2}" y="{:.2}" width="{bar:.2}" height="{:.2}" fill="{}"><title>{}: {} {}</title></rect>"#,
-                y(base + v),
-                (y(base) - y(base + v)).max(0.3),
-                l.color,
-                esc(label),
-                short(v),
-                esc(l.name)
-            );
-            base += v;
-        }
-    }
+    frame.axis(&mut s, y_unit);
+    frame.stacks(&mut s, &layers, &labels);
     // About eight labels along the bottom.
     let every = n.div_ceil(8).max(1);
     for (i, label) in labels.iter().enumerate().step_by(every) {
-        let x = LEFT + (i as f64 + 0.5) * step;
+        let x = LEFT + (i as f64 + 0.5) * frame.step;
         let _ = write!(
             s,
             r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle" class="tick">{}</text>"#,
-            TOP + h + 16.0,
+            TOP + frame.h + 16.0,
             esc(label)
         );
     }
     if layers.len() > 1 {
-        let mut x = LEFT;
-        for l in &layers {
-            let _ = write!(
-                s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}" class="tick">{}</text>"#,
-                HEIGHT - 12.0,
-                l.color,
-                x + 14.0,
-                HEIGHT - 3.0,
-                esc(l.name)
-            );
-            x += 24.0 + 7.0 * l.name.len() as f64;
-        }
+        legend(&mut s, &layers);
     }
     s.push_str("</svg>");
     s
+}
+
+/// The plotting area of a column chart: its top value, size, and a column's step and width.
+struct Frame {
+    top: f64,
+    h: f64,
+    step: f64,
+    bar: f64,
+}
+
+impl Frame {
+    fn new(top: f64, columns: usize) -> Frame {
+        let (w, h) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+        let step = w / columns as f64;
+        Frame {
+            top,
+            h,
+            step,
+            bar: (step * 0.85).max(0.5),
+        }
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        TOP + self.h - v / self.top * self.h
+    }
+
+    /// Five grid lines with their values, and the unit along the side.
+    fn axis(&self, s: &mut String, y_unit: &str) {
+        for t in 0..=4 {
+            let v = self.top * t as f64 / 4.0;
+            let _ = write!(
+                s,
+                r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end" class="tick">{}</text>"##,
+                WIDTH - RIGHT,
+                LEFT - 6.0,
+                self.y(v) + 4.0,
+                short(v),
+                y = self.y(v),
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<text x="14" y="{:.1}" transform="rotate(-90 14 {:.1})" text-anchor="middle" class="tick">{}</text>"#,
+            TOP + self.h / 2.0,
+            TOP + self.h / 2.0,
+            esc(y_unit)
+        );
+    }
+
+    /// Each label's column, its layers stacked.
+    fn stacks(&self, s: &mut String, layers: &[Layer<'_>], labels: &[String]) {
+        for (i, label) in labels.iter().enumerate() {
+            let x = LEFT + i as f64 * self.step + (self.step - self.bar) / 2.0;
+            let mut base = 0.0;
+            for l in layers {
+                let v = l.values.get(i).copied().unwrap_or(0.0);
+                if v <= 0.0 {
+                    continue;
+                }
+                let _ = write!(
+                    s,
+                    r#"<rect x="{x:.2}" y="{:.2}" width="{:.2}" height="{:.2}" fill="{}"><title>{}: {} {}</title></rect>"#,
+                    self.y(base + v),
+                    self.bar,
+                    (self.y(base) - self.y(base + v)).max(0.3),
+                    l.color,
+                    esc(label),
+                    short(v),
+                    esc(l.name)
+                );
+                base += v;
+            }
+        }
+    }
+}
+
+/// The layers' colours and names, along the bottom.
+fn legend(s: &mut String, layers: &[Layer<'_>]) {
+    let mut x = LEFT;
+    for l in layers {
+        let _ = write!(
+            s,
+            r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}" class="tick">{}</text>"#,
+            HEIGHT - 12.0,
+            l.color,
+            x + 14.0,
+            HEIGHT - 3.0,
+            esc(l.name)
+        );
+        x += 24.0 + 7.0 * l.name.len() as f64;
+    }
 }
 
 /// Horizontal bars: a label, a bar as long as its value, and the value's text.

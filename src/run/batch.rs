@@ -14,6 +14,8 @@
 //!    429, a batch that expired or was cancelled before them) go into a later batch, up to
 //!    `--max-attempts` batches; other failures are recorded as failed.
 
+mod life;
+
 use super::engine::{Engine, EngineEnd, Intake};
 use super::task::{base_record, Ctx, Hold, NoHold};
 use crate::batch::journal::{Entry, Event, Journal};
@@ -147,15 +149,15 @@ impl BatchEngine {
             tries += 1;
             let r = tokio::select! {
                 r = f() => r,
-                _ = self.ctx.shutdown.reached(Phase::Now) => return None,
+                _ = self.ctx.control.shutdown.reached(Phase::Now) => return None,
             };
             match r {
                 Err(e) if e.transient && tries < API_TRIES => {
                     tracing::debug!("{what}: {e}; trying again");
-                    let wait = self.ctx.backoff.delay(tries, fastrand::f64(), None);
+                    let wait = self.ctx.policy.backoff.delay(tries, fastrand::f64(), None);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = self.ctx.shutdown.reached(Phase::Now) => return None,
+                        _ = self.ctx.control.shutdown.reached(Phase::Now) => return None,
                     }
                 }
                 r => return Some(r),
@@ -167,6 +169,7 @@ impl BatchEngine {
     /// submitted (by an earlier run, or found again there).
     fn committed(&self, worst: Money) -> Vec<Hold> {
         self.ctx
+            .money
             .budget
             .iter()
             .map(|b| Hold {
@@ -281,9 +284,9 @@ impl BatchEngine {
             let out = body["max_completion_tokens"]
                 .as_u64()
                 .or(body["max_tokens"].as_u64())
-                .unwrap_or(self.ctx.default_output_tokens)
+                .unwrap_or(self.ctx.pacing.allowance.default_tokens)
                 * body["n"].as_u64().unwrap_or(1).max(1);
-            if let Some(p) = self.ctx.prices.get(&m) {
+            if let Some(p) = self.ctx.money.prices.get(&m) {
                 worst += p.worst_case(line.body.get().len().div_ceil(2) as u64, out, 0);
             }
             model.get_or_insert(m);
@@ -326,14 +329,14 @@ impl BatchEngine {
     fn fail(&self, what: &str, e: &ApiError) {
         if e.status == Some(404) && matches!(what, "upload" | "create" | "list batches") {
             // Nothing there to take a batch: the same command would stop the same way.
-            self.ctx.abort.abort_fatal(format!(
+            self.ctx.control.why.abort_fatal(format!(
                 "the endpoint {} has no batch API ({what} answered HTTP 404: {}); nothing was submitted: run with --mode live",
                 self.ctx.endpoint, e.message
             ));
             self.ctx.open();
             return;
         }
-        let submitted = self.ctx.counters.batches_submitted.load(Relaxed);
+        let submitted = self.ctx.records.counters.batches_submitted.load(Relaxed);
         self.ctx.abort(match submitted {
             0 => format!("batch API: {what}: {e}; this run submitted no batch; re-run to try again (batches of earlier runs, if any, stay in the journal and are collected then)"),
             n => format!(
@@ -360,7 +363,7 @@ impl BatchEngine {
     /// collected and its real cost seen. Collected answers settle at what they cost, so the
     /// money held beyond that returns to the cap for the next batches.
     fn worst(&self, job: &Job) -> Money {
-        self.ctx.worst_case(job)
+        self.ctx.money.worst_case(job)
     }
 
     /// Journals, uploads and creates one batch. False when the run must stop.
@@ -374,28 +377,10 @@ impl BatchEngine {
         if chunk.ids.is_empty() {
             return true;
         }
-        let key = format!("{}{:016x}", self.key_prefix(), fastrand::u64(..));
-        if !self.journal_append(
-            journal,
-            &Event::Intent {
-                key: key.clone(),
-                model: model.to_string(),
-                ids: chunk.ids.clone(),
-                fingerprints: chunk.fingerprints.clone(),
-                worst_usd: chunk.worst.usd(),
-            },
-        ) {
+        let Some(mut entry) = self.intend(journal, model, &chunk) else {
             return false;
-        }
-        let mut entry = Entry {
-            key: key.clone(),
-            model: model.to_string(),
-            ids: chunk.ids.clone(),
-            fingerprints: chunk.fingerprints.clone(),
-            worst: chunk.worst,
-            file_id: None,
-            batch_id: None,
         };
+        let key = entry.key.clone();
         let client = &self.ctx.client;
         let lines = std::mem::take(&mut chunk.lines);
         let created = if self.settings.api == BatchApi::OpenRouter {
@@ -445,6 +430,31 @@ impl BatchEngine {
         }
         let holds = chunk.holds();
         self.created(journal, entry, holds, created, open)
+    }
+
+    /// The batch journaled as intended before anything is sent (a crash after this finds it
+    /// again by its key): its entry, or `None` when the journal cannot be written.
+    fn intend(&self, journal: &mut Journal, model: &str, chunk: &Chunk) -> Option<Entry> {
+        let key = format!("{}{:016x}", self.key_prefix(), fastrand::u64(..));
+        let intent = Event::Intent {
+            key: key.clone(),
+            model: model.to_string(),
+            ids: chunk.ids.clone(),
+            fingerprints: chunk.fingerprints.clone(),
+            worst_usd: chunk.worst.usd(),
+        };
+        if !self.journal_append(journal, &intent) {
+            return None;
+        }
+        Some(Entry {
+            key,
+            model: model.to_string(),
+            ids: chunk.ids.clone(),
+            fingerprints: chunk.fingerprints.clone(),
+            worst: chunk.worst,
+            file_id: None,
+            batch_id: None,
+        })
     }
 
     /// Uploads a batch's input file once: a retry first asks whether the upload before it
@@ -538,9 +548,14 @@ impl BatchEngine {
                         batch_id: info.id,
                     },
                 );
-                self.ctx.counters.batches_submitted.fetch_add(1, Relaxed);
+                self.ctx
+                    .records
+                    .counters
+                    .batches_submitted
+                    .fetch_add(1, Relaxed);
                 // Each line is a request the provider runs (the summary counts them).
                 self.ctx
+                    .records
                     .counters
                     .requests
                     .fetch_add(entry.ids.len() as u64, Relaxed);
@@ -602,7 +617,11 @@ impl BatchEngine {
             }
             Some(Ok(info)) => {
                 o.entry.batch_id = Some(info.id.clone());
-                self.ctx.counters.batches_submitted.fetch_add(1, Relaxed);
+                self.ctx
+                    .records
+                    .counters
+                    .batches_submitted
+                    .fetch_add(1, Relaxed);
                 self.journal_append(
                     journal,
                     &Event::Created {
@@ -734,14 +753,18 @@ impl BatchEngine {
         };
         let (cost, source) = self
             .ctx
+            .money
             .cost_at(job, &job.model, &c, |p, u| p.batch_cost(u, job.images));
         r.cost_usd = cost.map(Money::usd);
         r.cost_source = source;
-        let checked = self.ctx.answer_into(job, &mut r, c, Some(body));
+        let checked = self.ctx.records.answer_into(job, &mut r, c, Some(body));
         match checked {
             Ok(parsed) => r.parsed = parsed,
             Err(why) => {
-                self.ctx.counters.invalid(cost.unwrap_or(Money::ZERO));
+                self.ctx
+                    .records
+                    .counters
+                    .invalid(cost.unwrap_or(Money::ZERO));
                 r.status = Status::Failed;
                 r.error = Some(RecordError {
                     kind: ErrorKind::InvalidOutput,
@@ -806,7 +829,7 @@ impl BatchEngine {
         let failed = self.write_failed.notified();
         tokio::pin!(failed);
         loop {
-            if self.ctx.counters.durable.load(Relaxed) >= sent {
+            if self.ctx.records.counters.durable.load(Relaxed) >= sent {
                 return true;
             }
             tokio::select! {
@@ -906,403 +929,7 @@ impl BatchEngine {
             http_status: None,
             message: format!("{message}; not sent (fix it, then re-run with --retry-failed)"),
         });
-        let _ = self.ctx.writer.send(Box::new(r));
-    }
-}
-
-impl Engine for BatchEngine {
-    async fn execute(self, intake: &mut Intake<'_>) -> EngineEnd {
-        let mut end = EngineEnd::default();
-        let ctx = self.ctx.clone();
-        // No journal where a run of this output would have left one: look at the provider.
-        let gone = !self.journal.exists() && self.settings.api == BatchApi::OpenAi;
-        let (mut journal, replay) = match Journal::open(&self.journal) {
-            Ok(j) => j,
-            Err(e) => {
-                ctx.abort(format!("batch journal: {e}"));
-                return end;
-            }
-        };
-        // Attempts per id: batches it was in, over every run.
-        let mut attempts = replay.attempts;
-        let mut open: Vec<Open> = Vec::new();
-        if gone && self.rediscover(&mut journal, &mut open).await.is_err() {
-            return end;
-        }
-        for entry in replay.open {
-            // Submitted by an earlier run: its money is committed whatever the cap says now.
-            let holds = self.committed(entry.worst);
-            open.push(Open { entry, holds });
-        }
-        let mut kept = Vec::new();
-        for mut o in std::mem::take(&mut open) {
-            if o.entry.batch_id.is_some() {
-                kept.push(o);
-                continue;
-            }
-            match self.recover(&mut journal, &mut o).await {
-                Ok(true) => kept.push(o),
-                Ok(false) => {}
-                Err(()) => return end,
-            }
-        }
-        open = kept;
-        if !open.is_empty() {
-            tracing::info!(
-                "{} batches of earlier runs are still open: collecting them",
-                open.len()
-            );
-        }
-        let mut taken: HashSet<IdKey> = open
-            .iter()
-            .flat_map(|o| o.entry.ids.iter().map(|id| IdKey::of(id.as_bytes())))
-            .collect();
-        let mut decisions: HashMap<IdKey, Decision> = HashMap::new();
-        // Ids given a record from a batch this run (an id can be in two ended batches).
-        let mut recorded_now: HashSet<IdKey> = HashSet::new();
-
-        // Submit what must run, batch by batch as they fill.
-        let mut chunks = Chunks {
-            by_model: HashMap::new(),
-            max_lines: self.settings.max_lines.max(1),
-            max_bytes: self.settings.max_bytes.max(1024),
-        };
-        loop {
-            let next = tokio::select! {
-                j = intake.next() => j,
-                _ = ctx.stopping() => None,
-            };
-            let Some((job, decision)) = next else { break };
-            let k = job.id.key();
-            decisions.insert(k, decision);
-            if taken.contains(&k) {
-                continue;
-            }
-            let worst = self.worst(&job);
-            let holds: Vec<Hold> = match ctx.reserve(worst).await {
-                Ok(h) => h.into_iter().collect(),
-                Err(NoHold::Cap(cap)) => {
-                    end.cap_reached = Some(cap);
-                    break;
-                }
-                Err(NoHold::Stopped) => break,
-            };
-            let mut line = Vec::with_capacity(job.body.len() + 96);
-            if let Err(e) = batch_line(&job, &mut line) {
-                drop(holds);
-                self.unsendable(&job, e);
-                decisions.remove(&k);
-                end.recorded(decision);
-                continue;
-            }
-            if !self
-                .enqueue(
-                    &mut journal,
-                    &mut chunks,
-                    &mut open,
-                    &job,
-                    &line,
-                    worst,
-                    holds,
-                )
-                .await
-            {
-                return end;
-            }
-            taken.insert(k);
-            *attempts.entry(k).or_default() += 1;
-        }
-        if !self.submit_all(&mut journal, &mut chunks, &mut open).await {
-            return end;
-        }
-        if ctx.aborted() || ctx.shutdown.phase() >= Phase::Draining {
-            return end;
-        }
-        if self.settings.no_wait {
-            end.submitted = open.len() as u64;
-            return end;
-        }
-
-        // Poll until every batch has ended; collect each as it ends.
-        let poll = self.settings.poll.max(Duration::from_secs(1));
-        let mut sent = ctx.counters.written.load(Relaxed);
-        let mut first = true;
-        while !open.is_empty() {
-            if !first {
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = ctx.stopping() => return end,
-                }
-            }
-            first = false;
-            let mut ended = Vec::new();
-            let mut still = Vec::new();
-            for o in std::mem::take(&mut open) {
-                let Some(id) = o.entry.batch_id.clone() else {
-                    continue;
-                };
-                let client = &ctx.client;
-                match self.call("poll", || openai::get(client, &id)).await {
-                    None => return end,
-                    Some(Err(e)) => {
-                        self.fail("poll", &e);
-                        return end;
-                    }
-                    Some(Ok(info)) if info.ended() => ended.push((o, info)),
-                    Some(Ok(info)) => {
-                        let c = info.request_counts.unwrap_or_default();
-                        tracing::info!(
-                            "batch {id}: {} ({} of {} done)",
-                            info.status,
-                            c.completed + c.failed,
-                            c.total
-                        );
-                        still.push(o);
-                    }
-                }
-            }
-            open = still;
-            if ended.is_empty() {
-                continue;
-            }
-            // Collect: every line of the ended batches, then the jobs they belong to.
-            let mut lines: Vec<(String, String, Option<Outcome>, String)> = Vec::new();
-            for (o, info) in &ended {
-                tracing::info!(
-                    "batch {}: {}, downloading its results",
-                    info.id,
-                    info.status
-                );
-                let mut got = match self.outcomes(info).await {
-                    None => return end,
-                    Some(Err(e)) => {
-                        self.fail("download", &e);
-                        return end;
-                    }
-                    Some(Ok(m)) => m,
-                };
-                for (id, fp) in o.entry.ids.iter().zip(&o.entry.fingerprints) {
-                    lines.push((id.clone(), fp.clone(), got.remove(id), info.status.clone()));
-                }
-            }
-            // Every line's job, handed over by this run's intake or not: a batch's answers
-            // are paid for whatever this run was asked to do (`--limit`, an edited job file).
-            let wanted: HashSet<IdKey> = lines
-                .iter()
-                .map(|(id, ..)| IdKey::of(id.as_bytes()))
-                .collect();
-            let jobs = self.jobs_of(wanted).await;
-            let mut again: HashSet<IdKey> = HashSet::new();
-            let mut spent: HashMap<usize, Money> = HashMap::new();
-            let mut batch_of_line = Vec::new();
-            for (i, (o, _)) in ended.iter().enumerate() {
-                batch_of_line.extend(std::iter::repeat_n(i, o.entry.ids.len()));
-            }
-            let models: Vec<String> = ended.iter().map(|(o, _)| o.entry.model.clone()).collect();
-            let (mut unasked, mut stale) = (0u64, 0u64);
-            for ((id, fp, outcome, batch_status), at) in lines.into_iter().zip(batch_of_line) {
-                let k = IdKey::of(id.as_bytes());
-                let Some(decision) = decisions.get(&k).copied() else {
-                    // Not this run's to send: an answer is still written (and its money
-                    // counted) unless the output already has it.
-                    if let Some(Outcome::Answered(body)) = outcome {
-                        let known = crate::job::Fingerprint::parse(&fp)
-                            .is_some_and(|f| intake.checkpoint().is_done(k, f));
-                        if !known && recorded_now.insert(k) {
-                            let (r, cost) =
-                                self.unasked(&id, &fp, &models[at], jobs.get(&k), &body);
-                            unasked += 1;
-                            stale += u64::from(r.stale.is_some());
-                            *spent.entry(at).or_default() += cost;
-                            sent += 1;
-                            let _ = ctx.writer.send(Box::new(r));
-                        }
-                    }
-                    continue;
-                };
-                let Some(job) = jobs.get(&k) else {
-                    continue;
-                };
-                recorded_now.insert(k);
-                let tries = attempts.get(&k).copied().unwrap_or(1);
-                let record = match outcome {
-                    Some(Outcome::Answered(body)) => {
-                        let (mut r, cost) = self.answered(job, &fp, &body, tries);
-                        if job.fingerprint.to_string() != fp {
-                            r.stale = Some(Stale::JobChanged);
-                        }
-                        *spent.entry(at).or_default() += cost;
-                        r
-                    }
-                    refused => {
-                        let (status, message, transient) = match refused {
-                            Some(Outcome::Refused {
-                                status,
-                                message,
-                                transient,
-                            }) => (status, message, transient),
-                            _ => (
-                                None,
-                                format!("not answered before the batch was {batch_status}"),
-                                true,
-                            ),
-                        };
-                        if transient && tries < ctx.max_attempts {
-                            again.insert(k);
-                            continue;
-                        }
-                        let mut r = base_record(job, SystemTime::now(), tries, Duration::ZERO);
-                        r.fingerprint = fp;
-                        r.status = Status::Failed;
-                        r.error = Some(RecordError {
-                            kind: match status {
-                                Some(429) => ErrorKind::RateLimited,
-                                Some(s) if s >= 500 => ErrorKind::Server,
-                                Some(_) => ErrorKind::Client,
-                                None => ErrorKind::Server,
-                            },
-                            http_status: status,
-                            message: if transient {
-                                format!("{message} (in {tries} batches)")
-                            } else {
-                                message
-                            },
-                        });
-                        r
-                    }
-                };
-                decisions.remove(&k);
-                end.recorded(decision);
-                sent += 1;
-                let record = ctx.with_prompt(job, record);
-                let _ = ctx.writer.send(Box::new(record));
-            }
-            if unasked > 0 {
-                tracing::warn!(
-                    "{unasked} answers of the collected batches were not asked for by this run ({stale} of them for jobs edited or removed since, the rest beyond --limit or another run's); written all the same, their cost counted"
-                );
-            }
-            // The records are on disk before the batches are marked collected.
-            if !self.durable(sent).await {
-                return end;
-            }
-            for (i, (o, info)) in ended.into_iter().enumerate() {
-                let cost = spent.get(&i).copied().unwrap_or(Money::ZERO);
-                let mut holds = o.holds.into_iter();
-                if let Some(h) = holds.next() {
-                    h.settle(cost);
-                }
-                drop(holds);
-                if !self.journal_append(
-                    &mut journal,
-                    &Event::Ended {
-                        key: o.entry.key.clone(),
-                        status: info.status.clone(),
-                    },
-                ) {
-                    return end;
-                }
-            }
-            if again.is_empty() {
-                continue;
-            }
-            if self.settings.fallback_live {
-                // `--batch-fallback live`: what a batch left unanswered goes live now.
-                tracing::info!("{} jobs a batch left unanswered are sent live", again.len());
-                let mut jobs: Vec<Job> = self.jobs_of(again).await.into_values().collect();
-                jobs.sort_by_key(|j| j.index);
-                let permits = Arc::new(tokio::sync::Semaphore::new(64));
-                let mut tasks = tokio::task::JoinSet::new();
-                for job in jobs {
-                    let k = job.id.key();
-                    let Some(decision) = decisions.remove(&k) else {
-                        continue;
-                    };
-                    let hold = match ctx.reserve(ctx.worst_case(&job)).await {
-                        Ok(h) => h,
-                        Err(NoHold::Cap(cap)) => {
-                            end.cap_reached = Some(cap);
-                            break;
-                        }
-                        Err(NoHold::Stopped) => break,
-                    };
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let grant = tokio::select! {
-                        g = ctx.acquire(ctx.charge(&job)) => match g {
-                            Some(g) => g,
-                            None => break,
-                        },
-                        _ = ctx.stopping() => break,
-                    };
-                    let ctx = ctx.clone();
-                    tasks.spawn(async move {
-                        let r = super::task::run_job(ctx, job, grant, hold).await;
-                        drop(permit);
-                        (decision, r)
-                    });
-                }
-                while let Some(r) = tasks.join_next().await {
-                    if let Ok((decision, super::task::TaskEnd::Recorded)) = r {
-                        end.recorded(decision);
-                        sent += 1;
-                    }
-                }
-                continue;
-            }
-            // Lines that failed for a passing reason go into new batches.
-            tracing::info!("{} jobs go into new batches", again.len());
-            for k in &again {
-                taken.remove(k);
-            }
-            let jobs = self.jobs_of(again).await;
-            let mut jobs: Vec<Job> = jobs.into_values().collect();
-            jobs.sort_by_key(|j| j.index);
-            for job in jobs {
-                let k = job.id.key();
-                let worst = self.worst(&job);
-                let holds: Vec<Hold> = match ctx.reserve(worst).await {
-                    Ok(h) => h.into_iter().collect(),
-                    Err(NoHold::Cap(cap)) => {
-                        // The rest stay pending for a run with a larger cap.
-                        end.cap_reached = Some(cap);
-                        break;
-                    }
-                    Err(NoHold::Stopped) => break,
-                };
-                let mut line = Vec::new();
-                if let Err(e) = batch_line(&job, &mut line) {
-                    drop(holds);
-                    self.unsendable(&job, e);
-                    if let Some(d) = decisions.remove(&k) {
-                        end.recorded(d);
-                        sent += 1;
-                    }
-                    continue;
-                }
-                if !self
-                    .enqueue(
-                        &mut journal,
-                        &mut chunks,
-                        &mut open,
-                        &job,
-                        &line,
-                        worst,
-                        holds,
-                    )
-                    .await
-                {
-                    return end;
-                }
-                taken.insert(k);
-                *attempts.entry(k).or_default() += 1;
-            }
-            if !self.submit_all(&mut journal, &mut chunks, &mut open).await {
-                return end;
-            }
-        }
-        end
+        self.ctx.records.send(r);
     }
 }
 

@@ -61,6 +61,9 @@ pub(crate) struct IntakeCounts {
     pub(crate) in_open_batch: u64,
     /// Jobs handed to the engine.
     pub(crate) handed: u64,
+    /// Jobs not sent under `--dedupe`: their request is another job's, answered in the output
+    /// or handed to the engine this run; they get a copy of that answer when the run ends.
+    pub(crate) deduped: u64,
     /// The stream ended (as opposed to a stop, an error or `--limit`).
     pub(crate) read_all: bool,
 }
@@ -78,6 +81,27 @@ pub(crate) struct Intake<'a> {
     /// Ids this run must not send: they sit in batches of the output that were open when
     /// the run started (their answers are the batch's to deliver).
     exclude: std::collections::HashSet<crate::job::IdKey>,
+    dedupe: Option<Followers>,
+}
+
+/// `--dedupe` at the intake: a job whose request the output already answered, or that an
+/// earlier job of this run carries, is not handed over.
+struct Followers {
+    rule: crate::job::Dedupe,
+    answered: std::collections::HashSet<u64>,
+    handed: std::collections::HashSet<u128>,
+}
+
+impl Followers {
+    /// Whether `job` follows another job's request (and is not sent).
+    fn follows(&mut self, job: &Job) -> bool {
+        if !self.rule.applies(job) {
+            return false;
+        }
+        self.answered
+            .contains(&Checkpoint::request_key(job.fingerprint))
+            || !self.handed.insert(job.fingerprint.0)
+    }
 }
 
 impl<'a> Intake<'a> {
@@ -97,12 +121,27 @@ impl<'a> Intake<'a> {
             counts: IntakeCounts::default(),
             error: None,
             exclude: Default::default(),
+            dedupe: None,
         }
+    }
+
+    /// `--dedupe`: each distinct request is handed over once.
+    pub(crate) fn dedupe(&mut self, rule: Option<crate::job::Dedupe>) {
+        self.dedupe = rule.map(|rule| Followers {
+            rule,
+            answered: self.checkpoint.answered_requests(),
+            handed: Default::default(),
+        });
     }
 
     /// Ids not to hand over, whatever the checkpoint says.
     pub(crate) fn exclude(&mut self, ids: std::collections::HashSet<crate::job::IdKey>) {
         self.exclude = ids;
+    }
+
+    /// Ids not handed over for an open batch.
+    pub(crate) fn excluded(&self) -> &std::collections::HashSet<crate::job::IdKey> {
+        &self.exclude
     }
 
     /// What the output held when the run started.
@@ -138,6 +177,10 @@ impl<'a> Intake<'a> {
             match self.checkpoint.decide(&job, self.retry_failed) {
                 Decision::Done => self.counts.skipped_done += 1,
                 Decision::SkipFailed => self.counts.skipped_failed += 1,
+                _ if self.dedupe.as_mut().is_some_and(|d| d.follows(&job)) => {
+                    self.counts.deduped += 1;
+                    continue;
+                }
                 decision => {
                     self.counts.handed += 1;
                     return Some((job, decision));

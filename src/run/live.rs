@@ -47,60 +47,52 @@ fn ended(end: &mut EngineEnd, r: Result<(Decision, TaskEnd), JoinError>) {
 
 impl Engine for LiveEngine {
     async fn execute(self, intake: &mut Intake<'_>) -> EngineEnd {
-        let LiveEngine {
-            ctx,
-            concurrency,
-            grace,
-            write_failed,
-        } = self;
-        let concurrency = concurrency.max(1);
+        let concurrency = self.concurrency.max(1);
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut tasks = Tasks::new();
         let mut end = EngineEnd::default();
-        let mut spawned = 0u64;
-        let failed = write_failed.notified();
+        let failed = self.write_failed.notified();
         tokio::pin!(failed);
+        self.dispatch(intake, &permits, &mut tasks, &mut end, &mut failed)
+            .await;
+        let in_flight = concurrency - permits.available_permits();
+        self.drain(tasks, in_flight, &mut end, &mut failed).await;
+        end
+    }
+}
+
+/// Resolves when the writer fails.
+type WriteFailed<'a, 'b> = std::pin::Pin<&'a mut tokio::sync::futures::Notified<'b>>;
+
+impl LiveEngine {
+    /// Admits job after job and spawns its task, until the intake ends, the run stops, the
+    /// cap is reached or the writer fails.
+    async fn dispatch(
+        &self,
+        intake: &mut Intake<'_>,
+        permits: &Arc<Semaphore>,
+        tasks: &mut Tasks,
+        end: &mut EngineEnd,
+        failed: &mut WriteFailed<'_, '_>,
+    ) {
+        let ctx = &self.ctx;
+        let mut spawned = 0u64;
         loop {
             while let Some(r) = tasks.try_join_next() {
-                ended(&mut end, r);
+                ended(end, r);
             }
             let next = tokio::select! {
                 biased;
-                _ = &mut failed => { end.writer_broke = true; break }
+                _ = failed.as_mut() => { end.writer_broke = true; break }
                 _ = ctx.stopping() => break,
                 j = intake.next() => j,
             };
             let Some((job, decision)) = next else { break };
-            let charge = ctx.charge(&job);
-            let admitted = async {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return Admit::Closed;
-                };
-                if spawned > 0 {
-                    ctx.opened.wait().await;
-                }
-                // Both at once: a shared budget and limit are a round trip each.
-                let (hold, grant) =
-                    tokio::join!(ctx.reserve(ctx.worst_case(&job)), ctx.acquire(charge));
-                match (hold, grant) {
-                    (Ok(hold), Some(grant)) => Admit::Go(permit, grant, hold),
-                    (hold, grant) => {
-                        // The request is not sent: its tokens go back, its hold is released.
-                        if let Some(g) = grant {
-                            ctx.limiter.reconcile(g, 0);
-                        }
-                        match hold {
-                            Err(NoHold::Cap(cap)) => Admit::Cap(cap),
-                            _ => Admit::Closed,
-                        }
-                    }
-                }
-            };
             let (permit, grant, hold) = tokio::select! {
                 biased;
-                _ = &mut failed => { end.writer_broke = true; break }
+                _ = failed.as_mut() => { end.writer_broke = true; break }
                 _ = ctx.stopping() => break,
-                a = admitted => match a {
+                a = admit(ctx, permits, spawned, &job) => match a {
                     Admit::Go(permit, grant, hold) => (permit, grant, hold),
                     Admit::Cap(cap) => { end.cap_reached = Some(cap); break }
                     Admit::Closed => break,
@@ -109,19 +101,28 @@ impl Engine for LiveEngine {
             spawned += 1;
             let ctx = ctx.clone();
             tasks.spawn(async move {
-                ctx.counters.in_flight.fetch_add(1, Relaxed);
-                let counters = ctx.counters.clone();
+                ctx.records.counters.in_flight.fetch_add(1, Relaxed);
+                let counters = ctx.records.counters.clone();
                 let end = run_job(ctx, job, grant, hold).await;
                 counters.in_flight.fetch_sub(1, Relaxed);
                 drop(permit);
                 (decision, end)
             });
         }
+    }
 
-        // Let calls in flight finish: they are paid for. On a stop or a write failure, within
-        // the grace period (the writer keeps their answers and retries the write meanwhile).
-        let in_flight = concurrency - permits.available_permits();
-        let draining = ctx.shutdown.phase() >= Phase::Draining || end.writer_broke;
+    /// Lets calls in flight finish: they are paid for. On a stop or a write failure, within
+    /// the grace period (the writer keeps their answers and retries the write meanwhile).
+    async fn drain(
+        &self,
+        mut tasks: Tasks,
+        in_flight: usize,
+        end: &mut EngineEnd,
+        failed: &mut WriteFailed<'_, '_>,
+    ) {
+        let ctx = &self.ctx;
+        let grace = self.grace;
+        let draining = ctx.control.shutdown.phase() >= Phase::Draining || end.writer_broke;
         if draining && in_flight > 0 {
             tracing::warn!(
                 "stopping: waiting up to {}s for {in_flight} requests in flight (press Ctrl-C again to stop now)",
@@ -140,7 +141,7 @@ impl Engine for LiveEngine {
             let bounded = async {
                 tokio::select! {
                     _ = tokio::time::sleep(grace) => {}
-                    _ = ctx.shutdown.reached(Phase::Now) => {}
+                    _ = ctx.control.shutdown.reached(Phase::Now) => {}
                 }
             };
             if draining {
@@ -151,7 +152,7 @@ impl Engine for LiveEngine {
             } else {
                 tokio::select! {
                     _ = &mut all => {}
-                    _ = &mut failed => {
+                    _ = failed.as_mut() => {
                         end.writer_broke = true;
                         tokio::select! {
                             _ = &mut all => {}
@@ -166,8 +167,34 @@ impl Engine for LiveEngine {
         end.changed += done.changed;
         tasks.abort_all();
         while let Some(r) = tasks.join_next().await {
-            ended(&mut end, r);
+            ended(end, r);
         }
-        end
+    }
+}
+
+/// A job's place: an in-flight permit, the first-request gate (after the first job), its
+/// budget reservation and a grant of the rate limit.
+async fn admit(ctx: &Ctx, permits: &Arc<Semaphore>, spawned: u64, job: &crate::job::Job) -> Admit {
+    let charge = ctx.pacing.charge(job);
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        return Admit::Closed;
+    };
+    if spawned > 0 {
+        ctx.control.opened.wait().await;
+    }
+    // Both at once: a shared budget and limit are a round trip each.
+    let (hold, grant) = tokio::join!(ctx.reserve(ctx.money.worst_case(job)), ctx.acquire(charge));
+    match (hold, grant) {
+        (Ok(hold), Some(grant)) => Admit::Go(permit, grant, hold),
+        (hold, grant) => {
+            // The request is not sent: its tokens go back, its hold is released.
+            if let Some(g) = grant {
+                ctx.pacing.limiter.reconcile(g, 0);
+            }
+            match hold {
+                Err(NoHold::Cap(cap)) => Admit::Cap(cap),
+                _ => Admit::Closed,
+            }
+        }
     }
 }

@@ -47,7 +47,7 @@ impl OpenBatches<'_> {
             &prepared.checkpoint,
             cfg.retry_failed,
             Some(0),
-            &ctx.counters,
+            &ctx.records.counters,
         );
         let end = engine.execute(&mut nothing_new).await;
         // The ids of the batches collected: each answer is written (or its failure recorded,

@@ -108,6 +108,52 @@ pub(super) async fn prepare(
     started: Instant,
     shutdown: &Shutdown,
 ) -> Result<Prepared, RunError> {
+    check_transport(cfg)?;
+    check_overwrites(cfg)?;
+    check_targets(cfg)?;
+    let lock = OutputLock::acquire(&cfg.output)?;
+    migrate(cfg)?;
+    let leftovers = cfg
+        .files()
+        .temps()
+        .into_iter()
+        .filter(|p| std::fs::remove_file(p).is_ok());
+    for l in leftovers {
+        tracing::info!("removed {}, left by an interrupted run", l.display());
+    }
+    let (meta, batches_unknown) = this_runs_meta(cfg)?;
+    if cfg.repair && !cfg.fresh {
+        repair(cfg)?;
+    }
+    let (validation, checkpoint) = read_both(cfg, shutdown).await?;
+    check_prices(cfg, &validation)?;
+    tracing::debug!(
+        "read {} jobs and {} records of {} ids; ready at {:.2}s",
+        validation.jobs,
+        checkpoint.lines,
+        checkpoint.ids(),
+        started.elapsed().as_secs_f64()
+    );
+    if checkpoint.repaired_bytes > 0 {
+        tracing::warn!(
+            "{}: cut {} bytes of a record torn by an earlier crash",
+            cfg.output.display(),
+            checkpoint.repaired_bytes
+        );
+    }
+    Ok(Prepared {
+        jobs: validation.jobs,
+        input_ids: validation.ids,
+        removed_cost: Money::from_usd(meta.removed_cost_usd),
+        checkpoint,
+        meta,
+        batches_unknown,
+        _lock: lock,
+    })
+}
+
+/// The key is never sent over plain http to another machine unless the user says so.
+fn check_transport(cfg: &RunConfig) -> Result<(), RunError> {
     if let Endpoint::Url(u) = &cfg.endpoint {
         if u.starts_with("http://")
             && cfg.api_key.is_some()
@@ -119,7 +165,12 @@ pub(super) async fn prepare(
             )));
         }
     }
-    check_overwrites(cfg)?;
+    Ok(())
+}
+
+/// The output (and the Parquet file) can be written: their folders made, each a regular file
+/// or not there yet, in a folder that takes new files.
+fn check_targets(cfg: &RunConfig) -> Result<(), RunError> {
     let targets = std::iter::once(&cfg.output).chain(cfg.parquet.as_ref().map(|(p, _)| p));
     for target in targets {
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -139,16 +190,15 @@ pub(super) async fn prepare(
         }
         paths::check_writable(target)?;
     }
-    let lock = OutputLock::acquire(&cfg.output)?;
-    migrate(cfg)?;
-    let leftovers = cfg
-        .files()
-        .temps()
-        .into_iter()
-        .filter(|p| std::fs::remove_file(p).is_ok());
-    for l in leftovers {
-        tracing::info!("removed {}, left by an interrupted run", l.display());
-    }
+    Ok(())
+}
+
+/// This run's meta, checked against the one that wrote the output (a different job file,
+/// endpoint or model is refused), with the money of pruned records and each run's mode
+/// carried over; and whether the output's batches may be open at the provider with no
+/// journal here to say so (the run folder lost under an output, or a batch-mode run's
+/// journal).
+fn this_runs_meta(cfg: &RunConfig) -> Result<(RunMeta, bool), RunError> {
     let mut meta = run_meta(cfg);
     let has_records = std::fs::metadata(&cfg.output).is_ok_and(|m| m.len() > 0);
     let old = RunMeta::load(&cfg.output)?;
@@ -169,24 +219,34 @@ pub(super) async fn prepare(
     };
     // `--fresh` empties the output, not the provider: earlier runs' modes stay known.
     meta.carry_runs(old.as_ref().map_or(&[], |m| &m.runs[..]), mode);
-    // Batches of this output may be open at the provider with no journal here to say so:
-    // the run folder was lost under an output with records, or a batch-mode run's journal is.
     let batches_unknown = !cfg.files().has_batch_journal()
         && match &old {
             Some(m) => m.used_batches(),
             None => std::fs::metadata(&cfg.output).is_ok(),
         };
-    if cfg.repair && !cfg.fresh {
-        let moved = checkpoint::repair(&cfg.output)?;
-        if moved > 0 {
-            tracing::warn!(
-                "--repair: moved {moved} unreadable line{} of {} to {}; their jobs run again",
-                if moved == 1 { "" } else { "s" },
-                cfg.output.display(),
-                cfg.files().quarantine().display()
-            );
-        }
+    Ok((meta, batches_unknown))
+}
+
+/// `--repair`: unreadable lines moved to the quarantine file.
+fn repair(cfg: &RunConfig) -> Result<(), RunError> {
+    let moved = checkpoint::repair(&cfg.output)?;
+    if moved > 0 {
+        tracing::warn!(
+            "--repair: moved {moved} unreadable line{} of {} to {}; their jobs run again",
+            if moved == 1 { "" } else { "s" },
+            cfg.output.display(),
+            cfg.files().quarantine().display()
+        );
     }
+    Ok(())
+}
+
+/// The job file validated and the output scanned, at the same time (they are independent,
+/// and on two cores that halves the wait for the first request); a signal stops it at once.
+async fn read_both(
+    cfg: &RunConfig,
+    shutdown: &Shutdown,
+) -> Result<(job::source::Validation, Checkpoint), RunError> {
     tracing::debug!("reading the job file {}", cfg.input.path.display());
     let joined = RunError::Task;
     let (input, max_errors, prune) = (cfg.input.clone(), cfg.max_errors, cfg.prune);
@@ -216,50 +276,36 @@ pub(super) async fn prepare(
             more: validation.more_errors,
         });
     }
-    if let Some(cap) = cfg.max_cost {
-        let unpriced: Vec<&str> = validation
-            .models
-            .iter()
-            .filter(|m| cfg.prices.get(m).is_none())
-            .map(String::as_str)
-            .collect();
-        if !unpriced.is_empty() {
-            return Err(RunError::Config(format!(
-                "--max-cost {cap}: no price is known for {}; add prices with --prices FILE or `bulkprompt prices --sync URL`",
-                unpriced.join(", ")
-            )));
-        }
-        if validation.without_max_tokens > 0 {
-            tracing::warn!(
-                "--max-cost: {} jobs set no max_tokens, so {} output tokens are reserved for each; a longer answer could overrun the cap (set --max-tokens to make it exact)",
-                validation.without_max_tokens,
-                cfg.default_output_tokens
-            );
-        }
+    Ok((validation, checkpoint))
+}
+
+/// Under `--max-cost`, every model has a price (or nothing is sent), and jobs without a
+/// `max_tokens` are warned about.
+fn check_prices(cfg: &RunConfig, validation: &job::source::Validation) -> Result<(), RunError> {
+    warn_retired(&cfg.prices, &validation.models);
+    let Some(cap) = cfg.max_cost else {
+        return Ok(());
+    };
+    let unpriced: Vec<&str> = validation
+        .models
+        .iter()
+        .filter(|m| cfg.prices.get(m).is_none())
+        .map(String::as_str)
+        .collect();
+    if !unpriced.is_empty() {
+        return Err(RunError::Config(format!(
+            "--max-cost {cap}: no price is known for {}; add prices with --prices FILE or `bulkprompt prices --sync URL`",
+            unpriced.join(", ")
+        )));
     }
-    tracing::debug!(
-        "read {} jobs and {} records of {} ids; ready at {:.2}s",
-        validation.jobs,
-        checkpoint.lines,
-        checkpoint.ids(),
-        started.elapsed().as_secs_f64()
-    );
-    if checkpoint.repaired_bytes > 0 {
+    if validation.without_max_tokens > 0 {
         tracing::warn!(
-            "{}: cut {} bytes of a record torn by an earlier crash",
-            cfg.output.display(),
-            checkpoint.repaired_bytes
+            "--max-cost: {} jobs set no max_tokens, so {} output tokens are reserved for each; a longer answer could overrun the cap (set --max-tokens to make it exact)",
+            validation.without_max_tokens,
+            cfg.default_output_tokens
         );
     }
-    Ok(Prepared {
-        jobs: validation.jobs,
-        input_ids: validation.ids,
-        removed_cost: Money::from_usd(meta.removed_cost_usd),
-        checkpoint,
-        meta,
-        batches_unknown,
-        _lock: lock,
-    })
+    Ok(())
 }
 
 impl Prepared {
@@ -275,5 +321,26 @@ impl Prepared {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Jobs for a model its provider retired (or will retire) are said before anything is sent:
+/// they will be refused, and `--fallback-model` is the cure.
+pub(crate) fn warn_retired<'a>(
+    prices: &crate::cost::PriceTable,
+    models: impl IntoIterator<Item = &'a String>,
+) {
+    let today = crate::cost::today();
+    for m in models {
+        let Some(life) = prices.lifecycle(m) else {
+            continue;
+        };
+        match (life.retired(&today), life.say(&today)) {
+            (true, Some(said)) => tracing::warn!(
+                "model {m:?} was {said}; its provider refuses it, so its jobs will fail"
+            ),
+            (false, Some(said)) => tracing::info!("model {m:?} is {said}"),
+            _ => {}
+        }
     }
 }

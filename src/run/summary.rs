@@ -159,6 +159,8 @@ pub(super) struct Tallies {
     pub(super) endpoint: String,
     /// `--coordinator`: where, as whom, and the Redis calls made.
     pub(super) coordinator: Option<crate::progress::CoordinatorReport>,
+    /// `--dedupe`: jobs answered with a copy of another job's answer.
+    pub(super) copied: u64,
 }
 
 /// The jobs not run, re-estimated from this run's own answers: their mean cost (what the
@@ -179,7 +181,9 @@ fn remaining(
 /// The summary: job counts that add up to the file, the outcome, the exit code.
 pub(super) fn summarize(t: Tallies) -> Summary {
     let skipped = t.intake.skipped_done + t.intake.skipped_failed;
-    let not_run = t.jobs.saturating_sub(skipped + t.engine.answered());
+    let not_run = t
+        .jobs
+        .saturating_sub(skipped + t.engine.answered() + t.copied);
     let output_failed = t.counted.failed + t.intake.skipped_failed;
     let (outcome, message) = outcome(&t.stops, output_failed);
     let c = t.counted;
@@ -236,6 +240,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
             && (t.stops.early() || not_run > 0 || retried_on_resume > 0))
             .then_some(t.resume_command),
         retried_on_resume,
+        deduplicated: t.copied,
         remaining: remaining(not_run, c.ok + c.failed, c.spent, t.elapsed_secs),
         coordinator: t.coordinator,
     }
@@ -334,6 +339,7 @@ mod tests {
             started_at: String::new(),
             endpoint: String::new(),
             coordinator: None,
+            copied: 0,
             jobs: 200,
             intake: IntakeCounts {
                 read: 120,
@@ -341,6 +347,7 @@ mod tests {
                 skipped_failed: 5,
                 in_open_batch: 0,
                 handed: 65,
+                deduped: 0,
                 read_all: false,
             },
             engine: EngineEnd {

@@ -28,6 +28,27 @@ pub(super) struct Written {
     pub(super) latency: Histogram,
 }
 
+/// A record on disk, counted: its status, tokens and money, once.
+pub(super) fn count(counters: &Counters, r: &crate::output::Record) {
+    match (&r.status, &r.error) {
+        (Status::Ok, _) => {
+            counters.ok.fetch_add(1, Relaxed);
+        }
+        (Status::Failed, e) => counters.failed(e.as_ref().map_or(ErrorKind::Server, |e| e.kind)),
+    }
+    counters
+        .prompt_tokens
+        .fetch_add(r.prompt_tokens.unwrap_or(0), Relaxed);
+    counters
+        .completion_tokens
+        .fetch_add(r.output_tokens().unwrap_or(0), Relaxed);
+    if let Some(c) = r.cost_usd {
+        counters.spent.fetch_add(Money::from_usd(c).0, Relaxed);
+    }
+    counters.note_record(r);
+    counters.written.fetch_add(1, Relaxed);
+}
+
 impl Writer {
     /// Opens `output` for appending and starts the thread. A failed write is retried for
     /// `retry_for` (the grace period) while answers in flight arrive.
@@ -60,25 +81,7 @@ impl Writer {
                     |_| notify.notify_one(),
                     |r| {
                         latency.record(r.latency_ms);
-                        match (&r.status, &r.error) {
-                            (Status::Ok, _) => {
-                                counters.ok.fetch_add(1, Relaxed);
-                            }
-                            (Status::Failed, e) => {
-                                counters.failed(e.as_ref().map_or(ErrorKind::Server, |e| e.kind))
-                            }
-                        }
-                        counters
-                            .prompt_tokens
-                            .fetch_add(r.prompt_tokens.unwrap_or(0), Relaxed);
-                        counters
-                            .completion_tokens
-                            .fetch_add(r.completion_tokens.unwrap_or(0), Relaxed);
-                        if let Some(c) = r.cost_usd {
-                            counters.spent.fetch_add(Money::from_usd(c).0, Relaxed);
-                        }
-                        counters.note_record(r);
-                        counters.written.fetch_add(1, Relaxed);
+                        count(&counters, r);
                     },
                     || {
                         let n = counters.written.load(Relaxed);
@@ -102,6 +105,12 @@ impl Writer {
             .thread
             .join()
             .map_err(|_| RunError::Thread(std::io::Error::other("the writer thread panicked")))?;
+        if drained.written_late > 0 {
+            tracing::warn!(
+                "{} answers were written after the write failure cleared",
+                drained.written_late
+            );
+        }
         Ok(Written { drained, latency })
     }
 }

@@ -4,6 +4,7 @@
 mod harness;
 
 mod batch;
+mod billed;
 mod coordinator;
 mod core;
 mod hostile;

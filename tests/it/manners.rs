@@ -520,7 +520,8 @@ fn prices_say_where_each_comes_from() {
         .find(|l| l.starts_with("google/gemini-2.0-flash-001 "))
         .unwrap_or_default();
     assert!(
-        flash.contains("OpenRouter model page") && flash.contains("2026-"),
+        flash.contains("https://openrouter.ai/google/gemini-2.0-flash-001")
+            && flash.contains("2026-"),
         "{flash}"
     );
     assert!(flash.contains("0.5x"), "{flash}");

@@ -1,6 +1,9 @@
 //! The commands behind the binary: each turns parsed flags into a call on the library and
 //! returns the process exit code. `main` only parses, sets up logging and prints errors.
 
+mod batches;
+mod merge;
+
 use crate::cli::{Command, PricesArgs, RunArgs, ServeMockArgs, StatusArgs, ValidateArgs};
 use crate::config::{self, ConfigError};
 use crate::cost::{PriceError, PriceTable};
@@ -13,7 +16,7 @@ use crate::run_files::RunFiles;
 use crate::secret::ApiKey;
 use crate::shutdown::Shutdown;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Errors that end a command; [`AppError::exit_code`] picks the code (README's table).
@@ -116,8 +119,8 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
         Command::Prices(args) => prices_cmd(args),
         Command::Export(args) => export_cmd(args),
         Command::Providers => providers_cmd(),
-        Command::Batches(args) => batches_cmd(args),
-        Command::Merge(args) => merge_cmd(args),
+        Command::Batches(args) => batches::batches_cmd(args),
+        Command::Merge(args) => merge::merge_cmd(args),
         Command::Report(args) => report_cmd(args),
     }
 }
@@ -183,7 +186,7 @@ fn raise_open_files_limit() {
     }
 }
 
-fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> {
+pub(super) fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> {
     raise_open_files_limit();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
@@ -313,7 +316,7 @@ fn providers_cmd() -> Result<i32, AppError> {
 
 /// The file a command writes to `output` names, symlinks followed (a rename would replace the
 /// link), checked writable before any work.
-fn writable_target(output: &std::path::Path) -> Result<PathBuf, AppError> {
+pub(super) fn writable_target(output: &std::path::Path) -> Result<PathBuf, AppError> {
     let target = crate::paths::resolve(output).map_err(|source| AppError::Write {
         path: output.to_path_buf(),
         source,
@@ -324,7 +327,7 @@ fn writable_target(output: &std::path::Path) -> Result<PathBuf, AppError> {
 
 /// Writes `target` through a temporary file renamed over it once whole (fsynced): a reader
 /// never sees half of it, and a failure leaves no temporary file. `shown` names it in errors.
-fn write_through_temp<T>(
+pub(super) fn write_through_temp<T>(
     target: &std::path::Path,
     shown: &std::path::Path,
     write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<T, AppError>,
@@ -340,132 +343,6 @@ fn write_through_temp<T>(
     let file = w.into_inner().map_err(|e| werr(e.into_error()))?;
     tmp.persist(file, target).map_err(werr)?;
     Ok(value)
-}
-
-fn batches_cmd(args: crate::cli::BatchesArgs) -> Result<i32, AppError> {
-    use crate::batch::{journal, openai};
-    let output = RunFiles::named(&args.output).found_records();
-    let path = RunFiles::of(&output).found_batch_journal();
-    if !path.exists() {
-        return Err(AppError::Usage(format!(
-            "{}: no batch journal: {} was not written by a batch-mode run",
-            path.display(),
-            args.output.display()
-        )));
-    }
-    let listed = journal::list(&path).map_err(|e| AppError::Usage(e.to_string()))?;
-    let mut states: Vec<Option<String>> = vec![None; listed.len()];
-    let mut refused = 0usize;
-    if args.check || args.cancel {
-        let preset = match &args.provider {
-            Some(name) => Some(crate::providers::preset(name).ok_or_else(|| {
-                AppError::Usage(format!(
-                    "--provider {name:?}: one of {}",
-                    crate::providers::names()
-                ))
-            })?),
-            None => None,
-        };
-        let base_url = args
-            .endpoint
-            .clone()
-            .or_else(|| preset.map(|p| p.base_url.to_string()))
-            .ok_or_else(|| {
-                AppError::Usage("--check and --cancel need --endpoint or --provider".into())
-            })?;
-        let key_env = args
-            .api_key_env
-            .clone()
-            .or_else(|| preset.and_then(|p| p.key_env).map(str::to_string));
-        let api_key = key_env
-            .as_deref()
-            .and_then(|v| std::env::var(v).ok())
-            .filter(|k| !k.is_empty())
-            .map(crate::secret::ApiKey::new);
-        let client = crate::provider::Client::new(&crate::provider::ClientConfig {
-            base_url,
-            scrubber: crate::secret::Scrubber::new(api_key.as_ref(), std::iter::empty()),
-            api_key,
-            headers: Vec::new(),
-            timeout: Duration::from_secs(120),
-            pool_size: 4,
-            max_response_bytes: crate::provider::DEFAULT_MAX_RESPONSE_BYTES,
-        })
-        .map_err(|e| AppError::Usage(e.to_string()))?;
-        let rt = runtime(Some(1))?;
-        for (l, state) in listed.iter().zip(states.iter_mut()) {
-            let (None, Some(id)) = (&l.ended, &l.batch_id) else {
-                continue;
-            };
-            let got = rt.block_on(async {
-                if args.cancel {
-                    openai::cancel(&client, id).await
-                } else {
-                    openai::get(&client, id).await
-                }
-            });
-            *state = Some(match got {
-                Ok(info) => info.status,
-                Err(e) if args.cancel => {
-                    refused += 1;
-                    format!("not cancelled: {e}")
-                }
-                Err(e) => format!("unknown ({e})"),
-            });
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        let rows: Vec<serde_json::Value> = listed
-            .iter()
-            .zip(&states)
-            .map(|(l, s)| {
-                let mut v = serde_json::to_value(l).unwrap_or_default();
-                v["provider_status"] = serde_json::json!(s);
-                v
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<36} {:>7} {:<16} state",
-            "key", "model", "jobs", "batch"
-        );
-        for (l, s) in listed.iter().zip(&states) {
-            let state = match (&l.ended, s) {
-                (Some(e), _) if e == "never_submitted" => {
-                    "never submitted: its jobs go again".to_string()
-                }
-                (Some(e), _) => format!("ended ({e}), collected"),
-                (None, Some(s)) => format!("open ({s} at the provider)"),
-                (None, None) => "open: a run collects it".to_string(),
-            };
-            let _ = writeln!(
-                out,
-                "{:<20} {:<36} {:>7} {:<16} {state}",
-                l.key,
-                l.model,
-                l.jobs,
-                l.batch_id.as_deref().unwrap_or("-")
-            );
-        }
-    }
-    let open = listed.iter().filter(|l| l.ended.is_none()).count();
-    if refused > 0 {
-        eprintln!(
-            "bulkprompt: the provider refused to cancel {refused} of {open} open batches (their state above says why)"
-        );
-        return Ok(4);
-    }
-    if args.cancel && open > 0 {
-        eprintln!("bulkprompt: asked to cancel {open} open batches; re-run the same command to collect what they answered and submit the rest again");
-    }
-    Ok(0)
 }
 
 fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
@@ -549,117 +426,6 @@ fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
     Ok(if args.check && !complete { 2 } else { 0 })
 }
 
-fn merge_cmd(args: crate::cli::MergeArgs) -> Result<i32, AppError> {
-    let inputs: Vec<PathBuf> = args
-        .inputs
-        .iter()
-        .map(|p| RunFiles::named(p).found_records())
-        .collect();
-    // Every name one output goes by: the file, and for a Parquet output its journal (where
-    // it was found and where it is written).
-    let forms = |p: &Path| -> Vec<PathBuf> {
-        let mut f = vec![p.to_path_buf()];
-        if crate::output::parquet::is_parquet(p) {
-            let files = RunFiles::of_parquet(p);
-            f.push(files.records().to_path_buf());
-            f.push(files.found_records());
-        }
-        f
-    };
-    let same = |a: &Path, b: &Path| {
-        let (fa, fb) = (forms(a), forms(b));
-        fa.iter()
-            .any(|x| fb.iter().any(|y| crate::paths::same_file(x, y)))
-    };
-    for (n, i) in args.inputs.iter().enumerate() {
-        // The same output twice (as JSONL, its Parquet, its journal, a link) would count its
-        // costs twice.
-        if let Some(j) = args.inputs[..n].iter().find(|j| same(j, i)) {
-            return Err(AppError::Usage(format!(
-                "{} and {} are the same output: give each once",
-                j.display(),
-                i.display()
-            )));
-        }
-        if same(i, &args.output) {
-            return Err(AppError::Usage(format!(
-                "{} is one of the outputs being merged (as {}): give another -o",
-                args.output.display(),
-                i.display()
-            )));
-        }
-    }
-    let target = writable_target(&args.output)?;
-    let parquet = crate::output::parquet::is_parquet(&target);
-    // JSONL straight to the target, or to a journal converted to Parquet.
-    let jsonl = if parquet {
-        let journal = RunFiles::of_parquet(&target).records().to_path_buf();
-        if let Some(dir) = journal.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| AppError::Write {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        journal
-    } else {
-        target.clone()
-    };
-    let m = write_through_temp(&jsonl, &args.output, |w| {
-        Ok(crate::output::merge::merge(&inputs, w)?)
-    })?;
-    if parquet {
-        crate::output::parquet::convert(&jsonl, &target, Default::default())?;
-    }
-    eprintln!(
-        "bulkprompt: merged {} outputs into {}: {} records ({} superseded left out)",
-        inputs.len(),
-        args.output.display(),
-        m.records,
-        m.superseded
-    );
-    let mut code = 0;
-    if let Some(jobs) = &args.jobs {
-        // Which shards and ids are missing: the shards' metas say how the job file was read.
-        let metas: Vec<_> = inputs
-            .iter()
-            .filter_map(|i| crate::checkpoint::RunMeta::load(i).ok().flatten())
-            .collect();
-        let settings = metas.iter().find_map(|m| m.job.clone()).ok_or_else(|| {
-            AppError::Usage(
-                "--jobs: no output has run metadata saying how to read the job file".into(),
-            )
-        })?;
-        let shards: Vec<_> = metas.iter().filter_map(|m| m.job.as_ref()?.shard).collect();
-        if let Some(n) = shards.first().map(|s| s.count) {
-            let missing: Vec<String> = (0..n)
-                .filter(|i| !shards.iter().any(|s| s.index == *i))
-                .map(|i| format!("{i}/{n}"))
-                .collect();
-            if !missing.is_empty() {
-                eprintln!(
-                    "bulkprompt: shards with no output given: {}",
-                    missing.join(", ")
-                );
-                code = 2;
-            }
-        }
-        let missing =
-            crate::output::merge::missing_ids(&jsonl, jobs, &settings).map_err(AppError::Usage)?;
-        if !missing.is_empty() {
-            let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
-            eprintln!(
-                "bulkprompt: {} ids of {} have no record: {}{}",
-                missing.len(),
-                jobs.display(),
-                shown.join(", "),
-                if missing.len() > 10 { ", ..." } else { "" }
-            );
-            code = 2;
-        }
-    }
-    Ok(code)
-}
-
 fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {
     let spec = config::load_spec(&args.job)?;
     let input = config::resolve_input(&args.job, &spec)?;
@@ -672,6 +438,14 @@ fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {
     }
     if v.more_errors > 0 {
         let _ = writeln!(out, "... and {} more", v.more_errors);
+    }
+    let duplicates = crate::job::source::duplicate_requests(&input);
+    if duplicates > 0 {
+        let _ = writeln!(
+            out,
+            "{duplicates} jobs ({:.1}%) repeat an earlier job's request: --dedupe would send each once",
+            duplicates as f64 * 100.0 / v.jobs.max(1) as f64
+        );
     }
     let _ = writeln!(
         out,
@@ -729,6 +503,7 @@ async fn serve_mock_cmd(args: ServeMockArgs) -> Result<i32, AppError> {
         script: Vec::new(),
         refuse_unknown_models: args.refuse_unknown_models,
         slots: args.slots,
+        billing: Default::default(),
         batch: crate::mock::BatchConfig {
             delay: Duration::from_millis(args.batch_delay_ms),
             latency: Duration::from_millis(args.batch_latency_ms),
@@ -789,9 +564,13 @@ fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
                     "input_per_million": per_m(p.input),
                     "output_per_million": per_m(p.output),
                     "cached_input_per_million": p.cached_input.map(per_m),
+                    "cache_write_per_million": p.cache_write.map(per_m),
                     "image_per_thousand": p.image.map(|i| i as f64 / 1e9),
                     "source": table.source(m).0,
                     "read_on": table.source(m).1,
+                    "retired_on": table.lifecycle(m).and_then(|l| l.retired_on.clone()),
+                    "deprecated_on": table.lifecycle(m).and_then(|l| l.deprecated_on.clone()),
+                    "replaced_by": table.lifecycle(m).and_then(|l| l.replaced_by.clone()),
                 })
             })
             .collect();
@@ -826,6 +605,12 @@ fn prices_cmd(args: PricesArgs) -> Result<i32, AppError> {
             day.unwrap_or("-"),
             source.unwrap_or("-"),
         );
+        if let Some(said) = table
+            .lifecycle(m)
+            .and_then(|l| l.say(&crate::cost::today()))
+        {
+            let _ = writeln!(out, "{:<40} {said}", "");
+        }
     }
     Ok(0)
 }
