@@ -894,6 +894,8 @@ fn a_live_run_finds_the_open_batches_of_a_lost_run_folder_at_the_provider() {
         let out = dir.path("out.jsonl");
         let o = run(&input, &out, &mock.url(), &batch_args(&["--no-wait"]));
         assert_code(&o, 6);
+        // Ended at the provider by the time the live run looks (it polls every 30 s).
+        std::thread::sleep(Duration::from_millis(500));
         match lost {
             "the journal" => {
                 std::fs::remove_file(dir.path(".bulkprompt/out.jsonl.batches.jsonl")).unwrap()
