@@ -104,7 +104,7 @@ impl RunFiles {
         sibling(&self.records, ".repair.tmp")
     }
 
-    /// The meta's temporary file ([`crate::paths::write_atomic`]).
+    /// The meta's temporary file (`paths::write_atomic`).
     pub fn meta_temp(&self) -> PathBuf {
         sibling(&self.meta(), ".tmp")
     }

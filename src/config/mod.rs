@@ -1,6 +1,6 @@
 //! What a run is, resolved: a [`RunConfig`] (where requests go, the job file, limits, money,
 //! output) built once from the flags and the spec, and passed down; nothing below reads a
-//! flag again. [`spec`] reads job specs (`jobs/*.toml`); [`resolve`] turns flags and a spec into
+//! flag again. `spec` reads job specs (`jobs/*.toml`); `resolve` turns flags and a spec into
 //! a `RunConfig` (the one file here that knows the command line's types). Precedence is
 //! command line, then spec, then environment (`BULKPROMPT_ENDPOINT`, `BULKPROMPT_API_KEY_ENV`,
 //! `BULKPROMPT_MODEL`), then defaults. A spec names the key's variable, never the key.
