@@ -74,9 +74,9 @@ pub struct JobArgs {
     /// Job spec (TOML) holding any of these settings; flags override it.
     #[arg(short = 'c', long = "config", value_name = "SPEC")]
     pub spec: Option<PathBuf>,
-    /// Model for jobs that name none.
-    #[arg(long)]
-    pub model: Option<String>,
+    /// Model for jobs that name none (`estimate`: give it several times to compare models).
+    #[arg(long, action = clap::ArgAction::Append)]
+    pub model: Vec<String>,
     /// Prompt template with {column} placeholders, for CSV rows and plain JSONL records.
     #[arg(long, conflicts_with = "template_file")]
     pub template: Option<String>,
@@ -183,7 +183,7 @@ pub enum InputFormatArg {
     Parquet,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten, next_help_heading = "Input")]
     pub job: JobArgs,

@@ -198,9 +198,18 @@ fn typical_answer(cfg: &EstimateConfig) -> (Option<u64>, Option<String>) {
                 .as_ref()
                 .map(|p| format!("median answer length in {}", p.display())),
         ),
-        (None, None) => (None, None),
+        (None, None) => (
+            Some(ASSUMED_ANSWER_TOKENS),
+            Some(format!(
+                "an assumed {ASSUMED_ANSWER_TOKENS} tokens an answer: no earlier output; --assume-output-tokens N"
+            )),
+        ),
     }
 }
+
+/// The typical answer when nothing better is known: a label with a short reason, a few
+/// sentences of summary. Shown as an assumption wherever it is used.
+const ASSUMED_ANSWER_TOKENS: u64 = 100;
 
 /// Per model: its jobs, prompt tokens (counted with o200k_base), images, and the output each
 /// may be billed (every choice, `n`, its own), worst and typical.
@@ -274,6 +283,51 @@ fn price_model(cfg: &EstimateConfig, m: &mut ModelEstimate) -> (Option<Money>, O
     (worst, typ)
 }
 
+impl Estimate {
+    /// The models of the job file with no known price.
+    pub fn unpriced_models(&self) -> Vec<&str> {
+        self.models
+            .iter()
+            .filter(|m| m.cost_worst_usd.is_none())
+            .map(|m| m.model.as_str())
+            .collect()
+    }
+}
+
+/// `estimate --model A --model B`: a row a model, live and batch, typical and at most.
+pub fn comparison(rows: &[(String, Estimate, Estimate)]) -> String {
+    let mut s = format!(
+        "{:<36} {:>9} {:>13} {:>13} {:>13} {:>13} {:>13}  time\n",
+        "model", "jobs", "prompt tok", "typical", "at most", "batch typ.", "batch most"
+    );
+    let money =
+        |v: Option<f64>| v.map_or("no price".to_string(), |u| Money::from_usd(u).to_string());
+    for (m, live, batch) in rows {
+        let priced = live.unpriced_jobs < live.jobs;
+        let (worst, bworst) = match priced {
+            true => (Some(live.cost_worst_usd), Some(batch.cost_worst_usd)),
+            false => (None, None),
+        };
+        s.push_str(&format!(
+            "{:<36} {:>9} {:>13} {:>13} {:>13} {:>13} {:>13}  {}\n",
+            m,
+            thousands(live.jobs),
+            thousands(live.prompt_tokens),
+            money(live.cost_typical_usd.filter(|_| priced)),
+            money(worst),
+            money(batch.cost_typical_usd.filter(|_| priced)),
+            money(bworst),
+            human_minutes(live.minutes())
+        ));
+    }
+    if let Some((_, first, _)) = rows.first() {
+        if let Some(from) = &first.typical_from {
+            s.push_str(&format!("typical: {from}; at most: every job using its whole max_tokens (what --max-cost reserves); jobs naming their own model keep it\n"));
+        }
+    }
+    s
+}
+
 /// `1234567` -> `1,234,567`.
 pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -298,6 +352,12 @@ fn jobs(n: u64) -> String {
 const ASSUMED_SECS: f64 = 1.0;
 
 impl Estimate {
+    /// Minutes the run would take: at the given limits, or at the assumed concurrency.
+    pub fn minutes(&self) -> f64 {
+        self.minutes_at_limits
+            .unwrap_or_else(|| self.jobs as f64 / (self.concurrency as f64 * 60.0 / ASSUMED_SECS))
+    }
+
     /// How long the run would take: at the given limits, or at an assumed concurrency.
     fn time_line(&self) -> String {
         match self.minutes_at_limits {
@@ -359,6 +419,9 @@ impl Estimate {
             }
         }
         match (self.cost_typical_usd, &self.typical_from) {
+            _ if self.unpriced_jobs == self.jobs => s.push_str(
+                "  total: no price is known for any of these models: the cost cannot be told\n",
+            ),
             (Some(t), Some(from)) => s.push_str(&format!(
                 "  total: {} typical ({} output tokens, from {from}), {} at most\n",
                 Money::from_usd(t),
@@ -370,7 +433,7 @@ impl Estimate {
                 Money::from_usd(self.cost_worst_usd)
             )),
         }
-        if self.duplicate_jobs > 0 {
+        if self.duplicate_jobs > 0 && self.unpriced_jobs < self.jobs {
             s.push_str(&format!(
                 "  {} jobs ({:.1}%) repeat an earlier job's request: --dedupe would send each once and save about {}\n",
                 self.duplicate_jobs,
@@ -380,8 +443,9 @@ impl Estimate {
         }
         if self.unpriced_jobs > 0 {
             s.push_str(&format!(
-                "  {} jobs are for models with no known price and are not in the totals\n",
-                self.unpriced_jobs
+                "  {} jobs are for models with no known price ({}): not in the totals; add prices with --prices FILE\n",
+                self.unpriced_jobs,
+                self.unpriced_models().join(", ")
             ));
         }
         s.push_str(&self.time_line());

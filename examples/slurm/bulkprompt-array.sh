@@ -29,7 +29,7 @@ mkdir -p out logs
 exec bulkprompt run reviews.jsonl \
   -o out/labels.jsonl `# becomes out/labels.shard-I-of-8.jsonl, I from SLURM_ARRAY_TASK_ID` \
   --provider openrouter \
-  --model google/gemini-2.0-flash-001 \
+  --model google/gemini-2.5-flash \
   --rpm 600 `# the key's whole limit: the coordinator shares it among the 8 tasks` \
   --tpm 1000000 \
   --max-cost 40 `# the whole budget, shared: the 8 together never pass it` \

@@ -262,7 +262,10 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
     Ok(summary.exit_code)
 }
 
-fn estimate_cmd(args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
+fn estimate_cmd(mut args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
+    if args.run.job.model.len() > 1 {
+        return compare_cmd(args);
+    }
     let mut cfg = config::resolve_estimate(&args)?;
     let calibration = match args.calibrate {
         None | Some(0) => None,
@@ -290,7 +293,63 @@ fn estimate_cmd(args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
     } else {
         let _ = out.write_all(e.render().as_bytes());
     }
-    Ok(0)
+    args.run.job.model.clear();
+    Ok(unpriced_code(&e, args.run.max_cost))
+}
+
+/// Under `--max-cost`, an estimate that cannot price some jobs exits 1, as `run` refuses them.
+fn unpriced_code(e: &crate::estimate::Estimate, max_cost: Option<f64>) -> i32 {
+    if e.unpriced_jobs == 0 || max_cost.is_none() {
+        return 0;
+    }
+    eprintln!(
+        "bulkprompt: --max-cost: no price is known for {} ({} jobs): `run` refuses them; add prices with --prices FILE",
+        e.unpriced_models().join(", "),
+        e.unpriced_jobs
+    );
+    1
+}
+
+/// `estimate --model A --model B`: the job file priced for each model (jobs that name their
+/// own model keep it), live and at batch prices, a row each.
+fn compare_cmd(args: crate::cli::EstimateArgs) -> Result<i32, AppError> {
+    let models = args.run.job.model.clone();
+    let mut rows = Vec::new();
+    for m in &models {
+        let mut one = crate::cli::EstimateArgs {
+            run: args.run.clone(),
+            assume_output_tokens: args.assume_output_tokens,
+            calibrate: None,
+            json: args.json,
+        };
+        one.run.job.model = vec![m.clone()];
+        let mut cfg = config::resolve_estimate(&one)?;
+        cfg.batch = false;
+        let live = crate::estimate::estimate(&cfg).map_err(RunError::from)?;
+        cfg.batch = true;
+        let batch = crate::estimate::estimate(&cfg).map_err(RunError::from)?;
+        rows.push((m.clone(), live, batch));
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(m, l, b)| serde_json::json!({"model": m, "live": l, "batch": b}))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json).unwrap_or_default()
+        );
+    } else {
+        let _ = out.write_all(crate::estimate::comparison(&rows).as_bytes());
+    }
+    let code = rows
+        .iter()
+        .map(|(_, l, _)| unpriced_code(l, args.run.max_cost))
+        .max()
+        .unwrap_or(0);
+    Ok(code)
 }
 
 fn providers_cmd() -> Result<i32, AppError> {

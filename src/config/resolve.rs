@@ -49,11 +49,16 @@ pub fn resolve_input(args: &JobArgs, spec: &Spec) -> Result<InputSpec, ConfigErr
         ));
     }
     let defaults = JobDefaults {
-        model: args
-            .model
-            .clone()
-            .or_else(|| spec.model.clone())
-            .or_else(|| env("BULKPROMPT_MODEL")),
+        model: match args.model.as_slice() {
+            [] => spec.model.clone().or_else(|| env("BULKPROMPT_MODEL")),
+            [one] => Some(one.clone()),
+            many => {
+                return Err(ConfigError::Invalid(format!(
+                    "--model given {} times: a run sends jobs that name no model to one model (`bulkprompt estimate` compares several)",
+                    many.len()
+                )))
+            }
+        },
         system: args.system.clone().or_else(|| spec.system.clone()),
         template: resolve_template(args, spec)?,
         id_field: args.id_column.clone().or_else(|| spec.id_column.clone()),

@@ -204,9 +204,10 @@ fn this_runs_meta(cfg: &RunConfig) -> Result<(RunMeta, bool), RunError> {
     let old = RunMeta::load(&cfg.output)?;
     if let (false, true, Some(old)) = (cfg.fresh, has_records, &old) {
         if let Some(diff) = old.compare(&meta) {
+            let shown = cfg.parquet.as_ref().map_or(&cfg.output, |(p, _)| p);
             return Err(RunError::Config(format!(
-                "{} was written by a different run ({diff}); pass --fresh to start it over, or -o to write elsewhere",
-                cfg.output.display()
+                "{} was written by a different run ({diff}); pass --fresh to start it over, or -o to write elsewhere (a new job file each night: one output a night, docs/scheduling.md)",
+                shown.display()
             )));
         }
     }

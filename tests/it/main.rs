@@ -7,6 +7,7 @@ mod batch;
 mod billed;
 mod coordinator;
 mod core;
+mod docs;
 mod hostile;
 mod inprocess;
 mod input;

@@ -215,3 +215,78 @@ fn synced_prices_are_used_by_the_next_run() {
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains(MOCK_ONLY_MODEL));
 }
+
+#[test]
+fn estimate_compares_models_and_refuses_what_it_cannot_price_under_a_cap() {
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(30));
+    let o = bulkprompt()
+        .args(["estimate"])
+        .arg(&input)
+        .args([
+            "--model",
+            "gpt-4o-mini",
+            "--model",
+            "google/gemini-2.5-flash",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let (live, batch) = (&r["live"], &r["batch"]);
+        assert_eq!(live["jobs"], 30);
+        // A typical figure by default, said to be an assumption; batch at half the live price.
+        assert!(live["typical_from"].as_str().unwrap().contains("assumed"));
+        let (t, w) = (
+            live["cost_typical_usd"].as_f64().unwrap(),
+            live["cost_worst_usd"].as_f64().unwrap(),
+        );
+        assert!(t > 0.0 && t < w, "{live}");
+        let b = batch["cost_worst_usd"].as_f64().unwrap();
+        assert!((b - w / 2.0).abs() < 1e-9, "{b} vs {w}");
+    }
+    assert!(
+        rows[1]["live"]["cost_worst_usd"].as_f64() > rows[0]["live"]["cost_worst_usd"].as_f64(),
+        "gemini-2.5-flash costs more than gpt-4o-mini"
+    );
+    // A model with no price: said by name; with --max-cost, exit 1 as `run` refuses it.
+    let o = bulkprompt()
+        .args(["estimate"])
+        .arg(&input)
+        .args(["--model", "no-such-model"])
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("no known price (no-such-model)"), "{text}");
+    assert!(!text.contains("at most $0.000000"), "{text}");
+    let o = bulkprompt()
+        .args(["estimate"])
+        .arg(&input)
+        .args(["--model", "no-such-model", "--max-cost", "1"])
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("no price is known for no-such-model"),
+        "{}",
+        stderr(&o)
+    );
+    // A run takes one model.
+    let o = bulkprompt()
+        .args(["run"])
+        .arg(&input)
+        .args(["--model", "a", "--model", "b", "--endpoint", "mock"])
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("--model given 2 times"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -439,3 +439,21 @@ fn status_reads_the_job_file_as_the_run_did_whatever_the_environment_says_now() 
     assert_eq!(s["jobs"]["done"], 12, "{s}");
     assert_eq!(s["jobs"]["changed"], 0, "{s}");
 }
+
+#[test]
+fn a_parquet_output_of_another_job_file_is_refused_by_its_own_name() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("monday.jsonl", chat_jobs(5));
+    let other = dir.write("tuesday.jsonl", chat_jobs(5));
+    let out = dir.path("labels.parquet");
+    assert_code(&run(&input, &out, &mock.url(), &[]), 0);
+    let o = run(&other, &out, &mock.url(), &[]);
+    assert_code(&o, 1);
+    let e = stderr(&o);
+    assert!(
+        e.contains("labels.parquet was written by a different run") && !e.contains("journal"),
+        "the output as the user named it, not its hidden journal: {e}"
+    );
+    assert!(e.contains("docs/scheduling.md"), "{e}");
+}
