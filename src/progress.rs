@@ -362,6 +362,10 @@ pub struct Summary {
     /// Failed jobs a re-run retries (their failures were transient).
     #[serde(default)]
     pub retried_on_resume: u64,
+    /// `--coordinator`: jobs an earlier process of this shard got an ok record for on another
+    /// disk (its output holds them), not bought again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub done_elsewhere: u64,
     /// `--dedupe`: jobs answered with another job's answer to the same request (not sent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deduplicated: u64,
@@ -437,6 +441,10 @@ impl Summary {
             (self.retried_failed, "retried"),
             (self.changed, "changed"),
             (self.deduplicated, "answered by copy (--dedupe)"),
+            (
+                self.done_elsewhere,
+                "done by an earlier process of this shard on another disk (merge its output)",
+            ),
             (self.not_run, "not run"),
         ] {
             if n > 0 {

@@ -144,6 +144,13 @@ impl Checkpoint {
             .collect()
     }
 
+    /// Whether the output holds an ok record of `key` (for any request).
+    pub fn has_ok(&self, key: IdKey) -> bool {
+        self.done
+            .get(&key)
+            .is_some_and(|e| Entry(e).state() == DoneState::Ok)
+    }
+
     /// A request's key in [`Checkpoint::answered_requests`].
     pub fn request_key(fp: Fingerprint) -> u64 {
         fp.short() & FP_MASK

@@ -18,11 +18,13 @@
 //!   `--coordinator-timeout` in a row the run stops (exit 4), its output whole.
 
 mod budget;
+mod done;
 mod limit;
 mod link;
 mod scripts;
 
 pub(crate) use budget::SharedBudget;
+pub(crate) use done::{DoneLedger, DoneSender};
 pub(crate) use limit::SharedLimit;
 
 use crate::cost::Money;
@@ -207,6 +209,22 @@ impl Coordinator {
             lease,
         )
         .await
+    }
+
+    /// The ids this worker's earlier processes got an ok record for (on any disk).
+    pub(crate) async fn done_before(
+        &self,
+    ) -> Result<std::collections::HashSet<crate::job::IdKey>, Unreachable> {
+        done::load(&self.link, &self.done_key()).await
+    }
+
+    /// Where this worker's ok records' ids are kept from now on.
+    pub(crate) fn done_ledger(&self) -> DoneLedger {
+        DoneLedger::start(self.link.clone(), self.done_key())
+    }
+
+    fn done_key(&self) -> String {
+        format!("{}:done:{}", self.prefix, self.cfg.worker)
     }
 
     /// Calls made to Redis so far.

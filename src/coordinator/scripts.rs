@@ -218,3 +218,23 @@ return {tonumber(s[1]), tonumber(s[2])}
 "#,
     )
 });
+
+/// KEYS[1] a worker's set of done ids; ARGV the ids (hex) to add. Kept 30 days, as the budget.
+pub(super) static DONE_ADD: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+redis.call('SADD', KEYS[1], unpack(ARGV))
+redis.call('PEXPIRE', KEYS[1], 2592000000)
+return 1
+"#,
+    )
+});
+
+/// KEYS[1] a worker's set of done ids: every member.
+pub(super) static DONE_LIST: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+return redis.call('SMEMBERS', KEYS[1])
+"#,
+    )
+});

@@ -54,6 +54,20 @@ impl fmt::Display for JobId {
 pub struct IdKey([u64; 2]);
 
 impl IdKey {
+    /// 32 hex digits, for stores outside the process (the coordinator's done ids).
+    pub fn to_hex(self) -> String {
+        format!("{:016x}{:016x}", self.0[0], self.0[1])
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 32 {
+            return None;
+        }
+        let a = u64::from_str_radix(&s[..16], 16).ok()?;
+        let b = u64::from_str_radix(&s[16..], 16).ok()?;
+        Some(IdKey([a, b]))
+    }
+
     pub fn of(bytes: &[u8]) -> Self {
         let h = xxhash_rust::xxh3::xxh3_128(bytes);
         IdKey([h as u64, (h >> 64) as u64])

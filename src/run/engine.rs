@@ -61,6 +61,9 @@ pub(crate) struct IntakeCounts {
     pub(crate) in_open_batch: u64,
     /// Jobs handed to the engine.
     pub(crate) handed: u64,
+    /// Jobs an earlier process of this shard got an ok record for on another disk (the
+    /// coordinator's done ids): not bought again.
+    pub(crate) done_elsewhere: u64,
     /// Jobs not sent under `--dedupe`: their request is another job's, answered in the output
     /// or handed to the engine this run; they get a copy of that answer when the run ends.
     pub(crate) deduped: u64,
@@ -81,6 +84,8 @@ pub(crate) struct Intake<'a> {
     /// Ids this run must not send: they sit in batches of the output that were open when
     /// the run started (their answers are the batch's to deliver).
     exclude: std::collections::HashSet<crate::job::IdKey>,
+    /// Ids an earlier process of this shard got an ok record for on another disk.
+    elsewhere: std::collections::HashSet<crate::job::IdKey>,
     dedupe: Option<Followers>,
 }
 
@@ -121,8 +126,18 @@ impl<'a> Intake<'a> {
             counts: IntakeCounts::default(),
             error: None,
             exclude: Default::default(),
+            elsewhere: Default::default(),
             dedupe: None,
         }
+    }
+
+    /// Ids done by an earlier process of this shard (the coordinator says), of which this
+    /// output holds no ok record: not handed over.
+    pub(crate) fn done_elsewhere(&mut self, ids: std::collections::HashSet<crate::job::IdKey>) {
+        self.elsewhere = ids
+            .into_iter()
+            .filter(|k| !self.checkpoint.has_ok(*k))
+            .collect();
     }
 
     /// `--dedupe`: each distinct request is handed over once.
@@ -171,6 +186,11 @@ impl<'a> Intake<'a> {
             self.counts.read += 1;
             if !self.exclude.is_empty() && self.exclude.contains(&job.id.key()) {
                 self.counts.in_open_batch += 1;
+                self.counters.skipped.fetch_add(1, Relaxed);
+                continue;
+            }
+            if !self.elsewhere.is_empty() && self.elsewhere.contains(&job.id.key()) {
+                self.counts.done_elsewhere += 1;
                 self.counters.skipped.fetch_add(1, Relaxed);
                 continue;
             }

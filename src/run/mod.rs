@@ -172,11 +172,12 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     let prepared = prepare::prepare(&cfg, started, &shutdown).await?;
     let spent_before = prepared.checkpoint.totals.spent + prepared.removed_cost;
     let (client, _mock) = connect(&cfg, cfg.concurrency).await?;
-    let gates = Gates::open(&cfg, spent_before).await?;
+    let mut gates = Gates::open(&cfg, spent_before).await?;
     let counters = Arc::new(Counters::default());
     let _metrics = serve_metrics(&cfg, &counters).await?;
     prepared.start(&cfg)?;
-    let writer = writer::Writer::start(&cfg.output, counters.clone(), cfg.grace)?;
+    let done = gates.done.as_ref().and_then(|d| d.sender());
+    let writer = writer::Writer::start(&cfg.output, counters.clone(), cfg.grace, done)?;
     let ctx = Arc::new(context(&cfg, client, &gates, &counters, &writer, &shutdown));
     let to_do = to_do(&cfg, &prepared);
     counters.to_do.store(to_do, Relaxed);
@@ -192,6 +193,7 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         &counters,
     );
     intake.dedupe(cfg.dedupe);
+    intake.done_elsewhere(std::mem::take(&mut gates.done_before));
     let end = run_engine(&cfg, &ctx, &prepared, &mut intake, &writer).await?;
     let excluded = intake.excluded().clone();
     let counts = intake.counts;
@@ -204,6 +206,9 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
     drop(ctx); // with the job tasks gone, this closes the writer's channel
     reporter.finish().await;
     let written = writer.join()?;
+    if let Some(done) = gates.done.take() {
+        done.close().await;
+    }
     let copied = copy_answers(&cfg, &prepared, &excluded, &counters, &written)?;
     let cap = end
         .cap_reached
@@ -295,6 +300,10 @@ struct Gates {
     coordinator: Option<Coordinator>,
     limiter: Arc<dyn RateLimit>,
     budget: Option<Arc<dyn Budget>>,
+    /// Shared: the ids this worker's earlier processes got an ok record for, and where this
+    /// one's are kept.
+    done_before: std::collections::HashSet<crate::job::IdKey>,
+    done: Option<crate::coordinator::DoneLedger>,
 }
 
 impl Gates {
@@ -306,6 +315,8 @@ impl Gates {
                 budget: cfg
                     .max_cost
                     .map(|cap| Arc::new(LocalBudget::new(cap, spent_before)) as Arc<dyn Budget>),
+                done_before: Default::default(),
+                done: None,
             });
         };
         let coordinator = Coordinator::connect(cc)
@@ -338,10 +349,17 @@ impl Gates {
             coordinator.shown_url(),
             cc.worker
         );
+        let done_before = coordinator
+            .done_before()
+            .await
+            .map_err(RunError::Coordinator)?;
+        let done = Some(coordinator.done_ledger());
         Ok(Gates {
             coordinator: Some(coordinator),
             limiter,
             budget,
+            done_before,
+            done,
         })
     }
 }

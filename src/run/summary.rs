@@ -180,7 +180,7 @@ fn remaining(
 
 /// The summary: job counts that add up to the file, the outcome, the exit code.
 pub(super) fn summarize(t: Tallies) -> Summary {
-    let skipped = t.intake.skipped_done + t.intake.skipped_failed;
+    let skipped = t.intake.skipped_done + t.intake.skipped_failed + t.intake.done_elsewhere;
     let not_run = t
         .jobs
         .saturating_sub(skipped + t.engine.answered() + t.copied);
@@ -241,6 +241,7 @@ pub(super) fn summarize(t: Tallies) -> Summary {
             .then_some(t.resume_command),
         retried_on_resume,
         deduplicated: t.copied,
+        done_elsewhere: t.intake.done_elsewhere,
         remaining: remaining(not_run, c.ok + c.failed, c.spent, t.elapsed_secs),
         coordinator: t.coordinator,
     }
@@ -348,6 +349,7 @@ mod tests {
                 in_open_batch: 0,
                 handed: 65,
                 deduped: 0,
+                done_elsewhere: 0,
                 read_all: false,
             },
             engine: EngineEnd {

@@ -56,6 +56,7 @@ impl Writer {
         output: &Path,
         counters: Arc<Counters>,
         retry_for: Duration,
+        done: Option<crate::coordinator::DoneSender>,
     ) -> Result<Writer, RunError> {
         let file = JsonlWriter::open(output).map_err(|e| match e.source.kind() {
             // Another run took the output between this run's check and its first write.
@@ -82,6 +83,9 @@ impl Writer {
                     |r| {
                         latency.record(r.latency_ms);
                         count(&counters, r);
+                        if let (Some(done), Status::Ok) = (&done, &r.status) {
+                            let _ = done.send(crate::job::IdKey::of(r.id.as_bytes()));
+                        }
                     },
                     || {
                         let n = counters.written.load(Relaxed);

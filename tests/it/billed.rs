@@ -288,3 +288,38 @@ fn samples_are_deduplicated_only_when_asked_always() {
     assert_code(&o, 0);
     assert_eq!(mock.stats().requests, 20);
 }
+
+#[test]
+fn batch_mode_submits_each_distinct_request_once_under_dedupe() {
+    let mock = Mock::start(MockConfig {
+        batch: bulkprompt::mock::BatchConfig::default(),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", repeating(0..100, 40, ""));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--model",
+            "gpt-4o-mini",
+            "--mode",
+            "batch",
+            "--poll-interval",
+            "1",
+            "--dedupe",
+        ],
+    );
+    assert_code(&o, 0);
+    assert_eq!(
+        mock.batch_stats().lines_answered,
+        40,
+        "40 distinct requests, one line each"
+    );
+    let by_id = records_by_id(&out);
+    assert_eq!(by_id.len(), 100);
+    assert_eq!(by_id.values().filter(|r| r.dedup_of.is_some()).count(), 60);
+    assert!((recorded(&out) - billed(&mock)).abs() < 1e-6);
+}

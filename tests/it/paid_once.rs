@@ -1006,3 +1006,37 @@ fn a_second_process_on_a_shard_running_on_another_host_is_refused_within_seconds
         "the second wrote nothing"
     );
 }
+
+#[test]
+fn a_shard_run_again_on_a_fresh_disk_buys_nothing_an_earlier_process_bought() {
+    let Some(redis) = Redis::start() else { return };
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced(40));
+    let url = redis.url();
+    let args = coordinated(&url, "again", &["--shard", "0/2"]);
+    let first = Dir::new();
+    assert_code(
+        &run(&input, &first.path("out.jsonl"), &mock.url(), &args),
+        0,
+    );
+    let bought = mock.stats().requests;
+    assert!(bought > 0);
+    // The same shard, rescheduled on a new disk: the ledger in Redis says what was bought.
+    let second = Dir::new();
+    let o = run(&input, &second.path("out.jsonl"), &mock.url(), &args);
+    assert_code(&o, 0);
+    assert_eq!(mock.stats().requests, bought, "nothing bought twice");
+    assert!(
+        stderr(&o).contains("done by an earlier process of this shard on another disk"),
+        "{}",
+        stderr(&o)
+    );
+    // The other shard is untouched by it.
+    let other = coordinated(&url, "again", &["--shard", "1/2"]);
+    assert_code(
+        &run(&input, &second.path("out.jsonl"), &mock.url(), &other),
+        0,
+    );
+    assert!(mock.stats().requests > bought);
+}

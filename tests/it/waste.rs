@@ -331,7 +331,7 @@ fn a_calibrated_estimate_counts_as_the_provider_counts() {
             "--template",
             t,
             "--model",
-            "m",
+            "gpt-4o-mini",
             "--endpoint",
             &url,
             "-o",
