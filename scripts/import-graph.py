@@ -20,6 +20,9 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rust_source  # noqa: E402
+
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 EDGE = {"app", "cli"}
 EDGE_READERS = {("config", "resolve")}
@@ -47,35 +50,8 @@ def modules():
 
 
 def strip(text):
-    """The code of a file: comments, strings and characters blanked, its test module cut."""
-    out, i, n = [], 0, len(text)
-    while i < n:
-        c = text[i]
-        if text.startswith("//", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        elif c == "r" and re.match(r'r#*"', text[i:]) and not re.match(r"[A-Za-z0-9_]", text[i - 1 : i] or " "):
-            hashes = re.match(r'r(#*)"', text[i:]).group(1)
-            j = text.find('"' + hashes, i + len(hashes) + 2)
-            out.append('""')
-            i = n if j < 0 else j + 1 + len(hashes)
-        elif c == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            out.append('""')
-            i = j + 1
-        elif c == "'" and re.match(r"'(\\.[^']*|[^'\\])'", text[i:]):
-            m = re.match(r"'(\\.[^']*|[^'\\])'", text[i:])
-            out.append("' '")
-            i += m.end()
-        else:
-            out.append(c)
-            i += 1
-    code = "".join(out)
+    """The code of a file (rust_source.code), its test module cut."""
+    code = rust_source.code(text)
     cut = re.search(r"#\[cfg\(test\)\]\s*mod tests", code)
     return code[: cut.start()] if cut else code
 

@@ -11,6 +11,9 @@ import os
 import re
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rust_source  # noqa: E402
+
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 MAX = 150
 LONG = 80
@@ -19,40 +22,8 @@ FN = re.compile(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?(?:async\s+)?(?:unsafe\s+)?(?:co
 
 
 def code_lines(text):
-    """Lines with strings and comments blanked, so braces in them do not count."""
-    out, i, n = [], 0, len(text)
-    buf = []
-    while i < n:
-        c = text[i]
-        if text.startswith("//", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            seg = text[i : (n if j < 0 else j + 2)]
-            buf.append("\n" * seg.count("\n"))
-            i = n if j < 0 else j + 2
-        elif c == "r" and re.match(r'r#*"', text[i:]) and not re.match(r"[A-Za-z0-9_]", text[i - 1 : i] or " "):
-            hashes = re.match(r'r(#*)"', text[i:]).group(1)
-            j = text.find('"' + hashes, i + len(hashes) + 2)
-            end = n if j < 0 else j + 1 + len(hashes)
-            buf.append('""' + "\n" * text[i:end].count("\n"))
-            i = end
-        elif c == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            buf.append('""' + "\n" * text[i : j + 1].count("\n"))
-            i = j + 1
-        elif c == "'" and re.match(r"'(\\.[^']*|[^'\\])'", text[i:]):
-            m = re.match(r"'(\\.[^']*|[^'\\])'", text[i:])
-            buf.append("' '")
-            i += m.end()
-        else:
-            buf.append(c)
-            i += 1
-    out = "".join(buf).split("\n")
-    return out
+    """The file's lines, strings and comments blanked (braces in them do not count)."""
+    return rust_source.code(text).split("\n")
 
 
 def functions(path):

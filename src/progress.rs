@@ -271,6 +271,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome in words, as the summary's first line says it.
+    pub fn words(self) -> &'static str {
+        match self {
+            Outcome::Completed => "done",
+            Outcome::FailedJobs => "done, with failed jobs",
+            Outcome::Budget => "stopped at the cost cap",
+            Outcome::Aborted => "aborted",
+            Outcome::OutputFailed => "stopped, the output could not be written",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Submitted => "batches submitted",
+        }
+    }
+
     /// The process exit code for schedulers.
     pub fn exit_code(self) -> i32 {
         match self {
@@ -407,17 +420,7 @@ impl Summary {
 
     /// The outcome, where the output is, and why the run stopped.
     fn render_head(&self, line: &mut impl FnMut(String)) {
-        let head = match self.outcome {
-            Outcome::Completed => "bulkprompt: done".to_string(),
-            Outcome::FailedJobs => "bulkprompt: done, with failed jobs".to_string(),
-            Outcome::Budget => "bulkprompt: stopped at the cost cap".to_string(),
-            Outcome::Aborted => "bulkprompt: aborted".to_string(),
-            Outcome::OutputFailed => {
-                "bulkprompt: stopped, the output could not be written".to_string()
-            }
-            Outcome::Interrupted => "bulkprompt: interrupted".to_string(),
-            Outcome::Submitted => "bulkprompt: batches submitted".to_string(),
-        };
+        let head = format!("bulkprompt: {}", self.outcome.words());
         line(format!(
             "{head} in {:.1}s -> {}",
             self.elapsed_secs, self.output
@@ -582,6 +585,19 @@ impl Summary {
             };
             line(format!("  resume:    {cmd}{retries}"));
         }
+    }
+}
+
+/// Whether `path` is absent or holds an earlier run summary (and nothing else worth keeping):
+/// where `--summary-json` may write.
+pub fn replaceable_summary(path: &std::path::Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Ok(m) if !m.is_file() || m.len() > 1 << 20 => false,
+        Ok(_) => std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v.get("outcome").is_some() && v.get("exit_code").is_some()),
     }
 }
 

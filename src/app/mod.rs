@@ -198,18 +198,6 @@ pub(super) fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime,
     })
 }
 
-/// Whether `path` is absent or holds an earlier run summary (and nothing else worth keeping).
-fn replaceable_summary(path: &std::path::Path) -> bool {
-    match std::fs::symlink_metadata(path) {
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        Ok(m) if !m.is_file() || m.len() > 1 << 20 => false,
-        Ok(_) => std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v.get("outcome").is_some() && v.get("exit_code").is_some()),
-    }
-}
-
 async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
     let started_at = crate::output::record::timestamp(std::time::SystemTime::now());
     let summary_path = args.summary_json.clone();
@@ -225,7 +213,17 @@ async fn run_cmd(args: RunArgs, argv: Vec<String>) -> Result<i32, AppError> {
         Err(e) => {
             // A scheduler reading the summary must never find yesterday's: say what failed.
             // Only over nothing or an earlier summary: the path could be a file the run reads.
-            if let Some(path) = summary_path.as_ref().filter(|p| replaceable_summary(p)) {
+            let replaceable = |p: &&PathBuf| {
+                let ok = crate::progress::replaceable_summary(p);
+                if !ok {
+                    eprintln!(
+                        "bulkprompt: --summary-json {}: not written: the file there is not a bulkprompt summary",
+                        p.display()
+                    );
+                }
+                ok
+            };
+            if let Some(path) = summary_path.as_ref().filter(replaceable) {
                 let json = serde_json::json!({
                     "outcome": "error",
                     "exit_code": e.exit_code(),
@@ -454,7 +452,9 @@ fn export_cmd(args: crate::cli::ExportArgs) -> Result<i32, AppError> {
         ExportFormat::Parquet => convert(&args.input, &target, options)?.rows,
         flat => write_through_temp(&target, &args.output, |w| {
             Ok(match flat {
-                ExportFormat::Csv => crate::output::flat::to_csv(&args.input, w)?.rows,
+                ExportFormat::Csv => {
+                    crate::output::flat::to_csv(&args.input, w, &options.parsed_columns)?.rows
+                }
                 _ => crate::output::flat::to_openai_batch(&args.input, w)?.rows,
             })
         })?,

@@ -74,8 +74,13 @@ fn text(v: &Option<impl ToString>) -> String {
 }
 
 /// CSV: the record's fields as columns, `parsed` and `metadata` as JSON text, one
-/// `meta_<key>` column per metadata key; written to `out`.
-pub fn to_csv(jsonl: &Path, out: impl Write) -> Result<Exported, ParquetError> {
+/// `parsed_<property>` column per property of the run's answer schema (as Parquet has them),
+/// one `meta_<key>` column per metadata key; written to `out`.
+pub fn to_csv(
+    jsonl: &Path,
+    out: impl Write,
+    parsed_columns: &[(String, crate::answer::ColumnType)],
+) -> Result<Exported, ParquetError> {
     let mut w = csv::Writer::from_writer(out);
     let werr = |e: String| ParquetError::Write {
         path: jsonl.to_path_buf(),
@@ -83,74 +88,92 @@ pub fn to_csv(jsonl: &Path, out: impl Write) -> Result<Exported, ParquetError> {
     };
     let (last, keys) = scan(jsonl)?;
     let meta_keys: Vec<String> = keys.into_iter().collect();
+    let parsed: Vec<&str> = parsed_columns.iter().map(|(k, _)| k.as_str()).collect();
+    w.write_record(csv_header(&parsed, &meta_keys))
+        .map_err(|e| werr(e.to_string()))?;
     let mut rows = 0;
-    {
-        let mut header: Vec<String> = [
-            "id",
-            "index",
-            "status",
-            "model",
-            "response_model",
-            "content",
-            "parsed",
-            "finish_reason",
-            "prompt_tokens",
-            "completion_tokens",
-            "cost_usd",
-            "latency_ms",
-            "attempts",
-            "error_kind",
-            "error_message",
-            "finished_at",
-            "metadata",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        header.extend(meta_keys.iter().map(|k| format!("meta_{k}")));
-        w.write_record(&header).map_err(|e| werr(e.to_string()))?;
-    }
     each_latest(jsonl, &last, |r| {
-        let mut row = vec![
-            r.id.clone(),
-            r.index.to_string(),
-            match r.status {
-                Status::Ok => "ok".into(),
-                Status::Failed => "failed".into(),
-            },
-            r.model.clone(),
-            text(&r.response_model),
-            text(&r.content),
-            r.parsed.as_ref().map(|v| v.to_string()).unwrap_or_default(),
-            text(&r.finish_reason),
-            text(&r.prompt_tokens),
-            text(&r.completion_tokens),
-            text(&r.cost_usd),
-            r.latency_ms.to_string(),
-            r.attempts.to_string(),
-            r.error
-                .as_ref()
-                .map(|e| e.kind.as_str().to_string())
-                .unwrap_or_default(),
-            r.error
-                .as_ref()
-                .map(|e| e.message.clone())
-                .unwrap_or_default(),
-            r.finished_at.clone(),
-            serde_json::to_string(&r.metadata).unwrap_or_default(),
-        ];
-        for k in &meta_keys {
-            row.push(match r.metadata.get(k) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Null) | None => String::new(),
-                Some(v) => v.to_string(),
-            });
-        }
         rows += 1;
-        w.write_record(&row).map_err(|e| e.to_string())
+        w.write_record(csv_row(&r, &parsed, &meta_keys))
+            .map_err(|e| e.to_string())
     })?;
     w.flush().map_err(|e| werr(e.to_string()))?;
     Ok(Exported { rows })
+}
+
+fn csv_header(parsed: &[&str], meta_keys: &[String]) -> Vec<String> {
+    let mut header: Vec<String> = [
+        "id",
+        "index",
+        "status",
+        "model",
+        "response_model",
+        "content",
+        "parsed",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "attempts",
+        "error_kind",
+        "error_message",
+        "finished_at",
+        "metadata",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    header.extend(parsed.iter().map(|k| format!("parsed_{k}")));
+    header.extend(meta_keys.iter().map(|k| format!("meta_{k}")));
+    header
+}
+
+/// A JSON value as a spreadsheet cell: strings as they are, null as empty, the rest as JSON.
+fn cell(v: Option<&serde_json::Value>) -> String {
+    match v {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn csv_row(r: &Record, parsed: &[&str], meta_keys: &[String]) -> Vec<String> {
+    let mut row = vec![
+        r.id.clone(),
+        r.index.to_string(),
+        match r.status {
+            Status::Ok => "ok".into(),
+            Status::Failed => "failed".into(),
+        },
+        r.model.clone(),
+        text(&r.response_model),
+        text(&r.content),
+        r.parsed.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+        text(&r.finish_reason),
+        text(&r.prompt_tokens),
+        text(&r.completion_tokens),
+        text(&r.cost_usd),
+        r.latency_ms.to_string(),
+        r.attempts.to_string(),
+        r.error
+            .as_ref()
+            .map(|e| e.kind.as_str().to_string())
+            .unwrap_or_default(),
+        r.error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .unwrap_or_default(),
+        r.finished_at.clone(),
+        serde_json::to_string(&r.metadata).unwrap_or_default(),
+    ];
+    row.extend(
+        parsed
+            .iter()
+            .map(|k| cell(r.parsed.as_ref().and_then(|p| p.get(*k)))),
+    );
+    row.extend(meta_keys.iter().map(|k| cell(r.metadata.get(k))));
+    row
 }
 
 /// OpenAI's Batch API output lines: `{"id", "custom_id", "response": {"status_code",

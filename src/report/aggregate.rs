@@ -45,6 +45,8 @@ pub(crate) struct Job {
     /// Picodollars.
     pub(crate) cost: u64,
     pub(crate) latency_ms: u64,
+    /// Its record is ok (else failed).
+    pub(crate) ok: bool,
 }
 
 /// Money and tokens of one model.
@@ -186,6 +188,7 @@ impl Aggregate {
             model: r.model.clone(),
             cost,
             latency_ms: r.latency_ms,
+            ok: r.status == crate::output::Status::Ok,
         };
         bounded(&mut self.dearest, cost, &job);
         bounded(&mut self.slowest, r.latency_ms, &job);

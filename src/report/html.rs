@@ -157,7 +157,10 @@ pub(crate) fn page(
         esc(crate::version::version())
     );
 
+    // What matters first: how it went, and what failed.
     headline(&mut s, a, summary);
+    this_run(&mut s, summary);
+    failures(&mut s, a);
     over_time(&mut s, a);
     labels(&mut s, a);
     estimate_and_actual(&mut s, a, estimate);
@@ -165,8 +168,6 @@ pub(crate) fn page(
     models(&mut s, a);
     attempts(&mut s, a);
     top_lists(&mut s, a);
-    failures(&mut s, a);
-    this_run(&mut s, summary);
     let _ = write!(
         s,
         r#"<p class="note">Figures are over each id's latest record; a record's cost includes what its earlier attempts and runs paid. Axis numbers: k thousands, M millions ({} = {}).</p></main></body></html>"#,
@@ -517,22 +518,26 @@ fn top_lists(s: &mut String, a: &Aggregate) {
     let table = |s: &mut String, title: &str, jobs: &[super::aggregate::Job]| {
         let _ = write!(
             s,
-            r#"<h2>{title}</h2><table><tr><th>id</th><th>model</th><th class="n">cost</th><th class="n">latency</th></tr>"#
+            r#"<h2>{title}</h2><table><tr><th>id</th><th>model</th><th>status</th><th class="n">cost</th><th class="n">latency</th></tr>"#
         );
         for j in jobs {
             let _ = write!(
                 s,
-                r#"<tr><td><code>{}</code></td><td><code>{}</code></td><td class="n">{}</td><td class="n">{} ms</td></tr>"#,
+                r#"<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td class="n">{}</td><td class="n">{} ms</td></tr>"#,
                 esc(&j.id),
                 esc(&j.model),
+                if j.ok { "ok" } else { "failed" },
                 usd(j.cost),
                 thousands(j.latency_ms)
             );
         }
         s.push_str("</table>");
     };
-    if a.records > 0 {
+    // Ten arbitrary ids when nothing cost anything say nothing.
+    if a.cost > 0 {
         table(s, "The most expensive jobs", &a.dearest());
+    }
+    if a.records > 0 {
         table(s, "The slowest jobs", &a.slowest());
     }
 }
@@ -568,8 +573,8 @@ fn this_run(s: &mut String, summary: Option<&Summary>) {
     if let Some(sm) = summary {
         let _ = write!(
             s,
-            r#"<h2>This run</h2><table><tr><td>outcome</td><td>{:?} (exit {})</td></tr><tr><td>started, ended</td><td>{} to {}</td></tr><tr><td>jobs in the file</td><td class="n">{}</td></tr><tr><td>new, retried, changed</td><td class="n">{}, {}, {}</td></tr><tr><td>requests, retries, 429s</td><td class="n">{}, {}, {}</td></tr><tr><td>cost this run</td><td class="n">${:.6}</td></tr></table>"#,
-            sm.outcome,
+            r#"<h2>This run</h2><table><tr><td>outcome</td><td>{} (exit {})</td></tr><tr><td>started, ended</td><td>{} to {}</td></tr><tr><td>jobs in the file</td><td class="n">{}</td></tr><tr><td>new, retried, changed</td><td class="n">{}, {}, {}</td></tr><tr><td>requests, retries, 429s</td><td class="n">{}, {}, {}</td></tr><tr><td>cost this run</td><td class="n">${:.6}</td></tr></table>"#,
+            sm.outcome.words(),
             sm.exit_code,
             esc(&sm.started_at),
             esc(&sm.ended_at),

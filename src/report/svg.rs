@@ -77,7 +77,16 @@ pub(crate) fn columns(mut layers: Vec<Layer<'_>>, mut labels: Vec<String>, y_uni
             .map(|l| l.values.get(i).copied().unwrap_or(0.0))
             .sum::<f64>()
     });
-    let frame = Frame::new(nice(totals.fold(0.0, f64::max)), n);
+    let most = totals.fold(0.0, f64::max);
+    // Counts get whole ticks: a step of 1, 2, 5, 10, ... jobs, never 1.25.
+    let whole = layers
+        .iter()
+        .all(|l| l.values.iter().all(|v| v.fract() == 0.0));
+    let top = match whole {
+        true => nice(most / 4.0).max(1.0).ceil() * 4.0,
+        false => nice(most),
+    };
+    let frame = Frame::new(top, n);
     let mut s = String::new();
     let _ = write!(
         s,
@@ -242,6 +251,20 @@ mod tests {
         assert_eq!(nice(7.0), 10.0);
         assert_eq!(nice(120.0), 200.0);
         assert_eq!(nice(0.3), 0.5);
+        // Whole counts: ticks at whole steps.
+        let chart = columns(
+            vec![Layer {
+                name: "jobs",
+                color: "#000",
+                values: vec![5.0, 3.0],
+            }],
+            vec!["a".into(), "b".into()],
+            "jobs",
+        );
+        assert!(
+            chart.contains(">8<") && !chart.contains(">1.25<"),
+            "{chart}"
+        );
         assert_eq!(short(1200.0), "1.2k");
         assert_eq!(short(0.25), "0.25");
         let values: Vec<f64> = (0..1000).map(|_| 1.0).collect();
@@ -259,7 +282,10 @@ mod tests {
             svg.matches("<rect").count() <= MAX_COLUMNS,
             "columns merged"
         );
-        assert!(svg.contains(">5</text>"), "merged columns add up: {svg}");
+        assert!(
+            svg.contains(": 5 ok</title>"),
+            "merged columns add up: {svg}"
+        );
         let b = bars(&[("<script>".into(), 2.0, "2 & more".into())], "#333");
         assert!(!b.contains("<script>") && b.contains("&lt;script&gt;"));
     }

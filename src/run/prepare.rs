@@ -110,6 +110,16 @@ pub(super) async fn prepare(
 ) -> Result<Prepared, RunError> {
     check_transport(cfg)?;
     check_overwrites(cfg)?;
+    if let Some(p) = cfg
+        .summary_json
+        .as_ref()
+        .filter(|p| !crate::progress::replaceable_summary(p))
+    {
+        return Err(RunError::Config(format!(
+            "--summary-json {}: the file there is not a bulkprompt summary, and a scheduler reading it would read something else: give another path",
+            p.display()
+        )));
+    }
     check_targets(cfg)?;
     let lock = OutputLock::acquire(&cfg.output)?;
     migrate(cfg)?;

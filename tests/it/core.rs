@@ -249,3 +249,52 @@ fn serve_mock_runs_as_its_own_process() {
     assert_eq!(records(&out).len(), 5);
     std::thread::sleep(Duration::from_millis(1));
 }
+
+#[test]
+fn a_summary_path_holding_another_file_is_refused_before_anything_is_sent() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    let precious = dir.write("notes.json", "{\"hello\": \"world\"}");
+    let p = precious.display().to_string();
+    let o = run(
+        &input,
+        &dir.path("out.jsonl"),
+        &mock.url(),
+        &["--summary-json", &p],
+    );
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("is not a bulkprompt summary"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(mock.stats().requests, 0);
+    assert_eq!(
+        std::fs::read_to_string(&precious).unwrap(),
+        "{\"hello\": \"world\"}",
+        "left as it was"
+    );
+    // An earlier summary is replaced as before.
+    let s = dir.path("s.json");
+    let sp = s.display().to_string();
+    assert_code(
+        &run(
+            &input,
+            &dir.path("out.jsonl"),
+            &mock.url(),
+            &["--summary-json", &sp],
+        ),
+        0,
+    );
+    assert_code(
+        &run(
+            &input,
+            &dir.path("out.jsonl"),
+            &mock.url(),
+            &["--summary-json", &sp],
+        ),
+        0,
+    );
+    assert_eq!(summary(&s)["outcome"], "completed");
+}

@@ -228,6 +228,31 @@ fn invalid_answers_are_asked_again_counted_and_paid_for_exactly() {
             .data_type(),
         &DataType::Int64
     );
+    // CSV has the same parsed_<property> columns, for a spreadsheet.
+    let csv_out = dir.path("labels.csv");
+    let o = bulkprompt()
+        .args(["export"])
+        .arg(&journal)
+        .arg("-o")
+        .arg(&csv_out)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let mut rd = csv::Reader::from_path(&csv_out).unwrap();
+    let header = rd.headers().unwrap().clone();
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (id, sentiment, rating) = (at("id"), at("parsed_sentiment"), at("parsed_rating"));
+    for row in rd.records() {
+        let row = row.unwrap();
+        let r = &recs[&row[id]];
+        if let Some(p) = &r.parsed {
+            assert_eq!(&row[sentiment], p["sentiment"].as_str().unwrap());
+            assert_eq!(
+                row[rating].parse::<i64>().unwrap(),
+                p["rating"].as_i64().unwrap()
+            );
+        }
+    }
 }
 
 #[test]

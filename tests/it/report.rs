@@ -183,3 +183,38 @@ fn a_labeling_runs_report_shows_each_labels_distribution() {
         );
     }
 }
+
+#[test]
+fn the_report_leads_with_how_the_run_went_in_words() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    // A model with no price: every cost is 0.
+    let input = dir.write("jobs.jsonl", chat_jobs(20));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--model", "no-price-model", "--report"],
+    );
+    assert_code(&o, 0);
+    let html = std::fs::read_to_string(dir.path("out.jsonl.report.html")).unwrap();
+    let this_run = html
+        .find("<h2>This run</h2>")
+        .expect("the run's own section");
+    let over_time = html.find("Completions per second").unwrap_or(usize::MAX);
+    assert!(this_run < over_time, "the outcome comes before the charts");
+    assert!(
+        html.contains("<td>done (exit 0)</td>"),
+        "the outcome in words"
+    );
+    assert!(!html.contains("Completed (exit"), "not a type name");
+    assert!(
+        !html.contains("The most expensive jobs"),
+        "no list of arbitrary ids when nothing cost anything"
+    );
+    assert!(
+        html.contains("<th>status</th>"),
+        "the slowest jobs say their status"
+    );
+}
