@@ -15,10 +15,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// More log detail (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(help_heading = "Logs", short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Logs", long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -126,10 +126,10 @@ pub struct JobArgs {
     /// Run only shard I of N: the jobs whose id hashes there (XXH3-64 of the id, mod N); the
     /// output gets `.shard-I-of-N` (or replaces `{shard}` in -o). Without it, the shard comes
     /// from JOB_COMPLETION_INDEX (with --shards) or SLURM_ARRAY_TASK_ID/_COUNT when set.
-    #[arg(long, value_name = "I/N")]
+    #[arg(help_heading = "Many workers", long, value_name = "I/N")]
     pub shard: Option<String>,
     /// The number of shards, for a Kubernetes Indexed Job (JOB_COMPLETION_INDEX gives I).
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Many workers", long, value_name = "N")]
     pub shards: Option<u32>,
     /// Longest input line accepted, in bytes.
     #[arg(long)]
@@ -397,15 +397,15 @@ pub struct EstimateArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Typical answer length in tokens (overrides the earlier output's median).
-    #[arg(long)]
+    #[arg(help_heading = "Estimate", long)]
     pub assume_output_tokens: Option<u64>,
     /// Send N of the jobs to the endpoint with max_tokens 1 (their cost is shown, within
     /// --max-cost) and scale every model's prompt tokens by what the provider counted for them
     /// against the local count: chat templates and system prompts a server adds are counted.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Estimate", long, value_name = "N")]
     pub calibrate: Option<usize>,
     /// Print as JSON.
-    #[arg(long)]
+    #[arg(help_heading = "Estimate", long)]
     pub json: bool,
 }
 
@@ -483,78 +483,104 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct ServeMockArgs {
     /// Port on 127.0.0.1 (0 picks a free one; the URL is printed on stdout).
-    #[arg(long, default_value_t = 8080)]
+    #[arg(help_heading = "Server", long, default_value_t = 8080)]
     pub port: u16,
     /// Address to bind.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(help_heading = "Server", long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
     /// Mean latency of an answer, in ms (each within ±25%).
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "Answers", long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Share of requests answered 500/502/503.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(help_heading = "Faults", long, default_value_t = 0.0)]
     pub fail_rate: f64,
     /// Share of requests accepted and never answered.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(help_heading = "Faults", long, default_value_t = 0.0)]
     pub hang_rate: f64,
     /// Inject a fault at a rate, KIND=RATE (repeatable): server-error, hang, close, garbage,
     /// error-200, truncated, slow-body, 429, 429-date, content-filter, tool-calls, echo-key,
-    /// or all.
-    #[arg(long = "fault", value_name = "KIND=RATE")]
+    /// off-schema (an answer that breaks the request's schema), fenced (JSON in a markdown
+    /// fence), or all.
+    #[arg(help_heading = "Faults", long = "fault", value_name = "KIND=RATE")]
     pub faults: Vec<String>,
     /// Periodic outages, EVERY:LASTS in seconds (e.g. 60:20): all requests get 503 meanwhile.
-    #[arg(long, value_name = "EVERY:LASTS")]
+    #[arg(help_heading = "Faults", long, value_name = "EVERY:LASTS")]
     pub storm: Option<String>,
     /// Requests per sliding minute before 429.
-    #[arg(long)]
+    #[arg(help_heading = "Limits", long)]
     pub rpm: Option<u64>,
     /// Tokens per sliding minute before 429.
-    #[arg(long)]
+    #[arg(help_heading = "Limits", long)]
     pub tpm: Option<u64>,
     /// The window --rpm and --tpm count over, in seconds (shorter than a minute for quick tests).
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(help_heading = "Limits", long, default_value_t = 60.0)]
     pub window_secs: f64,
     /// Seed for fault injection and latency jitter.
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = "Answers", long, default_value_t = 0)]
     pub seed: u64,
     /// Whose manners: error shapes, rate-limit headers and what an exhausted account says
     /// (openai, openrouter, gemini, aiml).
-    #[arg(long, default_value = "openai")]
+    #[arg(help_heading = "Answers", long, default_value = "openai")]
     pub dialect: String,
     /// Requests a minute to advertise in `x-ratelimit-limit-requests` on every answer.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Limits", long, value_name = "N")]
     pub advertise_rpm: Option<u64>,
     /// After this many answered requests the account is exhausted and every request is refused
     /// as the dialect does it (429 insufficient_quota, 402, a per-day quota, 403).
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Limits", long, value_name = "N")]
     pub quota_after: Option<u64>,
     /// Answer 404 for models the simulator's price table does not know.
-    #[arg(long)]
+    #[arg(help_heading = "Answers", long)]
     pub refuse_unknown_models: bool,
     /// Batch API: a batch ends this long after it is created.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    #[arg(
+        help_heading = "Batch API",
+        long,
+        value_name = "MS",
+        default_value_t = 2000
+    )]
     pub batch_delay_ms: u64,
     /// Batch API: every call takes this long.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    #[arg(
+        help_heading = "Batch API",
+        long,
+        value_name = "MS",
+        default_value_t = 0
+    )]
     pub batch_latency_ms: u64,
     /// Batch API: share of lines that fail with a 500.
-    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    #[arg(
+        help_heading = "Batch API",
+        long,
+        value_name = "RATE",
+        default_value_t = 0.0
+    )]
     pub batch_fail_rate: f64,
     /// Batch API: share of batches that expire with half their lines answered.
-    #[arg(long, value_name = "RATE", default_value_t = 0.0)]
+    #[arg(
+        help_heading = "Batch API",
+        long,
+        value_name = "RATE",
+        default_value_t = 0.0
+    )]
     pub batch_expire_rate: f64,
     /// Serve N requests at once, like a self-hosted server's slots; the rest wait in line.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Answers", long, value_name = "N")]
     pub slots: Option<usize>,
     /// Batch API: the first N uploads and creations take effect, then answer 502 (their
     /// answer lost on the wire).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        help_heading = "Batch API",
+        long,
+        value_name = "N",
+        default_value_t = 0
+    )]
     pub batch_lose_answers: u32,
     /// Require `Authorization: Bearer <key>` with the key from this environment variable.
-    #[arg(long, value_name = "VAR")]
+    #[arg(help_heading = "Server", long, value_name = "VAR")]
     pub require_key_env: Option<String>,
     /// Worker threads (default: one per core).
-    #[arg(long)]
+    #[arg(help_heading = "Server", long)]
     pub threads: Option<usize>,
 }
 

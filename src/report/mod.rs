@@ -57,9 +57,23 @@ fn estimate_of(jsonl: &Path) -> Result<crate::estimate::Estimate, String> {
         .windows(2)
         .any(|w| w[0] == "--mode" && w[1] == "batch")
         || meta.argv.iter().any(|a| a == "--mode=batch");
+    // The run's own price file (`--prices`, relative to where it ran), else the user's.
+    let prices_file = meta
+        .argv
+        .windows(2)
+        .find(|w| w[0] == "--prices")
+        .map(|w| w[1].clone())
+        .or_else(|| {
+            meta.argv
+                .iter()
+                .find_map(|a| a.strip_prefix("--prices=").map(str::to_string))
+        })
+        .map(|p| Path::new(&meta.cwd).join(p));
+    let prices = crate::cost::PriceTable::load_effective(prices_file.as_deref())
+        .map_err(|e| e.to_string())?;
     let cfg = crate::estimate::EstimateConfig {
         input,
-        prices: crate::cost::PriceTable::load_effective(None).map_err(|e| e.to_string())?,
+        prices,
         rpm: None,
         tpm: None,
         concurrency: None,

@@ -218,3 +218,35 @@ fn the_report_leads_with_how_the_run_went_in_words() {
         "the slowest jobs say their status"
     );
 }
+
+#[test]
+fn the_report_prices_the_estimate_with_the_runs_own_price_file() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(10));
+    let prices = dir.write(
+        "prices.toml",
+        "[models.\"house-model\"]\ninput = 1.0\noutput = 2.0\nsource = \"https://example.test/prices\"\nread_on = \"2026-12-04\"\n",
+    );
+    let out = dir.path("out.jsonl");
+    let p = prices.display().to_string();
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--model", "house-model", "--prices", &p],
+    );
+    assert_code(&o, 0);
+    let o = bulkprompt().arg("report").arg(&out).output().unwrap();
+    assert_code(&o, 0);
+    let html = std::fs::read_to_string(dir.path("out.jsonl.report.html")).unwrap();
+    let row = html
+        .split("data-estimate=\"house-model\">")
+        .nth(1)
+        .expect("an estimate row for the model");
+    assert!(
+        !row.starts_with("no price"),
+        "{}",
+        &row[..row.len().min(80)]
+    );
+}
