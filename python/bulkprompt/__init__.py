@@ -162,6 +162,32 @@ def _call(args: list, on_line: Optional[Callable[[str], None]] = None) -> tuple:
     return proc.returncode, out, "".join(err)
 
 
+def _bar_feeder(bar: Any) -> Callable[[str], None]:
+    """Feeds a tqdm-compatible bar (`update(n)`, `total`) from JSON log lines: each progress
+    line's `done` and `to_do`, and the summary's count at the end."""
+    seen = [0]
+
+    def feed(line: str) -> None:
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            return
+        summary = fields.get("summary")
+        if isinstance(summary, dict):
+            done = summary.get("ok", 0) + summary.get("failed", 0)
+        elif "done" in fields:
+            done = fields["done"]
+            if getattr(bar, "total", None) in (None, 0) and "to_do" in fields:
+                bar.total = fields["to_do"]
+        else:
+            return
+        if done > seen[0]:
+            bar.update(done - seen[0])
+            seen[0] = done
+
+    return feed
+
+
 def _read_output(output: Path) -> Optional[pa.Table]:
     """The output as a table, one row per id in the input's order (typed `parsed_*` columns)."""
     if not output.exists():
@@ -199,18 +225,23 @@ def run(
     """Runs `data` (a job file, a list of dicts, a pandas or polars DataFrame, a pyarrow Table)
     and returns one row per id: `id`, `status`, `content`, `parsed` and the typed `parsed_*`
     columns, `cost_usd`, usage, the error. `flags` are the `run` flags (`max_cost=0.5`,
-    `rpm=600`, `mode="batch"`, `dedupe=True`). `progress`, when given, is called with each line
-    the run logs (its progress lines included); without it the progress goes to stderr when that
-    is a terminal. Raises `RunError` (`BudgetReached` at the cap) unless every job ends ok."""
+    `rpm=600`, `mode="batch"`, `dedupe=True`). `progress` is a tqdm-compatible bar (anything
+    with `update(n)`, and `total`), fed as jobs get their records, or a function called with
+    each line the run logs; without it the progress goes to stderr when that is a terminal. Raises `RunError` (`BudgetReached` at the cap) unless every job ends ok."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     job, extra = _job_file(data, output)
     summary_path = output.parent / f".{output.name}.summary.json"
     args = ["run", str(job), "-o", str(output), "--summary-json", str(summary_path), *extra]
+    on_line = progress
+    if progress is not None and hasattr(progress, "update"):
+        # A tqdm-like bar: fed from the run's JSON progress lines (no dependency on tqdm).
+        on_line = _bar_feeder(progress)
+        args += ["--log-format", "json"]
     if progress is not None:
         args.append("--progress-log")
     args += _common(template, model, provider, endpoint, api_key_env, json_schema, flags)
-    code, _, err = _call(args, on_line=progress)
+    code, _, err = _call(args, on_line=on_line)
     summary = None
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())

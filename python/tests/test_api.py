@@ -120,3 +120,19 @@ def test_the_command_line_is_installed_too():
     for cmd in ([bulkprompt.binary(), "--version"], [sys.executable, "-m", "bulkprompt", "--version"]):
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         assert out.startswith("bulkprompt ")
+
+
+def test_a_tqdm_compatible_bar_is_fed_to_the_end(mock, tmp_path):
+    class Bar:
+        def __init__(self):
+            self.n, self.total = 0, None
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    bulkprompt.run(ROWS, output=tmp_path / "bar.parquet", endpoint=mock, progress=bar, **FLAGS)
+    assert bar.n == 20
+    lines = []
+    bulkprompt.run(ROWS, output=tmp_path / "lines.parquet", endpoint=mock, progress=lines.append, **FLAGS)
+    assert any("done" in l for l in lines), lines
