@@ -136,3 +136,38 @@ def test_a_tqdm_compatible_bar_is_fed_to_the_end(mock, tmp_path):
     lines = []
     bulkprompt.run(ROWS, output=tmp_path / "lines.parquet", endpoint=mock, progress=lines.append, **FLAGS)
     assert any("done" in l for l in lines), lines
+
+
+def test_ctrl_c_stops_the_run_as_sigint_does_and_it_resumes(tmp_path):
+    import os
+    import signal
+    import threading
+
+    slow = subprocess.Popen(
+        [bulkprompt.binary(), "serve-mock", "--port", "0", "--latency-ms", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = slow.stdout.readline().split("listening on ")[1].strip()
+        rows = [{"id": f"k{i}", "text": f"review {i}"} for i in range(60)]
+        out = tmp_path / "stopped.parquet"
+        # Started in the background by a script, Python inherits SIGINT ignored: Ctrl-C as a
+        # terminal delivers it is the default handler.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                bulkprompt.run(rows, output=out, endpoint=url, concurrency=2, grace=5, **FLAGS)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        stopped_at = requests(url)
+        assert stopped_at < 60, "stopped part way"
+        # The same call again resumes: every id ok, what was answered not bought again.
+        t = bulkprompt.run(rows, output=out, endpoint=url, concurrency=8, **FLAGS)
+        assert t.num_rows == 60 and set(t.column("status").to_pylist()) == {"ok"}
+        assert requests(url) <= 60 + 2, "at most the calls in flight at the stop again"
+    finally:
+        slow.terminate()
+        slow.wait()
