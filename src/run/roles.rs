@@ -100,7 +100,7 @@ pub(super) struct Spending {
     /// Warned once that an answer's usage could not be read.
     warned_usage: AtomicBool,
     /// (asked, served) pairs already said.
-    served_said: Mutex<std::collections::HashSet<(String, String)>>,
+    served_said: Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Spending {
@@ -132,16 +132,22 @@ impl Spending {
         served: Option<&str>,
     ) -> Option<&crate::cost::Price> {
         let asked = self.prices.get(model);
-        let Some(served) = served.filter(|s| *s != model && !s.starts_with(&format!("{model}-")))
-        else {
+        let snapshot = |s: &str| s.strip_prefix(model).is_some_and(|r| r.starts_with('-'));
+        let Some(served) = served.filter(|s| *s != model && !snapshot(s)) else {
             return asked;
         };
         let by_served = self.prices.get(served);
+        // A hash of the pair: no allocation on the answer's path once the pair was said.
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(model.as_bytes());
+        h.update(&[0]);
+        h.update(served.as_bytes());
+        let pair = h.digest();
         let first = self
             .served_said
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((model.to_string(), served.to_string()));
+            .insert(pair);
         if first {
             match (by_served, asked) {
                 (Some(_), _) => tracing::warn!(
