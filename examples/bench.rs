@@ -868,6 +868,7 @@ fn write_output(input: &Path, out: &Path, content: &str) {
             upstream_cost_usd: None,
             latency_ms: 412,
             attempts: 1,
+            retries: None,
             error: None,
             started_at: now.clone(),
             finished_at: now.clone(),

@@ -8,4 +8,4 @@ pub mod parquet;
 pub mod record;
 
 pub use crate::error_kind::ErrorKind;
-pub use record::{CostSource, Record, RecordError, RecordHead, Stale, Status};
+pub use record::{CostSource, Record, RecordError, RecordHead, Retries, Stale, Status};

@@ -52,6 +52,7 @@ struct Present {
     fallback_model: bool,
     stale: bool,
     dedup_of: bool,
+    retries: bool,
     /// `billed_output_tokens` and `usage_rule`.
     billing: bool,
     upstream: bool,
@@ -150,6 +151,8 @@ pub fn convert(
             #[serde(default)]
             dedup_of: Option<IgnoredAny>,
             #[serde(default)]
+            retries: Option<IgnoredAny>,
+            #[serde(default)]
             upstream_cost_usd: Option<IgnoredAny>,
             #[serde(default)]
             cost_usd: Option<f64>,
@@ -165,6 +168,7 @@ pub fn convert(
         present.stale |= h.stale.is_some();
         present.billing |= h.usage_rule.is_some();
         present.dedup_of |= h.dedup_of.is_some();
+        present.retries |= h.retries.is_some();
         present.upstream |= h.upstream_cost_usd.is_some();
         Ok(())
     })?;
@@ -240,6 +244,7 @@ fn schema(meta_keys: &[String], present: Present, options: &ParquetOptions) -> S
         (present.fallback_model, "fallback_model"),
         (present.stale, "stale"),
         (present.dedup_of, "dedup_of"),
+        (present.retries, "retries"),
         (present.response, "response"),
     ] {
         if on {
@@ -358,6 +363,7 @@ struct Columns {
     fallback_model: StringBuilder,
     stale: StringBuilder,
     dedup_of: StringBuilder,
+    retries: StringBuilder,
     typed_names: Vec<String>,
     typed: Vec<Typed>,
     tokens: [Int64Builder; 5],
@@ -410,6 +416,7 @@ impl Columns {
             fallback_model: s(),
             stale: s(),
             dedup_of: s(),
+            retries: s(),
             typed_names: options
                 .parsed_columns
                 .iter()
@@ -480,6 +487,13 @@ impl Columns {
         }
         if p.dedup_of {
             self.dedup_of.append_option(r.dedup_of.as_deref());
+        }
+        if p.retries {
+            self.retries.append_option(
+                r.retries
+                    .as_ref()
+                    .and_then(|m| serde_json::to_string(m).ok()),
+            );
         }
         if p.response {
             self.response
@@ -576,6 +590,7 @@ impl Columns {
             (p.fallback_model, &mut self.fallback_model),
             (p.stale, &mut self.stale),
             (p.dedup_of, &mut self.dedup_of),
+            (p.retries, &mut self.retries),
             (p.response, &mut self.response),
         ] {
             if on {

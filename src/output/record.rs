@@ -106,12 +106,19 @@ pub struct Record {
     pub upstream_cost_usd: Option<f64>,
     pub latency_ms: u64,
     pub attempts: u32,
+    /// The attempts before the last that failed, by kind (`{"timeout": 2}`): what the run
+    /// retried for this job. Absent when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
     pub error: Option<RecordError>,
     pub started_at: String,
     pub finished_at: String,
     pub metadata: Map<String, Value>,
     pub fingerprint: String,
 }
+
+/// Failed attempts by kind.
+pub type Retries = std::collections::BTreeMap<ErrorKind, u32>;
 
 /// One of several choices (`n` > 1).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -46,8 +46,8 @@ svg .tick{font-size:11px;fill:#5b6474}
 @media print{body{background:#fff}main{padding:0}.card,svg.chart{break-inside:avoid}}
 "#;
 
-const OK: &str = "#3b6fd8";
-const KIND_COLORS: [&str; 8] = [
+pub(crate) const OK: &str = "#3b6fd8";
+pub(crate) const KIND_COLORS: [&str; 8] = [
     "#d8453b", "#e8912d", "#8e5bd8", "#2f9e8f", "#c2417d", "#7a8699", "#b8a12a", "#4a4f5a",
 ];
 
@@ -62,7 +62,7 @@ fn usd(picodollars: u64) -> String {
     }
 }
 
-fn clock(t: SystemTime) -> String {
+pub(crate) fn clock(t: SystemTime) -> String {
     let s = humantime::format_rfc3339_seconds(t).to_string();
     s.get(11..19).unwrap_or(&s).to_string()
 }
@@ -78,7 +78,7 @@ fn duration(d: Duration) -> String {
     }
 }
 
-fn card(s: &mut String, name: &str, value: &str, label: &str, bad: bool) {
+pub(crate) fn card(s: &mut String, name: &str, value: &str, label: &str, bad: bool) {
     let _ = write!(
         s,
         r#"<div class="card{}"><span class="v" data-figure="{name}">{}</span><span class="k">{}</span></div>"#,
@@ -89,7 +89,7 @@ fn card(s: &mut String, name: &str, value: &str, label: &str, bad: bool) {
 }
 
 /// One layer of columns.
-fn single(values: Vec<f64>, labels: Vec<String>, y_unit: &str) -> String {
+pub(crate) fn single(values: Vec<f64>, labels: Vec<String>, y_unit: &str) -> String {
     columns(
         vec![Layer {
             name: y_unit,
@@ -161,7 +161,7 @@ pub(crate) fn page(
     headline(&mut s, a, summary);
     this_run(&mut s, summary);
     failures(&mut s, a);
-    over_time(&mut s, a);
+    super::over_time::over_time(&mut s, a);
     labels(&mut s, a);
     estimate_and_actual(&mut s, a, estimate);
     latency(&mut s, a);
@@ -248,67 +248,6 @@ fn headline(s: &mut String, a: &Aggregate, summary: Option<&Summary>) {
     }
 }
 
-/// The report's section: over time.
-fn over_time(s: &mut String, a: &Aggregate) {
-    if !a.bins.is_empty() {
-        let (start, end) = (
-            *a.bins.keys().next().unwrap_or(&0),
-            *a.bins.keys().next_back().unwrap_or(&0),
-        );
-        let n = ((end - start) / a.bin_secs + 1) as usize;
-        let per = a.bin_secs as f64;
-        let mut labels = Vec::with_capacity(n);
-        let mut ok = vec![0.0; n];
-        let kinds: Vec<&str> = a.failed_by_kind.keys().copied().collect();
-        let mut failed = vec![vec![0.0; n]; kinds.len()];
-        for i in 0..n {
-            labels.push(clock(
-                SystemTime::UNIX_EPOCH + Duration::from_secs(start + i as u64 * a.bin_secs),
-            ));
-        }
-        for (t, b) in &a.bins {
-            let i = ((t - start) / a.bin_secs) as usize;
-            ok[i] = b.ok as f64 / per;
-            for (k, c) in &b.failed {
-                if let Some(j) = kinds.iter().position(|x| x == k) {
-                    failed[j][i] = *c as f64 / per;
-                }
-            }
-        }
-        let mut layers = vec![Layer {
-            name: "ok",
-            color: OK,
-            values: ok,
-        }];
-        let err_layers = |failed: &[Vec<f64>]| -> Vec<Layer<'_>> {
-            kinds
-                .iter()
-                .zip(failed)
-                .enumerate()
-                .map(|(j, (k, v))| Layer {
-                    name: k,
-                    color: KIND_COLORS[j % KIND_COLORS.len()],
-                    values: v.clone(),
-                })
-                .collect()
-        };
-        layers.extend(err_layers(&failed));
-        let _ = write!(
-            s,
-            "<h2>Completions per second</h2>{}<p class=\"note\">UTC; {} s a column before merging.</p>",
-            columns(layers, labels.clone(), "records / s"),
-            a.bin_secs
-        );
-        if a.failed > 0 {
-            let _ = write!(
-                s,
-                "<h2>Failures by kind over time</h2>{}",
-                columns(err_layers(&failed), labels, "failures / s")
-            );
-        }
-    }
-}
-
 /// The report's section: labels.
 fn labels(s: &mut String, a: &Aggregate) {
     if a.labeled > 0 || a.invalid > 0 {
@@ -324,6 +263,16 @@ fn labels(s: &mut String, a: &Aggregate) {
         s.push_str("</div>");
         for (name, f) in &a.fields {
             let total = f.values.values().sum::<u64>() + f.other;
+            // Numbers with fractions, or too many different ones for bars: a histogram.
+            if let Some(n) = f
+                .numbers
+                .as_ref()
+                .filter(|n| n.fractional || f.values.is_empty() || f.other * 2 > total)
+            {
+                let _ = write!(s, r#"<h2>Label <code>{}</code></h2>"#, esc(name));
+                super::numbers::histogram(s, name, n);
+                continue;
+            }
             if f.other * 2 > total {
                 // Free text (a reason, a summary): no value repeats enough to draw.
                 let _ = write!(

@@ -10,6 +10,8 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod html;
+pub(crate) mod numbers;
+pub(crate) mod over_time;
 pub(crate) mod svg;
 
 use crate::output::parquet::ParquetError;

@@ -23,7 +23,7 @@ pub(crate) struct Layer<'a> {
 }
 
 /// 1, 2 or 5 times a power of ten, at least `v`.
-fn nice(v: f64) -> f64 {
+pub(crate) fn nice(v: f64) -> f64 {
     if v <= 0.0 {
         return 1.0;
     }
@@ -94,8 +94,12 @@ pub(crate) fn columns(mut layers: Vec<Layer<'_>>, mut labels: Vec<String>, y_uni
     );
     frame.axis(&mut s, y_unit);
     frame.stacks(&mut s, &layers, &labels);
-    // About eight labels along the bottom.
-    let every = n.div_ceil(8).max(1);
+    // Every column of a short series (a histogram's bands, the last one too), else about
+    // eight labels along the bottom.
+    let every = match n <= 12 {
+        true => 1,
+        false => n.div_ceil(8),
+    };
     for (i, label) in labels.iter().enumerate().step_by(every) {
         let x = LEFT + (i as f64 + 0.5) * frame.step;
         let _ = write!(

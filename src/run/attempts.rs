@@ -9,7 +9,7 @@ use super::task::{base_record, Ctx, Hold, NoHold, TaskEnd};
 use crate::cost::Money;
 use crate::job::Job;
 use crate::limit::Grant;
-use crate::output::{CostSource, Record, RecordError, Status};
+use crate::output::{CostSource, Record, RecordError, Retries, Status};
 use crate::provider::{classify, Attempt, Completion, ErrorKind, Verdict};
 use crate::shutdown::Phase;
 use std::sync::atomic::Ordering::Relaxed;
@@ -45,6 +45,7 @@ pub(super) async fn execute(ctx: &Ctx, job: &Job, first: Grant, hold: Option<Hol
         invalid: 0,
         pending: None,
         latency: Duration::ZERO,
+        retried: Retries::new(),
     };
     loop {
         match life.attempt().await {
@@ -113,6 +114,8 @@ struct Life<'a> {
     pending: Option<Record>,
     /// The last attempt's.
     latency: Duration,
+    /// The failed attempts that were tried again, by kind (the record's `retries`).
+    retried: Retries,
 }
 
 impl Life<'_> {
@@ -305,6 +308,7 @@ impl Life<'_> {
             Some(h) => {
                 self.hold = h;
                 tracing::debug!(id = %job.id, "asking again: {why}");
+                self.retried_for(ErrorKind::InvalidOutput);
                 self.pending = Some(r);
                 Next::Again
             }
@@ -337,6 +341,7 @@ impl Life<'_> {
             return Next::Stop;
         }
         ctx.records.counters.retry(kind);
+        self.retried_for(kind);
         tracing::debug!(id = %self.job.id, attempt = self.attempts, kind = kind.as_str(), "retrying: {message}");
         let wait = ctx.policy.backoff.delay(self.tries, fastrand::f64(), after);
         tokio::select! {
@@ -367,6 +372,7 @@ impl Life<'_> {
         let ctx = self.ctx;
         if let (Some(503), Some(next)) = (status, ctx.policy.fallback_models.get(self.model_at)) {
             tracing::debug!(id = %self.job.id, "model {:?} unavailable (503): trying {next:?}", self.model);
+            self.retried_for(kind);
             self.next_model(next);
             return Next::Again;
         }
@@ -418,6 +424,7 @@ impl Life<'_> {
             _ => return Next::Record(Box::new(self.failed(kind, status, message))),
         };
         tracing::debug!(id = %self.job.id, "model {:?} not available ({message}): trying {next:?}", self.model);
+        self.retried_for(kind);
         self.next_model(next);
         // Its price may differ: the reservation is made again for it.
         let Some(h) = self.hold.take() else {
@@ -488,10 +495,25 @@ impl Life<'_> {
         r
     }
 
+    fn retried_for(&mut self, kind: ErrorKind) {
+        *self.retried.entry(kind).or_default() += 1;
+    }
+
+    /// The record's `retries`: the failed attempts that were tried again.
+    fn retries(&mut self) -> Option<Retries> {
+        self.retried.retain(|_, n| *n > 0);
+        (!self.retried.is_empty()).then(|| std::mem::take(&mut self.retried))
+    }
+
     /// Stopped: the last paid answer's record, if there is one (no paid answer unrecorded).
-    fn abandon(self) -> TaskEnd {
-        match self.pending {
-            Some(r) => {
+    fn abandon(mut self) -> TaskEnd {
+        match self.pending.take() {
+            Some(mut r) => {
+                // Its own invalid answer is the record, not a retry before it.
+                if let Some(n) = self.retried.get_mut(&ErrorKind::InvalidOutput) {
+                    *n -= 1;
+                }
+                r.retries = self.retries();
                 self.ctx.note_result(&r);
                 self.ctx.records.send(r);
                 TaskEnd::Recorded
@@ -502,8 +524,9 @@ impl Life<'_> {
 
     /// The job's record, to the writer. Paid answers settled their holds as they came; what
     /// is left was not paid.
-    fn record(mut self, record: Record) -> TaskEnd {
+    fn record(mut self, mut record: Record) -> TaskEnd {
         drop(self.hold.take());
+        record.retries = self.retries();
         let record = self.ctx.records.with_prompt(self.job, record);
         self.ctx.note_result(&record);
         self.ctx.records.send(record);

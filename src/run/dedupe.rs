@@ -172,6 +172,7 @@ fn copy_of(source: Record, job: &Job) -> Record {
         upstream_cost_usd: None,
         latency_ms: 0,
         attempts: 0,
+        retries: None,
         stale: None,
         started_at: now.clone(),
         finished_at: now,

@@ -173,6 +173,7 @@ pub(super) fn base_record(
         upstream_cost_usd: None,
         latency_ms: latency.as_millis() as u64,
         attempts,
+        retries: None,
         error: None,
         started_at: timestamp(started),
         finished_at: timestamp(SystemTime::now()),

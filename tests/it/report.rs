@@ -250,3 +250,127 @@ fn the_report_prices_the_estimate_with_the_runs_own_price_file() {
         &row[..row.len().min(80)]
     );
 }
+
+/// The `<title>` texts of the columns inside the element carrying `data-ATTR="NAME"`, as
+/// (label, value) pairs.
+fn columns_of(html: &str, attr: &str, name: &str) -> Vec<(String, f64)> {
+    let at = html
+        .find(&format!("data-{attr}=\"{name}\""))
+        .unwrap_or_else(|| panic!("no data-{attr}={name:?} in the report"));
+    let section = &html[at..at + html[at..].find("</svg>").unwrap()];
+    section
+        .split("<title>")
+        .skip(1)
+        .map(|t| {
+            let t = t.split("</title>").next().unwrap();
+            let (label, v) = t.rsplit_once(": ").unwrap();
+            (label.to_string(), number(v))
+        })
+        .collect()
+}
+
+#[test]
+fn the_report_shows_the_retries_by_kind_and_the_records_carry_them() {
+    let mock = Mock::start(MockConfig::with_fault(Fault::ServerError, 0.4));
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(160));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--max-attempts", "4", "--circuit-breaker", "0", "--report"],
+    );
+    assert!(o.status.code() == Some(0) || o.status.code() == Some(2));
+    let recs = records_by_id(&out);
+    // Every failed attempt before a job's last was retried, and the record says by what.
+    let mut retried = 0u64;
+    for r in recs.values() {
+        let said: u32 = r.retries.iter().flatten().map(|(_, n)| *n).sum();
+        assert_eq!(said, r.attempts - 1, "{}: {:?}", r.id, r.retries);
+        retried += u64::from(said);
+    }
+    let attempts: u64 = recs.values().map(|r| u64::from(r.attempts)).sum();
+    assert_eq!(
+        attempts,
+        mock.stats().requests,
+        "the simulator saw each attempt"
+    );
+    assert!(retried > 20, "{retried} retries at a 40% fault rate");
+    let html = std::fs::read_to_string(dir.path("out.jsonl.report.html")).unwrap();
+    assert_eq!(number(&figure(&html, "figure", "retried")) as u64, retried);
+    assert_eq!(number(&figure(&html, "retried", "server")) as u64, retried);
+    assert!(html.contains("<h2>Attempts and retries over time</h2>"));
+}
+
+#[test]
+fn a_numeric_label_is_drawn_as_a_histogram() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let schema = dir.write(
+        "s.json",
+        r#"{"type":"object","additionalProperties":false,"required":["label","confidence"],
+            "properties":{"label":{"enum":["spam","ham"]},
+                          "confidence":{"type":"number","minimum":0,"maximum":1}}}"#,
+    );
+    let input = dir.write("jobs.jsonl", chat_jobs(300));
+    let out = dir.path("out.jsonl");
+    let o = run(
+        &input,
+        &out,
+        &mock.url(),
+        &["--json-schema", schema.to_str().unwrap(), "--report"],
+    );
+    assert_code(&o, 0);
+    let recs = records_by_id(&out);
+    let values: Vec<f64> = recs
+        .values()
+        .map(|r| r.parsed.as_ref().unwrap()["confidence"].as_f64().unwrap())
+        .collect();
+    let html = std::fs::read_to_string(dir.path("out.jsonl.report.html")).unwrap();
+    assert_eq!(
+        number(&figure(&html, "figure", "confidence.count")) as usize,
+        300
+    );
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let shown = number(&figure(&html, "figure", "confidence.mean"));
+    assert!((shown - mean).abs() < 0.0006, "{shown} vs {mean}");
+    // Twenty columns of 0.05 from 0, every answer in one, each as many as the output has.
+    let cols = columns_of(&html, "histogram", "confidence");
+    assert!(!cols.is_empty() && cols.len() <= 20, "{cols:?}");
+    assert_eq!(cols.iter().map(|c| c.1).sum::<f64>() as usize, 300);
+    for (label, n) in &cols {
+        let lo: f64 = label.parse().unwrap();
+        let inside = values
+            .iter()
+            .filter(|&&v| v >= lo - 1e-9 && (v < lo + 0.05 - 1e-9 || (lo >= 0.95 - 1e-9)))
+            .count();
+        assert_eq!(inside as f64, *n, "the column from {label}");
+    }
+    // The word label keeps its bars.
+    assert!(html.contains("data-field=\"label\""));
+}
+
+#[test]
+fn a_short_run_has_tenth_of_a_second_columns_and_the_latency_bands_all_labels() {
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(50));
+    let out = dir.path("out.jsonl");
+    let o = run(&input, &out, &mock.url(), &["--report"]);
+    assert_code(&o, 0);
+    let html = std::fs::read_to_string(dir.path("out.jsonl.report.html")).unwrap();
+    assert!(
+        html.contains("0.1 s a column before merging"),
+        "a run of under a second is not one column"
+    );
+    // Each latency band drawn is named under its column.
+    let at = html.find("<h2>Latency</h2>").unwrap();
+    let svg = &html[at..at + html[at..].find("</svg>").unwrap()];
+    let bars = svg.matches("<rect").count();
+    let ticks = svg.matches("class=\"tick\">&lt;").count() + svg.matches(">longer<").count();
+    assert!(
+        bars > 0 && ticks >= bars,
+        "{bars} bars, {ticks} band labels"
+    );
+}
