@@ -2,7 +2,7 @@
 //! exit with the code the command chose. Everything else lives in the library.
 
 use bulkprompt::cli::{Cli, LogFormat};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 // Thousands of small allocations a second across threads (request bodies, responses, records):
 // mimalloc spends about a third less CPU on them than glibc's malloc here. At thousands of
@@ -11,9 +11,19 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The flags; help piped to a file or a pager is 80 columns wide (clap's default is 100
+/// where it cannot see a terminal).
+fn parse() -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        command = command.term_width(80);
+    }
+    Cli::from_arg_matches(&command.try_get_matches()?)
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -55,6 +55,20 @@ fn the_flag_reference_is_what_help_prints() {
 }
 
 #[test]
+fn help_piped_to_a_file_fits_80_columns() {
+    for c in std::iter::once("").chain(COMMANDS) {
+        let args: Vec<&str> = [c].into_iter().filter(|c| !c.is_empty()).collect();
+        for line in help(&args).lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "`bulkprompt {c} --help` | cat: a line of {} columns: {line:?}",
+                line.chars().count()
+            );
+        }
+    }
+}
+
+#[test]
 fn every_summary_outcome_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
