@@ -1,14 +1,19 @@
 //! The budget every worker of a run shares. Each worker keeps its own ledger (spent: what its
-//! output recorded over all runs; held: its reservations in flight) and mirrors it to Redis as
-//! absolute values with a sequence number ([`scripts::WRITE`]): a write repeated after a lost
-//! answer, or arriving after a newer one, changes nothing. A reservation is one round trip,
-//! checked against every worker's spent and every live hold; settlements change the local
-//! ledger and are mirrored within 20 ms, many in one write. The mirror's lease is renewed
-//! every quarter of it; a worker that stopped renewing (killed, cut off) stops counting its
-//! holds once the lease lapses, and its spent keeps counting forever.
+//! output recorded over all runs; held: its reservations in flight; headroom: a block of the
+//! cap leased to it and not yet drawn) and mirrors it to Redis as absolute values with a
+//! sequence number ([`scripts::WRITE`]; Redis's `held` is held and headroom together): a write
+//! repeated after a lost answer changes nothing. Writes go one at a time, in order.
 //!
-//! A reservation is added to the local ledger before its round trip starts, so any mirror
-//! written meanwhile already includes it: Redis never sees less held than is really held.
+//! A reservation is drawn from the headroom when it has enough, with no round trip; else one
+//! round trip checks it against every worker's spent and every live hold, and brings a new
+//! block (about [`BLOCK_JOBS`] such reservations, less as the cap nears: Redis gives at most
+//! the room left shared by twice the live workers). Settlements change the local ledger and
+//! are mirrored within 20 ms, many in one write; headroom not drawn for [`IDLE`] is given back
+//! (a settlement's unused part is never turned into headroom: a hold of money committed
+//! before, which no cap checked, must not become room to spend).
+//! The cap holds exactly: what any worker may still spend is in its held in Redis. The lease is
+//! renewed every quarter of it; a worker that stopped renewing (killed, cut off) stops counting
+//! its holds once the lease lapses, and its spent keeps counting forever.
 
 use super::link::Link;
 use super::{alive, hostname, scripts, Unreachable};
@@ -23,12 +28,47 @@ use tokio::sync::Notify;
 
 /// Settlements gathered into one write.
 const GATHER: Duration = Duration::from_millis(20);
+/// A block of headroom asked for is this many times the reservation that asked.
+const BLOCK_JOBS: u64 = 64;
+/// Headroom not drawn for this long goes back to the shared cap.
+const IDLE: Duration = Duration::from_millis(100);
+/// A reservation refused while others hold something is asked again after this (their idle
+/// headroom is back by then), up to [`ASK_AGAIN`] times.
+const AGAIN_AFTER: Duration = Duration::from_millis(150);
+const ASK_AGAIN: u32 = 2;
 
 #[derive(Debug, Default)]
 struct Ledger {
     spent: Money,
     held: Money,
+    /// Leased from the cap, not drawn yet (in Redis, part of `held`).
+    headroom: Money,
+    /// When the headroom was last drawn from or granted.
+    drawn: Option<tokio::time::Instant>,
     seq: u64,
+}
+
+impl Ledger {
+    /// Draws `worst` from the headroom, when it has that much.
+    fn draw(&mut self, worst: Money) -> bool {
+        if self.headroom < worst {
+            return false;
+        }
+        self.headroom = Money(self.headroom.0 - worst.0);
+        self.held += worst;
+        self.drawn = Some(tokio::time::Instant::now());
+        true
+    }
+
+    /// Gives the headroom back when it was not drawn for [`IDLE`]; whether it did.
+    fn lapse_idle(&mut self) -> bool {
+        let idle = self.drawn.is_none_or(|d| d.elapsed() >= IDLE);
+        if self.headroom > Money::ZERO && idle {
+            self.headroom = Money::ZERO;
+            return true;
+        }
+        false
+    }
 }
 
 struct Shared {
@@ -40,6 +80,8 @@ struct Shared {
     desc: String,
     lease: Duration,
     ledger: Mutex<Ledger>,
+    /// Writes go one at a time, in the order of their sequence numbers.
+    writing: tokio::sync::Mutex<()>,
     changed: Notify,
     /// Another process took this worker over: nothing more may be reserved.
     lost: AtomicBool,
@@ -48,8 +90,6 @@ struct Shared {
 pub(crate) struct SharedBudget {
     shared: Arc<Shared>,
     cap: Money,
-    /// Reservations go one at a time (each carries the ledger it was checked with).
-    reserving: tokio::sync::Mutex<()>,
     mirror: tokio::task::JoinHandle<()>,
 }
 
@@ -61,7 +101,8 @@ impl Drop for SharedBudget {
 
 /// What a write answers.
 enum Written {
-    Ok,
+    /// Written, with the block of headroom granted (a reservation's).
+    Ok(Money),
     Cap {
         others_spent: Money,
         others_held: Money,
@@ -74,19 +115,25 @@ impl Shared {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The ledger as it is now, numbered.
+    /// The ledger as it is now, numbered: held is held and headroom together.
     fn snapshot(&self) -> (u64, Money, Money) {
         let mut l = self.ledger();
         l.seq += 1;
-        (l.seq, l.spent, l.held)
+        (l.seq, l.spent, l.held + l.headroom)
     }
 
-    /// Writes the ledger `(seq, spent, held)` (checked against `cap` when given).
+    /// Writes the ledger as it is now. The caller holds `writing`.
+    async fn write_now(&self, lease: Duration) -> Result<Written, Unreachable> {
+        self.write(self.snapshot(), lease, None).await
+    }
+
+    /// Writes the ledger `(seq, spent, held)` (a reservation when `cap` is given: checked
+    /// against the cap, asking for a block of `cap.1`). The caller holds `writing`.
     async fn write(
         &self,
         (seq, spent, held): (u64, Money, Money),
         lease: Duration,
-        cap: Option<Money>,
+        cap: Option<(Money, Money)>,
     ) -> Result<Written, Unreachable> {
         let mut args = vec![
             self.worker.clone(),
@@ -97,8 +144,9 @@ impl Shared {
             held.0.to_string(),
             lease.as_millis().to_string(),
         ];
-        if let Some(c) = cap {
+        if let Some((c, block)) = cap {
             args.push(c.0.to_string());
+            args.push(block.0.to_string());
         }
         let v: Vec<String> = self
             .link
@@ -106,7 +154,7 @@ impl Shared {
             .await?;
         let money = |i: usize| Money(v.get(i).and_then(|s| s.parse().ok()).unwrap_or(0));
         Ok(match v.first().map(String::as_str) {
-            Some("1") => Written::Ok,
+            Some("1") => Written::Ok(money(1)),
             Some("0") => Written::Cap {
                 others_spent: money(1),
                 others_held: money(2),
@@ -118,15 +166,31 @@ impl Shared {
         })
     }
 
-    /// Mirrors the ledger whenever it changes (gathered), and renews the lease.
+    /// Mirrors the ledger whenever it changes (gathered), gives idle headroom back, and
+    /// renews the lease.
     async fn mirror(self: Arc<Self>) {
         let renew = self.lease / 4;
+        let mut written = tokio::time::Instant::now();
         loop {
-            let changed = tokio::time::timeout(renew, self.changed.notified()).await;
-            if changed.is_ok() {
+            let due = renew.saturating_sub(written.elapsed());
+            let wait = match self.ledger().headroom > Money::ZERO {
+                true => IDLE.min(due),
+                false => due,
+            };
+            let changed = tokio::time::timeout(wait, self.changed.notified())
+                .await
+                .is_ok();
+            if changed {
                 tokio::time::sleep(GATHER).await;
             }
-            match self.write(self.snapshot(), self.lease, None).await {
+            let _one = self.writing.lock().await;
+            let lapsed = self.ledger().lapse_idle();
+            if !changed && !lapsed && written.elapsed() < renew {
+                // Woken to look at the headroom, which is in use: nothing to write yet.
+                continue;
+            }
+            written = tokio::time::Instant::now();
+            match self.write_now(self.lease).await {
                 Ok(Written::Lost(by)) => {
                     tracing::error!("{}", self.lost_message(&by));
                     return;
@@ -184,9 +248,9 @@ impl SharedBudget {
             lease,
             ledger: Mutex::new(Ledger {
                 spent,
-                held: Money::ZERO,
-                seq: 0,
+                ..Ledger::default()
             }),
+            writing: tokio::sync::Mutex::new(()),
             changed: Notify::new(),
             lost: AtomicBool::new(false),
         });
@@ -194,7 +258,6 @@ impl SharedBudget {
         Ok(SharedBudget {
             shared,
             cap,
-            reserving: tokio::sync::Mutex::new(()),
             mirror,
         })
     }
@@ -206,11 +269,38 @@ impl SharedBudget {
                 s.lost_message("another process"),
             )));
         }
-        let _one = self.reserving.lock().await;
-        // Held before the round trip: a mirror written meanwhile includes it.
+        if s.ledger().draw(worst) {
+            return Ok(Reservation(worst));
+        }
+        let mut again = 0;
+        loop {
+            match self.ask(worst).await {
+                Err(Refused::Cap(c)) if again < ASK_AGAIN && c.reserved > Money::ZERO => {
+                    // Others' idle headroom comes back within IDLE: ask once more then.
+                    again += 1;
+                    tokio::time::sleep(AGAIN_AFTER).await;
+                    if s.ledger().draw(worst) {
+                        return Ok(Reservation(worst));
+                    }
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// One round trip for `worst` and a block of headroom (the headroom first, in case a
+    /// reservation before this one brought a block meanwhile).
+    async fn ask(&self, worst: Money) -> Result<Reservation, Refused> {
+        let s = &self.shared;
+        let _one = s.writing.lock().await;
+        if s.ledger().draw(worst) {
+            return Ok(Reservation(worst));
+        }
+        // Held before the round trip, so the write includes it.
         s.ledger().held += worst;
         let snapshot = s.snapshot();
-        let answer = s.write(snapshot, s.lease, Some(self.cap)).await;
+        let block = Money(worst.0.saturating_mul(BLOCK_JOBS - 1));
+        let answer = s.write(snapshot, s.lease, Some((self.cap, block))).await;
         let release = || {
             let mut l = s.ledger();
             l.held = Money(l.held.0.saturating_sub(worst.0));
@@ -218,7 +308,12 @@ impl SharedBudget {
             s.changed.notify_one();
         };
         match answer {
-            Ok(Written::Ok) => Ok(Reservation(worst)),
+            Ok(Written::Ok(block)) => {
+                let mut l = s.ledger();
+                l.headroom += block;
+                l.drawn = Some(tokio::time::Instant::now());
+                Ok(Reservation(worst))
+            }
             Ok(Written::Cap {
                 others_spent,
                 others_held,
@@ -271,6 +366,8 @@ impl Budget for SharedBudget {
         Box::pin(async move {
             self.mirror.abort();
             let s = &self.shared;
+            let _one = s.writing.lock().await;
+            s.ledger().headroom = Money::ZERO;
             // Nothing held: a lease of zero (its spent stays). Batches left running at the
             // provider (`--no-wait`) still hold their worst case, for the batch window, until
             // the worker's next run collects them.
@@ -285,7 +382,7 @@ impl Budget for SharedBudget {
                 s.write(snapshot, lease, None),
             )
             .await;
-            if !matches!(done, Ok(Ok(Written::Ok))) {
+            if !matches!(done, Ok(Ok(Written::Ok(_)))) {
                 tracing::warn!(
                     "the shared budget: this worker's last state was not written; its holds lapse with its lease"
                 );
@@ -416,5 +513,27 @@ impl Claim {
             "the shared budget: worker {} of this run is being run by {holder}{how}; one process a shard (or give this one another --shard or output)",
             self.worker
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn headroom_is_drawn_whole_reservations_at_a_time_and_lapses_when_idle() {
+        let mut l = Ledger {
+            headroom: Money(250),
+            drawn: Some(tokio::time::Instant::now()),
+            ..Ledger::default()
+        };
+        assert!(l.draw(Money(100)) && l.draw(Money(100)));
+        assert!(!l.draw(Money(100)), "50 left is not a reservation of 100");
+        assert_eq!((l.held, l.headroom), (Money(200), Money(50)));
+        assert!(!l.lapse_idle(), "drawn just now");
+        tokio::time::advance(IDLE).await;
+        assert!(l.lapse_idle());
+        assert_eq!((l.held, l.headroom), (Money(200), Money::ZERO));
+        assert!(!l.lapse_idle(), "nothing left to give back");
     }
 }

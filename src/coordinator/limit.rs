@@ -1,7 +1,10 @@
 //! The rate limit every worker of a run shares: the requests and tokens buckets live in Redis
 //! ([`scripts::ACQUIRE`]), and each worker queues its own requests so that only one of them
-//! at a time asks Redis (one round trip a grant, one grant scheduled ahead per worker, so a
-//! pause set by another worker holds back at most one request of this one).
+//! at a time asks Redis. While the buckets hold plenty, one round trip takes a batch of up to
+//! [`BATCH`] grants, kept here for the next requests and given back when not used within
+//! [`STASH_FOR`]; when the limit binds, one round trip is one grant, scheduled ahead (so a
+//! pause set by another worker holds back at most one request of this one, or a batch taken
+//! in the last [`STASH_FOR`]).
 //!
 //! Tokens are charged up front and reconciled as the local limiter's are: what an answer did
 //! not use (or used beyond its charge) is added up here and rides on the next grant, or is
@@ -28,6 +31,41 @@ const HORIZON_MS: i64 = 1000;
 const MAX_POLL: Duration = Duration::from_secs(5);
 /// How often refunds are sent when no grant carries them.
 const REFUND_EVERY: Duration = Duration::from_millis(250);
+/// Grants asked for at once while the buckets hold them.
+const BATCH: u64 = 32;
+/// A batch's grants unused this long go back to the shared buckets.
+const STASH_FOR: Duration = Duration::from_millis(100);
+
+/// Grants taken in a batch and not used yet: requests, and the tokens charged for them.
+#[derive(Debug, Default)]
+struct Stash {
+    requests: u64,
+    tokens: u64,
+    /// The tokens each was charged (a batch is asked at one size).
+    each: u64,
+    taken: Option<tokio::time::Instant>,
+}
+
+impl Stash {
+    /// One grant of `tokens`, when the stash has one that is fresh and big enough.
+    fn take(&mut self, tokens: u64) -> bool {
+        let fresh = self.taken.is_some_and(|t| t.elapsed() < STASH_FOR);
+        if !fresh || self.requests == 0 || tokens > self.each {
+            return false;
+        }
+        self.requests -= 1;
+        self.tokens -= self.each;
+        // What this request will not use of its charge is given back with the next refund.
+        true
+    }
+
+    /// Everything left: (requests, tokens).
+    fn drain(&mut self) -> (u64, u64) {
+        let left = (self.requests, self.tokens);
+        *self = Stash::default();
+        left
+    }
+}
 
 pub(crate) struct SharedLimit {
     link: Arc<Link>,
@@ -40,6 +78,8 @@ pub(crate) struct SharedLimit {
     turn: tokio::sync::Mutex<()>,
     /// Tokens to give back to the shared bucket.
     refund: Arc<AtomicI64>,
+    /// A batch's grants not used yet.
+    stash: Arc<Mutex<Stash>>,
     /// The lowest limits this worker has told Redis the provider advertised.
     told: Mutex<Advertised>,
     refunder: tokio::task::JoinHandle<()>,
@@ -62,23 +102,14 @@ impl SharedLimit {
         let rpm = rpm.unwrap_or(0);
         let tpm = tpm.unwrap_or(0);
         let refund = Arc::new(AtomicI64::new(0));
-        let refunder = tokio::spawn({
-            let (link, key, refund) = (link.clone(), key.clone(), refund.clone());
-            async move {
-                loop {
-                    tokio::time::sleep(REFUND_EVERY).await;
-                    let r = refund.swap(0, Relaxed);
-                    if r != 0 {
-                        // Only on the first try: a refund is never given twice.
-                        let _ = link
-                            .invoke::<(i64, i64)>(&scripts::ACQUIRE, &key, |first| {
-                                args(rpm, tpm, 0, if first { r } else { 0 }, -1)
-                            })
-                            .await;
-                    }
-                }
-            }
-        });
+        let stash = Arc::new(Mutex::new(Stash::default()));
+        let refunder = tokio::spawn(give_back(
+            link.clone(),
+            key.clone(),
+            (rpm, tpm),
+            refund.clone(),
+            stash.clone(),
+        ));
         SharedLimit {
             link,
             key,
@@ -87,25 +118,61 @@ impl SharedLimit {
             local,
             turn: tokio::sync::Mutex::new(()),
             refund,
+            stash,
             told: Mutex::new(Advertised::default()),
             refunder,
         }
     }
 
+    fn stash(&self) -> std::sync::MutexGuard<'_, Stash> {
+        self.stash.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A grant from the stash: its charge was `each`, this request's is `tokens`.
+    fn take_stashed(&self, tokens: u64) -> bool {
+        let mut stash = self.stash();
+        let each = stash.each;
+        if !stash.take(tokens) {
+            return false;
+        }
+        drop(stash);
+        if each > tokens {
+            self.refund.fetch_add((each - tokens) as i64, Relaxed);
+        }
+        true
+    }
+
     async fn acquire_shared(&self, tokens: u64) -> Result<Grant, Unreachable> {
         let local = self.local.acquire(tokens).await;
+        if self.take_stashed(tokens) {
+            return Ok(local);
+        }
         let _turn = self.turn.lock().await;
+        if self.take_stashed(tokens) {
+            return Ok(local);
+        }
         loop {
             let refund = self.refund.swap(0, Relaxed);
             let (rpm, tpm) = (self.rpm, self.tpm);
             let answer = self
                 .link
                 .invoke::<(i64, i64)>(&scripts::ACQUIRE, &self.key, |first| {
-                    args(rpm, tpm, tokens, if first { refund } else { 0 }, HORIZON_MS)
+                    let mut a = args(rpm, tpm, tokens, if first { refund } else { 0 }, HORIZON_MS);
+                    a.extend([BATCH.to_string(), "0".into()]);
+                    a
                 })
                 .await;
             match answer {
-                Ok((1, wait_ms)) => {
+                Ok((n, wait_ms)) if n >= 1 => {
+                    if n > 1 {
+                        // This request's grant, and the rest kept for the next ones.
+                        *self.stash() = Stash {
+                            requests: n as u64 - 1,
+                            tokens: (n as u64 - 1) * tokens,
+                            each: tokens,
+                            taken: Some(tokio::time::Instant::now()),
+                        };
+                    }
                     if wait_ms > 0 {
                         tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
                     }
@@ -120,8 +187,10 @@ impl SharedLimit {
         }
     }
 
-    /// Sends a pause or a 429 to Redis without holding up the job that saw it.
+    /// Sends a pause or a 429 to Redis without holding up the job that saw it; a batch's
+    /// grants not used yet are dropped (the pause holds everyone back).
     fn penalize(&self, pause: Option<Duration>, is_429: bool) {
+        self.stash().drain();
         let (link, key) = (self.link.clone(), self.key.clone());
         let ms = pause.map_or(0, |d| d.as_millis().max(1) as u64);
         tokio::spawn(async move {
@@ -134,6 +203,46 @@ impl SharedLimit {
                 tracing::warn!("{e}");
             }
         });
+    }
+}
+
+/// Every [`REFUND_EVERY`], the tokens answers did not use; within [`STASH_FOR`] and a half, a
+/// batch's grants that were not used. Each only on the first try of its call: a refund is
+/// never given twice.
+async fn give_back(
+    link: Arc<Link>,
+    key: String,
+    (rpm, tpm): (u64, u64),
+    refund: Arc<AtomicI64>,
+    stash: Arc<Mutex<Stash>>,
+) {
+    let tick = STASH_FOR / 2;
+    let mut since_refund = Duration::ZERO;
+    loop {
+        tokio::time::sleep(tick).await;
+        since_refund += tick;
+        let (requests, tokens) = {
+            let mut s = stash.lock().unwrap_or_else(|p| p.into_inner());
+            match s.taken.is_some_and(|t| t.elapsed() >= STASH_FOR) {
+                true => s.drain(),
+                false => (0, 0),
+            }
+        };
+        let mut r = tokens as i64;
+        if since_refund >= REFUND_EVERY || requests > 0 {
+            r += refund.swap(0, Relaxed);
+            since_refund = Duration::ZERO;
+        }
+        if r != 0 || requests > 0 {
+            let _ = link
+                .invoke::<(i64, i64)>(&scripts::ACQUIRE, &key, |first| {
+                    let (r, q) = if first { (r, requests) } else { (0, 0) };
+                    let mut a = args(rpm, tpm, 0, r, -1);
+                    a.extend(["1".into(), q.to_string()]);
+                    a
+                })
+                .await;
+        }
     }
 }
 
@@ -234,6 +343,32 @@ impl RateLimit for SharedLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stash_gives_fresh_grants_no_bigger_than_their_charge() {
+        let mut s = Stash {
+            requests: 2,
+            tokens: 200,
+            each: 100,
+            taken: Some(tokio::time::Instant::now()),
+        };
+        assert!(
+            !s.take(150),
+            "charged 100 each: a request of 150 asks Redis"
+        );
+        assert!(s.take(80) && s.take(100));
+        assert!(!s.take(1), "empty");
+        s = Stash {
+            requests: 5,
+            tokens: 500,
+            each: 100,
+            taken: Some(tokio::time::Instant::now()),
+        };
+        tokio::time::advance(STASH_FOR).await;
+        assert!(!s.take(1), "stale grants are given back, not used");
+        assert_eq!(s.drain(), (5, 500));
+        assert_eq!(s.drain(), (0, 0));
+    }
 
     #[test]
     fn a_refusal_is_asked_again_soon_enough_and_never_in_a_loop() {

@@ -15,7 +15,10 @@ use std::sync::LazyLock;
 
 /// KEYS[1] the limit hash. ARGV: rpm (0: none), tpm (0: none), tokens, refund (tokens given
 /// back by answers that used less than charged; may be negative), horizon in ms (-1: apply
-/// the refund and grant nothing). Returns `{granted, wait_ms}`.
+/// the refunds and grant nothing), requests wanted at once (a batch, each of `tokens`), and
+/// requests given back (a batch's unused grants). A batch is granted only from buckets that
+/// hold it now (more than one, less than asked when they hold less), never scheduled ahead;
+/// else one request as before. Returns `{granted, wait_ms}`: how many were granted (0: none).
 pub(super) static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -27,6 +30,8 @@ local tpm = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
 local refund = tonumber(ARGV[4])
 local horizon = tonumber(ARGV[5])
+local batch = tonumber(ARGV[6] or '1')
+local back = tonumber(ARGV[7] or '0')
 local arpm = tonumber(s[7])
 local atpm = tonumber(s[8])
 if arpm and (rpm == 0 or arpm < rpm) then rpm = arpm end
@@ -43,7 +48,7 @@ if rpm > 0 then
   local cap = rpm * 0.01
   local per = (target - cap) / 60
   if cap < 1 then cap = 1; per = target / 60 end
-  rl = math.min(cap, (tonumber(s[1]) or cap) + el * per * f)
+  rl = math.min(cap, (tonumber(s[1]) or cap) + el * per * f + back)
   if rl < 1 then wait = math.max(wait, (1 - rl) / (per * f) * 1000) end
 end
 if tpm > 0 then
@@ -56,8 +61,15 @@ if tpm > 0 then
 end
 local pause = tonumber(s[4]) or 0
 local granted = 0
+local now_n = batch
+if rl then now_n = math.min(now_n, math.floor(rl)) end
+if tl and tokens > 0 then now_n = math.min(now_n, math.floor(tl / tokens)) end
 if pause > now then
   wait = math.max(wait, pause - now)
+elseif horizon >= 0 and wait == 0 and now_n > 1 then
+  granted = now_n
+  if rl then rl = rl - granted end
+  if tl then tl = tl - tokens * granted end
 elseif horizon >= 0 and wait <= horizon then
   granted = 1
   if rl then rl = rl - 1 end
@@ -152,12 +164,16 @@ return {1, '', 0, spent}
 });
 
 /// KEYS[1] the budget hash. ARGV: worker, token, desc, seq, spent, held, lease ms, and for a
-/// reservation the cap (absent: only write). A reservation is granted when every other
-/// worker's spent, the held of those whose lease is alive, and this worker's spent and held
-/// (which include the job's worst case) stay within the cap. Returns `{1}` (written),
-/// `{0, others' spent, others' live held}` (the cap would be crossed; nothing written) or
-/// `{-1, desc of the holder}` (another process took this worker over). A worker whose fields
-/// vanished (Redis lost its data) is registered again from what it sends.
+/// reservation the cap and the block wanted beyond it. A reservation is granted when every
+/// other worker's spent, the held of those whose lease is alive, and this worker's spent and
+/// held (which include the job's worst case) stay within the cap; with it comes a block of
+/// headroom, at most what was wanted and at most the room left shared by twice the live
+/// workers (blocks shrink as the cap nears), written into this worker's held, so the cap holds
+/// exactly whatever each worker does with its block. Returns `{1, block}` (written; a write
+/// already applied, repeated after a lost answer, answers what it answered then), `{0, others'
+/// spent, others' live held}` (the cap would be crossed; nothing written) or `{-1, desc of the
+/// holder}` (another process took this worker over). A worker whose fields vanished (Redis lost
+/// its data) is registered again from what it sends.
 pub(super) static WRITE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -168,36 +184,47 @@ local owner = redis.call('HGET', KEYS[1], w .. '|owner')
 if owner and owner ~= ARGV[2] then
   return {-1, redis.call('HGET', KEYS[1], w .. '|desc') or '?'}
 end
+local seq = tonumber(redis.call('HGET', KEYS[1], w .. '|seq')) or -1
+if owner and tonumber(ARGV[4]) <= seq then
+  return {1, redis.call('HGET', KEYS[1], w .. '|block') or '0'}
+end
+local held = tonumber(ARGV[6])
+local block = 0
 if ARGV[8] then
   local spent = {}
-  local held = {}
+  local others = {}
   local lease = {}
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     local who, what = string.match(all[i], '^(.*)|(%a+)$')
     if who and who ~= w then
       if what == 'spent' then spent[who] = tonumber(all[i + 1]) or 0
-      elseif what == 'held' then held[who] = tonumber(all[i + 1]) or 0
+      elseif what == 'held' then others[who] = tonumber(all[i + 1]) or 0
       elseif what == 'lease' then lease[who] = tonumber(all[i + 1]) or 0 end
     end
   end
   local others_spent = 0
   local others_held = 0
+  local live = 1
   for who, v in pairs(spent) do others_spent = others_spent + v end
-  for who, v in pairs(held) do
-    if (lease[who] or 0) > now then others_held = others_held + v end
+  for who, v in pairs(others) do
+    if (lease[who] or 0) > now then
+      others_held = others_held + v
+      live = live + 1
+    end
   end
-  if others_spent + others_held + tonumber(ARGV[5]) + tonumber(ARGV[6]) > tonumber(ARGV[8]) then
+  local room = tonumber(ARGV[8]) - others_spent - others_held - tonumber(ARGV[5]) - held
+  if room < 0 then
     return {0, string.format('%.0f', others_spent), string.format('%.0f', others_held)}
   end
+  block = math.floor(math.min(tonumber(ARGV[9] or '0'), room / (2 * live)))
+  held = held + block
 end
-local seq = tonumber(redis.call('HGET', KEYS[1], w .. '|seq')) or -1
-if not owner or tonumber(ARGV[4]) > seq then
-  redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|seq', ARGV[4],
-    w .. '|spent', ARGV[5], w .. '|held', ARGV[6], w .. '|lease', now + tonumber(ARGV[7]))
-end
+redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|seq', ARGV[4],
+  w .. '|spent', ARGV[5], w .. '|held', string.format('%.0f', held), w .. '|block', block,
+  w .. '|lease', now + tonumber(ARGV[7]))
 redis.call('PEXPIRE', KEYS[1], 2592000000)
-return {1}
+return {1, string.format('%.0f', block)}
 "#,
     )
 });
