@@ -1,8 +1,10 @@
 //! The OpenAI-compatible HTTP client: one pooled reqwest client (rustls, keep-alive pool sized
-//! to the concurrency), the headers every request carries, and one attempt at a time. It does
-//! not decide anything: [`classify()`] judges what an attempt produced.
+//! to the concurrency), the headers every request carries, and one attempt at a time; chat
+//! completions to a plain-HTTP endpoint with no proxy go through hyper directly ([`direct`]).
+//! It does not decide anything: [`classify()`] judges what an attempt produced.
 
 pub mod classify;
+mod direct;
 mod pacific;
 pub mod refusal;
 pub mod response;
@@ -13,6 +15,7 @@ pub use response::Completion;
 
 use crate::secret::{ApiKey, Scrubber};
 use bytes::Bytes;
+use direct::Received;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use std::time::{Duration, Instant};
 
@@ -53,6 +56,8 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Chat completions without reqwest, where the endpoint allows.
+    direct: Option<direct::Direct>,
     url: reqwest::Url,
     /// The base URL, `/` at the end, for the API's other endpoints (files, batches).
     base: reqwest::Url,
@@ -103,6 +108,13 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
+        let user_agent = concat!("bulkprompt/", env!("CARGO_PKG_VERSION"));
+        let mut all = headers.clone();
+        all.insert(
+            reqwest::header::USER_AGENT,
+            HeaderValue::from_static(user_agent),
+        );
+        let direct = direct::Direct::for_url(&url, &all, cfg.timeout, cfg.pool_size);
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(cfg.timeout)
@@ -110,7 +122,7 @@ impl Client {
             .pool_max_idle_per_host(cfg.pool_size)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .user_agent(concat!("bulkprompt/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
         let base = reqwest::Url::parse(&format!("{}/", cfg.base_url.trim_end_matches('/')))
@@ -120,6 +132,7 @@ impl Client {
             })?;
         Ok(Client {
             http,
+            direct,
             url,
             base,
             max_response_bytes: cfg.max_response_bytes,
@@ -143,22 +156,41 @@ impl Client {
     }
 
     async fn try_send(&self, body: Bytes) -> Attempt {
+        let limit = self.max_response_bytes;
+        let received = match &self.direct {
+            Some(d) => d.post(body, limit).await,
+            None => self.via_reqwest(body).await,
+        };
+        match received {
+            Received::Answer {
+                status,
+                headers,
+                body,
+            } => answer(status, Heard::of(&headers), body),
+            Received::TooLarge { status } => Attempt::TooLarge { status, limit },
+            Received::Failed { message, timed_out } => Attempt::Transport {
+                kind: match timed_out {
+                    true => ErrorKind::Timeout,
+                    false => ErrorKind::Connection,
+                },
+                message,
+            },
+        }
+    }
+
+    async fn via_reqwest(&self, body: Bytes) -> Received {
         let mut resp = match self.http.post(self.url.clone()).body(body).send().await {
             Ok(r) => r,
-            Err(e) => return transport(e),
+            Err(e) => return failed(e),
         };
         let status = resp.status().as_u16();
-        let too_large = Attempt::TooLarge {
-            status,
-            limit: self.max_response_bytes,
-        };
+        let too_large = Received::TooLarge { status };
         if resp
             .content_length()
             .is_some_and(|n| n > self.max_response_bytes as u64)
         {
             return too_large;
         }
-        let heard = Heard::of(resp.headers());
         let mut buf = bytes::BytesMut::with_capacity(
             resp.content_length().unwrap_or(4096).min(1 << 20) as usize,
         );
@@ -169,34 +201,47 @@ impl Client {
                 }
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
                 Ok(None) => break,
-                Err(e) => return transport(e),
+                Err(e) => return failed(e),
             }
         }
-        let mut body = buf.freeze();
-        if (200..300).contains(&status)
-            && stream::is_event_stream(heard.content_type.as_deref(), &body)
-        {
-            // A streamed answer, read whole: from here on it is the answer it streams.
-            match stream::assemble(&body) {
-                Ok(b) => body = b.into(),
-                Err(message) => {
-                    let kind = match message.contains("carried an error") {
-                        true => ErrorKind::Server,
-                        false => ErrorKind::Connection,
-                    };
-                    return Attempt::Transport { kind, message };
-                }
-            }
-        }
-        Attempt::Http {
+        Received::Answer {
             status,
-            retry_after: heard.retry_after,
-            reset_requests: heard.reset_requests,
-            reset_tokens: heard.reset_tokens,
-            quota_exhausted: heard.quota_exhausted,
-            advertised: heard.advertised,
-            body,
+            headers: std::mem::take(resp.headers_mut()),
+            body: buf.freeze(),
         }
+    }
+}
+
+/// An HTTP answer as the attempt's: a streamed one read whole is the answer it streams.
+fn answer(status: u16, heard: Heard, mut body: Bytes) -> Attempt {
+    if (200..300).contains(&status) && stream::is_event_stream(heard.content_type.as_deref(), &body)
+    {
+        match stream::assemble(&body) {
+            Ok(b) => body = b.into(),
+            Err(message) => {
+                let kind = match message.contains("carried an error") {
+                    true => ErrorKind::Server,
+                    false => ErrorKind::Connection,
+                };
+                return Attempt::Transport { kind, message };
+            }
+        }
+    }
+    Attempt::Http {
+        status,
+        retry_after: heard.retry_after,
+        reset_requests: heard.reset_requests,
+        reset_tokens: heard.reset_tokens,
+        quota_exhausted: heard.quota_exhausted,
+        advertised: heard.advertised,
+        body,
+    }
+}
+
+fn failed(e: reqwest::Error) -> Received {
+    Received::Failed {
+        timed_out: e.is_timeout(),
+        message: transport(e),
     }
 }
 
@@ -277,13 +322,7 @@ impl Client {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => {
-                let message = match transport(e) {
-                    Attempt::Transport { message, .. } => message,
-                    _ => String::new(),
-                };
-                return Call::Transport(self.scrubber.scrub(message));
-            }
+            Err(e) => return Call::Transport(self.scrubber.scrub(transport(e))),
         };
         let status = resp.status().as_u16();
         match resp.bytes().await {
@@ -297,21 +336,17 @@ impl Client {
     }
 }
 
-fn transport(e: reqwest::Error) -> Attempt {
-    let kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Connection
-    };
-    // The chain holds the useful part ("connection refused", "unexpected EOF").
+/// A transport error and its causes in one line: the chain holds the useful part
+/// ("connection refused", "unexpected EOF").
+pub(crate) fn transport(e: impl std::error::Error) -> String {
     let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         message.push_str(": ");
         message.push_str(&s.to_string());
         source = s.source();
     }
-    Attempt::Transport { kind, message }
+    message
 }
 
 #[cfg(test)]

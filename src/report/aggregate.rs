@@ -423,7 +423,11 @@ mod tests {
         assert!(n.fractional);
         // 33 records with 1 retry, 33 with 2 (i % 3 == 1, 2): the attempts less one each.
         assert_eq!(a.retried["timeout"], 33 + 2 * 33);
-        let in_bins: u64 = a.bins.values().filter_map(|b| b.retried.get("timeout")).sum();
+        let in_bins: u64 = a
+            .bins
+            .values()
+            .filter_map(|b| b.retried.get("timeout"))
+            .sum();
         assert_eq!(in_bins, 99);
         assert_eq!(a.span(), Some(Duration::from_secs(100)));
         assert_eq!(a.attempts_per_job.values().sum::<u64>(), 100);

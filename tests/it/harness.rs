@@ -461,17 +461,22 @@ impl Drop for Redis {
 pub struct Canned {
     pub url: String,
     pub requests: Arc<AtomicU64>,
+    /// Each request's head (request line and headers), lower-cased.
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub fn canned(body: &'static str) -> Canned {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1", l.local_addr().unwrap());
     let requests = Arc::new(AtomicU64::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
     let count = requests.clone();
+    let seen = heads.clone();
     std::thread::spawn(move || {
         for stream in l.incoming() {
             let Ok(mut s) = stream else { return };
             let count = count.clone();
+            let seen = seen.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -485,6 +490,7 @@ pub fn canned(body: &'static str) -> Canned {
                         continue;
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    seen.lock().unwrap().push(head.clone());
                     let len: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length:"))
@@ -522,5 +528,9 @@ pub fn canned(body: &'static str) -> Canned {
             });
         }
     });
-    Canned { url, requests }
+    Canned {
+        url,
+        requests,
+        heads,
+    }
 }

@@ -618,3 +618,66 @@ fn the_runs_own_files_stay_in_one_folder_and_older_layouts_move_there() {
     assert!(run_dir.join("labels.jsonl.meta.json").exists());
     assert!(!data.join("labels.jsonl.meta.json").exists());
 }
+
+#[test]
+fn a_plain_http_endpoint_is_called_directly_and_a_proxy_variable_still_applies() {
+    const ANSWER: &str = r#"{"choices":[{"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5}}"#;
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3));
+    // No proxy: straight to the server, with the headers every request carries.
+    let server = canned(ANSWER);
+    let key = ["--api-key-env", "DIRECT_TEST_KEY"];
+    let o = run_cmd(&input, &dir.path("direct.jsonl"), &server.url, &key)
+        .env("DIRECT_TEST_KEY", "sk-direct-test")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let heads = server.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3);
+    let authority = server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1");
+    for h in &heads {
+        assert!(
+            h.starts_with("post /v1/chat/completions http/1.1\r\n"),
+            "{h}"
+        );
+        for header in [
+            format!("host: {authority}"),
+            "content-type: application/json".to_string(),
+            "user-agent: bulkprompt/".to_string(),
+            "authorization: bearer sk-direct-test".to_string(),
+        ] {
+            assert!(h.contains(&header), "{header} not in {h}");
+        }
+    }
+    // HTTP_PROXY set: the request goes to the proxy, naming the endpoint (reqwest's path).
+    let proxy = canned(ANSWER);
+    let proxy_url = proxy.url.trim_end_matches("/v1").to_string();
+    let o = run_cmd(
+        &input,
+        &dir.path("proxied.jsonl"),
+        "http://endpoint.invalid/v1",
+        &["--api-key-env", "DIRECT_TEST_KEY", "--allow-insecure-http"],
+    )
+    .env("DIRECT_TEST_KEY", "sk-direct-test")
+    .env("HTTP_PROXY", &proxy_url)
+    .env("http_proxy", &proxy_url)
+    .env_remove("NO_PROXY")
+    .env_remove("no_proxy")
+    .output()
+    .unwrap();
+    assert_code(&o, 0);
+    let heads = proxy.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert!(
+        heads[0].starts_with("post http://endpoint.invalid/v1/chat/completions http/1.1"),
+        "{}",
+        heads[0]
+    );
+}
