@@ -923,9 +923,9 @@ impl Drop for RedisServer {
 
 /// Scenario 7: what sharing limits and budget through Redis costs. The same jobs against a
 /// simulator that answers at once: one worker with its own limiter and budget, then three
-/// workers sharing them through a coordinator (every grant and every reservation a Redis
-/// round trip). A limit and a cap are set high enough never to bind, so only their machinery
-/// is measured.
+/// workers sharing them through a coordinator (grants taken in batches while the buckets hold
+/// them, reservations drawn from blocks of the cap leased to each worker). A limit and a cap
+/// are set high enough never to bind, so only their machinery is measured.
 fn coordinator_overhead(bin: &Path, dir: &Path, jobs: usize) -> Vec<Row> {
     eprintln!("7. coordinator: {jobs} jobs, one worker alone, then three sharing through Redis");
     let redis_dir = dir.join("redis");
@@ -1013,10 +1013,11 @@ fn coordinator_overhead(bin: &Path, dir: &Path, jobs: usize) -> Vec<Row> {
                 "{:.2} ({round_trips} for {jobs} jobs)",
                 round_trips as f64 / jobs as f64
             ),
-            reference: "one grant + one reservation: 2".into(),
+            reference: "one grant + one reservation a job: 2".into(),
             ratio: "-".into(),
-            target: "<= 2.2".into(),
-            met: Some(round_trips as f64 / jobs as f64 <= 2.2),
+            // Grants in batches, reservations from leased blocks.
+            target: "<= 0.25".into(),
+            met: Some(round_trips as f64 / jobs as f64 <= 0.25),
         },
         Row {
             scenario: "7. coordinator: three workers' requests/s".into(),
@@ -1026,9 +1027,8 @@ fn coordinator_overhead(bin: &Path, dir: &Path, jobs: usize) -> Vec<Row> {
             ),
             reference: format!("one worker, no coordinator: {rps_alone:.0}/s"),
             ratio: format!("{ratio:.2}"),
-            // What it must carry: the largest shared key limits (10,000 a minute) with room.
-            target: ">= 1000/s".into(),
-            met: Some(rps_shared >= 1000.0),
+            target: ">= 0.60".into(),
+            met: Some(ratio >= 0.6),
         },
     ]
 }

@@ -5,11 +5,33 @@ use bulkprompt::cli::{Cli, LogFormat};
 use clap::{CommandFactory, FromArgMatches};
 
 // Thousands of small allocations a second across threads (request bodies, responses, records):
-// mimalloc spends about a third less CPU on them than glibc's malloc here. At thousands of
-// requests in flight it holds more memory; MIMALLOC_ARENA_EAGER_COMMIT=0 in the environment
-// trades about a quarter more CPU for about a third less (BENCHMARKS.md).
+// mimalloc spends about a third less CPU on them than glibc's malloc here.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+extern "C" {
+    /// mimalloc's own (libmimalloc-sys links it; its Rust binding is behind a feature).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+/// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e`.
+const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+
+/// Arenas committed as they are used, not eagerly: at 4,096 requests in flight the process
+/// holds about 150 MB instead of 230, at no CPU cost measured (BENCHMARKS.md). The variable
+/// `MIMALLOC_ARENA_EAGER_COMMIT`, when set, decides instead. mimalloc reserves its first arena
+/// at the first allocation, before `main`, so this runs from `.init_array`, before any Rust
+/// code allocates (the std runtime's first allocations come after the constructors).
+extern "C" fn lazy_arenas() {
+    if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+        // SAFETY: sets one of mimalloc's options, which it reads when it reserves an arena.
+        unsafe { mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static LAZY_ARENAS: extern "C" fn() = lazy_arenas;
 
 /// The flags; help piped to a file or a pager is 80 columns wide (clap's default is 100
 /// where it cannot see a terminal).
