@@ -1,9 +1,10 @@
 //! Chat completions to a plain-HTTP endpoint with no proxy (the simulator, vLLM, llama.cpp and
 //! other self-hosted servers): hyper's pooled HTTP/1 client called directly, with the URI and
 //! every header built once, so a request costs a clone of both and nothing is parsed or merged
-//! per request. Connections keep a read buffer of [`READ_BUFFER`] bytes (answers are a few KB;
-//! hyper's default grows to 8 KB and more) and write the body from where it is (`writev`), not
-//! through a second copy. TLS endpoints and proxies keep reqwest (HTTP/2 by ALPN, the proxy
+//! per request. Connections keep a read buffer of [`READ_BUFFER`] bytes (an answer of a few
+//! KB takes a few reads; hyper's default grows to 8 KB and more, and keeps it, on each of
+//! thousands of connections) and write the body from where it is (`writev`), not through a
+//! second copy. TLS endpoints and proxies keep reqwest (HTTP/2 by ALPN, the proxy
 //! variables, rustls), behind the same [`super::Client`].
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::time::Duration;
 
 /// Each connection's read buffer.
-const READ_BUFFER: usize = 4096;
+const READ_BUFFER: usize = 2048;
 
 /// What an answer came to before it is judged.
 pub(super) enum Received {
