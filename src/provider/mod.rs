@@ -1,6 +1,6 @@
 //! The OpenAI-compatible HTTP client: one pooled reqwest client (rustls, keep-alive pool sized
 //! to the concurrency), the headers every request carries, and one attempt at a time; chat
-//! completions to a plain-HTTP endpoint with no proxy go through hyper directly ([`direct`]).
+//! completions to a plain-HTTP endpoint with no proxy go through hyper directly (`direct.rs`).
 //! It does not decide anything: [`classify()`] judges what an attempt produced.
 
 pub mod classify;
