@@ -22,6 +22,10 @@ const SYNC_MIN_GAP: Duration = Duration::from_millis(100);
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Most records gathered into one write.
 const BATCH: usize = 512;
+/// After a batch smaller than [`BATCH`], the writer waits this long before it looks again, so
+/// the next records gather while it is not parked on the channel: a sender then has no thread
+/// to wake (a futex call and a context switch a record at tens of thousands a second).
+const LINGER: Duration = Duration::from_millis(1);
 
 /// What the writer is sent: one record, boxed so the channel moves a pointer.
 pub type WriterMsg = Box<Record>;
@@ -260,6 +264,7 @@ pub fn drain(
             }
         };
         let mut result = Ok(());
+        let linger = open && !pending.is_empty() && pending.len() < BATCH;
         if !pending.is_empty() {
             result = writer.write(&pending);
             if result.is_ok() {
@@ -297,6 +302,9 @@ pub fn drain(
             // Keep receiving (so the run can finish), but stop holding what cannot be written.
             out.unwritten += pending.len() as u64;
             pending.clear();
+        }
+        if linger && failed_at.is_none() {
+            std::thread::sleep(LINGER);
         }
     }
 }
