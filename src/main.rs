@@ -9,18 +9,22 @@ use clap::{CommandFactory, FromArgMatches};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(target_os = "linux")]
 extern "C" {
     /// mimalloc's own (libmimalloc-sys links it; its Rust binding is behind a feature).
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
 /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e`.
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 
 /// Arenas committed as they are used, not eagerly: at 4,096 requests in flight the process
 /// holds about 150 MB instead of 230, at no CPU cost measured (BENCHMARKS.md). The variable
 /// `MIMALLOC_ARENA_EAGER_COMMIT`, when set, decides instead. mimalloc reserves its first arena
 /// at the first allocation, before `main`, so this runs from `.init_array`, before any Rust
-/// code allocates (the std runtime's first allocations come after the constructors).
+/// code allocates (the std runtime's first allocations come after the constructors; the
+/// variable's name fits std's stack buffer, so reading it allocates nothing unless it is set).
+#[cfg(target_os = "linux")]
 extern "C" fn lazy_arenas() {
     if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
         // SAFETY: sets one of mimalloc's options, which it reads when it reserves an arena.

@@ -36,11 +36,10 @@ const BATCH: u64 = 32;
 /// A batch's grants unused this long go back to the shared buckets.
 const STASH_FOR: Duration = Duration::from_millis(100);
 
-/// Grants taken in a batch and not used yet: requests, and the tokens charged for them.
+/// Grants taken in a batch and not used yet, each charged `each` tokens.
 #[derive(Debug, Default)]
 struct Stash {
     requests: u64,
-    tokens: u64,
     /// The tokens each was charged (a batch is asked at one size).
     each: u64,
     taken: Option<tokio::time::Instant>,
@@ -54,14 +53,12 @@ impl Stash {
             return false;
         }
         self.requests -= 1;
-        self.tokens -= self.each;
-        // What this request will not use of its charge is given back with the next refund.
         true
     }
 
-    /// Everything left: (requests, tokens).
+    /// Everything left: (requests, the tokens charged for them).
     fn drain(&mut self) -> (u64, u64) {
-        let left = (self.requests, self.tokens);
+        let left = (self.requests, self.requests * self.each);
         *self = Stash::default();
         left
     }
@@ -152,13 +149,16 @@ impl SharedLimit {
             return Ok(local);
         }
         loop {
-            let refund = self.refund.swap(0, Relaxed);
+            // A stash this request could not use (stale, or charged less) goes back with it.
+            let (back, back_tokens) = self.stash().drain();
+            let refund = self.refund.swap(0, Relaxed) + back_tokens as i64;
             let (rpm, tpm) = (self.rpm, self.tpm);
             let answer = self
                 .link
                 .invoke::<(i64, i64)>(&scripts::ACQUIRE, &self.key, |first| {
-                    let mut a = args(rpm, tpm, tokens, if first { refund } else { 0 }, HORIZON_MS);
-                    a.extend([BATCH.to_string(), "0".into()]);
+                    let (refund, back) = if first { (refund, back) } else { (0, 0) };
+                    let mut a = args(rpm, tpm, tokens, refund, HORIZON_MS);
+                    a.extend([BATCH.to_string(), back.to_string()]);
                     a
                 })
                 .await;
@@ -168,7 +168,6 @@ impl SharedLimit {
                         // This request's grant, and the rest kept for the next ones.
                         *self.stash() = Stash {
                             requests: n as u64 - 1,
-                            tokens: (n as u64 - 1) * tokens,
                             each: tokens,
                             taken: Some(tokio::time::Instant::now()),
                         };
@@ -348,7 +347,6 @@ mod tests {
     async fn a_stash_gives_fresh_grants_no_bigger_than_their_charge() {
         let mut s = Stash {
             requests: 2,
-            tokens: 200,
             each: 100,
             taken: Some(tokio::time::Instant::now()),
         };
@@ -360,7 +358,6 @@ mod tests {
         assert!(!s.take(1), "empty");
         s = Stash {
             requests: 5,
-            tokens: 500,
             each: 100,
             taken: Some(tokio::time::Instant::now()),
         };

@@ -112,69 +112,91 @@ pub(crate) fn for_each_line(
     Ok(())
 }
 
+/// What pass 1 learns: each id's last line, the metadata keys (they become columns), which
+/// optional columns some record fills.
+struct Survey {
+    last: Latest,
+    meta_keys: Vec<String>,
+    present: Present,
+}
+
+/// Pass 1 over `jsonl`, reading only each record's head.
+fn survey(jsonl: &Path) -> Result<Survey, ParquetError> {
+    use serde::de::IgnoredAny;
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: String,
+        metadata: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        response: Option<IgnoredAny>,
+        #[serde(default)]
+        parsed: Option<IgnoredAny>,
+        #[serde(default)]
+        tool_calls: Option<IgnoredAny>,
+        #[serde(default)]
+        choices: Option<IgnoredAny>,
+        #[serde(default)]
+        fallback_model: Option<IgnoredAny>,
+        #[serde(default)]
+        stale: Option<IgnoredAny>,
+        #[serde(default)]
+        usage_rule: Option<IgnoredAny>,
+        #[serde(default)]
+        dedup_of: Option<IgnoredAny>,
+        #[serde(default)]
+        retries: Option<IgnoredAny>,
+        #[serde(default)]
+        upstream_cost_usd: Option<IgnoredAny>,
+        #[serde(default)]
+        cost_usd: Option<f64>,
+    }
+    let mut last = Latest::with_capacity(crate::job::keys::estimate_lines(jsonl));
+    let mut meta_keys = BTreeSet::new();
+    let mut p = Present::default();
+    for_each_line(jsonl, |line, bytes| {
+        let h: Head = serde_json::from_slice(bytes).map_err(|e| bad_record(jsonl, line, e))?;
+        last.push(IdKey::of(h.id.as_bytes()), line, h.cost_usd);
+        meta_keys.extend(h.metadata.into_iter().map(|(key, _)| key));
+        p.response |= h.response.is_some();
+        p.parsed |= h.parsed.is_some();
+        p.tool_calls |= h.tool_calls.is_some();
+        p.choices |= h.choices.is_some();
+        p.fallback_model |= h.fallback_model.is_some();
+        p.stale |= h.stale.is_some();
+        p.billing |= h.usage_rule.is_some();
+        p.dedup_of |= h.dedup_of.is_some();
+        p.retries |= h.retries.is_some();
+        p.upstream |= h.upstream_cost_usd.is_some();
+        Ok(())
+    })?;
+    last.seal();
+    Ok(Survey {
+        last,
+        meta_keys: meta_keys.into_iter().collect(),
+        present: p,
+    })
+}
+
+fn bad_record(jsonl: &Path, line: u64, e: serde_json::Error) -> ParquetError {
+    ParquetError::Record {
+        path: jsonl.to_path_buf(),
+        line,
+        message: e.to_string(),
+    }
+}
+
 /// Converts a JSONL output (or journal) into a Parquet file, one row per id (the last record).
 pub fn convert(
     jsonl: &Path,
     parquet: &Path,
     options: ParquetOptions,
 ) -> Result<Converted, ParquetError> {
-    let bad = |line, e: serde_json::Error| ParquetError::Record {
-        path: jsonl.to_path_buf(),
-        line,
-        message: e.to_string(),
-    };
-    // Pass 1: each id's last line, the metadata keys (they become columns), whether any record
-    // kept its response.
-    let mut last = Latest::with_capacity(crate::job::keys::estimate_lines(jsonl));
-    let mut meta_keys = BTreeSet::new();
-    let mut present = Present::default();
-    for_each_line(jsonl, |line, bytes| {
-        use serde::de::IgnoredAny;
-        #[derive(serde::Deserialize)]
-        struct Head {
-            id: String,
-            metadata: serde_json::Map<String, serde_json::Value>,
-            #[serde(default)]
-            response: Option<IgnoredAny>,
-            #[serde(default)]
-            parsed: Option<IgnoredAny>,
-            #[serde(default)]
-            tool_calls: Option<IgnoredAny>,
-            #[serde(default)]
-            choices: Option<IgnoredAny>,
-            #[serde(default)]
-            fallback_model: Option<IgnoredAny>,
-            #[serde(default)]
-            stale: Option<IgnoredAny>,
-            #[serde(default)]
-            usage_rule: Option<IgnoredAny>,
-            #[serde(default)]
-            dedup_of: Option<IgnoredAny>,
-            #[serde(default)]
-            retries: Option<IgnoredAny>,
-            #[serde(default)]
-            upstream_cost_usd: Option<IgnoredAny>,
-            #[serde(default)]
-            cost_usd: Option<f64>,
-        }
-        let h: Head = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
-        last.push(IdKey::of(h.id.as_bytes()), line, h.cost_usd);
-        meta_keys.extend(h.metadata.into_iter().map(|(key, _)| key));
-        present.response |= h.response.is_some();
-        present.parsed |= h.parsed.is_some();
-        present.tool_calls |= h.tool_calls.is_some();
-        present.choices |= h.choices.is_some();
-        present.fallback_model |= h.fallback_model.is_some();
-        present.stale |= h.stale.is_some();
-        present.billing |= h.usage_rule.is_some();
-        present.dedup_of |= h.dedup_of.is_some();
-        present.retries |= h.retries.is_some();
-        present.upstream |= h.upstream_cost_usd.is_some();
-        Ok(())
-    })?;
-    last.seal();
+    let Survey {
+        last,
+        meta_keys,
+        mut present,
+    } = survey(jsonl)?;
     present.parsed |= !options.parsed_columns.is_empty();
-    let meta_keys: Vec<String> = meta_keys.into_iter().collect();
     let schema = Arc::new(schema(&meta_keys, present, &options));
 
     // Pass 2: stream the records into batches.
@@ -198,7 +220,8 @@ pub fn convert(
         superseded: 0,
     };
     for_each_line(jsonl, |line, bytes| {
-        let mut r: Record = serde_json::from_slice(bytes).map_err(|e| bad(line, e))?;
+        let mut r: Record =
+            serde_json::from_slice(bytes).map_err(|e| bad_record(jsonl, line, e))?;
         if !last.is_last(&IdKey::of(r.id.as_bytes()), line) {
             converted.superseded += 1;
             return Ok(());
@@ -462,6 +485,14 @@ impl Columns {
             .append_option(r.response_model.as_deref());
         self.content.append_option(r.content.as_deref());
         self.finish_reason.append_option(r.finish_reason.as_deref());
+        self.push_optional(r);
+        self.push_money(r);
+        self.push_outcome(r);
+        self.push_derived(r);
+    }
+
+    /// The columns written only when some record has the field.
+    fn push_optional(&mut self, r: &Record) {
         let p = self.present;
         if p.parsed {
             self.parsed
@@ -499,6 +530,11 @@ impl Columns {
             self.response
                 .append_option(r.response.as_ref().map(|v| v.get()));
         }
+    }
+
+    /// Tokens, what was billed and how, the cost.
+    fn push_money(&mut self, r: &Record) {
+        let p = self.present;
         let t = [
             r.prompt_tokens,
             r.completion_tokens,
@@ -525,6 +561,10 @@ impl Columns {
                 super::CostSource::PriceTable => "price_table",
                 super::CostSource::WorstCase => "worst_case",
             }));
+    }
+
+    /// Latency, attempts, the error, the times, the fingerprint and the metadata.
+    fn push_outcome(&mut self, r: &Record) {
         self.latency_ms.append_value(r.latency_ms as i64);
         self.attempts.append_value(i64::from(r.attempts));
         self.error_kind
@@ -538,6 +578,10 @@ impl Columns {
         self.fingerprint.append_value(&r.fingerprint);
         self.metadata
             .append_value(serde_json::to_string(&r.metadata).unwrap_or_default());
+    }
+
+    /// The columns read out of the record: `content_json`, `parsed_<property>`, `meta_<key>`.
+    fn push_derived(&mut self, r: &Record) {
         if self.content_json {
             let parsed = r
                 .content

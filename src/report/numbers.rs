@@ -43,8 +43,7 @@ impl Edges {
 
     /// A column's lower edge, with as many decimals as the width needs.
     fn label(&self, i: usize) -> String {
-        let decimals = (-self.width.log10().floor()).max(0.0) as usize;
-        format!("{:.*}", decimals, self.low + i as f64 * self.width)
+        to_width(self.low + i as f64 * self.width, self.width)
     }
 }
 
@@ -86,7 +85,7 @@ pub(crate) fn histogram(s: &mut String, name: &str, n: &Numbers) {
         esc(name),
         single(values, labels, "answers"),
         match n.max > n.min {
-            true => format!("Columns {} wide, by their lower edge", figure_width(edges.width)),
+            true => format!("Columns {} wide, by their lower edge", to_width(edges.width, edges.width)),
             false => format!("Every number is {}", figure(n.min)),
         },
         match n.count > SAMPLE as u64 {
@@ -100,9 +99,10 @@ pub(crate) fn histogram(s: &mut String, name: &str, n: &Numbers) {
     );
 }
 
-fn figure_width(w: f64) -> String {
-    let decimals = (-w.log10().floor()).max(0.0) as usize;
-    format!("{w:.decimals$}")
+/// `v` with as many decimals as a step of `width` needs (0.05: two).
+fn to_width(v: f64, width: f64) -> String {
+    let decimals = (-width.log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 #[cfg(test)]
