@@ -644,3 +644,76 @@ fn three_workers_share_the_limit_and_the_budget_in_few_round_trips() {
     assert_eq!(recs.len(), 3000);
     assert_eq!(mock.stats().requests, 3000);
 }
+
+#[test]
+fn a_worker_killed_holding_a_block_of_the_cap_never_lets_the_run_pass_it() {
+    // Leased blocks are money a worker may spend without asking Redis: a worker killed with
+    // one must not free it for the others (it lapses with the lease, or returns when the shard
+    // is run again), and a re-run spends only what is left.
+    let Some(redis) = Redis::start() else { return };
+    const CAP: f64 = 0.01;
+    let mock = Mock::start(MockConfig {
+        latency: Duration::from_millis(20),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced_jobs(3000));
+    let out = dir.path("out.jsonl");
+    let outputs = shard_outputs(&dir);
+    let cap = CAP.to_string();
+    let extra = ["--max-cost", cap.as_str(), "--concurrency", "8"];
+    let mut children: Vec<Child> = (0..3)
+        .map(|i| spawn_worker(&input, &out, &mock.url(), &redis, "killcap", i, &extra))
+        .collect();
+    let lines =
+        |p: &Path| std::fs::read(p).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+    let started = Instant::now();
+    while lines(&outputs[1]) < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "worker 1 wrote nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut victim = children.remove(1);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let key = "bulkprompt:{killcap}:budget";
+    assert!(
+        redis.hget_u64(key, "shard-1-of-3|held").unwrap() > 0,
+        "the killed worker held nothing (no block, no reservation in flight)"
+    );
+    for o in wait_all(children, Duration::from_secs(120)) {
+        assert_code(&o, 3);
+    }
+    let billed = || mock.stats().billed as f64 / 1e12;
+    assert!(
+        billed() <= CAP,
+        "billed {} with a dead worker's block, cap {CAP}",
+        billed()
+    );
+    // The shard again: it takes the dead worker's place, and the run stays under the cap.
+    let mut args = worker(&redis, "killcap", 1);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = output_within(
+        &mut run_cmd(&input, &out, &mock.url(), &args),
+        Duration::from_secs(60),
+    );
+    assert_code(&o, 3);
+    assert!(
+        billed() <= CAP,
+        "billed {} after the re-run, cap {CAP}",
+        billed()
+    );
+    let recorded: f64 = all_records(&outputs)
+        .iter()
+        .filter_map(|r| r.cost_usd)
+        .sum();
+    assert!(
+        recorded <= billed() + 1e-9,
+        "recorded {recorded}, billed {}",
+        billed()
+    );
+    assert!(billed() > CAP * 0.6, "the cap was not used: {}", billed());
+}
