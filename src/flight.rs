@@ -129,29 +129,39 @@ impl Flight {
     /// Waits for a place under the limit.
     pub async fn acquire(&self) -> Slot<'_> {
         loop {
+            if let Some(slot) = self.try_acquire() {
+                return slot;
+            }
+            // Registered before the second look, so a place freed in between wakes it.
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut s = self.lock();
-                let limit = (s.limit.floor() as usize).max(1);
-                if s.in_flight < limit {
-                    s.in_flight += 1;
-                    let window = (s.to_send > 0).then(|| {
-                        s.to_send -= 1;
-                        s.used |= s.in_flight >= limit;
-                        s.window
-                    });
-                    return Slot {
-                        flight: self,
-                        sent: Instant::now(),
-                        open: true,
-                        window,
-                    };
-                }
+            if let Some(slot) = self.try_acquire() {
+                return slot;
             }
             freed.await;
         }
+    }
+
+    /// A place under the limit, if there is one now.
+    pub fn try_acquire(&self) -> Option<Slot<'_>> {
+        let mut s = self.lock();
+        let limit = (s.limit.floor() as usize).max(1);
+        if s.in_flight >= limit {
+            return None;
+        }
+        s.in_flight += 1;
+        let window = (s.to_send > 0).then(|| {
+            s.to_send -= 1;
+            s.used |= s.in_flight >= limit;
+            s.window
+        });
+        Some(Slot {
+            flight: self,
+            sent: Instant::now(),
+            open: true,
+            window,
+        })
     }
 
     /// The limit now.

@@ -104,7 +104,19 @@ pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
     match command {
         Command::Run(args) => {
             let rt = runtime(None)?;
-            let result = rt.block_on(run_cmd(*args, argv));
+            // On a worker thread, not the main one: the dispatcher's spawns and the wake-ups
+            // of finished tasks stay on the runtime's own threads.
+            let result = rt.block_on(async {
+                match tokio::spawn(run_cmd(*args, argv)).await {
+                    Ok(r) => r,
+                    // A panic goes on as if the run had not been spawned.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => Err(AppError::Setup {
+                        what: "the run's task was cancelled".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    }),
+                }
+            });
             // Reading threads interrupted by a signal may still be going: do not wait for them.
             rt.shutdown_background();
             result

@@ -1,28 +1,32 @@
 //! Chat completions to a plain-HTTP endpoint with no proxy (the simulator, vLLM, llama.cpp and
-//! other self-hosted servers): hyper's pooled HTTP/1 client called directly, with the URI and
-//! every header built once, so a request costs a clone of both and nothing is parsed or merged
-//! per request. Connections keep a read buffer of [`READ_BUFFER`] bytes (an answer of a few
-//! KB takes a few reads; hyper's default grows to 8 KB and more, and keeps it, on each of
-//! thousands of connections) and write the body from where it is (`writev`), not through a
-//! second copy. TLS endpoints and proxies keep reqwest (HTTP/2 by ALPN, the proxy
-//! variables, rustls), behind the same [`super::Client`].
+//! other self-hosted servers), on connections of our own: the job's task writes its request
+//! and reads the answer itself ([`super::http1`]), on a connection taken from a pool and put
+//! back once the answer is whole. No connection task, no channel between the request and its
+//! connection, no header map: a request is one `writev` of a head built once for the run, its
+//! length and its body; an answer is read into the connection's buffer of [`READ_BUFFER`]
+//! bytes (the body straight into its own when it is larger). TLS endpoints and proxies keep
+//! reqwest (HTTP/2 by ALPN, the proxy variables, rustls), behind the same [`super::Client`].
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderValue, HOST};
-use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use super::heard::Heard;
+use super::http1::{self, Read};
+use bytes::{Bytes, BytesMut};
+use hyper::header::{HeaderMap, HOST};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
-/// Each connection's read buffer.
+/// Each connection's read buffer (an answer of a few KB takes a few reads).
 const READ_BUFFER: usize = 2048;
+
+/// Connections made at once: well under the listen backlogs servers keep (128 to 4,096),
+/// and 4,096 connections in a few milliseconds on a local network.
+const CONNECTING: usize = 64;
 
 /// What an answer came to before it is judged.
 pub(super) enum Received {
     Answer {
         status: u16,
-        headers: HeaderMap,
+        heard: Heard,
         body: Bytes,
     },
     TooLarge {
@@ -37,15 +41,80 @@ pub(super) enum Received {
 
 #[derive(Clone)]
 pub(super) struct Direct {
-    http: Client<HttpConnector, Full<Bytes>>,
-    uri: Uri,
-    headers: HeaderMap,
+    shared: Arc<Shared>,
+}
+
+/// What every request to the endpoint shares.
+struct Shared {
+    /// `host:port`, to connect to.
+    address: String,
+    /// The request line and every header but the length (the key among them: never printed).
+    head: Box<[u8]>,
     timeout: Duration,
+    connect_timeout: Duration,
+    /// Connections that carried a whole answer and may carry the next, the latest last.
+    idle: Mutex<Vec<Conn>>,
+    max_idle: usize,
+    /// Told when a connection goes back to the pool, for requests waiting on a connect.
+    returned: tokio::sync::Notify,
+    /// Turns to make a connection: [`CONNECTING`] at a time.
+    connecting: tokio::sync::Semaphore,
+}
+
+/// A connection and what was read from it and not yet used.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// When it was last put back in the pool.
+    idle_since: tokio::time::Instant,
+}
+
+/// Idle this long, a connection is asked the kernel itself whether the server closed it:
+/// servers close idle connections after a keep-alive timeout of seconds, and the answer
+/// from tokio's readiness (no system call) may not have seen the close yet.
+const LOOK_CLOSER_AFTER: Duration = Duration::from_millis(200);
+
+impl Conn {
+    /// Whether the connection still stands: the server has not closed it while it was idle,
+    /// nor sent anything unasked.
+    fn stands(&self) -> bool {
+        let mut probe = [0u8; 1];
+        // A read that would block says it stands; tokio answers without a system call
+        // while the socket has not been seen readable since its last read.
+        let idle = matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        idle && (self.idle_since.elapsed() < LOOK_CLOSER_AFTER || open_in_kernel(&self.stream))
+    }
+}
+
+/// Whether the kernel holds no end of stream (and no bytes) for the socket: a peek that
+/// does not wait, past tokio's readiness.
+#[cfg(unix)]
+fn open_in_kernel(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut probe = [0u8; 1];
+    // SAFETY: a one-byte peek into a local buffer on a descriptor the stream owns.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            probe.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && {
+        let e = std::io::Error::last_os_error();
+        e.kind() == std::io::ErrorKind::WouldBlock
+    }
+}
+
+#[cfg(not(unix))]
+fn open_in_kernel(_: &TcpStream) -> bool {
+    true
 }
 
 impl Direct {
-    /// A client for `url`, or None when it is not plain HTTP or a proxy may apply (then
-    /// reqwest, which reads the proxy variables).
+    /// A client for `url`, or None when it is not plain HTTP, carries credentials of its own,
+    /// or a proxy may apply (then reqwest, which reads the proxy variables).
     pub(super) fn for_url(
         url: &reqwest::Url,
         headers: &HeaderMap,
@@ -55,87 +124,174 @@ impl Direct {
         if url.scheme() != "http" || proxy_configured() {
             return None;
         }
-        let uri: Uri = url.as_str().parse().ok()?;
-        let mut headers = headers.clone();
-        let host = uri.authority()?.as_str();
-        headers.insert(HOST, HeaderValue::from_str(host).ok()?);
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout.min(Duration::from_secs(30))));
-        connector.set_keepalive(Some(Duration::from_secs(90)));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(pool)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http1_read_buf_exact_size(READ_BUFFER)
-            .http1_writev(true)
-            .build(connector);
+        if !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
+        let host = url.host_str()?;
+        let port = url.port_or_known_default()?;
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let mut path = url.path().to_string();
+        if let Some(q) = url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
         Some(Direct {
-            http,
-            uri,
-            headers,
-            timeout,
+            shared: Arc::new(Shared {
+                address: format!("{host}:{port}"),
+                head: head(&path, &authority, headers),
+                timeout,
+                connect_timeout: timeout.min(Duration::from_secs(30)),
+                idle: Mutex::new(Vec::new()),
+                max_idle: pool.max(1),
+                returned: tokio::sync::Notify::new(),
+                connecting: tokio::sync::Semaphore::new(CONNECTING),
+            }),
         })
     }
 
     /// Posts `body` and reads the answer whole (up to `max` bytes), within the timeout.
     pub(super) async fn post(&self, body: Bytes, max: usize) -> Received {
-        match tokio::time::timeout(self.timeout, self.exchange(body, max)).await {
+        let timeout = self.shared.timeout;
+        match tokio::time::timeout(timeout, self.exchange(body, max)).await {
             Ok(r) => r,
             Err(_) => Received::Failed {
                 message: format!(
                     "no whole answer within the timeout ({} s)",
-                    self.timeout.as_secs_f64()
+                    timeout.as_secs_f64()
                 ),
                 timed_out: true,
             },
         }
     }
 
+    /// One request on one connection, which goes back to the pool only once its answer was
+    /// read whole (a request dropped half way, by the timeout or a stop, closes it).
     async fn exchange(&self, body: Bytes, max: usize) -> Received {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        let resp = match self.http.request(req).await {
-            Ok(r) => r,
-            Err(e) => return failed(e),
+        let mut conn = match self.checkout().await {
+            Ok(c) => c,
+            Err(message) => return failed(message),
         };
-        let status = resp.status().as_u16();
-        let (parts, mut incoming) = resp.into_parts();
-        let length = parts
-            .headers
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if length.is_some_and(|n| n > max as u64) {
-            return Received::TooLarge { status };
+        if let Err(e) = http1::write_request(&mut conn.stream, &self.shared.head, &body).await {
+            return failed(format!("sending the request: {e}"));
         }
-        let mut buf = bytes::BytesMut::with_capacity(length.unwrap_or(4096).min(1 << 20) as usize);
-        while let Some(frame) = incoming.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Ok(chunk) = f.into_data() {
-                        if buf.len() + chunk.len() > max {
-                            return Received::TooLarge { status };
-                        }
-                        buf.extend_from_slice(&chunk);
-                    }
+        match http1::read_answer(&mut conn.stream, &mut conn.buf, max).await {
+            Ok(Read::Answer(a)) => {
+                if a.reusable {
+                    self.put_back(conn);
                 }
-                Err(e) => return failed(e),
+                Received::Answer {
+                    status: a.status,
+                    heard: a.heard,
+                    body: a.body,
+                }
+            }
+            Ok(Read::TooLarge { status }) => Received::TooLarge { status },
+            Err(e) => failed(format!("reading the answer: {e}")),
+        }
+    }
+
+    /// An idle connection, else a new one, unless a connection comes back to the pool
+    /// first: a server slow to accept does not hold up requests that a connection freed
+    /// meanwhile can carry. The connection being made is then dropped.
+    async fn checkout(&self) -> Result<Conn, String> {
+        if let Some(c) = self.take_idle() {
+            return Ok(c);
+        }
+        let connect = async {
+            // A few connections are made at a time, so that a burst of thousands does not
+            // overflow the server's listen backlog (its SYNs dropped and sent again a second
+            // or more later). The semaphore is never closed.
+            let _turn = self.shared.connecting.acquire().await;
+            self.connect().await
+        };
+        tokio::pin!(connect);
+        loop {
+            let returned = self.shared.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(c) = self.take_idle() {
+                return Ok(c);
+            }
+            tokio::select! {
+                c = &mut connect => return c,
+                _ = returned => {}
             }
         }
-        Received::Answer {
-            status,
-            headers: parts.headers,
-            body: buf.freeze(),
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let address = &self.shared.address;
+        let stream =
+            match tokio::time::timeout(self.shared.connect_timeout, TcpStream::connect(address))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "cannot connect to {address}: no connection within {} s",
+                        self.shared.connect_timeout.as_secs_f64()
+                    ))
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            idle_since: tokio::time::Instant::now(),
+        })
+    }
+
+    /// The latest idle connection that still stands.
+    fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let conn = self.idle().pop()?;
+            if conn.stands() {
+                return Some(conn);
+            }
         }
+    }
+
+    fn put_back(&self, mut conn: Conn) {
+        // An answer that grew the buffer does not keep it grown on an idle connection.
+        if conn.buf.capacity() > 4 * READ_BUFFER {
+            conn.buf = BytesMut::with_capacity(READ_BUFFER);
+        }
+        conn.idle_since = tokio::time::Instant::now();
+        let mut idle = self.idle();
+        if idle.len() < self.shared.max_idle {
+            idle.push(conn);
+            drop(idle);
+            self.shared.returned.notify_one();
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.shared
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-fn failed(e: impl std::error::Error) -> Received {
+/// The request line and the headers every request carries, `Host` first.
+fn head(path: &str, authority: &str, headers: &HeaderMap) -> Box<[u8]> {
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: {authority}\r\n").into_bytes();
+    for (name, value) in headers.iter().filter(|(n, _)| *n != HOST) {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.into_boxed_slice()
+}
+
+fn failed(message: String) -> Received {
     Received::Failed {
-        message: super::transport(e),
+        message,
         timed_out: false,
     }
 }
@@ -145,4 +301,200 @@ fn proxy_configured() -> bool {
     ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// How the scripted server treats a connection after each answer.
+    #[derive(Clone, Copy)]
+    enum After {
+        /// Keeps it open.
+        Keep,
+        /// Says `Connection: close` and closes it.
+        SayClose,
+        /// Closes it without a word once it has answered `n` requests.
+        Vanish(usize),
+    }
+
+    /// A server on 127.0.0.1 answering every request with `{"n":<request number>}`; it
+    /// counts the connections it accepted.
+    async fn server(after: After) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/chat/completions", l.local_addr().unwrap());
+        let (conns, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, r) = (conns.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                c.fetch_add(1, SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut answered = 0;
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap();
+                        while buf.len() < end + 4 + len {
+                            let mut chunk = [0u8; 4096];
+                            let n = s.read(&mut chunk).await.unwrap();
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        buf.drain(..end + 4 + len);
+                        let n = r.fetch_add(1, SeqCst) + 1;
+                        answered += 1;
+                        let body = format!("{{\"n\":{n}}}");
+                        let close = matches!(after, After::SayClose);
+                        let wire = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{}content-length: {}\r\n\r\n{body}",
+                            if close { "connection: close\r\n" } else { "" },
+                            body.len()
+                        );
+                        // Header and body apart, as servers often write them.
+                        let (h, b) = wire.split_at(wire.len() - body.len());
+                        s.write_all(h.as_bytes()).await.unwrap();
+                        s.write_all(b.as_bytes()).await.unwrap();
+                        match after {
+                            After::SayClose => return,
+                            After::Vanish(k) if answered >= k => return,
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        (url, conns, requests)
+    }
+
+    fn client(url: &str) -> Direct {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        Direct::for_url(&url.parse().unwrap(), &headers, Duration::from_secs(5), 4)
+            .expect("a plain-HTTP endpoint is called directly")
+    }
+
+    async fn ok(d: &Direct, n: usize) {
+        match d.post(Bytes::from_static(b"{\"q\":1}"), 1 << 20).await {
+            Received::Answer { status, body, .. } => {
+                assert_eq!(status, 200);
+                assert_eq!(body, format!("{{\"n\":{n}}}").as_bytes());
+            }
+            Received::TooLarge { .. } => panic!("too large"),
+            Received::Failed { message, .. } => panic!("request {n}: {message}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_request_after_request() {
+        let (url, conns, _) = server(After::Keep).await;
+        let d = client(&url);
+        for n in 1..=20 {
+            ok(&d, n).await;
+        }
+        assert_eq!(conns.load(SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closes_is_never_used_again() {
+        // Said: a new connection for every request, and no request fails.
+        let (url, conns, _) = server(After::SayClose).await;
+        let d = client(&url);
+        for n in 1..=5 {
+            ok(&d, n).await;
+        }
+        assert_eq!(conns.load(SeqCst), 5);
+        // Not said: the server drops each connection after two answers while it is idle in
+        // the pool; the next request sees it closed and takes a new one, and nothing fails.
+        let (url, conns, _) = server(After::Vanish(2)).await;
+        let d = client(&url);
+        for n in 1..=6 {
+            ok(&d, n).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(conns.load(SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn many_requests_at_once_each_get_their_own_answer() {
+        let (url, conns, requests) = server(After::Keep).await;
+        let d = client(&url);
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let d = d.clone();
+            all.spawn(async move { d.post(Bytes::from_static(b"{}"), 1 << 20).await });
+        }
+        let mut seen = std::collections::HashSet::new();
+        while let Some(r) = all.join_next().await {
+            let Received::Answer { body, .. } = r.unwrap() else {
+                panic!("a request failed")
+            };
+            assert!(seen.insert(body), "two requests got one answer");
+        }
+        assert_eq!(requests.load(SeqCst), 64);
+        // At most the pool's four are kept; the rest were closed after their answers.
+        assert!(d.idle().len() <= 4);
+        assert!(conns.load(SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_is_a_failure_that_names_the_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let d = client(&format!("http://{addr}/v1/chat/completions"));
+        match d.post(Bytes::from_static(b"{}"), 1024).await {
+            Received::Failed { message, timed_out } => {
+                assert!(!timed_out);
+                assert!(
+                    message.contains(&format!("cannot connect to {addr}")),
+                    "{message}"
+                );
+            }
+            _ => panic!("answered"),
+        }
+    }
+
+    #[test]
+    fn the_head_has_the_path_the_host_and_every_header_once() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert(HOST, "ignored".parse().unwrap());
+        headers.insert("authorization", "Bearer k".parse().unwrap());
+        let url: reqwest::Url = "http://127.0.0.1:8080/v1/chat/completions?x=1"
+            .parse()
+            .unwrap();
+        let d = Direct::for_url(&url, &headers, Duration::from_secs(1), 1).unwrap();
+        let head = String::from_utf8(d.shared.head.to_vec()).unwrap();
+        assert!(
+            head.starts_with("POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8080\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("content-type: application/json\r\n"));
+        assert!(head.contains("authorization: Bearer k\r\n"));
+        assert!(!head.contains("ignored"));
+        assert!(head.ends_with("\r\n") && !head.ends_with("\r\n\r\n"));
+        assert_eq!(d.shared.address, "127.0.0.1:8080");
+        // The default port is not named in Host; credentials in the URL go through reqwest.
+        let url: reqwest::Url = "http://localhost/v1/chat/completions".parse().unwrap();
+        let d = Direct::for_url(&url, &headers, Duration::from_secs(1), 1).unwrap();
+        assert!(String::from_utf8_lossy(&d.shared.head).contains("host: localhost\r\n"));
+        assert_eq!(d.shared.address, "localhost:80");
+        let url: reqwest::Url = "http://u:p@localhost/v1/chat/completions".parse().unwrap();
+        assert!(Direct::for_url(&url, &headers, Duration::from_secs(1), 1).is_none());
+    }
 }

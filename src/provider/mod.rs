@@ -5,6 +5,8 @@
 
 pub mod classify;
 mod direct;
+mod heard;
+mod http1;
 mod pacific;
 pub mod refusal;
 pub mod response;
@@ -16,6 +18,7 @@ pub use response::Completion;
 use crate::secret::{ApiKey, Scrubber};
 use bytes::Bytes;
 use direct::Received;
+use heard::Heard;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use std::time::{Duration, Instant};
 
@@ -164,9 +167,9 @@ impl Client {
         match received {
             Received::Answer {
                 status,
-                headers,
+                heard,
                 body,
-            } => answer(status, Heard::of(&headers), body),
+            } => answer(status, heard, body),
             Received::TooLarge { status } => Attempt::TooLarge { status, limit },
             Received::Failed { message, timed_out } => Attempt::Transport {
                 kind: match timed_out {
@@ -206,7 +209,7 @@ impl Client {
         }
         Received::Answer {
             status,
-            headers: std::mem::take(resp.headers_mut()),
+            heard: Heard::of_map(resp.headers()),
             body: buf.freeze(),
         }
     }
@@ -242,55 +245,6 @@ fn failed(e: reqwest::Error) -> Received {
     Received::Failed {
         timed_out: e.is_timeout(),
         message: transport(e),
-    }
-}
-
-/// What an answer's headers say: its type, when to try again, the key's limits, a quota used
-/// up.
-struct Heard {
-    content_type: Option<String>,
-    retry_after: Option<String>,
-    reset_requests: Option<String>,
-    reset_tokens: Option<String>,
-    advertised: crate::limit::Advertised,
-    quota_exhausted: Option<std::time::Duration>,
-}
-
-impl Heard {
-    fn of(headers: &reqwest::header::HeaderMap) -> Heard {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let per_minute = |name: &str| {
-            header(name)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|n| n.is_finite() && *n >= 1.0)
-                .map(|n| n as u64)
-        };
-        let reset_requests = header("x-ratelimit-reset-requests");
-        let reset_tokens = header("x-ratelimit-reset-tokens");
-        let quota_exhausted = crate::retry::quota_exhausted(
-            header("x-ratelimit-remaining-requests").as_deref(),
-            reset_requests.as_deref(),
-            header("x-ratelimit-remaining-tokens").as_deref(),
-            reset_tokens.as_deref(),
-        );
-        Heard {
-            content_type: header("content-type"),
-            retry_after: header("retry-after"),
-            // OpenAI's names; OpenRouter's `x-ratelimit-limit` counts requests.
-            advertised: crate::limit::Advertised {
-                rpm: per_minute("x-ratelimit-limit-requests")
-                    .or_else(|| per_minute("x-ratelimit-limit")),
-                tpm: per_minute("x-ratelimit-limit-tokens"),
-            },
-            reset_requests,
-            reset_tokens,
-            quota_exhausted,
-        }
     }
 }
 

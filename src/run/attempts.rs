@@ -135,16 +135,18 @@ impl Life<'_> {
         self.attempts += 1;
         self.tries += 1;
         // A place under the in-flight limit (a timed-out attempt comes back here only once
-        // the limit has come down).
-        let slot = tokio::select! {
-            s = ctx.flight.acquire() => s,
-            _ = ctx.stopping() => return Next::Stop,
+        // the limit has come down). Waited for only when there is none now.
+        let slot = match ctx.flight.try_acquire() {
+            Some(s) => s,
+            None => tokio::select! {
+                s = ctx.flight.acquire() => s,
+                _ = ctx.stopping() => return Next::Stop,
+            },
         };
         ctx.records.counters.requests.fetch_add(1, Relaxed);
-        let (attempt, latency) = tokio::select! {
-            r = ctx.client.send(self.body.clone()) => r,
-            _ = ctx.control.shutdown.reached(Phase::Now) => return Next::Stop,
-        };
+        // A stop that cannot wait ends the call by dropping the task (the live engine's
+        // drain); what this job already paid for is written then ([`Life`]'s drop).
+        let (attempt, latency) = ctx.client.send(self.body.clone()).await;
         self.latency = latency;
         super::task::test_panic(self.job);
         self.heard(&attempt);
@@ -507,30 +509,46 @@ impl Life<'_> {
 
     /// Stopped: the last paid answer's record, if there is one (no paid answer unrecorded).
     fn abandon(mut self) -> TaskEnd {
-        match self.pending.take() {
-            Some(mut r) => {
-                // Its own invalid answer is the record, not a retry before it.
-                if let Some(n) = self.retried.get_mut(&ErrorKind::InvalidOutput) {
-                    *n -= 1;
-                }
-                r.retries = self.retries();
-                self.ctx.note_result(&r);
-                self.ctx.records.send(r);
-                TaskEnd::Recorded
-            }
-            None => TaskEnd::Abandoned,
+        match self.record_pending() {
+            true => TaskEnd::Recorded,
+            false => TaskEnd::Abandoned,
         }
+    }
+
+    /// Writes the last paid answer's record, if there is one and no record came after it.
+    fn record_pending(&mut self) -> bool {
+        let Some(mut r) = self.pending.take() else {
+            return false;
+        };
+        // Its own invalid answer is the record, not a retry before it.
+        if let Some(n) = self.retried.get_mut(&ErrorKind::InvalidOutput) {
+            *n -= 1;
+        }
+        r.retries = self.retries();
+        self.ctx.note_result(&r);
+        self.ctx.records.send(r);
+        true
     }
 
     /// The job's record, to the writer. Paid answers settled their holds as they came; what
     /// is left was not paid.
     fn record(mut self, mut record: Record) -> TaskEnd {
         drop(self.hold.take());
+        // This record follows the paid answer before it (and carries its cost).
+        self.pending = None;
         record.retries = self.retries();
         let record = self.ctx.records.with_prompt(self.job, record);
         self.ctx.note_result(&record);
         self.ctx.records.send(record);
         TaskEnd::Recorded
+    }
+}
+
+/// A job's task dropped before its record (a stop that could not wait for the answer in
+/// flight) still writes the answer it paid for last.
+impl Drop for Life<'_> {
+    fn drop(&mut self) {
+        self.record_pending();
     }
 }
 

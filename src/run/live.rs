@@ -77,6 +77,9 @@ impl LiveEngine {
     ) {
         let ctx = &self.ctx;
         let mut spawned = 0u64;
+        // One wait for a stop for the whole dispatch, not one a job.
+        let stopping = ctx.stopping();
+        tokio::pin!(stopping);
         loop {
             while let Some(r) = tasks.try_join_next() {
                 ended(end, r);
@@ -84,14 +87,14 @@ impl LiveEngine {
             let next = tokio::select! {
                 biased;
                 _ = failed.as_mut() => { end.writer_broke = true; break }
-                _ = ctx.stopping() => break,
+                _ = &mut stopping => break,
                 j = intake.next() => j,
             };
             let Some((job, decision)) = next else { break };
             let (permit, grant, hold) = tokio::select! {
                 biased;
                 _ = failed.as_mut() => { end.writer_broke = true; break }
-                _ = ctx.stopping() => break,
+                _ = &mut stopping => break,
                 a = admit(ctx, permits, spawned, &job) => match a {
                     Admit::Go(permit, grant, hold) => (permit, grant, hold),
                     Admit::Cap(cap) => { end.cap_reached = Some(cap); break }
@@ -112,7 +115,9 @@ impl LiveEngine {
     }
 
     /// Lets calls in flight finish: they are paid for. On a stop or a write failure, within
-    /// the grace period (the writer keeps their answers and retries the write meanwhile).
+    /// the grace period (the writer keeps their answers and retries the write meanwhile); a
+    /// second stop (Phase::Now) drops them at once, each writing the answer it already paid
+    /// for.
     async fn drain(
         &self,
         mut tasks: Tasks,
@@ -152,6 +157,9 @@ impl LiveEngine {
             } else {
                 tokio::select! {
                     _ = &mut all => {}
+                    // A stop that cannot wait: the calls in flight are dropped below (tasks
+                    // do not each watch for it).
+                    _ = ctx.control.shutdown.reached(Phase::Now) => {}
                     _ = failed.as_mut() => {
                         end.writer_broke = true;
                         tokio::select! {

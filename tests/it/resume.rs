@@ -457,3 +457,65 @@ fn a_parquet_output_of_another_job_file_is_refused_by_its_own_name() {
     );
     assert!(e.contains("docs/scheduling.md"), "{e}");
 }
+
+#[test]
+fn a_second_signal_while_an_invalid_answer_is_asked_again_keeps_the_paid_one() {
+    // Every answer breaks the schema and takes 1.2 s: by 3 s every job has paid for an
+    // invalid answer and is asking again. Two signals drop the calls in flight, and each
+    // job's task writes the answer it paid for as it is dropped.
+    const JOBS: usize = 8;
+    let mut cfg = MockConfig {
+        latency: Duration::from_millis(1200),
+        ..Default::default()
+    };
+    cfg.faults.set(Fault::OffSchema, 1.0);
+    let mock = Mock::start(cfg);
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(JOBS));
+    let schema = dir.write(
+        "label.schema.json",
+        r#"{"type":"object","properties":{"label":{"type":"string"}},"required":["label"]}"#,
+    );
+    let out = dir.path("out.jsonl");
+    let child = run_cmd(
+        &input,
+        &out,
+        &mock.url(),
+        &[
+            "--model",
+            "google/gemini-2.5-flash",
+            "--json-schema",
+            schema.to_str().unwrap(),
+            "--retry-invalid",
+            "10",
+            "--grace",
+            "60",
+        ],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    let signalled = Instant::now();
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_code(&o, 130);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "the second signal waited for the calls in flight"
+    );
+    let recs = records_by_id(&out);
+    assert_eq!(recs.len(), JOBS, "every job paid for an answer: {recs:?}");
+    for r in recs.values() {
+        let e = r.error.as_ref().expect("an invalid answer's record");
+        assert_eq!(e.kind.as_str(), "invalid_output", "{r:?}");
+        assert!(
+            r.cost_usd.unwrap_or(0.0) > 0.0,
+            "its cost is counted: {r:?}"
+        );
+    }
+}
