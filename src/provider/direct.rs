@@ -18,10 +18,6 @@ use tokio::net::TcpStream;
 /// Each connection's read buffer (an answer of a few KB takes a few reads).
 const READ_BUFFER: usize = 2048;
 
-/// Connections made at once: well under the listen backlogs servers keep (128 to 4,096),
-/// and 4,096 connections in a few milliseconds on a local network.
-const CONNECTING: usize = 64;
-
 /// What an answer came to before it is judged.
 pub(super) enum Received {
     Answer {
@@ -53,12 +49,19 @@ struct Shared {
     timeout: Duration,
     connect_timeout: Duration,
     /// Connections that carried a whole answer and may carry the next, the latest last.
-    idle: Mutex<Vec<Conn>>,
+    pool: Mutex<Pool>,
     max_idle: usize,
-    /// Told when a connection goes back to the pool, for requests waiting on a connect.
-    returned: tokio::sync::Notify,
-    /// Turns to make a connection: [`CONNECTING`] at a time.
-    connecting: tokio::sync::Semaphore,
+}
+
+/// Connections not in use, and requests waiting for one while they connect.
+#[derive(Default)]
+struct Pool {
+    /// Connections that carried a whole answer and may carry the next, the latest last.
+    idle: Vec<Conn>,
+    /// Requests making a connection, first come first: a connection put back goes to the
+    /// first one still waiting before it goes idle (a closed receiver is a request served
+    /// by its own connect, or gone).
+    waiting: std::collections::VecDeque<tokio::sync::oneshot::Sender<Conn>>,
 }
 
 /// A connection and what was read from it and not yet used.
@@ -144,10 +147,8 @@ impl Direct {
                 head: head(&path, &authority, headers),
                 timeout,
                 connect_timeout: timeout.min(Duration::from_secs(30)),
-                idle: Mutex::new(Vec::new()),
+                pool: Mutex::new(Pool::default()),
                 max_idle: pool.max(1),
-                returned: tokio::sync::Notify::new(),
-                connecting: tokio::sync::Semaphore::new(CONNECTING),
             }),
         })
     }
@@ -193,32 +194,25 @@ impl Direct {
         }
     }
 
-    /// An idle connection, else a new one, unless a connection comes back to the pool
-    /// first: a server slow to accept does not hold up requests that a connection freed
-    /// meanwhile can carry. The connection being made is then dropped.
+    /// An idle connection, else a new one, unless a connection is put back first (it goes
+    /// to the request that has waited longest): a server slow to accept (a burst of
+    /// connections over its listen backlog waits for its SYNs to be sent again, a second or
+    /// more later) does not hold up requests that a connection freed meanwhile can carry.
+    /// The connection being made is then dropped.
     async fn checkout(&self) -> Result<Conn, String> {
-        if let Some(c) = self.take_idle() {
-            return Ok(c);
-        }
-        let connect = async {
-            // A few connections are made at a time, so that a burst of thousands does not
-            // overflow the server's listen backlog (its SYNs dropped and sent again a second
-            // or more later). The semaphore is never closed.
-            let _turn = self.shared.connecting.acquire().await;
-            self.connect().await
-        };
-        tokio::pin!(connect);
-        loop {
-            let returned = self.shared.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            if let Some(c) = self.take_idle() {
+        let handed = {
+            let mut pool = self.pool();
+            if let Some(c) = take_standing(&mut pool.idle) {
                 return Ok(c);
             }
-            tokio::select! {
-                c = &mut connect => return c,
-                _ = returned => {}
-            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            pool.forget_gone(self.shared.max_idle);
+            pool.waiting.push_back(tx);
+            rx
+        };
+        tokio::select! {
+            c = self.connect() => c,
+            Ok(c) = handed => Ok(c),
         }
     }
 
@@ -245,35 +239,53 @@ impl Direct {
         })
     }
 
-    /// The latest idle connection that still stands.
-    fn take_idle(&self) -> Option<Conn> {
-        loop {
-            let conn = self.idle().pop()?;
-            if conn.stands() {
-                return Some(conn);
-            }
-        }
-    }
-
     fn put_back(&self, mut conn: Conn) {
         // An answer that grew the buffer does not keep it grown on an idle connection.
         if conn.buf.capacity() > 4 * READ_BUFFER {
             conn.buf = BytesMut::with_capacity(READ_BUFFER);
         }
         conn.idle_since = tokio::time::Instant::now();
-        let mut idle = self.idle();
-        if idle.len() < self.shared.max_idle {
-            idle.push(conn);
-            drop(idle);
-            self.shared.returned.notify_one();
+        let mut pool = self.pool();
+        while let Some(waiter) = pool.waiting.pop_front() {
+            match waiter.send(conn) {
+                Ok(()) => return,
+                Err(back) => conn = back,
+            }
+        }
+        if pool.idle.len() < self.shared.max_idle {
+            pool.idle.push(conn);
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.shared
-            .idle
+            .pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Pool {
+    /// Drops the entries of requests no longer waiting, so that a server that closes every
+    /// connection (nothing is ever put back) does not grow the queue: the oldest as they
+    /// come, all of them once the queue is longer than the requests that can be waiting.
+    fn forget_gone(&mut self, in_flight: usize) {
+        while self.waiting.front().is_some_and(|w| w.is_closed()) {
+            self.waiting.pop_front();
+        }
+        if self.waiting.len() > in_flight {
+            self.waiting.retain(|w| !w.is_closed());
+        }
+    }
+}
+
+/// The latest idle connection that still stands (those that do not are closed).
+fn take_standing(idle: &mut Vec<Conn>) -> Option<Conn> {
+    loop {
+        let conn = idle.pop()?;
+        if conn.stands() {
+            return Some(conn);
+        }
     }
 }
 
@@ -418,6 +430,10 @@ mod tests {
             ok(&d, n).await;
         }
         assert_eq!(conns.load(SeqCst), 5);
+        assert!(
+            d.pool().waiting.len() <= 1,
+            "the requests served are not kept waiting"
+        );
         // Not said: the server drops each connection after two answers while it is idle in
         // the pool; the next request sees it closed and takes a new one, and nothing fails.
         let (url, conns, _) = server(After::Vanish(2)).await;
@@ -447,7 +463,7 @@ mod tests {
         }
         assert_eq!(requests.load(SeqCst), 64);
         // At most the pool's four are kept; the rest were closed after their answers.
-        assert!(d.idle().len() <= 4);
+        assert!(d.pool().idle.len() <= 4);
         assert!(conns.load(SeqCst) >= 1);
     }
 

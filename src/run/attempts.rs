@@ -118,7 +118,7 @@ struct Life<'a> {
     retried: Retries,
 }
 
-impl Life<'_> {
+impl<'a> Life<'a> {
     /// Admit, send, judge, act.
     async fn attempt(&mut self) -> Next {
         let ctx = self.ctx;
@@ -134,14 +134,8 @@ impl Life<'_> {
         };
         self.attempts += 1;
         self.tries += 1;
-        // A place under the in-flight limit (a timed-out attempt comes back here only once
-        // the limit has come down). Waited for only when there is none now.
-        let slot = match ctx.flight.try_acquire() {
-            Some(s) => s,
-            None => tokio::select! {
-                s = ctx.flight.acquire() => s,
-                _ = ctx.stopping() => return Next::Stop,
-            },
+        let Some(slot) = self.place().await else {
+            return Next::Stop;
         };
         ctx.records.counters.requests.fetch_add(1, Relaxed);
         // A stop that cannot wait ends the call by dropping the task (the live engine's
@@ -199,6 +193,19 @@ impl Life<'_> {
                 });
                 Next::Record(Box::new(self.failed(kind, Some(status), message)))
             }
+        }
+    }
+
+    /// A place under the in-flight limit (a timed-out attempt comes back here only once the
+    /// limit has come down), waited for only when there is none now; none on a stop.
+    async fn place(&self) -> Option<crate::flight::Slot<'a>> {
+        let flight = &self.ctx.flight;
+        match flight.try_acquire() {
+            Some(s) => Some(s),
+            None => tokio::select! {
+                s = flight.acquire() => Some(s),
+                _ = self.ctx.stopping() => None,
+            },
         }
     }
 
