@@ -126,13 +126,11 @@ impl Flight {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for a place under the limit.
+    /// Waits for a place under the limit ([`Flight::try_acquire`] first where a wait is
+    /// rare: this registers a waiter before it looks).
     pub async fn acquire(&self) -> Slot<'_> {
         loop {
-            if let Some(slot) = self.try_acquire() {
-                return slot;
-            }
-            // Registered before the second look, so a place freed in between wakes it.
+            // Registered before the look, so a place freed in between wakes it.
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();

@@ -48,8 +48,9 @@ struct Shared {
     head: Box<[u8]>,
     timeout: Duration,
     connect_timeout: Duration,
-    /// Connections that carried a whole answer and may carry the next, the latest last.
     pool: Mutex<Pool>,
+    /// Connections kept idle, at most: the concurrency, which also bounds the requests that
+    /// can be waiting for one.
     max_idle: usize,
 }
 
@@ -269,11 +270,11 @@ impl Pool {
     /// Drops the entries of requests no longer waiting, so that a server that closes every
     /// connection (nothing is ever put back) does not grow the queue: the oldest as they
     /// come, all of them once the queue is longer than the requests that can be waiting.
-    fn forget_gone(&mut self, in_flight: usize) {
+    fn forget_gone(&mut self, at_most_waiting: usize) {
         while self.waiting.front().is_some_and(|w| w.is_closed()) {
             self.waiting.pop_front();
         }
-        if self.waiting.len() > in_flight {
+        if self.waiting.len() > at_most_waiting {
             self.waiting.retain(|w| !w.is_closed());
         }
     }

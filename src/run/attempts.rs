@@ -6,6 +6,7 @@
 //! total is what the provider billed.
 
 use super::task::{base_record, Ctx, Hold, NoHold, TaskEnd};
+use crate::checkpoint::Decision;
 use crate::cost::Money;
 use crate::job::Job;
 use crate::limit::Grant;
@@ -16,7 +17,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
 /// Runs a job to its record (or to a stop, which leaves it to the next run).
-pub(super) async fn execute(ctx: &Ctx, job: &Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
+pub(super) async fn execute(
+    ctx: &Ctx,
+    job: &Job,
+    decision: Decision,
+    first: Grant,
+    hold: Option<Hold>,
+) -> TaskEnd {
     let started = SystemTime::now();
     let base_body = match with_images(ctx, job, started).await {
         Ok(b) => b,
@@ -31,6 +38,7 @@ pub(super) async fn execute(ctx: &Ctx, job: &Job, first: Grant, hold: Option<Hol
     let mut life = Life {
         ctx,
         job,
+        decision,
         started,
         charge: first.tokens,
         grant: Some(first),
@@ -93,6 +101,8 @@ enum Next {
 struct Life<'a> {
     ctx: &'a Ctx,
     job: &'a Job,
+    /// Why it runs, for the count of a record written as its task is dropped.
+    decision: Decision,
     started: SystemTime,
     /// What the dispatcher charged the first grant: retries are charged the same.
     charge: u64,
@@ -555,7 +565,9 @@ impl<'a> Life<'a> {
 /// flight) still writes the answer it paid for last.
 impl Drop for Life<'_> {
     fn drop(&mut self) {
-        self.record_pending();
+        if self.record_pending() {
+            self.ctx.records.recorded_when_dropped(self.decision);
+        }
     }
 }
 

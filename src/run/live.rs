@@ -106,7 +106,7 @@ impl LiveEngine {
             tasks.spawn(async move {
                 ctx.records.counters.in_flight.fetch_add(1, Relaxed);
                 let counters = ctx.records.counters.clone();
-                let end = run_job(ctx, job, grant, hold).await;
+                let end = run_job(ctx, job, decision, grant, hold).await;
                 counters.in_flight.fetch_sub(1, Relaxed);
                 drop(permit);
                 (decision, end)
@@ -177,6 +177,7 @@ impl LiveEngine {
         while let Some(r) = tasks.join_next().await {
             ended(end, r);
         }
+        ctx.records.count_dropped(end);
     }
 }
 

@@ -413,6 +413,7 @@ fn context(
             keep_prompt: cfg.keep_prompt,
             validators: Default::default(),
             breaker: roles::Breaker::new(cfg.circuit_breaker),
+            dropped: Default::default(),
         },
         control: roles::Control::new(shutdown.clone()),
         policy: roles::Policy {

@@ -296,9 +296,32 @@ pub(super) struct Recording {
     /// Compiled answer schemas.
     pub(super) validators: crate::answer::Validators,
     pub(super) breaker: Breaker,
+    /// Jobs whose task was dropped (a stop that could not wait) after it wrote the answer it
+    /// had paid for, by why they ran: their engine counts them when it has dropped its tasks.
+    pub(super) dropped: std::sync::Mutex<super::engine::EngineEnd>,
 }
 
 impl Recording {
+    /// Counts a job recorded as its task was dropped.
+    pub(super) fn recorded_when_dropped(&self, decision: crate::checkpoint::Decision) {
+        self.dropped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recorded(decision);
+    }
+
+    /// Adds the jobs recorded as their tasks were dropped to `end`, once.
+    pub(super) fn count_dropped(&self, end: &mut super::engine::EngineEnd) {
+        let mut dropped = self
+            .dropped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let d = std::mem::take(&mut *dropped);
+        end.new += d.new;
+        end.retried += d.retried;
+        end.changed += d.changed;
+    }
+
     /// The record with the messages sent, under `--keep-prompt`.
     pub(super) fn with_prompt(&self, job: &Job, mut r: Record) -> Record {
         if self.keep_prompt {

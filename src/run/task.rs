@@ -184,9 +184,16 @@ pub(super) fn base_record(
 
 /// Runs one job's task: [`execute`], with a panic caught and turned into a failed record (so
 /// a bug costs one job, counted and visible, never a silent hole in the output).
-pub(super) async fn run_job(ctx: Arc<Ctx>, job: Job, first: Grant, hold: Option<Hold>) -> TaskEnd {
+pub(super) async fn run_job(
+    ctx: Arc<Ctx>,
+    job: Job,
+    decision: crate::checkpoint::Decision,
+    first: Grant,
+    hold: Option<Hold>,
+) -> TaskEnd {
     let started = SystemTime::now();
-    match CatchUnwind(Box::pin(super::attempts::execute(&ctx, &job, first, hold))).await {
+    let life = super::attempts::execute(&ctx, &job, decision, first, hold);
+    match CatchUnwind(Box::pin(life)).await {
         Ok(end) => end,
         Err(panic) => {
             let what = panic

@@ -460,12 +460,14 @@ fn a_parquet_output_of_another_job_file_is_refused_by_its_own_name() {
 
 #[test]
 fn a_second_signal_while_an_invalid_answer_is_asked_again_keeps_the_paid_one() {
-    // Every answer breaks the schema and takes 1.2 s: by 3 s every job has paid for an
-    // invalid answer and is asking again. Two signals drop the calls in flight, and each
-    // job's task writes the answer it paid for as it is dropped.
+    // Every answer breaks the schema and takes 3 s: the first job alone answers at 3 s, the
+    // rest at 6 s, and by 7 s every job has paid for an invalid answer and is asking again
+    // (answers due at 9 s). The file is all handed out, so the run is past dispatch. Two
+    // signals drop the calls in flight at once, and each job's task writes the answer it
+    // paid for as it is dropped.
     const JOBS: usize = 8;
     let mut cfg = MockConfig {
-        latency: Duration::from_millis(1200),
+        latency: Duration::from_millis(3000),
         ..Default::default()
     };
     cfg.faults.set(Fault::OffSchema, 1.0);
@@ -477,11 +479,14 @@ fn a_second_signal_while_an_invalid_answer_is_asked_again_keeps_the_paid_one() {
         r#"{"type":"object","properties":{"label":{"type":"string"}},"required":["label"]}"#,
     );
     let out = dir.path("out.jsonl");
+    let sum = dir.path("s.json");
     let child = run_cmd(
         &input,
         &out,
         &mock.url(),
         &[
+            "--summary-json",
+            sum.to_str().unwrap(),
             "--model",
             "google/gemini-2.5-flash",
             "--json-schema",
@@ -490,23 +495,27 @@ fn a_second_signal_while_an_invalid_answer_is_asked_again_keeps_the_paid_one() {
             "10",
             "--grace",
             "60",
+            // Every job in flight: the adaptive limit would hold some back at these latencies.
+            "--fixed-concurrency",
         ],
     )
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(3000));
-    let signalled = Instant::now();
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    std::thread::sleep(Duration::from_millis(7000));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(200));
+    let second = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
     assert_code(&o, 130);
+    // The answers in flight were due about 1.8 s after the second signal.
+    let took = second.elapsed();
     assert!(
-        signalled.elapsed() < Duration::from_secs(10),
-        "the second signal waited for the calls in flight"
+        took < Duration::from_millis(1200),
+        "the second signal waited for the calls in flight ({took:?})"
     );
     let recs = records_by_id(&out);
     assert_eq!(recs.len(), JOBS, "every job paid for an answer: {recs:?}");
@@ -518,4 +527,11 @@ fn a_second_signal_while_an_invalid_answer_is_asked_again_keeps_the_paid_one() {
             "its cost is counted: {r:?}"
         );
     }
+    // The summary counts them as run this time, none left over.
+    let s = summary(&sum);
+    assert_eq!(
+        (s["new"].as_u64(), s["not_run"].as_u64()),
+        (Some(8), Some(0)),
+        "{s}"
+    );
 }

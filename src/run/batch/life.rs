@@ -484,17 +484,32 @@ impl BatchEngine {
             };
             let ctx = ctx.clone();
             tasks.spawn(async move {
-                let r = super::super::task::run_job(ctx, job, grant, hold).await;
+                let r = super::super::task::run_job(ctx, job, decision, grant, hold).await;
                 drop(permit);
                 (decision, r)
             });
         }
-        while let Some(r) = tasks.join_next().await {
+        // A stop that cannot wait drops the calls in flight (each job writes the answer it
+        // already paid for as its task is dropped): job tasks do not each watch for it.
+        let now = ctx.control.shutdown.reached(crate::shutdown::Phase::Now);
+        tokio::pin!(now);
+        let mut dropped = false;
+        loop {
+            let r = tokio::select! {
+                r = tasks.join_next() => r,
+                _ = &mut now, if !dropped => {
+                    dropped = true;
+                    tasks.abort_all();
+                    continue;
+                }
+            };
+            let Some(r) = r else { break };
             if let Ok((decision, super::super::task::TaskEnd::Recorded)) = r {
                 b.end.recorded(decision);
                 b.sent += 1;
             }
         }
+        ctx.records.count_dropped(&mut b.end);
     }
 
     /// Lines that failed for a passing reason go into new batches.
