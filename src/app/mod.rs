@@ -500,7 +500,7 @@ fn status_cmd(args: StatusArgs) -> Result<i32, AppError> {
 fn validate_cmd(args: ValidateArgs) -> Result<i32, AppError> {
     let spec = config::load_spec(&args.job)?;
     let input = config::resolve_input(&args.job, &spec)?;
-    let v = crate::job::source::validate(&input, args.max_errors.max(1), false)
+    let v = crate::job::source::validate(&input, args.max_errors.max(1), Default::default())
         .map_err(RunError::from)?;
     let mut out = std::io::stdout().lock();
     let problems = v.problems;

@@ -94,6 +94,13 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// The name [`sniff`] gives a type of image, as the same static string.
+pub fn known_mime(name: &str) -> Option<&'static str> {
+    ["image/png", "image/jpeg", "image/gif", "image/webp"]
+        .into_iter()
+        .find(|m| *m == name)
+}
+
 /// Resolves one cell: `None` for an empty one, else the image, or why it cannot be sent.
 pub fn resolve(cell: &str, base: &Path, max_bytes: u64) -> Result<Option<Image>, String> {
     let cell = cell.trim();

@@ -10,13 +10,14 @@ pub mod parquet;
 pub mod request;
 pub mod shard;
 pub mod source;
+pub mod spill;
 pub mod template;
 
 use serde_json::{Map, Value};
 use std::fmt;
 use std::path::PathBuf;
 
-pub use source::{InputFormat, InputSpec, JobStream};
+pub use source::{InputFormat, InputSpec, JobStream, Jobs};
 pub use template::Template;
 
 /// A job's identity as the user wrote it (`id`, `custom_id` or the id column).

@@ -1,13 +1,15 @@
 //! Opening a job file and streaming its jobs. `validate` reads the whole file once, checking
 //! every line and every id (a 24-byte entry per id, dropped afterwards), so a bad line anywhere
-//! stops the run before anything is sent. `JobStream` then re-reads it on a plain thread and
-//! hands jobs to the async scheduler through a bounded channel: memory does not grow with the
-//! file, and the scheduler never blocks on disk.
+//! stops the run before anything is sent; for a run it also keeps the jobs it built in a spill
+//! (`super::spill`). `JobStream` then reads the spill (or, without one, the job file again) on
+//! a plain thread and hands jobs to the async scheduler through a bounded channel: memory does
+//! not grow with the file, and the scheduler never blocks on disk.
 
 use super::csv::CsvJobs;
 use super::jsonl::JsonlJobs;
 use super::keys::KeyMap;
 use super::request::JobDefaults;
+use super::spill::{Spill, SpillWriter};
 use super::{InputError, Job, Location};
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -196,23 +198,40 @@ pub struct Validation {
     pub models: BTreeSet<String>,
     /// Jobs that set no `max_tokens` / `max_completion_tokens`.
     pub without_max_tokens: u64,
+    /// The jobs as built, for the run to read instead of the job file (when asked for, the
+    /// file held no problem and the disk had room).
+    pub spill: Option<Spill>,
 }
 
-/// Reads every job, checks ids are unique, and collects up to `max_errors` problems.
-/// With `keep_ids`, the ids are handed back. Ids cost 24 bytes each while it runs.
-pub fn validate(
-    spec: &InputSpec,
-    max_errors: usize,
-    keep_ids: bool,
-) -> Result<Validation, InputError> {
+/// What validation does besides checking.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keep<'a> {
+    /// Every id's hash and line (`--prune` needs them); 24 bytes an id while it runs.
+    pub ids: bool,
+    /// The jobs, spilled to a file in this folder (see [`super::spill`]).
+    pub jobs_in: Option<&'a Path>,
+}
+
+/// Reads every job, checks ids are unique, and collects up to `max_errors` problems; hands
+/// back what `keep` asks for.
+pub fn validate(spec: &InputSpec, max_errors: usize, keep: Keep) -> Result<Validation, InputError> {
     let mut t = Tally::new(spec, max_errors);
+    let mut spill = keep.jobs_in.and_then(SpillWriter::create);
     let mut any_line = false;
     for job in spec.open()? {
         any_line = true;
         match job {
-            Ok(job) => t.job(job),
+            Ok(job) => {
+                if spill.as_mut().is_some_and(|s| !s.push(&job)) {
+                    spill = None;
+                }
+                t.job(job)
+            }
             Err(e @ InputError::Io { .. }) => return Err(e),
-            Err(e) => t.problem(e),
+            Err(e) => {
+                spill = None;
+                t.problem(e)
+            }
         }
     }
     if !any_line {
@@ -224,12 +243,16 @@ pub fn validate(
     t.constant_prompt(spec);
     t.ids.seal_ordered();
     t.duplicates(spec)?;
+    let spill = spill
+        .filter(|_| t.errors.is_empty())
+        .and_then(|s| s.finish(&spec.path));
     Ok(Validation {
         jobs: t.jobs,
         more_errors: t.problems - t.grouped - t.errors.len() as u64,
         problems: t.problems,
         errors: t.errors,
-        ids: keep_ids.then_some(t.ids),
+        spill,
+        ids: keep.ids.then_some(t.ids),
         models: t.models,
         without_max_tokens: t.without_max_tokens,
     })
@@ -476,6 +499,11 @@ impl JobStream {
     /// their request bodies). It stops when the stream is dropped.
     pub fn spawn(spec: InputSpec, capacity: usize) -> Result<Self, InputError> {
         let jobs = spec.open()?;
+        Self::of(jobs, &spec.path, capacity)
+    }
+
+    /// [`spawn`](Self::spawn) for jobs read from elsewhere (a spill of `path`'s jobs).
+    pub fn of(jobs: Jobs, path: &Path, capacity: usize) -> Result<Self, InputError> {
         let (tx, rx) = mpsc::channel((capacity / BATCH).max(1));
         let room = Arc::new(Room::new(MAX_AHEAD_BYTES));
         let reader_room = room.clone();
@@ -501,7 +529,7 @@ impl JobStream {
                 }
             })
             .map_err(|source| InputError::Io {
-                file: spec.path.clone(),
+                file: path.to_path_buf(),
                 source,
             })?;
         Ok(JobStream {
@@ -569,7 +597,7 @@ impl<R: BufRead> LineReader<R> {
                 break;
             }
             saw_any = true;
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            let (take, done) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (i, true),
                 None => (chunk.len(), false),
             };

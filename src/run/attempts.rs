@@ -97,6 +97,9 @@ enum Next {
     Record(Box<Record>),
 }
 
+/// An answer off its schema: its record so far, its cost, whether `max_tokens` cut it, why.
+struct Invalid(Record, Money, bool, String);
+
 /// A job between its attempts.
 struct Life<'a> {
     ctx: &'a Ctx,
@@ -132,15 +135,8 @@ impl<'a> Life<'a> {
     /// Admit, send, judge, act.
     async fn attempt(&mut self) -> Next {
         let ctx = self.ctx;
-        let g = match self.grant.take() {
-            Some(g) => g,
-            None => tokio::select! {
-                g = ctx.acquire(self.charge) => match g {
-                    Some(g) => g,
-                    None => return Next::Stop,
-                },
-                _ = ctx.stopping() => return Next::Stop,
-            },
+        let Some(g) = self.grant().await else {
+            return Next::Stop;
         };
         self.attempts += 1;
         self.tries += 1;
@@ -175,18 +171,26 @@ impl<'a> Life<'a> {
             _ => crate::flight::Sample::Other,
         });
         match verdict {
-            Verdict::Done(c) => self.answered(g, *c, raw).await,
+            // The rare paths are boxed: their state (a record, a reservation, a timer) is not
+            // part of every job's future, which is copied as the task starts.
+            Verdict::Done(c) => match self.answered(g, *c, raw) {
+                Ok(next) => next,
+                Err(invalid) => {
+                    let Invalid(r, this, cut, why) = *invalid;
+                    Box::pin(self.invalid(r, this, cut, why)).await
+                }
+            },
             Verdict::Retry {
                 kind,
                 status,
                 after,
                 message,
-            } => self.retry(g, kind, status, after, message).await,
+            } => Box::pin(self.retry(g, kind, status, after, message)).await,
             Verdict::Fail {
                 kind,
                 status,
                 message,
-            } => self.refused(g, kind, status, message).await,
+            } => Box::pin(self.refused(g, kind, status, message)).await,
             Verdict::Abort {
                 kind,
                 status,
@@ -206,16 +210,39 @@ impl<'a> Life<'a> {
         }
     }
 
+    /// The first attempt's grant (the dispatcher's), or one for a retry; None on a stop. A
+    /// retry's wait is boxed, as every wait off the common path, so that its state is not part
+    /// of every job's future (copied as the task starts).
+    async fn grant(&mut self) -> Option<Grant> {
+        if let Some(g) = self.grant.take() {
+            return Some(g);
+        }
+        let ctx = self.ctx;
+        Box::pin(async {
+            tokio::select! {
+                g = ctx.acquire(self.charge) => g,
+                _ = ctx.stopping() => None,
+            }
+        })
+        .await
+    }
+
     /// A place under the in-flight limit (a timed-out attempt comes back here only once the
-    /// limit has come down), waited for only when there is none now; none on a stop.
+    /// limit has come down), waited for only when there is none now (boxed, as above); none
+    /// on a stop.
     async fn place(&self) -> Option<crate::flight::Slot<'a>> {
         let flight = &self.ctx.flight;
         match flight.try_acquire() {
             Some(s) => Some(s),
-            None => tokio::select! {
-                s = flight.acquire() => Some(s),
-                _ = self.ctx.stopping() => None,
-            },
+            None => {
+                Box::pin(async {
+                    tokio::select! {
+                        s = flight.acquire() => Some(s),
+                        _ = self.ctx.stopping() => None,
+                    }
+                })
+                .await
+            }
         }
     }
 
@@ -253,8 +280,13 @@ impl<'a> Life<'a> {
         }
     }
 
-    /// An answer: billed, learnt from, checked; kept, or asked again when invalid.
-    async fn answered(&mut self, g: Grant, c: Completion, raw: Option<bytes::Bytes>) -> Next {
+    /// An answer: billed, learnt from, checked; kept, or (`Err`) invalid.
+    fn answered(
+        &mut self,
+        g: Grant,
+        c: Completion,
+        raw: Option<bytes::Bytes>,
+    ) -> Result<Next, Box<Invalid>> {
         let (ctx, job, model) = (self.ctx, self.job, self.model);
         let total = c.usage.map_or(self.charge, |u| u.prompt + u.completion);
         ctx.pacing.limiter.reconcile(g, total);
@@ -281,9 +313,9 @@ impl<'a> Life<'a> {
         match ctx.records.answer_into(job, &mut r, c, raw.as_deref()) {
             Ok(parsed) => {
                 r.parsed = parsed;
-                Next::Record(Box::new(r))
+                Ok(Next::Record(Box::new(r)))
             }
-            Err(why) => self.invalid(r, this, cut, why).await,
+            Err(why) => Err(Box::new(Invalid(r, this, cut, why))),
         }
     }
 

@@ -169,7 +169,7 @@ pub(crate) async fn connect(
 pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError> {
     let started = Instant::now();
     let started_at = crate::output::record::timestamp(std::time::SystemTime::now());
-    let prepared = prepare::prepare(&cfg, started, &shutdown).await?;
+    let mut prepared = prepare::prepare(&cfg, started, &shutdown).await?;
     let spent_before = prepared.checkpoint.totals.spent + prepared.removed_cost;
     let (client, _mock) = connect(&cfg, cfg.concurrency).await?;
     let mut gates = Gates::open(&cfg, spent_before).await?;
@@ -185,8 +185,12 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         let ctx = ctx.clone();
         move || ctx.flight.found()
     });
+    let jobs = match prepared.spill.take() {
+        Some(spill) => JobStream::of(spill.into_jobs(), &cfg.input.path, 1024)?,
+        None => JobStream::spawn(cfg.input.clone(), 1024)?,
+    };
     let mut intake = Intake::new(
-        JobStream::spawn(cfg.input.clone(), 1024)?,
+        jobs,
         &prepared.checkpoint,
         cfg.retry_failed,
         cfg.limit,

@@ -89,6 +89,8 @@ pub(super) struct Prepared {
     pub(super) jobs: u64,
     /// Their ids, kept only for `--prune`.
     pub(super) input_ids: Option<KeyMap>,
+    /// The jobs as validation built them, for the run to read instead of the job file.
+    pub(super) spill: Option<job::spill::Spill>,
     /// Money of records pruned from the output by earlier runs.
     pub(super) removed_cost: Money,
     pub(super) checkpoint: Checkpoint,
@@ -154,6 +156,7 @@ pub(super) async fn prepare(
     Ok(Prepared {
         jobs: validation.jobs,
         input_ids: validation.ids,
+        spill: validation.spill,
         removed_cost: Money::from_usd(meta.removed_cost_usd),
         checkpoint,
         meta,
@@ -260,9 +263,15 @@ async fn read_both(
 ) -> Result<(job::source::Validation, Checkpoint), RunError> {
     tracing::debug!("reading the job file {}", cfg.input.path.display());
     let joined = RunError::Task;
-    let (input, max_errors, prune) = (cfg.input.clone(), cfg.max_errors, cfg.prune);
-    let validation =
-        tokio::task::spawn_blocking(move || job::source::validate(&input, max_errors, prune));
+    let (input, max_errors, ids) = (cfg.input.clone(), cfg.max_errors, cfg.prune);
+    let folder = spill_folder(&cfg.output);
+    let validation = tokio::task::spawn_blocking(move || {
+        let keep = job::source::Keep {
+            ids,
+            jobs_in: folder.as_deref(),
+        };
+        job::source::validate(&input, max_errors, keep)
+    });
     let out = cfg.output.clone();
     let scan = (!cfg.fresh).then(|| tokio::task::spawn_blocking(move || checkpoint::scan(&out)));
     let read = async {
@@ -288,6 +297,19 @@ async fn read_both(
         });
     }
     Ok((validation, checkpoint))
+}
+
+/// Where the spill of validated jobs goes: the output's folder, on the disk the user chose for
+/// the run's files. Debug builds only: `BULKPROMPT_TEST_NO_SPILL` makes none, so that the
+/// integration tests can reach the path that reads the job file again.
+fn spill_folder(output: &std::path::Path) -> Option<std::path::PathBuf> {
+    if cfg!(debug_assertions) && std::env::var_os("BULKPROMPT_TEST_NO_SPILL").is_some() {
+        return None;
+    }
+    Some(match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    })
 }
 
 /// Under `--max-cost`, every model has a price (or nothing is sent), and jobs without a

@@ -896,17 +896,53 @@ fn a_panicking_job_task_is_recorded_as_failed_and_counted() {
 }
 
 #[test]
-fn a_job_file_cut_short_while_running_is_not_a_success() {
+fn a_job_file_cut_short_while_running_changes_nothing_sent() {
+    // Validation keeps the jobs it built (the spill) and the run sends those: the job file is
+    // read once. 3,000 jobs are more than the reader holds ahead of the run, so reading the
+    // file again would meet the cut.
+    let mock = slow_mock(5);
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3_000));
+    let out = dir.path("out.jsonl");
+    let sum = dir.path("summary.json");
+    let (mut child, rx, reader) = spawn_with_stderr_lines(
+        run_cmd(&input, &out, &mock.url(), &["-v", "--concurrency", "4"])
+            .arg("--summary-json")
+            .arg(&sum),
+    );
+    wait_for_line(&rx, "ready at", ENDS);
+    std::fs::File::create(&input).unwrap();
+    let status = child.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    let recs = records_by_id(&out);
+    assert_eq!(recs.len(), 3_000);
+    assert!(recs.values().all(|r| r.status == Status::Ok));
+    assert_eq!(summary(&sum)["ok"].as_u64(), Some(3_000));
+    // Nothing of the spill is left in the output's folder.
+    let mut names: Vec<String> = std::fs::read_dir(dir.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [".bulkprompt", "jobs.jsonl", "out.jsonl", "summary.json"]
+    );
+}
+
+#[test]
+fn a_job_file_cut_short_while_read_again_is_not_a_success() {
+    // Without a spill (a disk without room for one), the run reads the job file again and
+    // finds the cut.
     let mock = slow_mock(50);
     let dir = Dir::new();
     let input = dir.write("jobs.jsonl", chat_jobs(50_000));
     let out = dir.path("out.jsonl");
-    let (mut child, rx, reader) = spawn_with_stderr_lines(&mut run_cmd(
-        &input,
-        &out,
-        &mock.url(),
-        &["-v", "--concurrency", "4"],
-    ));
+    let (mut child, rx, reader) = spawn_with_stderr_lines(
+        run_cmd(&input, &out, &mock.url(), &["-v", "--concurrency", "4"])
+            .env("BULKPROMPT_TEST_NO_SPILL", "1"),
+    );
     wait_for_line(&rx, "ready at", ENDS);
     std::fs::File::create(&input).unwrap();
     let status = child.wait().unwrap();
