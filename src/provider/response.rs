@@ -38,10 +38,11 @@ pub struct OtherChoice {
 }
 
 #[derive(Deserialize)]
-struct Body {
+struct Body<'a> {
     choices: Option<Vec<ChoiceIn>>,
     model: Option<Value>,
-    usage: Option<Value>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
     error: Option<Value>,
 }
 
@@ -136,6 +137,75 @@ fn field(obj: Option<&Value>, name: &str) -> Result<u64, String> {
     }
 }
 
+/// `usage` as nearly every provider writes it: whole numbers, a cost that is a number. Read
+/// straight into fields; anything else (a count written as a string or as `10.0`, a repeated
+/// key, a negative cost) goes to [`read_usage`], which reads it through a `Value` and says
+/// what it could not read. For the usage this reads, both give the same.
+#[derive(Deserialize)]
+struct PlainUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    cost: Option<f64>,
+    prompt_tokens_details: Option<PlainPrompt>,
+    completion_tokens_details: Option<PlainCompletion>,
+    cost_details: Option<PlainCost>,
+}
+
+#[derive(Deserialize)]
+struct PlainPrompt {
+    cached_tokens: Option<u64>,
+    cache_write_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PlainCompletion {
+    reasoning_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PlainCost {
+    upstream_inference_cost: Option<f64>,
+}
+
+fn usage_of(raw: Option<&RawValue>) -> UsageRead {
+    let Some(raw) = raw else {
+        return read_usage(None);
+    };
+    if let Some(read) = plain_usage(raw.get()) {
+        return read;
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(v) => read_usage(Some(&v)),
+        Err(e) => read_usage(Some(&Value::String(format!("not JSON ({e})")))),
+    }
+}
+
+/// [`PlainUsage`]'s reading, or None for [`read_usage`] to read it.
+fn plain_usage(text: &str) -> Option<UsageRead> {
+    let u: PlainUsage = serde_json::from_str(text).ok()?;
+    let fine = |f: Option<f64>| f.is_none_or(|f| f.is_finite() && f >= 0.0);
+    let upstream = u.cost_details.and_then(|d| d.upstream_inference_cost);
+    if !fine(u.cost) || !fine(upstream) {
+        return None;
+    }
+    let (details, reasoning) = (u.prompt_tokens_details, u.completion_tokens_details);
+    let usage = Usage::reported(
+        u.prompt_tokens.unwrap_or(0),
+        u.completion_tokens.unwrap_or(0),
+        u.total_tokens,
+        details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
+        reasoning.and_then(|r| r.reasoning_tokens).unwrap_or(0),
+        details.and_then(|d| d.cache_write_tokens).unwrap_or(0),
+    );
+    Some(UsageRead {
+        usage: Some(usage),
+        cost: u.cost,
+        upstream,
+        problem: None,
+    })
+}
+
 fn read_usage(u: Option<&Value>) -> UsageRead {
     let Some(u) = u.filter(|u| !u.is_null()) else {
         return UsageRead {
@@ -202,7 +272,13 @@ fn read_usage(u: Option<&Value>) -> UsageRead {
 /// Parses a 2xx body. `Err` carries a message: the body was not JSON, held an `error` object,
 /// or had no choices.
 pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
-    let b: Body = serde_json::from_slice(body).map_err(|e| {
+    // UTF-8 checked once for the whole body, not string by string (a body that is not UTF-8
+    // is read as bytes, for serde_json to say where).
+    let read = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str::<Body>(text),
+        Err(_) => serde_json::from_slice::<Body>(body),
+    };
+    let b = read.map_err(|e| {
         let start = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
         format!("response is not a chat completion ({e}): {start}")
     })?;
@@ -238,7 +314,7 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
             }
         })
         .collect();
-    let usage = read_usage(b.usage.as_ref());
+    let usage = usage_of(b.usage);
     Ok(Completion {
         content,
         finish_reason: reason(choice.finish_reason),
@@ -320,6 +396,55 @@ mod tests {
         .unwrap();
         assert_eq!(c.provider_cost, None);
         assert!(c.usage.is_some() && c.usage_problem.is_some());
+    }
+
+    #[test]
+    fn plain_usage_reads_as_the_general_reading_does() {
+        let texts = [
+            r#"{"prompt_tokens":10,"completion_tokens":5}"#,
+            r#"{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"cost":0.0000042}"#,
+            r#"{"prompt_tokens":20,"completion_tokens":198,"total_tokens":623,"completion_tokens_details":{"reasoning_tokens":405},"prompt_tokens_details":{"cached_tokens":3,"cache_write_tokens":12},"cost":0,"cost_details":{"upstream_inference_cost":0.0014}}"#,
+            r#"{"prompt_tokens":null,"completion_tokens":5,"total_tokens":null,"cost":null,"prompt_tokens_details":null,"completion_tokens_details":{},"cost_details":{"upstream_inference_cost":null},"other":[1,{"a":"b"}]}"#,
+            r#"{}"#,
+        ];
+        let same = |a: &UsageRead, b: &UsageRead| {
+            (a.usage, a.cost, a.upstream, &a.problem) == (b.usage, b.cost, b.upstream, &b.problem)
+        };
+        for t in texts {
+            let plain = plain_usage(t).unwrap_or_else(|| panic!("{t} is plain"));
+            let general = read_usage(Some(&serde_json::from_str(t).unwrap()));
+            assert!(same(&plain, &general), "{t}");
+        }
+        // What the plain reading leaves to the general one.
+        for t in [
+            r#"{"prompt_tokens":10.0}"#,
+            r#"{"prompt_tokens":"5"}"#,
+            r#"{"prompt_tokens":-3}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"cost":-1}"#,
+            r#"{"cost":"0.01"}"#,
+            r#"{"cost_details":{"upstream_inference_cost":-0.5}}"#,
+            r#"{"prompt_tokens_details":5}"#,
+            r#""lots""#,
+            r#"null"#,
+        ] {
+            assert!(plain_usage(t).is_none(), "{t}");
+        }
+        assert!(usage_of(None).usage.is_none());
+        let null = serde_json::from_str::<&RawValue>("null").unwrap();
+        let read = usage_of(Some(null));
+        assert!(read.usage.is_none() && read.problem.is_none());
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused_with_its_start() {
+        let mut body = br#"{"choices":[{"message":{"content":"ok "#.to_vec();
+        body.extend_from_slice(b"\xff\xfe\"}}]}");
+        let e = parse_completion(&body).unwrap_err();
+        assert!(e.starts_with("response is not a chat completion"), "{e}");
+        let body = "{\"choices\":[{\"message\":{\"content\":\"caf\u{e9} \u{1F600}\"}}]}";
+        let c = parse_completion(body.as_bytes()).unwrap();
+        assert_eq!(c.content.as_deref(), Some("caf\u{e9} \u{1F600}"));
     }
 
     #[test]
