@@ -378,6 +378,17 @@ mod tests {
         }
     }
 
+    /// A job file in a folder of its own.
+    fn job_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.jsonl");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    const ONE_JOB: &str =
+        "{\"id\":\"a\",\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n";
+
     fn shown(jobs: impl Iterator<Item = Result<Job, InputError>>) -> Vec<String> {
         jobs.map(|j| format!("{:?}", j.unwrap())).collect()
     }
@@ -425,13 +436,7 @@ mod tests {
 
     #[test]
     fn no_spill_when_a_line_is_bad_or_none_is_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("jobs.jsonl");
-        std::fs::write(
-            &path,
-            "{\"id\":\"a\",\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n{nope\n",
-        )
-        .unwrap();
+        let (dir, path) = job_file(&format!("{ONE_JOB}{{nope\n"));
         let spec = spec(&path, JobDefaults::default());
         let keep = Keep {
             ids: false,
@@ -440,11 +445,7 @@ mod tests {
         let v = validate(&spec, 10, keep).unwrap();
         assert_eq!(v.errors.len(), 1);
         assert!(v.spill.is_none());
-        std::fs::write(
-            &path,
-            "{\"id\":\"a\",\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
-        )
-        .unwrap();
+        std::fs::write(&path, ONE_JOB).unwrap();
         assert!(validate(&spec, 10, Keep::default())
             .unwrap()
             .spill
@@ -454,13 +455,10 @@ mod tests {
 
     #[test]
     fn a_spill_that_would_pass_its_cap_is_given_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("jobs.jsonl");
-        let line = "{\"id\":\"ID\",\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n";
         let text: String = (0..10)
-            .map(|i| line.replace("ID", &i.to_string()))
+            .map(|i| ONE_JOB.replace("\"a\"", &format!("\"{i}\"")))
             .collect();
-        std::fs::write(&path, text).unwrap();
+        let (dir, path) = job_file(&text);
         let spec = spec(&path, JobDefaults::default());
         let mut w = SpillWriter::capped(dir.path(), 400).unwrap();
         let mut pushed = 0;
@@ -475,13 +473,7 @@ mod tests {
 
     #[test]
     fn a_spill_cut_short_is_an_error_naming_the_job_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("jobs.jsonl");
-        std::fs::write(
-            &path,
-            "{\"id\":\"a\",\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}\n",
-        )
-        .unwrap();
+        let (dir, path) = job_file(ONE_JOB);
         let spec = spec(&path, JobDefaults::default());
         let mut w = SpillWriter::capped(dir.path(), 1 << 20).unwrap();
         for job in spec.open().unwrap() {
