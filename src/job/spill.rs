@@ -13,7 +13,6 @@ use super::image::ImageFile;
 use super::{Fingerprint, InputError, Job, JobId, Jobs};
 use crate::answer::{Expect, Schema};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -28,7 +27,7 @@ pub struct SpillWriter {
     written: u64,
     cap: u64,
     jobs: u64,
-    schemas: HashMap<u64, u32>,
+    schemas: Slots<u64>,
     record: Vec<u8>,
 }
 
@@ -59,7 +58,7 @@ impl SpillWriter {
             written: 0,
             cap,
             jobs: 0,
-            schemas: HashMap::new(),
+            schemas: Slots::default(),
             record: Vec::with_capacity(1024),
         })
     }
@@ -140,7 +139,7 @@ impl Spill {
             from: BufReader::with_capacity(1 << 18, self.file),
             left: self.jobs,
             bytes: self.bytes,
-            schemas: Vec::new(),
+            schemas: Slots::default(),
             record: Vec::new(),
         })
     }
@@ -152,7 +151,7 @@ struct SpillJobs {
     left: u64,
     /// Bytes not read yet: no length read from the file asks for more memory than that.
     bytes: u64,
-    schemas: Vec<Arc<Schema>>,
+    schemas: Slots<Arc<Schema>>,
     record: Vec<u8>,
 }
 
@@ -204,14 +203,51 @@ impl SpillJobs {
     }
 }
 
-/// What a job expects of its answers, in the spill: a schema is written whole the first time
-/// and by its number after.
+/// What a job expects of its answers, in the spill: a schema is written whole into one of a
+/// few slots, and by its slot while it is there (a file of a million jobs usually repeats one
+/// schema; one of a million schemas costs the reader no more than a few).
 const TEXT: u8 = 0;
 const JSON_OBJECT: u8 = 1;
 const NEW_SCHEMA: u8 = 2;
 const KNOWN_SCHEMA: u8 = 3;
 
-fn encode(job: &Job, schemas: &mut HashMap<u64, u32>, out: &mut Vec<u8>) {
+/// The schemas a spill's writer and reader both hold, as a ring.
+const SLOTS: usize = 64;
+
+struct Slots<T> {
+    held: Vec<T>,
+    next: usize,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            held: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    /// Puts `item` in slot `at`: a used one, or the first unused; None for any other.
+    fn put(&mut self, at: usize, item: T) -> Option<()> {
+        match at.cmp(&self.held.len()) {
+            std::cmp::Ordering::Less => self.held[at] = item,
+            std::cmp::Ordering::Equal if at < SLOTS => self.held.push(item),
+            _ => return None,
+        }
+        Some(())
+    }
+
+    /// The slot for a new item: the next unused, then the oldest.
+    fn next_slot(&mut self) -> usize {
+        let at = self.next;
+        self.next = (self.next + 1) % SLOTS;
+        at
+    }
+}
+
+fn encode(job: &Job, schemas: &mut Slots<u64>, out: &mut Vec<u8>) {
     for n in [job.index, job.line] {
         out.extend_from_slice(&n.to_le_bytes());
     }
@@ -224,14 +260,16 @@ fn encode(job: &Job, schemas: &mut HashMap<u64, u32>, out: &mut Vec<u8>) {
     match &job.expect {
         Expect::Text => out.push(TEXT),
         Expect::JsonObject => out.push(JSON_OBJECT),
-        Expect::Schema(s) => match schemas.get(&s.hash) {
-            Some(&n) => {
+        Expect::Schema(s) => match schemas.held.iter().position(|h| *h == s.hash) {
+            Some(at) => {
                 out.push(KNOWN_SCHEMA);
-                out.extend_from_slice(&n.to_le_bytes());
+                out.extend_from_slice(&(at as u32).to_le_bytes());
             }
             None => {
-                schemas.insert(s.hash, schemas.len() as u32);
+                let at = schemas.next_slot();
+                let _ = schemas.put(at, s.hash);
                 out.push(NEW_SCHEMA);
+                out.extend_from_slice(&(at as u32).to_le_bytes());
                 put(out, &serde_json::to_vec(&s.value).unwrap_or_default());
             }
         },
@@ -283,7 +321,7 @@ impl<'a> Take<'a> {
     }
 }
 
-fn decode(record: &[u8], schemas: &mut Vec<Arc<Schema>>) -> Option<Job> {
+fn decode(record: &[u8], schemas: &mut Slots<Arc<Schema>>) -> Option<Job> {
     let mut t = Take(record);
     let (index, line) = (t.u64()?, t.u64()?);
     let fingerprint = Fingerprint(u128::from_le_bytes(t.bytes(16)?.try_into().ok()?));
@@ -296,11 +334,13 @@ fn decode(record: &[u8], schemas: &mut Vec<Arc<Schema>>) -> Option<Job> {
         TEXT => Expect::Text,
         JSON_OBJECT => Expect::JsonObject,
         NEW_SCHEMA => {
+            let at = t.u32()? as usize;
             let value: Value = serde_json::from_slice(t.field()?).ok()?;
-            schemas.push(Arc::new(Schema::new(value)));
-            Expect::Schema(schemas.last()?.clone())
+            let schema = Arc::new(Schema::new(value));
+            schemas.put(at, schema.clone())?;
+            Expect::Schema(schema)
         }
-        KNOWN_SCHEMA => Expect::Schema(schemas.get(t.u32()? as usize)?.clone()),
+        KNOWN_SCHEMA => Expect::Schema(schemas.held.get(t.u32()? as usize)?.clone()),
         _ => return None,
     };
     let id = JobId::new(t.text()?);
@@ -432,6 +472,29 @@ mod tests {
         // The spill has no name in the folder.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_file_of_many_schemas_reads_back_whole() {
+        // More schemas than the spill's slots, the first ones again after the ring has turned.
+        let line = |i: usize| {
+            format!(
+                r#"{{"id":"{i}-{}","model":"m","messages":[{{"role":"user","content":"x"}}],"response_format":{{"type":"json_schema","json_schema":{{"name":"s","schema":{{"type":"object","required":["k{}"]}}}}}}}}"#,
+                i * 7,
+                i / 2 % 90
+            )
+        };
+        // Each schema twice in a row: the second by its slot, slots reused after the 64th.
+        let text: String = (0..400).map(|i| line(i) + "\n").collect();
+        let (dir, path) = job_file(&text);
+        let spec = spec(&path, JobDefaults::default());
+        let built = shown(spec.open().unwrap());
+        let keep = Keep {
+            ids: false,
+            jobs_in: Some(dir.path()),
+        };
+        let spill = validate(&spec, 10, keep).unwrap().spill.unwrap();
+        assert_eq!(shown(spill.into_jobs()), built);
     }
 
     #[test]
