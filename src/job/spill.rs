@@ -123,12 +123,8 @@ fn free_bytes(_dir: &Path) -> Option<u64> {
 
 impl Spill {
     /// How many jobs it holds.
-    pub fn len(&self) -> u64 {
+    pub fn jobs(&self) -> u64 {
         self.jobs
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.jobs == 0
     }
 
     /// Its jobs in file order. A spill that cannot be read (it never should) ends with an
@@ -464,7 +460,7 @@ mod tests {
             jobs_in: Some(dir.path()),
         };
         let spill = validate(&spec, 10, keep).unwrap().spill.expect("a spill");
-        assert_eq!(spill.len(), 4);
+        assert_eq!(spill.jobs(), 4);
         // The job file changes (or goes) after validation: the run sends what was validated.
         std::fs::write(&path, "not a job file").unwrap();
         assert_eq!(shown(spill.into_jobs()), built);

@@ -350,10 +350,8 @@ mod tests {
                     let mut answered = 0;
                     loop {
                         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            let mut chunk = [0u8; 4096];
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            if !read_more(&mut s, &mut buf).await {
+                                return;
                             }
                             continue;
                         };
@@ -364,9 +362,7 @@ mod tests {
                             .and_then(|v| v.parse().ok())
                             .unwrap();
                         while buf.len() < end + 4 + len {
-                            let mut chunk = [0u8; 4096];
-                            let n = s.read(&mut chunk).await.unwrap();
-                            buf.extend_from_slice(&chunk[..n]);
+                            assert!(read_more(&mut s, &mut buf).await, "a body cut short");
                         }
                         buf.drain(..end + 4 + len);
                         let n = r.fetch_add(1, SeqCst) + 1;
@@ -392,6 +388,18 @@ mod tests {
             }
         });
         (url, conns, requests)
+    }
+
+    /// Reads what the client sent next onto `buf`; false at its end.
+    async fn read_more(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
     }
 
     fn client(url: &str) -> Direct {

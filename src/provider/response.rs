@@ -177,7 +177,13 @@ fn usage_of(raw: Option<&RawValue>) -> UsageRead {
     }
     match serde_json::from_str::<Value>(raw.get()) {
         Ok(v) => read_usage(Some(&v)),
-        Err(e) => read_usage(Some(&Value::String(format!("not JSON ({e})")))),
+        // A number past a float's range: the answer is kept, its cost taken at the worst case.
+        Err(e) => UsageRead {
+            usage: None,
+            cost: None,
+            upstream: None,
+            problem: Some(format!("usage cannot be read ({e})")),
+        },
     }
 }
 
@@ -431,6 +437,13 @@ mod tests {
             assert!(plain_usage(t).is_none(), "{t}");
         }
         assert!(usage_of(None).usage.is_none());
+        let huge = r#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"cost":1e400}}"#;
+        let c = parse_completion(huge.as_bytes()).unwrap();
+        assert!(
+            c.usage.is_none(),
+            "a paid answer is kept, its usage not read"
+        );
+        assert!(c.usage_problem.unwrap().starts_with("usage cannot be read"));
         let null = serde_json::from_str::<&RawValue>("null").unwrap();
         let read = usage_of(Some(null));
         assert!(read.usage.is_none() && read.problem.is_none());

@@ -185,19 +185,8 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         let ctx = ctx.clone();
         move || ctx.flight.found()
     });
-    let jobs = match prepared.spill.take() {
-        Some(spill) => JobStream::of(spill.into_jobs(), &cfg.input.path, 1024)?,
-        None => JobStream::spawn(cfg.input.clone(), 1024)?,
-    };
-    let mut intake = Intake::new(
-        jobs,
-        &prepared.checkpoint,
-        cfg.retry_failed,
-        cfg.limit,
-        &counters,
-    );
-    intake.dedupe(cfg.dedupe);
-    intake.done_elsewhere(std::mem::take(&mut gates.done_before));
+    let jobs = prepared.jobs(&cfg)?;
+    let mut intake = intake(&cfg, jobs, &prepared, &mut gates, &counters);
     let end = run_engine(&cfg, &ctx, &prepared, &mut intake, &writer).await?;
     let excluded = intake.excluded().clone();
     let counts = intake.counts;
@@ -249,6 +238,27 @@ pub async fn run(cfg: RunConfig, shutdown: Shutdown) -> Result<Summary, RunError
         copied,
     };
     Ok(summary::summarize(run.tallies(stops)))
+}
+
+/// The run's intake: what is done skipped, `--limit` and `--dedupe` applied, and the ids other
+/// workers finished (a shared run) left out.
+fn intake<'a>(
+    cfg: &RunConfig,
+    jobs: JobStream,
+    prepared: &'a prepare::Prepared,
+    gates: &mut Gates,
+    counters: &'a Counters,
+) -> Intake<'a> {
+    let mut intake = Intake::new(
+        jobs,
+        &prepared.checkpoint,
+        cfg.retry_failed,
+        cfg.limit,
+        counters,
+    );
+    intake.dedupe(cfg.dedupe);
+    intake.done_elsewhere(std::mem::take(&mut gates.done_before));
+    intake
 }
 
 /// `--dedupe`: the jobs held back get their copies, unless the output could not be written.

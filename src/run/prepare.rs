@@ -342,6 +342,15 @@ fn check_prices(cfg: &RunConfig, validation: &job::source::Validation) -> Result
 }
 
 impl Prepared {
+    /// The jobs to run: those validation built (its spill), else the job file read again.
+    pub(super) fn jobs(&mut self, cfg: &RunConfig) -> Result<job::JobStream, RunError> {
+        const AHEAD: usize = 1024;
+        Ok(match self.spill.take() {
+            Some(spill) => job::JobStream::of(spill.into_jobs(), &cfg.input.path, AHEAD)?,
+            None => job::JobStream::spawn(cfg.input.clone(), AHEAD)?,
+        })
+    }
+
     /// The run starts: its meta is written (and `--fresh` empties the output). Called once
     /// everything else the run needs is in place (the coordinator, the metrics endpoint), so a
     /// run that stops before it leaves no meta behind.

@@ -932,6 +932,37 @@ fn a_job_file_cut_short_while_running_changes_nothing_sent() {
 }
 
 #[test]
+fn a_run_killed_while_it_reads_its_validated_jobs_leaves_no_file_behind() {
+    // The spill has no name: kill -9 in the middle of the run leaves the folder as it was,
+    // and the next run resumes.
+    let mock = slow_mock(20);
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(3_000));
+    let out = dir.path("out.jsonl");
+    let (mut child, rx, reader) = spawn_with_stderr_lines(&mut run_cmd(
+        &input,
+        &out,
+        &mock.url(),
+        &["-v", "--concurrency", "4"],
+    ));
+    wait_for_line(&rx, "ready at", ENDS);
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(reader);
+    let mut names: Vec<String> = std::fs::read_dir(dir.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".bulkprompt", "jobs.jsonl", "out.jsonl"]);
+    let done = records_by_id(&out).len();
+    assert!(done > 0 && done < 3_000, "{done} records before the kill");
+    assert_code(&run(&input, &out, &mock.url(), &["--concurrency", "64"]), 0);
+    assert_eq!(records_by_id(&out).len(), 3_000);
+}
+
+#[test]
 fn a_job_file_cut_short_while_read_again_is_not_a_success() {
     // Without a spill (a disk without room for one), the run reads the job file again and
     // finds the cut.
