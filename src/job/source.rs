@@ -448,13 +448,21 @@ const MAX_AHEAD_BYTES: usize = 64 << 20;
 /// The bytes of the jobs read ahead and not taken yet, with a wait for room.
 struct Room {
     max: usize,
-    held: std::sync::Mutex<(usize, bool)>,
+    held: std::sync::Mutex<Held>,
     freed: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct Held {
+    bytes: usize,
+    closed: bool,
+    /// Whether the reader waits for room: a job taken wakes it only then (a wake-up is a
+    /// system call whether anyone waits or not, and jobs are taken tens of thousands a
+    /// second).
+    waiting: bool,
+}
+
 impl Room {
-    /// Waits until `bytes` more fit (one batch always fits into an empty room); false once
-    /// the stream is gone.
     fn new(max: usize) -> Self {
         Room {
             max,
@@ -463,24 +471,34 @@ impl Room {
         }
     }
 
+    /// Waits until `bytes` more fit (one batch always fits into an empty room); false once
+    /// the stream is gone.
     fn take(&self, bytes: usize) -> bool {
-        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        while !g.1 && g.0 > 0 && g.0 + bytes > self.max {
+        let mut g = self.lock();
+        while !g.closed && g.bytes > 0 && g.bytes + bytes > self.max {
+            g.waiting = true;
             g = self.freed.wait(g).unwrap_or_else(|p| p.into_inner());
         }
-        g.0 += bytes;
-        !g.1
+        g.waiting = false;
+        g.bytes += bytes;
+        !g.closed
     }
 
     fn give(&self, bytes: usize) {
-        let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 = g.0.saturating_sub(bytes);
-        self.freed.notify_all();
+        let mut g = self.lock();
+        g.bytes = g.bytes.saturating_sub(bytes);
+        if g.waiting {
+            self.freed.notify_all();
+        }
     }
 
     fn close(&self) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.lock().closed = true;
         self.freed.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -199,7 +199,8 @@ impl Direct {
     /// to the request that has waited longest): a server slow to accept (a burst of
     /// connections over its listen backlog waits for its SYNs to be sent again, a second or
     /// more later) does not hold up requests that a connection freed meanwhile can carry.
-    /// The connection being made is then dropped.
+    /// The connection being made is then finished apart and put in the pool: with every
+    /// connection busy, the next request would start another just the same.
     async fn checkout(&self) -> Result<Conn, String> {
         let handed = {
             let mut pool = self.pool();
@@ -211,33 +212,28 @@ impl Direct {
             pool.waiting.push_back(tx);
             rx
         };
+        let mut connecting = Box::pin(connect(self.shared.clone()));
+        let mut handed = handed;
         tokio::select! {
-            c = self.connect() => c,
-            Ok(c) = handed => Ok(c),
-        }
-    }
-
-    async fn connect(&self) -> Result<Conn, String> {
-        let address = &self.shared.address;
-        let stream =
-            match tokio::time::timeout(self.shared.connect_timeout, TcpStream::connect(address))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
-                Err(_) => {
-                    return Err(format!(
-                        "cannot connect to {address}: no connection within {} s",
-                        self.shared.connect_timeout.as_secs_f64()
-                    ))
+            biased;
+            Ok(c) = &mut handed => {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(made) = connecting.await {
+                        pool.put_back(made);
+                    }
+                });
+                Ok(c)
+            }
+            c = &mut connecting => {
+                // A connection handed over meanwhile goes back, not down with the receiver.
+                handed.close();
+                if let Ok(other) = handed.try_recv() {
+                    self.put_back(other);
                 }
-            };
-        let _ = stream.set_nodelay(true);
-        Ok(Conn {
-            stream,
-            buf: BytesMut::with_capacity(READ_BUFFER),
-            idle_since: tokio::time::Instant::now(),
-        })
+                c
+            }
+        }
     }
 
     fn put_back(&self, mut conn: Conn) {
@@ -278,6 +274,28 @@ impl Pool {
             self.waiting.retain(|w| !w.is_closed());
         }
     }
+}
+
+/// A new connection to the endpoint, within the connect timeout.
+async fn connect(shared: Arc<Shared>) -> Result<Conn, String> {
+    let address = &shared.address;
+    let stream =
+        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(address)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "cannot connect to {address}: no connection within {} s",
+                    shared.connect_timeout.as_secs_f64()
+                ))
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    Ok(Conn {
+        stream,
+        buf: BytesMut::with_capacity(READ_BUFFER),
+        idle_since: tokio::time::Instant::now(),
+    })
 }
 
 /// The latest idle connection that still stands (those that do not are closed).
@@ -403,10 +421,19 @@ mod tests {
     }
 
     fn client(url: &str) -> Direct {
+        client_of(url, 4)
+    }
+
+    fn client_of(url: &str, pool: usize) -> Direct {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", "application/json".parse().unwrap());
-        Direct::for_url(&url.parse().unwrap(), &headers, Duration::from_secs(5), 4)
-            .expect("a plain-HTTP endpoint is called directly")
+        Direct::for_url(
+            &url.parse().unwrap(),
+            &headers,
+            Duration::from_secs(5),
+            pool,
+        )
+        .expect("a plain-HTTP endpoint is called directly")
     }
 
     async fn ok(d: &Direct, n: usize) {
@@ -474,6 +501,44 @@ mod tests {
         // At most the pool's four are kept; the rest were closed after their answers.
         assert!(d.pool().idle.len() <= 4);
         assert!(conns.load(SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_started_for_a_request_served_by_another_is_kept() {
+        // A request finds no idle connection and starts one; before it is made, a request
+        // that ends puts its own back and this one takes it. The one being made is kept for
+        // the next request, not closed unused: in a run that keeps the pool's every
+        // connection busy, that was a socket, a handshake and a close for one request in four.
+        let (url, conns, _) = server(After::Keep).await;
+        let d = client_of(&url, 4);
+        ok(&d, 1).await;
+        let busy = d.checkout().await.expect("the idle connection");
+        let waiting = {
+            let d = d.clone();
+            tokio::spawn(async move { d.post(Bytes::from_static(b"{}"), 1 << 20).await })
+        };
+        // The request is polled: no idle connection, so it waits and starts its own.
+        tokio::task::yield_now().await;
+        assert_eq!(d.pool().waiting.len(), 1);
+        d.put_back(busy);
+        assert!(matches!(waiting.await.unwrap(), Received::Answer { .. }));
+        for _ in 0..100 {
+            if d.pool().idle.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            d.pool().idle.len(),
+            2,
+            "the connection made meanwhile is kept"
+        );
+        assert_eq!(conns.load(SeqCst), 2);
+        // Both carry requests, and no third is made.
+        for n in 3..=10 {
+            ok(&d, n).await;
+        }
+        assert_eq!(conns.load(SeqCst), 2);
     }
 
     #[tokio::test]
