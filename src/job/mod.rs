@@ -2,6 +2,7 @@
 //! produce them. A [`Job`] is fully resolved: its request body is serialized once, its id and
 //! fingerprint are fixed, and its token estimates are known, so the scheduler never re-parses.
 
+pub mod compact;
 pub mod csv;
 pub mod image;
 pub mod jsonl;
@@ -106,8 +107,15 @@ impl Fingerprint {
 }
 
 impl fmt::Display for Fingerprint {
+    /// 32 hex digits, as `{:032x}` writes them (a record each: without the formatter's
+    /// padding machinery).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 32];
+        for (i, d) in hex.iter_mut().enumerate() {
+            *d = DIGITS[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -239,4 +247,27 @@ impl InputError {
 /// quote for English. `estimate` (issue 5) uses a real tokenizer; the limiter only needs this.
 pub fn approx_tokens(chars: usize) -> u32 {
     chars.div_ceil(4).min(u32::MAX as usize) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fingerprint;
+
+    #[test]
+    fn a_fingerprint_is_written_as_32_hex_digits() {
+        let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        let mut all = vec![0, 1, 0xf, u128::MAX, 1 << 127, u128::MAX >> 4];
+        for _ in 0..1000 {
+            x = x.rotate_left(17).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (x >> 64);
+            all.push(x);
+            all.push(x >> (x % 128));
+        }
+        for v in all {
+            assert_eq!(Fingerprint(v).to_string(), format!("{v:032x}"));
+            assert_eq!(
+                Fingerprint::parse(&Fingerprint(v).to_string()),
+                Some(Fingerprint(v))
+            );
+        }
+    }
 }

@@ -134,7 +134,7 @@ pub fn finish(
             }
         },
     };
-    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let bytes = super::compact::to_vec(&body);
     Ok(Job {
         id,
         index,

@@ -166,7 +166,86 @@ pub struct ErrorHead {
     pub kind: ErrorKind,
 }
 
-/// RFC 3339 time with milliseconds, UTC.
+/// RFC 3339 time with milliseconds, UTC (`2026-12-07T03:15:02.123Z`), as humantime writes
+/// it; written directly for the years 1970 to 9999 (two a record), by humantime otherwise.
 pub fn timestamp(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) if d.as_secs() < 253_402_300_800 => rfc3339_millis(d),
+        _ => humantime::format_rfc3339_millis(t).to_string(),
+    }
+}
+
+fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, in_day) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, in_day / 3600);
+    put(14, 2, in_day / 60 % 60);
+    put(17, 2, in_day % 60);
+    put(20, 3, u64::from(since_epoch.subsec_millis()));
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_humantimes_to_the_millisecond() {
+        // Every day to the year 2380 (leap years, 2000, 2100, 2200, 2300) at a time of day
+        // that moves, then a spread to the last millisecond of 9999.
+        let mut times: Vec<(u64, u32)> = (0..150_000u64)
+            .map(|d| (d * 86_400 + d * 7_919 % 86_400, (d % 1000) as u32))
+            .collect();
+        let mut secs: u64 = 1;
+        while secs < 253_402_300_799 {
+            times.push((secs, 999));
+            secs = secs * 3 / 2 + 86_399;
+        }
+        times.extend([
+            (0, 0),
+            (86_399, 999),
+            (951_782_400, 1),
+            (253_402_300_799, 999),
+        ]);
+        for (s, ms) in times {
+            let t = UNIX_EPOCH + Duration::new(s, ms * 1_000_000 + 456_789);
+            assert_eq!(
+                timestamp(t),
+                humantime::format_rfc3339_millis(t).to_string(),
+                "{s} s"
+            );
+        }
+        let now = SystemTime::now();
+        assert_eq!(
+            timestamp(now),
+            humantime::format_rfc3339_millis(now).to_string()
+        );
+    }
 }
