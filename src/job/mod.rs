@@ -2,7 +2,6 @@
 //! produce them. A [`Job`] is fully resolved: its request body is serialized once, its id and
 //! fingerprint are fixed, and its token estimates are known, so the scheduler never re-parses.
 
-pub mod compact;
 pub mod csv;
 pub mod image;
 pub mod jsonl;

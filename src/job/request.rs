@@ -134,7 +134,7 @@ pub fn finish(
             }
         },
     };
-    let bytes = super::compact::to_vec(&body);
+    let bytes = crate::json_write::to_vec(&body).map_err(|e| e.to_string())?;
     Ok(Job {
         id,
         index,

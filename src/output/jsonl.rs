@@ -137,7 +137,7 @@ impl JsonlWriter {
         self.ensure_named()?;
         self.buf.clear();
         for r in records {
-            serde_json::to_writer(&mut self.buf, r).map_err(|e| self.err(e.into()))?;
+            super::encode::record(&mut self.buf, r).map_err(|e| self.err(e.into()))?;
             self.buf.push(b'\n');
         }
         if let Err(e) = self.file.write_all(&self.buf) {

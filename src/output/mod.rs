@@ -1,5 +1,6 @@
 //! Results: the record schema and the append-only JSONL writer that is also the checkpoint.
 
+pub mod encode;
 pub mod flat;
 pub mod jsonl;
 pub mod latest;
