@@ -12,8 +12,10 @@
 //! (a settlement's unused part is never turned into headroom: a hold of money committed
 //! before, which no cap checked, must not become room to spend).
 //! The cap holds exactly: what any worker may still spend is in its held in Redis. The lease is
-//! renewed every quarter of it; a worker that stopped renewing (killed, cut off) stops counting
-//! its holds once the lease lapses, and its spent keeps counting forever.
+//! renewed every quarter of it. A worker that stopped renewing (killed, cut off) without its
+//! last write may have been billed for what it held (requests in flight, draws from its block
+//! not yet mirrored): its held keeps counting after the lease lapses, and becomes spent when
+//! the worker is claimed again. Only a closed worker's holds lapse (batches left running).
 
 use super::link::Link;
 use super::{alive, hostname, scripts, Unreachable};
@@ -124,15 +126,17 @@ impl Shared {
 
     /// Writes the ledger as it is now. The caller holds `writing`.
     async fn write_now(&self, lease: Duration) -> Result<Written, Unreachable> {
-        self.write(self.snapshot(), lease, None).await
+        self.write(self.snapshot(), lease, false, None).await
     }
 
     /// Writes the ledger `(seq, spent, held)` (a reservation when `cap` is given: checked
-    /// against the cap, asking for a block of `cap.1`). The caller holds `writing`.
+    /// against the cap, asking for a block of `cap.1`; `closed` for the process's last
+    /// write). The caller holds `writing`.
     async fn write(
         &self,
         (seq, spent, held): (u64, Money, Money),
         lease: Duration,
+        closed: bool,
         cap: Option<(Money, Money)>,
     ) -> Result<Written, Unreachable> {
         let mut args = vec![
@@ -143,6 +147,7 @@ impl Shared {
             spent.0.to_string(),
             held.0.to_string(),
             lease.as_millis().to_string(),
+            u8::from(closed).to_string(),
         ];
         if let Some((c, block)) = cap {
             args.push(c.0.to_string());
@@ -300,7 +305,9 @@ impl SharedBudget {
         s.ledger().held += worst;
         let snapshot = s.snapshot();
         let block = Money(worst.0.saturating_mul(BLOCK_JOBS - 1));
-        let answer = s.write(snapshot, s.lease, Some((self.cap, block))).await;
+        let answer = s
+            .write(snapshot, s.lease, false, Some((self.cap, block)))
+            .await;
         let release = || {
             let mut l = s.ledger();
             l.held = Money(l.held.0.saturating_sub(worst.0));
@@ -379,7 +386,7 @@ impl Budget for SharedBudget {
             };
             let done = tokio::time::timeout(
                 Duration::from_secs(5).min(s.lease),
-                s.write(snapshot, lease, None),
+                s.write(snapshot, lease, true, None),
             )
             .await;
             if !matches!(done, Ok(Ok(Written::Ok(_)))) {
@@ -390,6 +397,10 @@ impl Budget for SharedBudget {
         })
     }
 }
+
+/// What [`scripts::CLAIM`] answers: claimed, the holder, its lease's ms left, the worker's
+/// spent by Redis's count and what of it was held by a process that did not close.
+type Claimed = (i64, String, i64, Option<String>, Option<String>);
 
 /// This process claiming a worker's fields in the shared budget.
 struct Claim {
@@ -430,10 +441,10 @@ impl Claim {
                 self.lease.as_millis().to_string(),
                 u8::from(force).to_string(),
             ];
-            let (ok, holder, left_ms, known): (i64, String, i64, Option<String>) =
+            let (ok, holder, left_ms, known, folded): Claimed =
                 link.invoke(&scripts::CLAIM, key, |_| args.clone()).await?;
             if ok == 1 {
-                return Ok(self.claimed(force, &holder, known));
+                return Ok(self.claimed(force, &holder, known, folded));
             }
             match self.holder(&holder) {
                 Holder::DeadHere => {
@@ -472,26 +483,35 @@ impl Claim {
     }
 
     /// The claim is this process's: what the worker spent, said when Redis knows more.
-    fn claimed(&self, forced: bool, holder: &str, known: Option<String>) -> Money {
+    fn claimed(
+        &self,
+        forced: bool,
+        holder: &str,
+        known: Option<String>,
+        folded: Option<String>,
+    ) -> Money {
         let worker = &self.worker;
         let before = self.spent_before;
-        if forced {
+        let money = |s: Option<String>| {
+            s.and_then(|k| k.parse::<f64>().ok())
+                .map_or(Money::ZERO, |k| Money(k as u64))
+        };
+        let (known, folded) = (money(known), money(folded));
+        if forced || folded > Money::ZERO {
+            let gone = match forced {
+                true => format!("'s previous process ({holder}) is gone"),
+                false => " was not closed by its previous process".into(),
+            };
             tracing::warn!(
-                "the shared budget: worker {worker}'s previous process ({holder}) is gone; its holds are returned"
+                "the shared budget: worker {worker}{gone}; the {folded} it held counts as spent (its requests in flight may have been billed)"
             );
         }
-        let known = known
-            .and_then(|k| k.parse::<f64>().ok())
-            .map(|k| Money(k as u64));
-        match known.filter(|&k| k > before) {
-            Some(k) => {
-                tracing::warn!(
-                    "the shared budget: worker {worker} spent {k} by Redis's count, more than its output here records ({before}): the run counts {k} (an earlier run from another folder or disk)"
-                );
-                k
-            }
-            None => before,
+        if known > before && Money(known.0 - folded.0) > before {
+            tracing::warn!(
+                "the shared budget: worker {worker} spent {known} by Redis's count, more than its output here records ({before}): the run counts {known} (an earlier run from another folder or disk)"
+            );
         }
+        known.max(before)
     }
 
     fn holder(&self, holder: &str) -> Holder {

@@ -133,14 +133,19 @@ return 1
 
 /// The budget lives in one hash, a group of fields per worker: `W|owner` (the token of the
 /// process running it), `W|desc` (host and pid, for messages), `W|spent` (everything its
-/// output has recorded, over all runs), `W|held` (reservations of its requests in flight),
-/// `W|lease` (Redis ms until which `held` counts), `W|seq` (the last write applied: writes
-/// carry a sequence number, so an older one arriving late never undoes a newer one).
+/// output has recorded, over all runs), `W|held` (reservations of its requests in flight and
+/// the block leased to it), `W|lease` (Redis ms until which `held` counts as a live hold),
+/// `W|closed` (1: the process ended and wrote what it still holds, batches left running, which
+/// its next run holds again), `W|seq` (the last write applied: writes carry a sequence number,
+/// so an older one arriving late never undoes a newer one).
 ///
 /// KEYS[1] the budget hash. ARGV: worker, token, desc, spent, held, lease ms, force (1: take
-/// the worker over whoever holds it). Returns `{1, '', 0, spent}` or `{0, desc of the holder,
-/// ms left, ''}`. A worker's spent never goes down: a re-run from a fresh folder (a rescheduled
-/// pod with a new disk) keeps what Redis knows it spent, and gets it back as `spent`.
+/// the worker over whoever holds it). Returns `{1, '', 0, spent, folded}` or `{0, desc of the
+/// holder, ms left, '', ''}`. A worker's spent never goes down: a re-run from a fresh folder (a
+/// rescheduled pod with a new disk) keeps what Redis knows it spent, and gets it back as
+/// `spent`. A process that did not close (killed, cut off) may have been billed for what it
+/// held (its requests in flight, and draws from its block not yet written): that is added to
+/// its spent, and returned as `folded`.
 pub(super) static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -150,23 +155,33 @@ local w = ARGV[1]
 local owner = redis.call('HGET', KEYS[1], w .. '|owner')
 local lease = tonumber(redis.call('HGET', KEYS[1], w .. '|lease')) or 0
 if owner and owner ~= ARGV[2] and lease > now and ARGV[7] ~= '1' then
-  return {0, redis.call('HGET', KEYS[1], w .. '|desc') or '?', lease - now, ''}
+  return {0, redis.call('HGET', KEYS[1], w .. '|desc') or '?', lease - now, '', ''}
 end
 local spent = ARGV[4]
 local known = redis.call('HGET', KEYS[1], w .. '|spent')
-if known and tonumber(known) > tonumber(spent) then spent = known end
+local folded = 0
+if redis.call('HGET', KEYS[1], w .. '|closed') ~= '1' then
+  folded = tonumber(redis.call('HGET', KEYS[1], w .. '|held')) or 0
+end
+if known or folded > 0 then
+  known = string.format('%.0f', (tonumber(known) or 0) + folded)
+  if tonumber(known) > tonumber(spent) then spent = known end
+end
 redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|spent', spent,
-  w .. '|held', ARGV[5], w .. '|lease', now + tonumber(ARGV[6]), w .. '|seq', 0)
+  w .. '|held', ARGV[5], w .. '|lease', now + tonumber(ARGV[6]), w .. '|seq', 0,
+  w .. '|closed', 0)
 redis.call('PEXPIRE', KEYS[1], 2592000000)
-return {1, '', 0, spent}
+return {1, '', 0, known or '', string.format('%.0f', folded)}
 "#,
     )
 });
 
-/// KEYS[1] the budget hash. ARGV: worker, token, desc, seq, spent, held, lease ms, and for a
-/// reservation the cap and the block wanted beyond it. A reservation is granted when every
-/// other worker's spent, the held of those whose lease is alive, and this worker's spent and
-/// held (which include the job's worst case) stay within the cap; with it comes a block of
+/// KEYS[1] the budget hash. ARGV: worker, token, desc, seq, spent, held, lease ms, closed (1:
+/// the process's last write), and for a reservation the cap and the block wanted beyond it. A
+/// reservation is granted when every other worker's spent, the held of those whose lease is
+/// alive or that did not close (a process killed holding money may have been billed for it),
+/// and this worker's spent and held (which include the job's worst case) stay within the cap;
+/// with it comes a block of
 /// headroom, at most what was wanted and at most the room left shared by twice the live
 /// workers (blocks shrink as the cap nears), written into this worker's held, so the cap holds
 /// exactly whatever each worker does with its block. Returns `{1, block}` (written; a write
@@ -190,17 +205,19 @@ if owner and tonumber(ARGV[4]) <= seq then
 end
 local held = tonumber(ARGV[6])
 local block = 0
-if ARGV[8] then
+if ARGV[9] then
   local spent = {}
   local others = {}
   local lease = {}
+  local closed = {}
   local all = redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     local who, what = string.match(all[i], '^(.*)|(%a+)$')
     if who and who ~= w then
       if what == 'spent' then spent[who] = tonumber(all[i + 1]) or 0
       elseif what == 'held' then others[who] = tonumber(all[i + 1]) or 0
-      elseif what == 'lease' then lease[who] = tonumber(all[i + 1]) or 0 end
+      elseif what == 'lease' then lease[who] = tonumber(all[i + 1]) or 0
+      elseif what == 'closed' then closed[who] = all[i + 1] end
     end
   end
   local others_spent = 0
@@ -211,18 +228,20 @@ if ARGV[8] then
     if (lease[who] or 0) > now then
       others_held = others_held + v
       live = live + 1
+    elseif closed[who] ~= '1' then
+      others_held = others_held + v
     end
   end
-  local room = tonumber(ARGV[8]) - others_spent - others_held - tonumber(ARGV[5]) - held
+  local room = tonumber(ARGV[9]) - others_spent - others_held - tonumber(ARGV[5]) - held
   if room < 0 then
     return {0, string.format('%.0f', others_spent), string.format('%.0f', others_held)}
   end
-  block = math.floor(math.min(tonumber(ARGV[9] or '0'), room / (2 * live)))
+  block = math.floor(math.min(tonumber(ARGV[10] or '0'), room / (2 * live)))
   held = held + block
 end
 redis.call('HSET', KEYS[1], w .. '|owner', ARGV[2], w .. '|desc', ARGV[3], w .. '|seq', ARGV[4],
   w .. '|spent', ARGV[5], w .. '|held', string.format('%.0f', held), w .. '|block', block,
-  w .. '|lease', now + tonumber(ARGV[7]))
+  w .. '|lease', now + tonumber(ARGV[7]), w .. '|closed', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], 2592000000)
 return {1, string.format('%.0f', block)}
 "#,

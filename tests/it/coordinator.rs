@@ -320,7 +320,7 @@ fn a_worker_killed_mid_run_is_rerun_without_losing_or_rebuying_a_result() {
     );
     assert_code(&o, 0);
     assert!(
-        stderr(&o).contains("is gone; its holds are returned"),
+        stderr(&o).contains("is gone; the ") && stderr(&o).contains("it held counts as spent"),
         "{}",
         stderr(&o)
     );
@@ -716,4 +716,86 @@ fn a_worker_killed_holding_a_block_of_the_cap_never_lets_the_run_pass_it() {
         billed()
     );
     assert!(billed() > CAP * 0.6, "the cap was not used: {}", billed());
+}
+
+#[test]
+fn what_a_killed_worker_held_counts_as_spent_when_its_shard_runs_again() {
+    // A worker killed with requests in flight may have been billed for them (the provider
+    // answers into a closed socket and bills all the same): its shard run again must not get
+    // that money back. Before, the re-run's claim returned the dead process's holds to the cap
+    // and the run could pass it by what was in flight at the kill.
+    beside_a_dead_worker("deadheld", 0, u64::MAX >> 12);
+}
+
+#[test]
+fn what_a_killed_worker_held_counts_for_the_others_once_its_lease_lapsed() {
+    // The same money seen from another shard, once the dead worker's lease ran out (its
+    // machine is gone and nobody runs it again): before, its holds stopped counting then.
+    beside_a_dead_worker("deadlapsed", 1, 1);
+}
+
+/// Seeds shard `dead` of run `name` as a process of this machine killed holding money (its
+/// lease until Redis ms `lease`), runs shard 0 under a cap, and checks the cap counts it.
+fn beside_a_dead_worker(name: &str, dead: u32, lease: u64) {
+    let Some(redis) = Redis::start() else { return };
+    const CAP: f64 = 0.002;
+    const HELD: f64 = 0.0015;
+    let mock = Mock::start(MockConfig::default());
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", priced_jobs(3000));
+    let out = dir.path("out.jsonl");
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let key = format!("bulkprompt:{{{name}}}:budget");
+    let field = |f: &str| format!("shard-{dead}-of-3|{f}");
+    let desc = format!("pid {} on this-test", gone.id());
+    let held = ((HELD * 1e12) as u64).to_string();
+    let lease = lease.to_string();
+    let seeded = redis.command(&[
+        "HSET",
+        &key,
+        &field("owner"),
+        "a-process-killed",
+        &field("desc"),
+        &desc,
+        &field("spent"),
+        "0",
+        &field("held"),
+        &held,
+        &field("lease"),
+        &lease,
+        &field("seq"),
+        "7",
+    ]);
+    assert!(
+        seeded.as_deref().is_some_and(|r| r.starts_with(':')),
+        "{seeded:?}"
+    );
+    let mut args = worker(&redis, name, 0);
+    args.extend(["--max-cost".into(), CAP.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = output_within(
+        run_cmd(&input, &out, &mock.url(), &args).env("BULKPROMPT_WORKER_HOST", "this-test"),
+        Duration::from_secs(60),
+    );
+    assert_code(&o, 3);
+    if dead == 0 {
+        assert!(
+            stderr(&o).contains("counts as spent"),
+            "the takeover is not said: {}",
+            stderr(&o)
+        );
+        let spent = redis.hget_u64(&key, &field("spent")).unwrap() as f64 / 1e12;
+        assert!(spent >= HELD, "Redis counts {spent} spent");
+    }
+    let billed = mock.stats().billed as f64 / 1e12;
+    assert!(
+        billed <= CAP - HELD + 1e-12,
+        "billed {billed}: the dead process's {HELD} was spent again under a cap of {CAP}"
+    );
+    assert!(
+        billed > 0.0,
+        "nothing was sent: the room left was {}",
+        CAP - HELD
+    );
 }
