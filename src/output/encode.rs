@@ -1,5 +1,5 @@
 //! A record's JSONL line, as serde writes [`Record`] (its fields in order, the optional ones
-//! left out when absent), written field by field with [`crate::json_write`]: the keys are
+//! left out when absent), written field by field (`json_write.rs`): the keys are
 //! constants, the strings are copied whole when they need no escaping. serde's derived
 //! serializer sent every key through serde_json's escape loop; this was half the writer
 //! thread's time. The records are read back by serde (`status`, the resume's scan), and a
