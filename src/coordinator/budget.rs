@@ -391,7 +391,7 @@ impl Budget for SharedBudget {
             .await;
             if !matches!(done, Ok(Ok(Written::Ok(_)))) {
                 tracing::warn!(
-                    "the shared budget: this worker's last state was not written; its holds lapse with its lease"
+                    "the shared budget: this worker's last state was not written; what it holds keeps counting under the cap, and becomes its spent when it runs again"
                 );
             }
         })

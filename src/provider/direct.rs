@@ -202,7 +202,7 @@ impl Direct {
     /// The connection being made is then finished apart and put in the pool: with every
     /// connection busy, the next request would start another just the same.
     async fn checkout(&self) -> Result<Conn, String> {
-        let handed = {
+        let mut handed = {
             let mut pool = self.pool();
             if let Some(c) = take_standing(&mut pool.idle) {
                 return Ok(c);
@@ -213,7 +213,6 @@ impl Direct {
             rx
         };
         let mut connecting = Box::pin(connect(self.shared.clone()));
-        let mut handed = handed;
         tokio::select! {
             biased;
             Ok(c) = &mut handed => {
