@@ -103,9 +103,9 @@ pub use crate::version::{version, VERSION};
 pub fn execute(command: Command, argv: Vec<String>) -> Result<i32, AppError> {
     match command {
         Command::Run(args) => {
-            let rt = runtime(None)?;
-            // On a worker thread, not the main one: the dispatcher's spawns and the wake-ups
-            // of finished tasks stay on the runtime's own threads.
+            let rt = run_runtime()?;
+            // Spawned, not polled by `block_on` itself: a panic comes back as the task's
+            // error and goes on below as if there had been no task.
             let result = rt.block_on(async {
                 match tokio::spawn(run_cmd(*args, argv)).await {
                     Ok(r) => r,
@@ -196,6 +196,20 @@ fn raise_open_files_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+/// The run's runtime: every request, the dispatcher and the limiters on one thread, the
+/// blocking work (validation, the checkpoint's scan, the finish) on the blocking pool and the
+/// reader and writer on threads of their own (docs/design.md, "One thread for the requests").
+fn run_runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    raise_open_files_limit();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Setup {
+            what: "starting the async runtime".into(),
+            source,
+        })
 }
 
 pub(super) fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, AppError> {
