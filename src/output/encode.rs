@@ -5,7 +5,7 @@
 //! thread's time. The records are read back by serde (`status`, the resume's scan), and a
 //! unit test holds the two equal.
 
-use super::record::{CostSource, Record, Status};
+use super::record::{CostSource, Record};
 use crate::json_write::{object, string, uint, value};
 use serde_json::Result;
 
@@ -17,10 +17,7 @@ pub fn record(out: &mut Vec<u8>, r: &Record) -> Result<()> {
     w.key("index");
     uint(w.out, r.index);
     w.key("status");
-    w.raw(match r.status {
-        Status::Ok => "\"ok\"",
-        Status::Failed => "\"failed\"",
-    });
+    string(w.out, r.status.as_str())?;
     w.key("model");
     string(w.out, &r.model)?;
     w.opt_str("response_model", r.response_model.as_deref())?;
@@ -85,9 +82,9 @@ fn usage(w: &mut Fields, r: &Record) -> Result<()> {
         w.key("billed_output_tokens");
         uint(w.out, n);
     }
-    if let Some(rule) = &r.usage_rule {
+    if let Some(rule) = r.usage_rule {
         w.key("usage_rule");
-        serde_json::to_writer(&mut *w.out, rule)?;
+        string(w.out, rule.as_str())?;
     }
     Ok(())
 }
@@ -95,13 +92,7 @@ fn usage(w: &mut Fields, r: &Record) -> Result<()> {
 fn money_and_time(w: &mut Fields, r: &Record) -> Result<()> {
     w.key("cost_usd");
     serde_json::to_writer(&mut *w.out, &r.cost_usd)?;
-    w.key("cost_source");
-    w.raw(match r.cost_source {
-        None => "null",
-        Some(CostSource::Provider) => "\"provider\"",
-        Some(CostSource::PriceTable) => "\"price_table\"",
-        Some(CostSource::WorstCase) => "\"worst_case\"",
-    });
+    w.opt_str("cost_source", r.cost_source.map(CostSource::as_str))?;
     if let Some(c) = r.upstream_cost_usd {
         w.key("upstream_cost_usd");
         serde_json::to_writer(&mut *w.out, &c)?;

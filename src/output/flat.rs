@@ -142,10 +142,7 @@ fn csv_row(r: &Record, parsed: &[&str], meta_keys: &[String]) -> Vec<String> {
     let mut row = vec![
         r.id.clone(),
         r.index.to_string(),
-        match r.status {
-            Status::Ok => "ok".into(),
-            Status::Failed => "failed".into(),
-        },
+        r.status.as_str().into(),
         r.model.clone(),
         text(&r.response_model),
         text(&r.content),

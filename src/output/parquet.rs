@@ -476,10 +476,7 @@ impl Columns {
         self.len += 1;
         self.id.append_value(&r.id);
         self.index.append_value(r.index as i64);
-        self.status.append_value(match r.status {
-            super::Status::Ok => "ok",
-            super::Status::Failed => "failed",
-        });
+        self.status.append_value(r.status.as_str());
         self.model.append_value(&r.model);
         self.response_model
             .append_option(r.response_model.as_deref());
@@ -556,11 +553,7 @@ impl Columns {
         }
         self.cost_usd.append_option(r.cost_usd);
         self.cost_source
-            .append_option(r.cost_source.map(|c| match c {
-                super::CostSource::Provider => "provider",
-                super::CostSource::PriceTable => "price_table",
-                super::CostSource::WorstCase => "worst_case",
-            }));
+            .append_option(r.cost_source.map(super::CostSource::as_str));
     }
 
     /// Latency, attempts, the error, the times, the fingerprint and the metadata.

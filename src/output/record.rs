@@ -23,6 +23,27 @@ pub enum CostSource {
     WorstCase,
 }
 
+impl Status {
+    /// The name serde writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl CostSource {
+    /// The name serde writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostSource::Provider => "provider",
+            CostSource::PriceTable => "price_table",
+            CostSource::WorstCase => "worst_case",
+        }
+    }
+}
+
 /// Why a batch's answer is not the answer to its job as the job file has it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
