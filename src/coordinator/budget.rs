@@ -497,16 +497,18 @@ impl Claim {
                 .map_or(Money::ZERO, |k| Money(k as u64))
         };
         let (known, folded) = (money(known), money(folded));
-        if forced || folded > Money::ZERO {
-            let gone = match forced {
-                true => format!("'s previous process ({holder}) is gone"),
-                false => " was not closed by its previous process".into(),
-            };
+        let gone = match forced {
+            true => format!("'s previous process ({holder}) is gone"),
+            false => " was not closed by its previous process".into(),
+        };
+        if folded > Money::ZERO {
             tracing::warn!(
                 "the shared budget: worker {worker}{gone}; the {folded} it held counts as spent (its requests in flight may have been billed)"
             );
+        } else if forced {
+            tracing::warn!("the shared budget: worker {worker}{gone}; it had closed");
         }
-        if known > before && Money(known.0 - folded.0) > before {
+        if Money(known.0.saturating_sub(folded.0)) > before {
             tracing::warn!(
                 "the shared budget: worker {worker} spent {known} by Redis's count, more than its output here records ({before}): the run counts {known} (an earlier run from another folder or disk)"
             );
