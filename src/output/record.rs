@@ -214,7 +214,8 @@ fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
     put(14, 2, in_day / 60 % 60);
     put(17, 2, in_day % 60);
     put(20, 3, u64::from(since_epoch.subsec_millis()));
-    out.iter().map(|&b| char::from(b)).collect()
+    // Digits and ASCII punctuation only.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's

@@ -144,9 +144,12 @@ async fn final_head<R: AsyncRead + Unpin>(
 
 /// The head at the start of `buf`, if it is all there.
 fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Uninitialised room: an answer carries a handful of headers, not a hundred to clear.
+    let mut room = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut room);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -156,7 +159,16 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     };
     let status = resp.code.unwrap_or(0);
     let headers = &*resp.headers;
+    // The limits' headers are looked up by many names; most answers carry none of them.
+    let limits = headers.iter().any(|h| {
+        h.name
+            .get(..12)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-ratelimit-"))
+    });
     let value = |name: &str| {
+        if !limits && name.starts_with("x-ratelimit-") {
+            return None;
+        }
         headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
@@ -449,6 +461,22 @@ mod tests {
             assert_eq!(a.heard.advertised.rpm, Some(500));
             assert!(a.reusable);
         }
+    }
+
+    #[tokio::test]
+    async fn the_limits_headers_are_read_whatever_their_case_and_place() {
+        let wire = "HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nContent-Length: 0\r\nX-RateLimit-Limit-Tokens: 9000\r\nX-RATELIMIT-REMAINING-REQUESTS: 0\r\nx-ratelimit-reset-requests: 20s\r\n\r\n";
+        let a = answer(wire, 4096).await;
+        assert_eq!(a.heard.retry_after.as_deref(), Some("3"));
+        assert_eq!(a.heard.advertised.tpm, Some(9000));
+        assert_eq!(a.heard.reset_requests.as_deref(), Some("20s"));
+        assert_eq!(
+            a.heard.quota_exhausted,
+            Some(std::time::Duration::from_secs(20))
+        );
+        let none = answer("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4096).await;
+        assert_eq!(none.heard.advertised.rpm, None);
+        assert_eq!(none.heard.retry_after, None);
     }
 
     #[tokio::test]

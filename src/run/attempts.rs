@@ -16,15 +16,15 @@ use crate::shutdown::Phase;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
-/// Runs a job to its record (or to a stop, which leaves it to the next run).
+/// Runs a job, started at `started`, to its record (or to a stop, which leaves it to the
+/// next run).
 pub(super) async fn execute(
     ctx: &Ctx,
     job: &Job,
     decision: Decision,
-    first: Grant,
-    hold: Option<Hold>,
+    (first, hold): (Grant, Option<Hold>),
+    started: SystemTime,
 ) -> TaskEnd {
-    let started = SystemTime::now();
     let base_body = match with_images(ctx, job, started).await {
         Ok(b) => b,
         Err(r) => {

@@ -192,8 +192,15 @@ pub(super) async fn run_job(
     hold: Option<Hold>,
 ) -> TaskEnd {
     let started = SystemTime::now();
-    let life = super::attempts::execute(&ctx, &job, decision, first, hold);
-    match CatchUnwind(Box::pin(life)).await {
+    // Boxed where it is made: the task's own future stays small as it is spawned and moved.
+    let life = Box::pin(super::attempts::execute(
+        &ctx,
+        &job,
+        decision,
+        (first, hold),
+        started,
+    ));
+    match CatchUnwind(life).await {
         Ok(end) => end,
         Err(panic) => {
             let what = panic
