@@ -157,7 +157,10 @@ impl Direct {
     /// Posts `body` and reads the answer whole (up to `max` bytes), within the timeout.
     pub(super) async fn post(&self, body: Bytes, max: usize) -> Received {
         let timeout = self.shared.timeout;
-        match tokio::time::timeout(timeout, self.exchange(body, max)).await {
+        // Boxed where it is made: every future above it (the timeout, the client's, the
+        // job's) stays small, and is not copied whole at each layer as it is made.
+        let exchange = Box::pin(self.exchange(body, max));
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Received::Failed {
                 message: format!(

@@ -10,6 +10,7 @@ mod http1;
 mod pacific;
 pub mod refusal;
 pub mod response;
+mod scan;
 pub mod stream;
 
 pub use classify::{classify, Attempt, ErrorKind, Verdict};
@@ -162,7 +163,8 @@ impl Client {
         let limit = self.max_response_bytes;
         let received = match &self.direct {
             Some(d) => d.post(body, limit).await,
-            None => self.via_reqwest(body).await,
+            // Boxed as the direct client's exchange is: see `Direct::post`.
+            None => Box::pin(self.via_reqwest(body)).await,
         };
         match received {
             Received::Answer {

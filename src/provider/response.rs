@@ -168,14 +168,18 @@ struct PlainCost {
     upstream_inference_cost: Option<f64>,
 }
 
-fn usage_of(raw: Option<&RawValue>) -> UsageRead {
+/// `usage` read from its text.
+fn usage_of(raw: Option<&str>) -> UsageRead {
     let Some(raw) = raw else {
         return read_usage(None);
     };
-    if let Some(read) = plain_usage(raw.get()) {
+    if let Some(read) = super::scan::usage(raw).and_then(scanned_usage) {
         return read;
     }
-    match serde_json::from_str::<Value>(raw.get()) {
+    if let Some(read) = plain_usage(raw) {
+        return read;
+    }
+    match serde_json::from_str::<Value>(raw) {
         Ok(v) => read_usage(Some(&v)),
         // A number past a float's range: the answer is kept, its cost taken at the worst case.
         Err(e) => UsageRead {
@@ -189,7 +193,37 @@ fn usage_of(raw: Option<&RawValue>) -> UsageRead {
 
 /// [`PlainUsage`]'s reading, or None for [`read_usage`] to read it.
 fn plain_usage(text: &str) -> Option<UsageRead> {
-    let u: PlainUsage = serde_json::from_str(text).ok()?;
+    plain_read(serde_json::from_str(text).ok()?)
+}
+
+/// The usage [`super::scan`] read, as [`PlainUsage`] (its costs converted by serde_json).
+fn scanned_usage(u: super::scan::ScannedUsage<'_>) -> Option<UsageRead> {
+    let money = |t: Option<&str>| match t {
+        Some(t) => serde_json::from_str::<f64>(t).ok().map(Some),
+        None => Some(None),
+    };
+    plain_read(PlainUsage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens,
+        cost: money(u.cost)?,
+        prompt_tokens_details: u.prompt.map(|(cached, write)| PlainPrompt {
+            cached_tokens: cached,
+            cache_write_tokens: write,
+        }),
+        completion_tokens_details: u.reasoning.map(|r| PlainCompletion {
+            reasoning_tokens: r,
+        }),
+        cost_details: match u.upstream {
+            Some(t) => Some(PlainCost {
+                upstream_inference_cost: money(t)?,
+            }),
+            None => None,
+        },
+    })
+}
+
+fn plain_read(u: PlainUsage) -> Option<UsageRead> {
     let fine = |f: Option<f64>| f.is_none_or(|f| f.is_finite() && f >= 0.0);
     let upstream = u.cost_details.and_then(|d| d.upstream_inference_cost);
     if !fine(u.cost) || !fine(upstream) {
@@ -280,9 +314,18 @@ fn read_usage(u: Option<&Value>) -> UsageRead {
 pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
     // UTF-8 checked once for the whole body, not string by string (a body that is not UTF-8
     // is read as bytes, for serde_json to say where).
-    let read = match std::str::from_utf8(body) {
-        Ok(text) => serde_json::from_str::<Body>(text),
-        Err(_) => serde_json::from_slice::<Body>(body),
+    let utf8 = std::str::from_utf8(body).ok();
+    match utf8.and_then(super::scan::completion).and_then(scanned) {
+        Some(c) => Ok(c),
+        None => by_serde(body, utf8),
+    }
+}
+
+/// [`parse_completion`] through serde_json, for every answer the one-pass reading leaves.
+fn by_serde(body: &[u8], utf8: Option<&str>) -> Result<Completion, String> {
+    let read = match utf8 {
+        Some(text) => serde_json::from_str::<Body>(text),
+        None => serde_json::from_slice::<Body>(body),
     };
     let b = read.map_err(|e| {
         let start = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
@@ -320,7 +363,7 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
             }
         })
         .collect();
-    let usage = usage_of(b.usage);
+    let usage = usage_of(b.usage.map(RawValue::get));
     Ok(Completion {
         content,
         finish_reason: reason(choice.finish_reason),
@@ -334,6 +377,37 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, String> {
         upstream_cost: usage.upstream,
         tool_calls,
         more,
+        usage_problem: usage.problem,
+    })
+}
+
+/// The answer [`super::scan`] read, as serde_json's reading gives it; None when its tool
+/// calls cannot be kept as text (never, for text the scan checked).
+fn scanned(s: super::scan::Scanned<'_>) -> Option<Completion> {
+    let mut choices = Vec::with_capacity(s.choices.len());
+    for c in s.choices {
+        let tool_calls = match c.tool_calls {
+            None | Some("null") => None,
+            Some(raw) => Some(RawValue::from_string(raw.to_owned()).ok()?),
+        };
+        choices.push(OtherChoice {
+            content: c.content,
+            finish_reason: c.finish_reason,
+            tool_calls,
+        });
+    }
+    let mut choices = choices.into_iter();
+    let first = choices.next()?;
+    let usage = usage_of(s.usage);
+    Some(Completion {
+        content: first.content,
+        finish_reason: first.finish_reason,
+        response_model: s.model,
+        usage: usage.usage,
+        provider_cost: usage.cost,
+        upstream_cost: usage.upstream,
+        tool_calls: first.tool_calls,
+        more: choices.collect(),
         usage_problem: usage.problem,
     })
 }
@@ -445,7 +519,7 @@ mod tests {
         );
         assert!(c.usage_problem.unwrap().starts_with("usage cannot be read"));
         let null = serde_json::from_str::<&RawValue>("null").unwrap();
-        let read = usage_of(Some(null));
+        let read = usage_of(Some(null.get()));
         assert!(read.usage.is_none() && read.problem.is_none());
     }
 
@@ -483,5 +557,166 @@ mod tests {
         assert_eq!(u.rule, Some(crate::cost::OutputRule::TotalMinusPrompt));
         assert_eq!(c.provider_cost, Some(0.0015));
         assert_eq!(c.upstream_cost, Some(0.0014));
+    }
+
+    /// Answers of many shapes: the usual ones the one-pass reading must read itself (`true`),
+    /// and the rest, which it may leave to serde_json.
+    const SHAPES: &[(bool, &str)] = &[
+        (true, r#"{"id":"gen-1","object":"chat.completion","created":1796621697,"model":"google/gemini-2.0-flash-001","provider":"bulkprompt-mock","choices":[{"index":0,"message":{"role":"assistant","content":"Mixed quality and mixed the setup."},"finish_reason":"stop"}],"usage":{"prompt_tokens":29,"completion_tokens":25,"total_tokens":54}}"#),
+        (true, r#"{"id":"gen-2","provider":"Google","model":"google/gemini-2.5-flash","object":"chat.completion","created":1,"choices":[{"logprobs":null,"finish_reason":"stop","native_finish_reason":"STOP","index":0,"message":{"role":"assistant","content":"{\"label\": \"positive\", \"score\": 0.9}\n","refusal":null,"reasoning":null}}],"system_fingerprint":null,"usage":{"prompt_tokens":20,"completion_tokens":198,"total_tokens":623,"cost":0.0015,"is_byok":false,"prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":12},"cost_details":{"upstream_inference_cost":0.0014},"completion_tokens_details":{"reasoning_tokens":405}}}"#),
+        (true, r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}]}"#),
+        (true, r#"{"choices":[{"message":{"content":"a"},"finish_reason":"stop"},{"message":{"content":"b"},"finish_reason":"length"},{"message":null,"finish_reason":null},{"message":{"content":"d","tool_calls":null}}],"model":null}"#),
+        (true, "{\n  \"choices\" : [ {\t\"message\" : { \"content\" : \"caf\\u00e9 \\\"q\\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u0000 日本\" } } ] ,\r\n \"usage\" : null , \"x\" : [ -0 , 1e10 , 1.5E-3 , 0.0 , true , false , { } , [ ] , \"\" ] }\n "),
+        (true, r#"{"choices":[{"message":{"content":""}}],"error":null}"#),
+        (true, r#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":10.0,"completion_tokens":"5","cost":"0.01"}}"#),
+        (true, r#"{"choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":1,"cost":1e400}}"#),
+        (true, r#"{"choices":[{"message":{"content":"ok"}}],"usage":"lots","x":1,"x":2}"#),
+        (false, r#"{"choices":[{"message":{"content":"\ud83d\ude00"}}]}"#),
+        (false, r#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]}"#),
+        (false, r#"{"choices":[{"message":{"content":{"a":1}}}]}"#),
+        (false, r#"{"choices":[{"message":{"content":"a","content":"b"}}]}"#),
+        (false, r#"{"choices":[],"choices":[{"message":{"content":"a"}}]}"#),
+        (false, r#"{"choi\u0063es":[{"message":{"content":"a"}}]}"#),
+        (false, r#"{"choices":[{"message":{"content":"a"}}],"error":{"message":"x"}}"#),
+        (false, r#"{"error":{"message":"x","code":429}}"#),
+        (false, r#"{"choices":[]}"#),
+        (false, r#"{"choices":null}"#),
+        (false, r#"{"choices":[{"message":{"content":"a"}}],"model":7}"#),
+        (false, r#"{"choices":[{"message":{"content":"a"},"finish_reason":1e400}]}"#),
+        (false, r#"{"choices":[{"message":{"content":"a"}}]} x"#),
+        (false, r#"[{"message":{"content":"a"}}]"#),
+        (false, r#"{"choices":[["a"]]}"#),
+        (false, ""),
+    ];
+
+    /// What the one-pass reading gives, if it reads the body.
+    fn one_pass(body: &str) -> Option<Completion> {
+        super::super::scan::completion(body).and_then(scanned)
+    }
+
+    /// The one-pass reading gives what serde_json's reading gives, or leaves the body to it.
+    fn same_as_serde(body: &str) -> bool {
+        let Some(fast) = one_pass(body) else {
+            return false;
+        };
+        match by_serde(body.as_bytes(), Some(body)) {
+            Ok(slow) => assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{body}"),
+            Err(e) => panic!("read in one pass, refused by serde_json ({e}): {body}"),
+        }
+        true
+    }
+
+    #[test]
+    fn the_one_pass_reading_reads_as_serde_json_or_not_at_all() {
+        for (usual, body) in SHAPES {
+            assert_eq!(same_as_serde(body), *usual, "{body}");
+        }
+        let deep = |n: usize| {
+            format!(
+                r#"{{"x":{}1{},"choices":[{{"message":{{"content":"a"}}}}]}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(same_as_serde(&deep(60)));
+        assert!(!same_as_serde(&deep(70)));
+        assert!(!same_as_serde(&deep(200)));
+    }
+
+    #[test]
+    fn every_body_one_byte_off_reads_as_serde_json_or_not_at_all() {
+        // Each usual shape with a byte deleted, replaced or inserted at every place: a body
+        // cut, a quote or bracket lost, a stray control character, a number broken.
+        let bytes: &[u8] = b"\"\\{}[],:0-e.nu \x00\x1f\x7fa";
+        let mut read = 0;
+        for (_, body) in SHAPES.iter().filter(|(usual, _)| *usual).take(5) {
+            let b = body.as_bytes();
+            for at in 0..=b.len() {
+                let mut bodies = Vec::new();
+                if at < b.len() {
+                    bodies.push([&b[..at], &b[at + 1..]].concat());
+                }
+                for &x in bytes {
+                    bodies.push([&b[..at], &[x], &b[at..]].concat());
+                    if at < b.len() {
+                        bodies.push([&b[..at], &[x], &b[at + 1..]].concat());
+                    }
+                }
+                for m in bodies {
+                    if let Ok(text) = std::str::from_utf8(&m) {
+                        read += usize::from(same_as_serde(text));
+                    }
+                }
+            }
+        }
+        // Most of the changes still read (inside strings, whitespace): the reading is tried.
+        assert!(read > 5_000, "{read}");
+    }
+
+    #[test]
+    fn the_usage_scan_reads_as_serde_json_or_not_at_all() {
+        let same = |a: &UsageRead, b: &UsageRead| {
+            (a.usage, a.cost, a.upstream, &a.problem) == (b.usage, b.cost, b.upstream, &b.problem)
+        };
+        let usual = [
+            r#"{"prompt_tokens":29,"completion_tokens":25,"total_tokens":54}"#,
+            r#"{"prompt_tokens":20,"completion_tokens":198,"total_tokens":623,"cost":0.0015,"is_byok":false,"prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":12},"cost_details":{"upstream_inference_cost":0.0014},"completion_tokens_details":{"reasoning_tokens":405}}"#,
+            r#"{ "prompt_tokens" : null , "completion_tokens":5,"total_tokens":null,"cost":null,"prompt_tokens_details":null,"completion_tokens_details":{},"cost_details":{"upstream_inference_cost":null},"other":[1,{"a":"b"}]}"#,
+            r#"{"prompt_tokens":18446744073709551615,"cost":1e-7,"cost_details":{"upstream_inference_cost":2E+3}}"#,
+            r#"{}"#,
+        ];
+        let left = [
+            r#"{"prompt_tokens":10.0}"#,
+            r#"{"prompt_tokens":-0}"#,
+            r#"{"prompt_tokens":1e2}"#,
+            r#"{"prompt_tokens":18446744073709551616}"#,
+            r#"{"prompt_tokens":"5"}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":1}}"#,
+            r#"{"cost":"0.01"}"#,
+            r#"{"prompt_tokens_details":5}"#,
+            r#""lots""#,
+            r#"null"#,
+        ];
+        for t in usual {
+            let scanned = super::super::scan::usage(t).and_then(scanned_usage);
+            let plain = plain_usage(t).unwrap();
+            assert!(same(&scanned.expect(t), &plain), "{t}");
+        }
+        for t in left {
+            assert!(super::super::scan::usage(t).is_none(), "{t}");
+        }
+        // Each usual text with a byte deleted, replaced or inserted at every place.
+        let bytes: &[u8] = b"\"{}[],:0-e.n5 \x1fE+";
+        let mut read = 0;
+        for t in usual {
+            let b = t.as_bytes();
+            for at in 0..=b.len() {
+                let mut texts = Vec::new();
+                if at < b.len() {
+                    texts.push([&b[..at], &b[at + 1..]].concat());
+                }
+                for &x in bytes {
+                    texts.push([&b[..at], &[x], &b[at..]].concat());
+                    if at < b.len() {
+                        texts.push([&b[..at], &[x], &b[at + 1..]].concat());
+                    }
+                }
+                for m in texts {
+                    let Ok(text) = std::str::from_utf8(&m) else {
+                        continue;
+                    };
+                    let Some(scanned) = super::super::scan::usage(text).and_then(scanned_usage)
+                    else {
+                        continue;
+                    };
+                    read += 1;
+                    let plain = plain_usage(text)
+                        .unwrap_or_else(|| panic!("scanned, left by serde_json: {text}"));
+                    assert!(same(&scanned, &plain), "{text}");
+                }
+            }
+        }
+        assert!(read > 2_000, "{read}");
     }
 }

@@ -82,7 +82,11 @@ impl Pacing {
     /// Notes how many completion tokens an answer of `model` used.
     pub(super) fn learn_completion(&self, model: &str, tokens: u64) {
         let mut seen = self.lengths.lock().unwrap_or_else(|p| p.into_inner());
-        seen.entry(model.to_string()).or_default().record(tokens);
+        // The model's name copied only the first time it is seen, not an answer.
+        match seen.get_mut(model) {
+            Some(h) => h.record(tokens),
+            None => seen.entry(model.to_string()).or_default().record(tokens),
+        }
     }
 }
 
