@@ -36,6 +36,7 @@ pub(crate) mod estimate;
 pub(crate) mod flight;
 pub(crate) mod histogram;
 pub mod job;
+pub(crate) mod json_scan;
 pub(crate) mod json_write;
 pub(crate) mod limit;
 pub(crate) mod metrics;

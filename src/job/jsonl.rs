@@ -45,7 +45,16 @@ impl<R: BufRead> JsonlJobs<R> {
         }
     }
 
+    /// The line's job: in one pass when it has the usual shape ([`super::line`]), else
+    /// through a `serde_json::Map`.
     fn parse(&self, line_no: u64, text: &str) -> Result<Job, InputError> {
+        match super::line::job(&self.defaults, text, self.index, line_no) {
+            Some(job) => Ok(job),
+            None => self.general(line_no, text),
+        }
+    }
+
+    fn general(&self, line_no: u64, text: &str) -> Result<Job, InputError> {
         let value: Value = strict_value(text).map_err(|e| {
             self.err(
                 line_no,
@@ -428,5 +437,97 @@ mod tests {
             .as_ref()
             .unwrap_err()
             .contains("template field {body}"));
+    }
+
+    /// Lines of the usual shape, which the one-pass reading must read itself (`true`), and
+    /// lines it must leave to the general reading; under a run that gives the model `m`.
+    const LINES: &[(bool, &str)] = &[
+        (true, r#"{"id":"j0","model":"google/gemini-2.0-flash-001","max_tokens":40,"messages":[{"role":"user","content":"Classify review 0: The product arrived on time, works as described and the battery lasts all day."}]}"#),
+        (true, r#"{"id":17,"messages":[{"role":"system","content":"Be brief.\n"},{"content":"caf\u00e9 \"q\" 日本 \\ \/ \t\u0001","role":"user"}],"temperature":0.70,"stop":["\n","END"],"metadata":{"b":1,"a":[2,{"z":null}]},"top_p":1e0,"seed":-3}"#),
+        (true, r#"{"model":"x","messages":[{"role":"user","content":""}],"max_completion_tokens":5,"max_tokens":9}"#),
+        (true, " { \"id\" : \"a b\" , \"messages\" : [ { \"role\" : \"user\" , \"content\" : \"hi\" } ] , \"model\" : \"m2\" }\t"),
+        (true, r#"{"id":"t","messages":[{"role":"user","content":"x"},{"role":"assistant","content":"y"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{}}}}],"logit_bias":{"50256":-100},"user":"u-1","max_tokens":0}"#),
+        (false, r#"{"custom_id":"a","body":{"messages":[{"role":"user","content":"x"}]}}"#),
+        (false, r#"{"id":"a","n":2,"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","stream":true,"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","response_format":{"type":"json_object"},"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#),
+        (false, r#"{"id":"a","messages":[{"role":"assistant","content":null,"tool_calls":[]}]}"#),
+        (false, r#"{"id":"a","messages":[{"role":"user","name":"n","content":"x"}]}"#),
+        (false, r#"{"id":"j\u0031","messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","messages":[{"role":"user","content":"\ud83d\ude00"}]}"#),
+        (false, r#"{"id":"a","model":"","messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"","messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","id":"b","messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","messages":[{"role":"user","role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","max_tokens":-1,"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","max_tokens":1.5,"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","metadata":"x","messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","x":{"a":1,"a":2},"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","model":5,"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","messages":[]}"#),
+        (false, r#"{"id":"a","messages":[{"role":"user","content":"x"}]} x"#),
+        (false, r#"{"id":"a","text":"a plain record"}"#),
+        (false, r#"[{"role":"user","content":"x"}]"#),
+    ];
+
+    /// The one-pass reading gives the job the general reading gives, or leaves the line.
+    fn same_as_general(d: &Arc<JobDefaults>, text: &str) -> bool {
+        let jobs = JsonlJobs::new(Path::new("t.jsonl"), &b""[..], d.clone(), 1 << 20);
+        let Some(fast) = super::super::line::job(d, text, 0, 1) else {
+            return false;
+        };
+        match jobs.general(1, text) {
+            Ok(slow) => assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{text}"),
+            Err(e) => panic!("read in one pass, refused by the general reading ({e}): {text}"),
+        }
+        true
+    }
+
+    #[test]
+    fn the_one_pass_reading_gives_the_general_readings_job_or_none() {
+        let run = Arc::new(model());
+        for (usual, text) in LINES {
+            assert_eq!(same_as_general(&run, text), *usual, "{text}");
+        }
+        // No model from the run: a line without one is left (to be refused there).
+        let bare = Arc::new(JobDefaults::default());
+        assert!(!same_as_general(&bare, LINES[1].1));
+        assert!(same_as_general(&bare, LINES[0].1));
+        // A run that adds to every body (parameters, a system prompt, an id column) reads
+        // every line the general way.
+        let added = [
+            JobDefaults {
+                params: serde_json::json!({"temperature": 0})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                ..model()
+            },
+            JobDefaults {
+                system: Some("s".into()),
+                ..model()
+            },
+            JobDefaults {
+                id_field: Some("id".into()),
+                ..model()
+            },
+        ];
+        for d in added {
+            assert!(!same_as_general(&Arc::new(d), LINES[0].1));
+        }
+    }
+
+    #[test]
+    fn every_line_one_byte_off_gives_the_general_readings_job_or_none() {
+        let run = Arc::new(model());
+        let bytes: &[u8] = b"\"\\{}[],:0-e.nu \x1fa";
+        let mut read = 0;
+        for (_, text) in LINES.iter().filter(|(usual, _)| *usual) {
+            for line in crate::json_scan::one_byte_off(text, bytes) {
+                read += usize::from(same_as_general(&run, &line));
+            }
+        }
+        assert!(read > 5_000, "{read}");
     }
 }

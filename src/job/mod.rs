@@ -6,6 +6,7 @@ pub mod csv;
 pub mod image;
 pub mod jsonl;
 pub mod keys;
+mod line;
 pub mod parquet;
 pub mod request;
 pub mod shard;

@@ -153,7 +153,10 @@ pub fn finish(
 }
 
 /// What the job's answers must be: its own `response_format`, else the run's (checked once).
-fn expect_of(defaults: &JobDefaults, body: &Map<String, Value>) -> Result<Expect, String> {
+pub(super) fn expect_of(
+    defaults: &JobDefaults,
+    body: &Map<String, Value>,
+) -> Result<Expect, String> {
     if body.contains_key("response_format") {
         return own_expect(body);
     }

@@ -630,23 +630,8 @@ mod tests {
         let bytes: &[u8] = b"\"\\{}[],:0-e.nu \x00\x1f\x7fa";
         let mut read = 0;
         for (_, body) in SHAPES.iter().filter(|(usual, _)| *usual).take(5) {
-            let b = body.as_bytes();
-            for at in 0..=b.len() {
-                let mut bodies = Vec::new();
-                if at < b.len() {
-                    bodies.push([&b[..at], &b[at + 1..]].concat());
-                }
-                for &x in bytes {
-                    bodies.push([&b[..at], &[x], &b[at..]].concat());
-                    if at < b.len() {
-                        bodies.push([&b[..at], &[x], &b[at + 1..]].concat());
-                    }
-                }
-                for m in bodies {
-                    if let Ok(text) = std::str::from_utf8(&m) {
-                        read += usize::from(same_as_serde(text));
-                    }
-                }
+            for text in crate::json_scan::one_byte_off(body, bytes) {
+                read += usize::from(same_as_serde(&text));
             }
         }
         // Most of the changes still read (inside strings, whitespace): the reading is tried.
@@ -690,31 +675,14 @@ mod tests {
         let bytes: &[u8] = b"\"{}[],:0-e.n5 \x1fE+";
         let mut read = 0;
         for t in usual {
-            let b = t.as_bytes();
-            for at in 0..=b.len() {
-                let mut texts = Vec::new();
-                if at < b.len() {
-                    texts.push([&b[..at], &b[at + 1..]].concat());
-                }
-                for &x in bytes {
-                    texts.push([&b[..at], &[x], &b[at..]].concat());
-                    if at < b.len() {
-                        texts.push([&b[..at], &[x], &b[at + 1..]].concat());
-                    }
-                }
-                for m in texts {
-                    let Ok(text) = std::str::from_utf8(&m) else {
-                        continue;
-                    };
-                    let Some(scanned) = super::super::scan::usage(text).and_then(scanned_usage)
-                    else {
-                        continue;
-                    };
-                    read += 1;
-                    let plain = plain_usage(text)
-                        .unwrap_or_else(|| panic!("scanned, left by serde_json: {text}"));
-                    assert!(same(&scanned, &plain), "{text}");
-                }
+            for text in crate::json_scan::one_byte_off(t, bytes) {
+                let Some(scanned) = super::super::scan::usage(&text).and_then(scanned_usage) else {
+                    continue;
+                };
+                read += 1;
+                let plain = plain_usage(&text)
+                    .unwrap_or_else(|| panic!("scanned, left by serde_json: {text}"));
+                assert!(same(&scanned, &plain), "{text}");
             }
         }
         assert!(read > 2_000, "{read}");

@@ -1,0 +1,209 @@
+//! A JSONL job line of the usual shape read in one pass ([`crate::json_scan`]): an object with
+//! an `id`, a `model`, `messages` whose every message is a `role` and a string `content`, and
+//! any request parameters, in a run that adds nothing to it (no `--system`, no parameters, the
+//! id in `id`). Its body is written from the line's own text, keys sorted and strings copied
+//! whole, byte for byte as [`super::request::finish`] writes it through a `serde_json::Map`,
+//! without building the map: on a file of short prompts the map was half of validation's
+//! time. Anything else (a batch line, a plain record, `n`, `stream`, `response_format`, images,
+//! a message of another shape, an escape this reading does not decode, a key twice, any
+//! error) gives None, and the line is read as before: every message about a bad line is that
+//! reading's.
+
+use super::request::{expect_of, JobDefaults};
+use super::{approx_tokens, Fingerprint, Job, JobId};
+use crate::json_scan::Scan;
+use serde_json::Map;
+
+/// The job on line `line` (the file's `index`-th), or None for the general reading.
+pub(super) fn job(d: &JobDefaults, text: &str, index: u64, line: u64) -> Option<Job> {
+    if !d.params.is_empty() || d.system.is_some() || d.id_field.is_some() {
+        return None;
+    }
+    let mut s = Scan::new(text);
+    let mut l = Line::default();
+    s.object(|s, key| l.member(s, key))?;
+    if !s.at_end() {
+        return None;
+    }
+    l.keys.sort_unstable();
+    if l.keys.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    l.into_job(d, index, line)
+}
+
+/// What a line holds, as it is read.
+#[derive(Default)]
+struct Line<'a> {
+    /// Every key, for a key named twice.
+    keys: Vec<&'a str>,
+    id: Option<JobId>,
+    model: Option<&'a str>,
+    /// The characters of the messages' token estimate; None until they are read.
+    chars: Option<usize>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    metadata: Option<&'a str>,
+    /// The body's members (but `model` when the run gives it), each as the body writes it:
+    /// its key and where its value is in `values`.
+    body: Vec<(&'a str, std::ops::Range<usize>)>,
+    values: Vec<u8>,
+}
+
+impl<'a> Line<'a> {
+    fn member(&mut self, s: &mut Scan<'a>, key: &'a str) -> Option<()> {
+        self.keys.push(key);
+        let start = self.values.len();
+        match key {
+            "id" => return id(s).map(|id| self.id = Some(id)),
+            "metadata" => return s.raw().map(|raw| self.metadata = Some(raw)),
+            "model" => {
+                let model = plain_string(s).filter(|m| !m.is_empty())?;
+                self.model = Some(model);
+                quoted(&mut self.values, model);
+            }
+            "messages" => self.chars = Some(messages(s, &mut self.values)?),
+            "max_tokens" | "max_completion_tokens" => {
+                let raw = s.raw()?;
+                let n = whole(raw)?;
+                match key {
+                    "max_tokens" => self.max_tokens = Some(n),
+                    _ => self.max_completion_tokens = Some(n),
+                }
+                self.values.extend_from_slice(raw.as_bytes());
+            }
+            // What the general reading gives a meaning to, beyond copying it.
+            "custom_id" | "n" | "stream" | "response_format" => return None,
+            _ => {
+                let v = super::jsonl::strict_value(s.raw()?).ok()?;
+                crate::json_write::value(&mut self.values, &v).ok()?;
+            }
+        }
+        self.body.push((key, start..self.values.len()));
+        Some(())
+    }
+
+    fn into_job(mut self, d: &JobDefaults, index: u64, line: u64) -> Option<Job> {
+        let chars = self.chars?;
+        let model = match self.model {
+            Some(m) => m.to_owned(),
+            None => {
+                let m = d.model.clone()?;
+                let start = self.values.len();
+                crate::json_write::string(&mut self.values, &m).ok()?;
+                self.body.push(("model", start..self.values.len()));
+                m
+            }
+        };
+        let metadata = match self.metadata {
+            None => Map::new(),
+            Some(raw) => match super::jsonl::strict_value(raw).ok()? {
+                serde_json::Value::Object(m) => m,
+                _ => return None,
+            },
+        };
+        self.body.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut body = Vec::with_capacity(self.values.len() + 16 * self.body.len());
+        for (i, (key, value)) in self.body.iter().enumerate() {
+            body.push(if i == 0 { b'{' } else { b',' });
+            quoted(&mut body, key);
+            body.push(b':');
+            body.extend_from_slice(&self.values[value.clone()]);
+        }
+        body.push(b'}');
+        Some(Job {
+            id: self
+                .id
+                .unwrap_or_else(|| JobId::new((index + 1).to_string())),
+            index,
+            line,
+            model,
+            fingerprint: Fingerprint::of(&body),
+            body: body.into(),
+            metadata,
+            est_prompt_tokens: approx_tokens(chars),
+            max_output_tokens: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .map(|n| n.min(u64::from(u32::MAX)) as u32),
+            choices: 1,
+            images: 0,
+            expect: expect_of(d, &Map::new()).ok()?,
+            image_files: Vec::new(),
+        })
+    }
+}
+
+/// A string without escapes (one with an escape is left to the general reading), or None.
+fn plain_string<'a>(s: &mut Scan<'a>) -> Option<&'a str> {
+    if s.peek()? != b'"' {
+        return None;
+    }
+    s.key()
+}
+
+/// `"text"`, for text that needs no escaping.
+fn quoted(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
+}
+
+/// A whole number as serde_json reads it into a `u64`: digits only (the scan has refused a
+/// leading zero), no more than fit.
+fn whole(raw: &str) -> Option<u64> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok()
+}
+
+/// The id: a non-empty string without escapes, or a whole number.
+fn id(s: &mut Scan<'_>) -> Option<JobId> {
+    if s.peek()? == b'"' {
+        let id = plain_string(s).filter(|i| !i.is_empty())?;
+        return Some(JobId::new(id));
+    }
+    let raw = s.raw()?;
+    whole(raw)?;
+    Some(JobId::new(raw))
+}
+
+/// The messages written into `out` as the body writes them (each
+/// `{"content":...,"role":...}`); the characters the token estimate counts (each message's
+/// content and 16).
+fn messages(s: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<usize> {
+    let start = out.len();
+    out.push(b'[');
+    let mut chars = 0;
+    s.array(|s| {
+        let (mut role, mut content) = (None, None);
+        s.object(|s, key| match key {
+            "role" if role.is_none() => {
+                role = Some(plain_string(s)?);
+                Some(())
+            }
+            "content" if content.is_none() && s.peek()? == b'"' => {
+                content = Some(s.text()?);
+                Some(())
+            }
+            _ => None,
+        })?;
+        let (role, content) = (role?, content?);
+        if out.len() > start + 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"content\":");
+        crate::json_write::string(out, &content).ok()?;
+        out.extend_from_slice(b",\"role\":");
+        quoted(out, role);
+        out.push(b'}');
+        chars += content.chars().count() + 16;
+        Some(())
+    })?;
+    if out.len() == start + 1 {
+        return None;
+    }
+    out.push(b']');
+    Some(chars)
+}
