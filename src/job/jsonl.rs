@@ -512,6 +512,10 @@ mod tests {
                 id_field: Some("id".into()),
                 ..model()
             },
+            JobDefaults {
+                template: Some(Template::parse("{text}").unwrap()),
+                ..model()
+            },
         ];
         for d in added {
             assert!(!same_as_general(&Arc::new(d), LINES[0].1));

@@ -16,7 +16,9 @@ use serde_json::Map;
 
 /// The job on line `line` (the file's `index`-th), or None for the general reading.
 pub(super) fn job(d: &JobDefaults, text: &str, index: u64, line: u64) -> Option<Job> {
-    if !d.params.is_empty() || d.system.is_some() || d.id_field.is_some() {
+    // A template run's lines are plain records; the run's additions are the general
+    // reading's to make.
+    if !d.params.is_empty() || d.system.is_some() || d.id_field.is_some() || d.template.is_some() {
         return None;
     }
     let mut s = Scan::new(text);
