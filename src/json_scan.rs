@@ -58,9 +58,16 @@ impl<'a> Scan<'a> {
     }
 
     /// The next byte after whitespace, not taken.
+    #[inline]
     pub(crate) fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.b.get(self.at).copied()
+        // Compact JSON has no whitespace: one comparison for the usual byte.
+        match self.b.get(self.at) {
+            Some(&c) if c > b' ' => Some(c),
+            _ => {
+                self.ws();
+                self.b.get(self.at).copied()
+            }
+        }
     }
 
     pub(crate) fn eat(&mut self, c: u8) -> Option<()> {
@@ -257,6 +264,7 @@ impl<'a> Scan<'a> {
 
     /// A string checked (its escapes well formed, no control characters): its text between
     /// the quotes, and whether it holds an escape.
+    #[inline]
     fn plain_run(&mut self) -> Option<(&'a str, bool)> {
         self.at += 1;
         let start = self.at;
