@@ -6,7 +6,7 @@
 //! number they would have to convert, nesting over 64) to serde_json, by giving None.
 
 /// How deep values may nest before the reading leaves them to serde_json.
-pub(crate) const MAX_DEPTH: u32 = 64;
+const MAX_DEPTH: u32 = 64;
 
 /// Bytes that end a string's plain run: the quote, the backslash and control characters.
 static STOP: [bool; 256] = {
@@ -21,6 +21,12 @@ static STOP: [bool; 256] = {
     t
 };
 
+/// Marks a field as read, None when it was read before (serde refuses a field named twice).
+pub(crate) fn first(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
+}
+
+/// A text being read, and where the reading is in it.
 pub(crate) struct Scan<'a> {
     text: &'a str,
     b: &'a [u8],
@@ -43,15 +49,8 @@ impl<'a> Scan<'a> {
         self.ws();
         self.at == self.b.len()
     }
-}
 
-/// Marks a field as read, None when it was read before (serde refuses a field named twice).
-pub(crate) fn first(seen: &mut bool) -> Option<()> {
-    (!std::mem::replace(seen, true)).then_some(())
-}
-
-impl<'a> Scan<'a> {
-    pub(crate) fn ws(&mut self) {
+    fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.b.get(self.at) {
             self.at += 1;
         }

@@ -459,6 +459,8 @@ mod tests {
         (false, r#"{"id":"a","model":"","messages":[{"role":"user","content":"x"}]}"#),
         (false, r#"{"id":"","messages":[{"role":"user","content":"x"}]}"#),
         (false, r#"{"id":"a","id":"b","messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"id":"a","model":"x","temperature":1,"temperature":2,"messages":[{"role":"user","content":"x"}]}"#),
+        (false, r#"{"metadata":{},"id":"a","metadata":{},"messages":[{"role":"user","content":"x"}]}"#),
         (false, r#"{"id":"a","messages":[{"role":"user","role":"user","content":"x"}]}"#),
         (false, r#"{"id":"a","max_tokens":-1,"messages":[{"role":"user","content":"x"}]}"#),
         (false, r#"{"id":"a","max_tokens":1.5,"messages":[{"role":"user","content":"x"}]}"#),

@@ -27,18 +27,12 @@ pub(super) fn job(d: &JobDefaults, text: &str, index: u64, line: u64) -> Option<
     if !s.at_end() {
         return None;
     }
-    l.keys.sort_unstable();
-    if l.keys.windows(2).any(|w| w[0] == w[1]) {
-        return None;
-    }
     l.into_job(d, index, line)
 }
 
 /// What a line holds, as it is read.
 #[derive(Default)]
 struct Line<'a> {
-    /// Every key, for a key named twice.
-    keys: Vec<&'a str>,
     id: Option<JobId>,
     model: Option<&'a str>,
     /// The characters of the messages' token estimate; None until they are read.
@@ -54,11 +48,14 @@ struct Line<'a> {
 
 impl<'a> Line<'a> {
     fn member(&mut self, s: &mut Scan<'a>, key: &'a str) -> Option<()> {
-        self.keys.push(key);
         let start = self.values.len();
+        // A key named twice: `id` and `metadata` here, the body's keys once they are sorted.
         match key {
-            "id" => return id(s).map(|id| self.id = Some(id)),
-            "metadata" => return s.raw().map(|raw| self.metadata = Some(raw)),
+            "id" if self.id.is_none() => return id(s).map(|id| self.id = Some(id)),
+            "metadata" if self.metadata.is_none() => {
+                return s.raw().map(|raw| self.metadata = Some(raw))
+            }
+            "id" | "metadata" => return None,
             "model" => {
                 let model = plain_string(s).filter(|m| !m.is_empty())?;
                 self.model = Some(model);
@@ -105,6 +102,9 @@ impl<'a> Line<'a> {
             },
         };
         self.body.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        if self.body.windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
         let mut body = Vec::with_capacity(self.values.len() + 16 * self.body.len());
         for (i, (key, value)) in self.body.iter().enumerate() {
             body.push(if i == 0 { b'{' } else { b',' });

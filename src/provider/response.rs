@@ -207,18 +207,18 @@ fn scanned_usage(u: super::scan::ScannedUsage<'_>) -> Option<UsageRead> {
         completion_tokens: u.completion_tokens,
         total_tokens: u.total_tokens,
         cost: money(u.cost)?,
-        prompt_tokens_details: u.prompt.map(|(cached, write)| PlainPrompt {
-            cached_tokens: cached,
-            cache_write_tokens: write,
+        prompt_tokens_details: u.prompt_details.then_some(PlainPrompt {
+            cached_tokens: u.cached_tokens,
+            cache_write_tokens: u.cache_write_tokens,
         }),
-        completion_tokens_details: u.reasoning.map(|r| PlainCompletion {
-            reasoning_tokens: r,
+        completion_tokens_details: u.completion_details.then_some(PlainCompletion {
+            reasoning_tokens: u.reasoning_tokens,
         }),
-        cost_details: match u.upstream {
-            Some(t) => Some(PlainCost {
-                upstream_inference_cost: money(t)?,
+        cost_details: match u.cost_details {
+            true => Some(PlainCost {
+                upstream_inference_cost: money(u.upstream_inference_cost)?,
             }),
-            None => None,
+            false => None,
         },
     })
 }

@@ -35,19 +35,21 @@ pub(super) fn completion(text: &str) -> Option<Scanned<'_>> {
 
 /// `usage` as nearly every provider writes it: each count a whole number (or null), each cost
 /// a number (or null, its text kept for serde_json to convert as it would). None for anything
-/// else, a field named twice included.
+/// else, a field named twice included. A details object's fields are read only when it is
+/// an object (`*_details` true), as serde reads them into an `Option` of a struct.
 #[derive(Default)]
 pub(super) struct ScannedUsage<'a> {
     pub(super) prompt_tokens: Option<u64>,
     pub(super) completion_tokens: Option<u64>,
     pub(super) total_tokens: Option<u64>,
     pub(super) cost: Option<&'a str>,
-    /// `prompt_tokens_details`, when it is an object.
-    pub(super) prompt: Option<(Option<u64>, Option<u64>)>,
-    /// `completion_tokens_details.reasoning_tokens`, when the details are an object.
-    pub(super) reasoning: Option<Option<u64>>,
-    /// `cost_details.upstream_inference_cost`, when the details are an object.
-    pub(super) upstream: Option<Option<&'a str>>,
+    pub(super) prompt_details: bool,
+    pub(super) cached_tokens: Option<u64>,
+    pub(super) cache_write_tokens: Option<u64>,
+    pub(super) completion_details: bool,
+    pub(super) reasoning_tokens: Option<u64>,
+    pub(super) cost_details: bool,
+    pub(super) upstream_inference_cost: Option<&'a str>,
 }
 
 /// The `usage` in `text`, or None for serde_json to read it.
@@ -55,46 +57,49 @@ pub(super) fn usage(text: &str) -> Option<ScannedUsage<'_>> {
     let mut s = Scan::new(text);
     let mut u = ScannedUsage::default();
     let mut seen = [false; 7];
+    let mut inner = [false; 4];
     s.object(|s, key| match key {
         "prompt_tokens" => s.count(&mut seen[0], &mut u.prompt_tokens),
         "completion_tokens" => s.count(&mut seen[1], &mut u.completion_tokens),
         "total_tokens" => s.count(&mut seen[2], &mut u.total_tokens),
         "cost" => s.number_text(&mut seen[3], &mut u.cost),
         "prompt_tokens_details" => {
-            first(&mut seen[4])?;
-            let (mut cached, mut write) = (None, None);
-            let mut seen = [false; 2];
-            s.object_or_null(|s, key| match key {
-                "cached_tokens" => s.count(&mut seen[0], &mut cached),
-                "cache_write_tokens" => s.count(&mut seen[1], &mut write),
+            details(s, &mut seen[4], &mut u.prompt_details, |s, key| match key {
+                "cached_tokens" => s.count(&mut inner[0], &mut u.cached_tokens),
+                "cache_write_tokens" => s.count(&mut inner[1], &mut u.cache_write_tokens),
                 _ => s.skip(),
-            })?
-            .then(|| u.prompt = Some((cached, write)));
-            Some(())
+            })
         }
-        "completion_tokens_details" => {
-            first(&mut seen[5])?;
-            let (mut reasoning, mut once) = (None, false);
-            s.object_or_null(|s, key| match key {
-                "reasoning_tokens" => s.count(&mut once, &mut reasoning),
+        "completion_tokens_details" => details(
+            s,
+            &mut seen[5],
+            &mut u.completion_details,
+            |s, key| match key {
+                "reasoning_tokens" => s.count(&mut inner[2], &mut u.reasoning_tokens),
                 _ => s.skip(),
-            })?
-            .then(|| u.reasoning = Some(reasoning));
-            Some(())
-        }
-        "cost_details" => {
-            first(&mut seen[6])?;
-            let (mut upstream, mut once) = (None, false);
-            s.object_or_null(|s, key| match key {
-                "upstream_inference_cost" => s.number_text(&mut once, &mut upstream),
-                _ => s.skip(),
-            })?
-            .then(|| u.upstream = Some(upstream));
-            Some(())
-        }
+            },
+        ),
+        "cost_details" => details(s, &mut seen[6], &mut u.cost_details, |s, key| match key {
+            "upstream_inference_cost" => {
+                s.number_text(&mut inner[3], &mut u.upstream_inference_cost)
+            }
+            _ => s.skip(),
+        }),
         _ => s.skip(),
     })?;
     s.at_end().then_some(u)
+}
+
+/// A details object of `usage` (its fields through `f`) or null, read once.
+fn details<'a>(
+    s: &mut Scan<'a>,
+    seen: &mut bool,
+    object: &mut bool,
+    f: impl FnMut(&mut Scan<'a>, &'a str) -> Option<()>,
+) -> Option<()> {
+    first(seen)?;
+    *object = s.object_or_null(f)?;
+    Some(())
 }
 
 /// The top-level object.
