@@ -98,8 +98,8 @@ pub async fn calibrate(cfg: &RunConfig, n: usize) -> Result<Calibration, String>
     let bpe = tiktoken_rs::o200k_base_singleton();
     let mut c = Calibration::default();
     for (job, (bytes, value)) in jobs {
-        let (attempt, _) = client.send(bytes.into()).await;
-        let done = match classify(attempt, std::time::SystemTime::now()) {
+        let (attempt, _) = client.send(&bytes.into()).await;
+        let done = match classify(attempt, std::time::SystemTime::now) {
             Verdict::Done(done) => done,
             Verdict::Retry { message, .. }
             | Verdict::Fail { message, .. }

@@ -189,6 +189,27 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// Where the scan is, for [`Scan::since`].
+    pub(crate) fn mark(&self) -> usize {
+        self.at
+    }
+
+    /// The text from `mark` to the scan.
+    pub(crate) fn since(&self, mark: usize) -> Option<&'a str> {
+        self.text.get(mark..self.at)
+    }
+
+    /// `f`'s reading from here; when it gives None the scan is put back where it was, for
+    /// another reading of the same text.
+    pub(crate) fn or_back<T>(&mut self, f: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
+        let (at, depth) = (self.at, self.depth);
+        let read = f(self);
+        if read.is_none() {
+            (self.at, self.depth) = (at, depth);
+        }
+        read
+    }
+
     /// A value's text, as written.
     pub(crate) fn raw(&mut self) -> Option<&'a str> {
         self.ws();
@@ -303,7 +324,7 @@ impl<'a> Scan<'a> {
 /// Where the plain run of a string's bytes from `at` ends: at a quote, a backslash, a control
 /// character or the end. Eight bytes at a time (the lowest byte the bit tricks flag is always
 /// one of them), then byte by byte.
-fn plain_until(b: &[u8], mut at: usize) -> usize {
+pub(crate) fn plain_until(b: &[u8], mut at: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;

@@ -41,6 +41,7 @@ pub(crate) mod json_write;
 pub(crate) mod limit;
 pub(crate) mod metrics;
 pub mod mock;
+pub mod name_hash;
 pub mod output;
 pub(crate) mod paths;
 pub(crate) mod prices_sync;

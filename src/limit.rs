@@ -49,6 +49,12 @@ pub trait RateLimit: Send + Sync {
         &self,
         tokens: u64,
     ) -> Pin<Box<dyn Future<Output = Result<Grant, Unreachable>> + Send + '_>>;
+    /// A grant without waiting, when one can be had at once and nothing is owed a remote
+    /// store; None otherwise (the caller then uses [`RateLimit::acquire`]).
+    fn try_acquire(&self, tokens: u64) -> Option<Grant> {
+        let _ = tokens;
+        None
+    }
     /// Settles a grant with the tokens the response really used.
     fn reconcile(&self, grant: Grant, actual: u64);
     /// The provider says its quota is used up until `d` from now: nobody sends until then.
@@ -72,6 +78,9 @@ impl RateLimit for Limiter {
         tokens: u64,
     ) -> Pin<Box<dyn Future<Output = Result<Grant, Unreachable>> + Send + '_>> {
         Box::pin(async move { Ok(Limiter::acquire(self, tokens).await) })
+    }
+    fn try_acquire(&self, tokens: u64) -> Option<Grant> {
+        Limiter::try_acquire(self, tokens)
     }
     fn reconcile(&self, grant: Grant, actual: u64) {
         Limiter::reconcile(self, grant, actual)
@@ -440,43 +449,54 @@ impl Limiter {
     pub async fn acquire(&self, tokens: u64) -> Grant {
         let _turn = self.turn.lock().await;
         loop {
-            let wait = {
-                let now = Instant::now();
-                let mut s = self.state();
-                s.found_raise(now);
-                s.refill(now);
-                let f = s.factor(now);
-                let pause = s
-                    .paused_until
-                    .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
-                let fr = s.requests_factor(now);
-                let req = s
-                    .requests
-                    .as_ref()
-                    .map_or(Duration::ZERO, |b| b.wait_for(1.0, fr));
-                if !req.is_zero() {
-                    if let Some(f) = s.finding.as_mut() {
-                        f.binding = true;
-                    }
-                }
-                // A job larger than the burst waits for a full bucket, then goes alone.
-                let tok = s.tokens.as_ref().map_or(Duration::ZERO, |b| {
-                    b.wait_for((tokens as f64).min(b.capacity), f)
-                });
-                let wait = pause.max(req).max(tok);
-                if wait.is_zero() {
-                    if let Some(b) = s.requests.as_mut() {
-                        b.level -= 1.0;
-                    }
-                    if let Some(b) = s.tokens.as_mut() {
-                        b.level -= tokens as f64;
-                    }
-                    return Grant { tokens };
-                }
-                wait
-            };
-            tokio::time::sleep(wait).await;
+            match self.charge(tokens, Instant::now()) {
+                Ok(grant) => return grant,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
         }
+    }
+
+    /// A grant at once when nobody waits for one and no limit makes this request wait; None
+    /// sends the caller to [`Limiter::acquire`] (which queues it behind any waiting request).
+    pub fn try_acquire(&self, tokens: u64) -> Option<Grant> {
+        let _turn = self.turn.try_lock().ok()?;
+        self.charge(tokens, Instant::now()).ok()
+    }
+
+    /// Charges one request of `tokens` at `now`, or says how long it must wait.
+    fn charge(&self, tokens: u64, now: Instant) -> Result<Grant, Duration> {
+        let mut s = self.state();
+        s.found_raise(now);
+        s.refill(now);
+        let f = s.factor(now);
+        let pause = s
+            .paused_until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        let fr = s.requests_factor(now);
+        let req = s
+            .requests
+            .as_ref()
+            .map_or(Duration::ZERO, |b| b.wait_for(1.0, fr));
+        if !req.is_zero() {
+            if let Some(f) = s.finding.as_mut() {
+                f.binding = true;
+            }
+        }
+        // A job larger than the burst waits for a full bucket, then goes alone.
+        let tok = s.tokens.as_ref().map_or(Duration::ZERO, |b| {
+            b.wait_for((tokens as f64).min(b.capacity), f)
+        });
+        let wait = pause.max(req).max(tok);
+        if !wait.is_zero() {
+            return Err(wait);
+        }
+        if let Some(b) = s.requests.as_mut() {
+            b.level -= 1.0;
+        }
+        if let Some(b) = s.tokens.as_mut() {
+            b.level -= tokens as f64;
+        }
+        Ok(Grant { tokens })
     }
 
     /// Settles a grant with the tokens the response really used.

@@ -3,16 +3,66 @@
 
 use bulkprompt::cli::{Cli, LogFormat};
 use clap::{CommandFactory, FromArgMatches};
+use std::alloc::{GlobalAlloc, Layout};
 
 // Thousands of small allocations a second across threads (request bodies, responses, records):
 // mimalloc spends about a third less CPU on them than glibc's malloc here.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Allocator = Allocator;
 
-#[cfg(target_os = "linux")]
 extern "C" {
-    /// mimalloc's own (libmimalloc-sys links it; its Rust binding is behind a feature).
+    // mimalloc's own (libmimalloc-sys links them).
+    #[cfg(target_os = "linux")]
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    fn mi_malloc(size: usize) -> *mut std::ffi::c_void;
+    fn mi_zalloc(size: usize) -> *mut std::ffi::c_void;
+    fn mi_realloc(p: *mut std::ffi::c_void, size: usize) -> *mut std::ffi::c_void;
+}
+
+/// mimalloc, asked through its plain entry points for what needs no more than a word's
+/// alignment (nearly everything: strings, byte buffers, boxes): every block it hands out is
+/// word-aligned, and `mi_malloc` is about half the instructions of the `mi_malloc_aligned` that
+/// `mimalloc::MiMalloc` calls for every allocation (some 30 a request). Wider alignments (a
+/// task's cell is 128) go to `MiMalloc` as before; both are freed by `mi_free`.
+struct Allocator;
+
+/// What every mimalloc block is aligned to.
+const WORD: usize = std::mem::size_of::<usize>();
+
+// SAFETY: each call is mimalloc's, whose blocks are word-aligned; a layout asking for more goes
+// to MiMalloc, which honours any alignment.
+unsafe impl GlobalAlloc for Allocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= WORD {
+            mi_malloc(layout.size()).cast()
+        } else {
+            mimalloc::MiMalloc.alloc(layout)
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.align() <= WORD {
+            mi_zalloc(layout.size()).cast()
+        } else {
+            mimalloc::MiMalloc.alloc_zeroed(layout)
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        mimalloc::MiMalloc.dealloc(ptr, layout)
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        if layout.align() <= WORD {
+            mi_realloc(ptr.cast(), size).cast()
+        } else {
+            mimalloc::MiMalloc.realloc(ptr, layout, size)
+        }
+    }
 }
 /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e`.
 #[cfg(target_os = "linux")]
@@ -90,4 +140,45 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every size and alignment a program asks for comes back aligned, zeroed when asked, and
+    /// keeps its bytes through a realloc, whichever entry point serves it.
+    #[test]
+    fn the_allocator_honours_every_alignment() {
+        for align in [1, 2, 4, 8, 16, 32, 64, 128, 4096] {
+            for size in [1, 7, 8, 9, 24, 40, 100, 1000, 5000, 70_000, 3 << 20] {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                // SAFETY: a non-zero layout, freed with the same layout.
+                unsafe {
+                    let p = Allocator.alloc_zeroed(layout);
+                    assert!(
+                        !p.is_null() && (p as usize).is_multiple_of(align),
+                        "{size} {align}"
+                    );
+                    assert!(std::slice::from_raw_parts(p, size).iter().all(|b| *b == 0));
+                    std::ptr::write_bytes(p, 0xAB, size);
+                    let q = Allocator.realloc(p, layout, size * 3);
+                    assert!(
+                        !q.is_null() && (q as usize).is_multiple_of(align),
+                        "{size} {align}"
+                    );
+                    assert!(std::slice::from_raw_parts(q, size)
+                        .iter()
+                        .all(|b| *b == 0xAB));
+                    Allocator.dealloc(q, Layout::from_size_align(size * 3, align).unwrap());
+                    let r = Allocator.alloc(layout);
+                    assert!(
+                        !r.is_null() && (r as usize).is_multiple_of(align),
+                        "{size} {align}"
+                    );
+                    Allocator.dealloc(r, layout);
+                }
+            }
+        }
+    }
 }

@@ -52,8 +52,23 @@ impl fmt::Display for JobId {
 
 /// A 128-bit hash of a job id, stored as two `u64`s so that a map entry keyed by it packs into
 /// 24 bytes with an 8-byte value (a `u128` would force 16-byte alignment and 32-byte entries).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct IdKey([u64; 2]);
+
+/// The derived order (the first word, then the second), compared as one number: the derived
+/// one walks the array as a slice, and a million ids are sorted, then searched, every run.
+impl Ord for IdKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let wide = |k: &IdKey| (u128::from(k.0[0]) << 64) | u128::from(k.0[1]);
+        wide(self).cmp(&wide(other))
+    }
+}
+
+impl PartialOrd for IdKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl IdKey {
     /// 32 hex digits, for stores outside the process (the coordinator's done ids).
@@ -106,16 +121,28 @@ impl Fingerprint {
     }
 }
 
-impl fmt::Display for Fingerprint {
+impl Fingerprint {
     /// 32 hex digits, as `{:032x}` writes them (a record each: without the formatter's
-    /// padding machinery).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// padding machinery, in a string of its size).
+    pub fn hex(&self) -> String {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = [0u8; 32];
-        for (i, d) in hex.iter_mut().enumerate() {
-            *d = DIGITS[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
+        let mut hex = vec![0u8; 32];
+        for (half, word) in hex
+            .chunks_exact_mut(16)
+            .zip([(self.0 >> 64) as u64, self.0 as u64])
+        {
+            for (i, d) in half.iter_mut().enumerate() {
+                *d = DIGITS[((word >> (60 - 4 * i)) & 0xf) as usize];
+            }
         }
-        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+        // Hex digits only.
+        String::from_utf8(hex).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
     }
 }
 
@@ -251,7 +278,21 @@ pub fn approx_tokens(chars: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::Fingerprint;
+    use super::{Fingerprint, IdKey};
+
+    #[test]
+    fn id_keys_order_as_their_words_do() {
+        let words = [0, 1, u64::MAX / 2, u64::MAX / 2 + 1, u64::MAX];
+        for a in words {
+            for b in words {
+                for c in words {
+                    for d in words {
+                        assert_eq!(IdKey([a, b]).cmp(&IdKey([c, d])), [a, b].cmp(&[c, d]));
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_fingerprint_is_written_as_32_hex_digits() {

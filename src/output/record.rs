@@ -199,23 +199,49 @@ pub fn timestamp(t: std::time::SystemTime) -> String {
 fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
     let secs = since_epoch.as_secs();
     let (days, in_day) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
     let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut n: u64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, in_day / 3600);
-    put(14, 2, in_day / 60 % 60);
-    put(17, 2, in_day % 60);
-    put(20, 3, u64::from(since_epoch.subsec_millis()));
+    out[..10].copy_from_slice(&date(days));
+    let ms = u64::from(since_epoch.subsec_millis());
+    for (at, n) in [
+        (11, in_day / 3600),
+        (14, in_day / 60 % 60),
+        (17, in_day % 60),
+        (21, ms % 100),
+    ] {
+        out[at] = b'0' + (n / 10) as u8;
+        out[at + 1] = b'0' + (n % 10) as u8;
+    }
+    out[20] = b'0' + (ms / 100) as u8;
     // Digits and ASCII punctuation only.
     String::from_utf8(out.to_vec()).unwrap_or_default()
+}
+
+/// `YYYY-MM-DD` of a day counted from 1970-01-01: worked out once a day a thread, not twice
+/// a record.
+fn date(days: u64) -> [u8; 10] {
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, [u8; 10])> =
+            const { std::cell::Cell::new((u64::MAX, [0; 10])) };
+    }
+    LAST.with(|last| {
+        let (day, text) = last.get();
+        if day == days {
+            return text;
+        }
+        let (year, month, day) = civil_from_days(days);
+        let mut text = *b"0000-00-00";
+        let mut put = |at: usize, width: usize, mut n: u64| {
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        last.set((days, text));
+        text
+    })
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
@@ -250,6 +276,8 @@ mod tests {
             times.push((secs, 999));
             secs = secs * 3 / 2 + 86_399;
         }
+        // Seconds in a row across a midnight: the day's text kept, then worked out again.
+        times.extend((0..5_000).map(|i| (1_796_601_600 - 2_500 + i, (i % 1000) as u32)));
         times.extend([
             (0, 0),
             (86_399, 999),

@@ -55,8 +55,8 @@ pub enum Verdict {
     },
 }
 
-/// Judges one attempt. `now` resolves `Retry-After` dates.
-pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
+/// Judges one attempt. `now` resolves `Retry-After` dates (read only for a refusal).
+pub fn classify(attempt: Attempt, now: impl FnOnce() -> SystemTime) -> Verdict {
     let (status, retry_after, reset_requests, reset_tokens, body) = match attempt {
         Attempt::Transport { kind, message } => {
             return Verdict::Retry {
@@ -95,6 +95,7 @@ pub fn classify(attempt: Attempt, now: SystemTime) -> Verdict {
             },
         };
     }
+    let now = now();
     let refusal = super::refusal::parse(&body);
     let header_wait = || {
         retry_after
@@ -204,7 +205,7 @@ mod tests {
                 429,
                 r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","code":"insufficient_quota"}}"#,
             ),
-            now(),
+            now,
         ));
         assert!(m.starts_with("You exceeded your current quota"), "{m}");
         // OpenRouter: 402.
@@ -213,7 +214,7 @@ mod tests {
                 402,
                 r#"{"error":{"code":402,"message":"Insufficient credits"}}"#,
             ),
-            now(),
+            now,
         ));
         assert_eq!(m, "Insufficient credits");
         // AIML API: 403 with its own shape.
@@ -222,7 +223,7 @@ mod tests {
                 403,
                 r#"{"message":"Insufficient balance","path":"/v1/chat/completions","requestId":"r","statusCode":403,"timestamp":"t"}"#,
             ),
-            now(),
+            now,
         ));
         assert_eq!(m, "Insufficient balance");
         // Gemini: a per-day quota stops the run, naming the quota.
@@ -231,7 +232,7 @@ mod tests {
                 429,
                 r#"[{"error":{"code":429,"message":"Quota exceeded.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}]"#,
             ),
-            now(),
+            now,
         ));
         assert!(
             m.contains("GenerateRequestsPerDayPerProjectPerModel-FreeTier")
@@ -244,7 +245,7 @@ mod tests {
                 429,
                 r#"[{"error":{"code":429,"message":"Please retry in 47.2s.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"47s"}]}}]"#,
             ),
-            now(),
+            now,
         ) {
             Verdict::Retry {
                 kind: ErrorKind::RateLimited,
@@ -259,10 +260,7 @@ mod tests {
         }
         // A bad key stays an authentication stop.
         assert!(matches!(
-            classify(
-                http(401, r#"{"error":{"message":"Invalid API key"}}"#),
-                now()
-            ),
+            classify(http(401, r#"{"error":{"message":"Invalid API key"}}"#), now),
             Verdict::Abort {
                 kind: ErrorKind::Auth,
                 ..
@@ -272,12 +270,12 @@ mod tests {
 
     #[test]
     fn success_parses() {
-        assert!(matches!(classify(http(200, OK), now()), Verdict::Done(_)));
+        assert!(matches!(classify(http(200, OK), now), Verdict::Done(_)));
     }
 
     #[test]
     fn unreadable_200_and_error_in_200_are_retried() {
-        let v = classify(http(200, "<html>oops"), now());
+        let v = classify(http(200, "<html>oops"), now);
         assert!(
             matches!(
                 v,
@@ -293,7 +291,7 @@ mod tests {
                 200,
                 r#"{"error":{"message":"upstream overloaded","code":502}}"#,
             ),
-            now(),
+            now,
         );
         match v {
             Verdict::Retry {
@@ -317,7 +315,7 @@ mod tests {
             body: bytes::Bytes::new(),
         };
         assert!(
-            matches!(classify(a, now()), Verdict::Retry { kind: ErrorKind::RateLimited, after: Some(d), .. } if d == Duration::from_secs(7))
+            matches!(classify(a, now), Verdict::Retry { kind: ErrorKind::RateLimited, after: Some(d), .. } if d == Duration::from_secs(7))
         );
         let a = Attempt::Http {
             status: 429,
@@ -329,7 +327,7 @@ mod tests {
             body: bytes::Bytes::new(),
         };
         assert!(
-            matches!(classify(a, now()), Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(360))
+            matches!(classify(a, now), Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(360))
         );
     }
 
@@ -337,14 +335,14 @@ mod tests {
     fn statuses_map_to_decisions() {
         for s in [408, 409, 425, 500, 502, 503, 504] {
             assert!(
-                matches!(classify(http(s, ""), now()), Verdict::Retry { .. }),
+                matches!(classify(http(s, ""), now), Verdict::Retry { .. }),
                 "{s}"
             );
         }
         for s in [400, 404, 413, 422] {
             assert!(
                 matches!(
-                    classify(http(s, ""), now()),
+                    classify(http(s, ""), now),
                     Verdict::Fail {
                         kind: ErrorKind::Client,
                         ..
@@ -356,7 +354,7 @@ mod tests {
         for s in [401, 403] {
             assert!(
                 matches!(
-                    classify(http(s, ""), now()),
+                    classify(http(s, ""), now),
                     Verdict::Abort {
                         kind: ErrorKind::Auth,
                         ..
@@ -374,7 +372,7 @@ mod tests {
             message: "timed out".into(),
         };
         assert!(matches!(
-            classify(a, now()),
+            classify(a, now),
             Verdict::Retry {
                 kind: ErrorKind::Timeout,
                 ..

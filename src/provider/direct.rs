@@ -155,7 +155,7 @@ impl Direct {
     }
 
     /// Posts `body` and reads the answer whole (up to `max` bytes), within the timeout.
-    pub(super) async fn post(&self, body: Bytes, max: usize) -> Received {
+    pub(super) async fn post(&self, body: &[u8], max: usize) -> Received {
         let timeout = self.shared.timeout;
         // Boxed where it is made: every future above it (the timeout, the client's, the
         // job's) stays small, and is not copied whole at each layer as it is made.
@@ -174,12 +174,12 @@ impl Direct {
 
     /// One request on one connection, which goes back to the pool only once its answer was
     /// read whole (a request dropped half way, by the timeout or a stop, closes it).
-    async fn exchange(&self, body: Bytes, max: usize) -> Received {
+    async fn exchange(&self, body: &[u8], max: usize) -> Received {
         let mut conn = match self.checkout().await {
             Ok(c) => c,
             Err(message) => return failed(message),
         };
-        if let Err(e) = http1::write_request(&mut conn.stream, &self.shared.head, &body).await {
+        if let Err(e) = http1::write_request(&mut conn.stream, &self.shared.head, body).await {
             return failed(format!("sending the request: {e}"));
         }
         match http1::read_answer(&mut conn.stream, &mut conn.buf, max).await {
@@ -439,7 +439,7 @@ mod tests {
     }
 
     async fn ok(d: &Direct, n: usize) {
-        match d.post(Bytes::from_static(b"{\"q\":1}"), 1 << 20).await {
+        match d.post(b"{\"q\":1}", 1 << 20).await {
             Received::Answer { status, body, .. } => {
                 assert_eq!(status, 200);
                 assert_eq!(body, format!("{{\"n\":{n}}}").as_bytes());
@@ -490,7 +490,7 @@ mod tests {
         let mut all = tokio::task::JoinSet::new();
         for _ in 0..64 {
             let d = d.clone();
-            all.spawn(async move { d.post(Bytes::from_static(b"{}"), 1 << 20).await });
+            all.spawn(async move { d.post(b"{}", 1 << 20).await });
         }
         let mut seen = std::collections::HashSet::new();
         while let Some(r) = all.join_next().await {
@@ -517,7 +517,7 @@ mod tests {
         let busy = d.checkout().await.expect("the idle connection");
         let waiting = {
             let d = d.clone();
-            tokio::spawn(async move { d.post(Bytes::from_static(b"{}"), 1 << 20).await })
+            tokio::spawn(async move { d.post(b"{}", 1 << 20).await })
         };
         // The request is polled: no idle connection, so it waits and starts its own.
         tokio::task::yield_now().await;
@@ -549,7 +549,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let d = client(&format!("http://{addr}/v1/chat/completions"));
-        match d.post(Bytes::from_static(b"{}"), 1024).await {
+        match d.post(b"{}", 1024).await {
             Received::Failed { message, timed_out } => {
                 assert!(!timed_out);
                 assert!(

@@ -146,7 +146,7 @@ impl Client {
 
     /// One attempt: sends `body` and reads the answer (up to the size cap). Every text in the
     /// result (body, transport error) has the run's secrets scrubbed out already.
-    pub async fn send(&self, body: Bytes) -> (Attempt, Duration) {
+    pub async fn send(&self, body: &Bytes) -> (Attempt, Duration) {
         let started = Instant::now();
         let mut attempt = self.try_send(body).await;
         match &mut attempt {
@@ -159,12 +159,12 @@ impl Client {
         (attempt, started.elapsed())
     }
 
-    async fn try_send(&self, body: Bytes) -> Attempt {
+    async fn try_send(&self, body: &Bytes) -> Attempt {
         let limit = self.max_response_bytes;
         let received = match &self.direct {
             Some(d) => d.post(body, limit).await,
             // Boxed as the direct client's exchange is: see `Direct::post`.
-            None => Box::pin(self.via_reqwest(body)).await,
+            None => Box::pin(self.via_reqwest(body.clone())).await,
         };
         match received {
             Received::Answer {

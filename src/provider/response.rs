@@ -170,10 +170,15 @@ struct PlainCost {
 
 /// `usage` read from its text.
 fn usage_of(raw: Option<&str>) -> UsageRead {
+    usage_from(raw, raw.and_then(super::scan::usage))
+}
+
+/// `usage` read from its text, its fields already scanned when they have the usual shape.
+fn usage_from(raw: Option<&str>, fields: Option<super::scan::ScannedUsage<'_>>) -> UsageRead {
     let Some(raw) = raw else {
         return read_usage(None);
     };
-    if let Some(read) = super::scan::usage(raw).and_then(scanned_usage) {
+    if let Some(read) = fields.and_then(scanned_usage) {
         return read;
     }
     if let Some(read) = plain_usage(raw) {
@@ -384,21 +389,23 @@ fn by_serde(body: &[u8], utf8: Option<&str>) -> Result<Completion, String> {
 /// The answer [`super::scan`] read, as serde_json's reading gives it; None when its tool
 /// calls cannot be kept as text (never, for text the scan checked).
 fn scanned(s: super::scan::Scanned<'_>) -> Option<Completion> {
-    let mut choices = Vec::with_capacity(s.choices.len());
-    for c in s.choices {
+    let mut choices = s.choices.into_iter().map(|c| {
         let tool_calls = match c.tool_calls {
             None | Some("null") => None,
             Some(raw) => Some(RawValue::from_string(raw.to_owned()).ok()?),
         };
-        choices.push(OtherChoice {
+        Some(OtherChoice {
             content: c.content,
             finish_reason: c.finish_reason,
             tool_calls,
-        });
-    }
-    let mut choices = choices.into_iter();
-    let first = choices.next()?;
-    let usage = usage_of(s.usage);
+        })
+    });
+    let first = choices.next()??;
+    let more = choices.collect::<Option<Vec<_>>>()?;
+    let usage = match s.usage {
+        Some((raw, fields)) => usage_from(Some(raw), fields),
+        None => usage_from(None, None),
+    };
     Some(Completion {
         content: first.content,
         finish_reason: first.finish_reason,
@@ -407,7 +414,7 @@ fn scanned(s: super::scan::Scanned<'_>) -> Option<Completion> {
         provider_cost: usage.cost,
         upstream_cost: usage.upstream,
         tool_calls: first.tool_calls,
-        more: choices.collect(),
+        more,
         usage_problem: usage.problem,
     })
 }

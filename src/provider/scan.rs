@@ -13,8 +13,9 @@ pub(super) struct Scanned<'a> {
     pub(super) choices: Vec<ScannedChoice<'a>>,
     /// `model` when it is a string.
     pub(super) model: Option<String>,
-    /// `usage`'s text, as written.
-    pub(super) usage: Option<&'a str>,
+    /// `usage`'s text, as written, and its fields when they have the usual shape (read in
+    /// the same pass).
+    pub(super) usage: Option<(&'a str, Option<ScannedUsage<'a>>)>,
 }
 
 /// One choice.
@@ -55,6 +56,23 @@ pub(super) struct ScannedUsage<'a> {
 /// The `usage` in `text`, or None for serde_json to read it.
 pub(super) fn usage(text: &str) -> Option<ScannedUsage<'_>> {
     let mut s = Scan::new(text);
+    let u = usage_fields(&mut s)?;
+    s.at_end().then_some(u)
+}
+
+/// `usage` at the scan: its text, and its fields when they have the usual shape.
+fn usage_here<'a>(s: &mut Scan<'a>) -> Option<(&'a str, Option<ScannedUsage<'a>>)> {
+    s.peek()?;
+    let start = s.mark();
+    let fields = s.or_back(usage_fields);
+    if fields.is_none() {
+        s.skip()?;
+    }
+    Some((s.since(start)?, fields))
+}
+
+/// The usage object at the scan, as [`usage`] reads it.
+fn usage_fields<'a>(s: &mut Scan<'a>) -> Option<ScannedUsage<'a>> {
     let mut u = ScannedUsage::default();
     let mut seen = [false; 7];
     let mut inner = [false; 4];
@@ -87,7 +105,7 @@ pub(super) fn usage(text: &str) -> Option<ScannedUsage<'_>> {
         }),
         _ => s.skip(),
     })?;
-    s.at_end().then_some(u)
+    Some(u)
 }
 
 /// A details object of `usage` (its fields through `f`) or null, read once.
@@ -122,7 +140,7 @@ fn body<'a>(s: &mut Scan<'a>) -> Option<Scanned<'a>> {
         }
         "usage" => {
             first(&mut usage)?;
-            body.usage = Some(s.raw()?);
+            body.usage = Some(usage_here(s)?);
             Some(())
         }
         // `error: null` is none; an error beside choices is left to serde_json.

@@ -13,6 +13,7 @@ use crate::limit::Grant;
 use crate::output::{CostSource, Record, RecordError, Retries, Status};
 use crate::provider::{classify, Attempt, Completion, ErrorKind, Verdict};
 use crate::shutdown::Phase;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 
@@ -47,7 +48,7 @@ pub(super) async fn execute(
         tries: 0,
         model_at: 0,
         model: &job.model,
-        body: base_body.clone(),
+        body: None,
         base_body,
         paid: Money::ZERO,
         invalid: 0,
@@ -59,23 +60,27 @@ pub(super) async fn execute(
         match life.attempt().await {
             Next::Again => continue,
             Next::Stop => return life.abandon(),
-            Next::Record(r) => return life.record(*r),
+            Next::Record(r) => return life.record(r),
         }
     }
 }
 
 /// The request body with the job's local images read and embedded (now, as the job goes,
 /// never held for the whole file); a record of the failure when one cannot be read.
-async fn with_images(ctx: &Ctx, job: &Job, started: SystemTime) -> Result<bytes::Bytes, Record> {
+async fn with_images<'a>(
+    ctx: &Ctx,
+    job: &'a Job,
+    started: SystemTime,
+) -> Result<Cow<'a, bytes::Bytes>, Box<Record>> {
     if job.image_files.is_empty() {
-        return Ok(job.body.clone());
+        return Ok(Cow::Borrowed(&job.body));
     }
     let _ = ctx;
     let (body, files) = (job.body.clone(), job.image_files.clone());
     let embedded = tokio::task::spawn_blocking(move || crate::job::image::embed(&body, &files))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
-    embedded.map(Into::into).map_err(|message| {
+    embedded.map(|b| Cow::Owned(b.into())).map_err(|message| {
         let mut r = base_record(job, started, 0, Duration::ZERO);
         r.status = Status::Failed;
         r.error = Some(RecordError {
@@ -98,7 +103,7 @@ enum Next {
 }
 
 /// An answer off its schema: its record so far, its cost, whether `max_tokens` cut it, why.
-struct Invalid(Record, Money, bool, String);
+struct Invalid(Box<Record>, Money, bool, String);
 
 /// A job between its attempts.
 struct Life<'a> {
@@ -118,13 +123,16 @@ struct Life<'a> {
     /// 0: the job's own model; i: the i-th `--fallback-model`.
     model_at: usize,
     model: &'a str,
-    base_body: bytes::Bytes,
-    body: bytes::Bytes,
+    /// The job's body (borrowed, as nearly always: not cloned for each attempt), or with its
+    /// images embedded.
+    base_body: Cow<'a, bytes::Bytes>,
+    /// The body for a fallback model, once one is tried.
+    body: Option<bytes::Bytes>,
     /// Paid for answers that were not kept, and the last of them as a record: written if the
     /// job ends without another (a stop), so no paid answer goes unrecorded.
     paid: Money,
     invalid: u32,
-    pending: Option<Record>,
+    pending: Option<Box<Record>>,
     /// The last attempt's.
     latency: Duration,
     /// The failed attempts that were tried again, by kind (the record's `retries`).
@@ -146,7 +154,8 @@ impl<'a> Life<'a> {
         ctx.records.counters.requests.fetch_add(1, Relaxed);
         // A stop that cannot wait ends the call by dropping the task (the live engine's
         // drain); what this job already paid for is written then ([`Life`]'s drop).
-        let (attempt, latency) = ctx.client.send(self.body.clone()).await;
+        let body = self.body.as_ref().unwrap_or(&self.base_body);
+        let (attempt, latency) = ctx.client.send(body).await;
         self.latency = latency;
         super::task::test_panic(self.job);
         self.heard(&attempt);
@@ -161,7 +170,7 @@ impl<'a> Life<'a> {
             ) => Some(body.clone()),
             _ => None,
         };
-        let verdict = classify(attempt, SystemTime::now());
+        let verdict = classify(attempt, SystemTime::now);
         slot.done(match &verdict {
             Verdict::Done(_) => crate::flight::Sample::Answer,
             Verdict::Retry {
@@ -205,7 +214,7 @@ impl<'a> Life<'a> {
                         "the provider refused the credentials (HTTP {status}): {message}; check --api-key-env and the key's access to the model"
                     ),
                 });
-                Next::Record(Box::new(self.failed(kind, Some(status), message)))
+                Next::Record(self.failed(kind, Some(status), message))
             }
         }
     }
@@ -313,7 +322,7 @@ impl<'a> Life<'a> {
         match ctx.records.answer_into(job, &mut r, c, raw.as_deref()) {
             Ok(parsed) => {
                 r.parsed = parsed;
-                Ok(Next::Record(Box::new(r)))
+                Ok(Next::Record(r))
             }
             Err(why) => Err(Box::new(Invalid(r, this, cut, why))),
         }
@@ -321,7 +330,7 @@ impl<'a> Life<'a> {
 
     /// An answer that does not match the schema: paid for, and asked again unless it was cut
     /// at `max_tokens` (the same answer bought twice) or `--retry-invalid` is used up.
-    async fn invalid(&mut self, mut r: Record, this: Money, cut: bool, why: String) -> Next {
+    async fn invalid(&mut self, mut r: Box<Record>, this: Money, cut: bool, why: String) -> Next {
         let (ctx, job) = (self.ctx, self.job);
         ctx.records.counters.invalid(this);
         self.paid += this;
@@ -350,7 +359,7 @@ impl<'a> Life<'a> {
         // The next answer is paid for too: it reserves its worst case again.
         let held = match again {
             true => ctx
-                .reserve(ctx.money.worst_case_of(job, self.model))
+                .reserve(|| ctx.money.worst_case_of(job, self.model))
                 .await
                 .ok(),
             false => None,
@@ -363,7 +372,7 @@ impl<'a> Life<'a> {
                 self.pending = Some(r);
                 Next::Again
             }
-            None => Next::Record(Box::new(r)),
+            None => Next::Record(r),
         }
     }
 
@@ -442,7 +451,7 @@ impl<'a> Life<'a> {
             "{message} (gave up after {attempts} attempt{})",
             if attempts == 1 { "" } else { "s" }
         );
-        Next::Record(Box::new(self.failed(kind, status, message)))
+        Next::Record(self.failed(kind, status, message))
     }
 
     /// A refusal for good: the wrong URL (the run stops), the next model when this one is not
@@ -472,7 +481,7 @@ impl<'a> Life<'a> {
         let message = self.retired(status, message);
         let next = match ctx.policy.fallback_models.get(self.model_at) {
             Some(next) if model_unavailable(status, &message) => next,
-            _ => return Next::Record(Box::new(self.failed(kind, status, message))),
+            _ => return Next::Record(self.failed(kind, status, message)),
         };
         tracing::debug!(id = %self.job.id, "model {:?} not available ({message}): trying {next:?}", self.model);
         self.retried_for(kind);
@@ -483,18 +492,18 @@ impl<'a> Life<'a> {
         };
         h.settle(Money::ZERO);
         match ctx
-            .reserve(ctx.money.worst_case_of(self.job, self.model))
+            .reserve(|| ctx.money.worst_case_of(self.job, self.model))
             .await
         {
             Ok(h) => {
                 self.hold = h;
                 Next::Again
             }
-            Err(NoHold::Cap(cap)) => Next::Record(Box::new(self.failed(
+            Err(NoHold::Cap(cap)) => Next::Record(self.failed(
                 ErrorKind::Budget,
                 None,
                 format!("fallback model {:?} not tried: {cap}", self.model),
-            ))),
+            )),
             Err(NoHold::Stopped) => Next::Stop,
         }
     }
@@ -520,7 +529,7 @@ impl<'a> Life<'a> {
         self.model_at += 1;
         self.model = &self.ctx.policy.fallback_models[self.model_at - 1];
         debug_assert_eq!(self.model, next);
-        self.body = with_model(&self.base_body, self.model);
+        self.body = Some(with_model(&self.base_body, self.model));
         self.tries = 0;
     }
 
@@ -530,7 +539,7 @@ impl<'a> Life<'a> {
 
     /// The record of a failure, with what invalid answers before it cost. Provider texts
     /// arrive scrubbed of the run's secrets (`Client::send`).
-    fn failed(&self, kind: ErrorKind, status: Option<u16>, message: String) -> Record {
+    fn failed(&self, kind: ErrorKind, status: Option<u16>, message: String) -> Box<Record> {
         let mut r = base_record(self.job, self.started, self.attempts, self.latency);
         r.status = Status::Failed;
         r.fallback_model = self.fallback();
@@ -581,12 +590,12 @@ impl<'a> Life<'a> {
 
     /// The job's record, to the writer. Paid answers settled their holds as they came; what
     /// is left was not paid.
-    fn record(mut self, mut record: Record) -> TaskEnd {
+    fn record(mut self, mut record: Box<Record>) -> TaskEnd {
         drop(self.hold.take());
         // This record follows the paid answer before it (and carries its cost).
         self.pending = None;
         record.retries = self.retries();
-        let record = self.ctx.records.with_prompt(self.job, record);
+        self.ctx.records.with_prompt(self.job, &mut record);
         self.ctx.note_result(&record);
         self.ctx.records.send(record);
         TaskEnd::Recorded

@@ -735,7 +735,7 @@ impl BatchEngine {
         fingerprint: &str,
         body: &[u8],
         attempts: u32,
-    ) -> (Record, Money) {
+    ) -> (Box<Record>, Money) {
         let started = SystemTime::now();
         let mut r = base_record(job, started, attempts, Duration::ZERO);
         r.fingerprint = fingerprint.to_string();
@@ -786,7 +786,7 @@ impl BatchEngine {
         model: &str,
         job: Option<&Job>,
         body: &[u8],
-    ) -> (Record, Money) {
+    ) -> (Box<Record>, Money) {
         let gone;
         let (job, stale) = match job {
             Some(j) if j.fingerprint.to_string() == fingerprint => (j, None),

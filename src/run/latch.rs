@@ -27,6 +27,10 @@ impl Latch {
 
     /// Resolves once the latch is set.
     pub(super) async fn wait(&self) {
+        // Set nearly always (the gate after the first answer): no waiter registered.
+        if self.is_set() {
+            return;
+        }
         loop {
             // Registered before the check: a `set` in between still wakes this waiter.
             let notified = self.notify.notified();

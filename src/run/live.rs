@@ -84,25 +84,35 @@ impl LiveEngine {
             while let Some(r) = tasks.try_join_next() {
                 ended(end, r);
             }
+            // The next job and its admission under one watch for a stop (each poll of a
+            // watch takes its lock).
+            let next = async {
+                let (job, decision) = intake.next().await?;
+                let admitted = admit(ctx, permits, spawned, &job).await;
+                Some((job, decision, admitted))
+            };
             let next = tokio::select! {
                 biased;
                 _ = failed.as_mut() => { end.writer_broke = true; break }
                 _ = &mut stopping => break,
-                j = intake.next() => j,
+                n = next => n,
             };
-            let Some((job, decision)) = next else { break };
-            let (permit, grant, hold) = tokio::select! {
-                biased;
-                _ = failed.as_mut() => { end.writer_broke = true; break }
-                _ = &mut stopping => break,
-                a = admit(ctx, permits, spawned, &job) => match a {
-                    Admit::Go(permit, grant, hold) => (permit, grant, hold),
-                    Admit::Cap(cap) => { end.cap_reached = Some(cap); break }
-                    Admit::Closed => break,
-                },
+            let Some((job, decision, admitted)) = next else {
+                break;
+            };
+            let (permit, grant, hold) = match admitted {
+                Admit::Go(permit, grant, hold) => (permit, grant, hold),
+                Admit::Cap(cap) => {
+                    end.cap_reached = Some(cap);
+                    break;
+                }
+                Admit::Closed => break,
             };
             spawned += 1;
             let ctx = ctx.clone();
+            // Boxed: the task's future (moved as it is spawned, run and finished) holds a
+            // pointer, not the job.
+            let job = Box::new(job);
             tasks.spawn(async move {
                 ctx.records.counters.in_flight.fetch_add(1, Relaxed);
                 let counters = ctx.records.counters.clone();
@@ -192,7 +202,10 @@ async fn admit(ctx: &Ctx, permits: &Arc<Semaphore>, spawned: u64, job: &crate::j
         ctx.control.opened.wait().await;
     }
     // Both at once: a shared budget and limit are a round trip each.
-    let (hold, grant) = tokio::join!(ctx.reserve(ctx.money.worst_case(job)), ctx.acquire(charge));
+    let (hold, grant) = tokio::join!(
+        ctx.reserve(|| ctx.money.worst_case(job)),
+        ctx.acquire(charge)
+    );
     match (hold, grant) {
         (Ok(hold), Some(grant)) => Admit::Go(permit, grant, hold),
         (hold, grant) => {

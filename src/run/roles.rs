@@ -9,6 +9,7 @@ use crate::cost::{Money, PriceTable, Usage};
 use crate::histogram::Histogram;
 use crate::job::Job;
 use crate::limit::RateLimit;
+use crate::name_hash::NameMap;
 use crate::output::jsonl::WriterMsg;
 use crate::output::record::Choice;
 use crate::output::{CostSource, Record};
@@ -16,12 +17,23 @@ use crate::progress::Counters;
 use crate::provider::{Completion, ErrorKind};
 use crate::retry::Backoff;
 use crate::shutdown::{Phase, Shutdown};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// Answers of a model seen before its typical length replaces `max_tokens` in the token bucket.
 const LEARN_AFTER: u64 = 20;
+/// Answers between two workings-out of that typical length (it moves slowly, and a charge is
+/// reconciled with the real usage): a job's charge reads it, not the histogram.
+const RECOUNT_EVERY: u64 = 64;
+
+/// A model's answer lengths, and the 95th percentile of them the token bucket charges.
+#[derive(Default)]
+struct Lengths {
+    seen: Histogram,
+    p95: Option<u64>,
+    /// Answers since `p95` was worked out.
+    since: u64,
+}
 
 /// The output a job may be billed: its `max_tokens` (or the run's default) for every choice it
 /// asks for (`n`).
@@ -48,7 +60,7 @@ pub(super) struct Pacing {
     pub(super) allowance: Allowance,
     /// Per model, the completion tokens answers really used: once enough are seen, the token
     /// bucket reserves their 95th percentile instead of every job's whole `max_tokens`.
-    lengths: Mutex<HashMap<String, Histogram>>,
+    lengths: Mutex<NameMap<Lengths>>,
 }
 
 impl Pacing {
@@ -72,9 +84,7 @@ impl Pacing {
         let allowance = self.allowance.of(job);
         let learned = {
             let seen = self.lengths.lock().unwrap_or_else(|p| p.into_inner());
-            seen.get(&job.model)
-                .filter(|h| h.count() >= LEARN_AFTER)
-                .and_then(|h| h.quantile(0.95))
+            seen.get(&job.model).and_then(|l| l.p95)
         };
         job.est_prompt_tokens as u64 + learned.map_or(allowance, |l| l.clamp(1, allowance))
     }
@@ -83,9 +93,15 @@ impl Pacing {
     pub(super) fn learn_completion(&self, model: &str, tokens: u64) {
         let mut seen = self.lengths.lock().unwrap_or_else(|p| p.into_inner());
         // The model's name copied only the first time it is seen, not an answer.
-        match seen.get_mut(model) {
-            Some(h) => h.record(tokens),
-            None => seen.entry(model.to_string()).or_default().record(tokens),
+        let l = match seen.get_mut(model) {
+            Some(l) => l,
+            None => seen.entry(model.to_string()).or_default(),
+        };
+        l.seen.record(tokens);
+        l.since += 1;
+        if l.seen.count() >= LEARN_AFTER && (l.p95.is_none() || l.since >= RECOUNT_EVERY) {
+            l.p95 = l.seen.quantile(0.95);
+            l.since = 0;
         }
     }
 }
@@ -98,7 +114,7 @@ pub(super) struct Spending {
     /// Per model, the worst ratio seen of a recorded cost to its job's worst case, where it
     /// was above 1 (a provider billing more than the price table says): later reservations
     /// for that model are scaled by it.
-    ratios: Mutex<HashMap<String, f64>>,
+    ratios: Mutex<NameMap<f64>>,
     counters: Arc<Counters>,
     warned_unpriced: AtomicBool,
     /// Warned once that an answer's usage could not be read.
@@ -327,18 +343,17 @@ impl Recording {
     }
 
     /// The record with the messages sent, under `--keep-prompt`.
-    pub(super) fn with_prompt(&self, job: &Job, mut r: Record) -> Record {
+    pub(super) fn with_prompt(&self, job: &Job, r: &mut Record) {
         if self.keep_prompt {
             r.prompt = serde_json::from_slice::<serde_json::Value>(&job.body)
                 .ok()
                 .and_then(|mut b| b.get_mut("messages").map(serde_json::Value::take));
         }
-        r
     }
 
     /// Hands a record to the writer.
-    pub(super) fn send(&self, r: Record) {
-        let _ = self.writer.send(Box::new(r));
+    pub(super) fn send(&self, r: Box<Record>) {
+        let _ = self.writer.send(r);
     }
 
     /// Fills a record with what an answer carries (served model, content, every choice, tool
@@ -514,7 +529,7 @@ mod tests {
     }
 
     fn record(j: &Job) -> Record {
-        super::super::task::base_record(
+        *super::super::task::base_record(
             j,
             std::time::SystemTime::now(),
             1,
@@ -557,10 +572,17 @@ mod tests {
         );
         let j = job(None, 1);
         let before = p.charge(&j);
-        for _ in 0..LEARN_AFTER {
+        for _ in 1..LEARN_AFTER {
             p.learn_completion("m", 40);
         }
+        assert_eq!(p.charge(&j), before);
+        p.learn_completion("m", 40);
         assert_eq!(before - p.charge(&j), 1000 - 40);
+        // Answers grown longer are charged once the length is worked out again.
+        for _ in 0..RECOUNT_EVERY * 20 {
+            p.learn_completion("m", 400);
+        }
+        assert_eq!(before - p.charge(&j), 1000 - 400);
         p.learn_completion("other", 5);
         assert!(p.charge(&job(Some(10), 1)) <= j.est_prompt_tokens as u64 + 10);
     }

@@ -197,7 +197,7 @@ impl BatchEngine {
     /// A job's worst case held and its line put in its model's batch.
     async fn admit(&self, b: &mut Batches, job: &Job) -> Result<Admitted, Stop> {
         let worst = self.worst(job);
-        let holds: Vec<Hold> = match self.ctx.reserve(worst).await {
+        let holds: Vec<Hold> = match self.ctx.reserve(|| worst).await {
             Ok(h) => h.into_iter().collect(),
             Err(NoHold::Cap(cap)) => {
                 // The rest stay pending for a run with a larger cap.
@@ -362,7 +362,7 @@ impl BatchEngine {
         };
         b.recorded_now.insert(k);
         let tries = b.attempts.get(&k).copied().unwrap_or(1);
-        let (record, cost) = match line.outcome {
+        let (mut record, cost) = match line.outcome {
             Some(Outcome::Answered(body)) => {
                 let (mut r, cost) = self.answered(job, &line.fingerprint, &body, tries);
                 if job.fingerprint.to_string() != line.fingerprint {
@@ -397,7 +397,8 @@ impl BatchEngine {
         b.decisions.remove(&k);
         b.end.recorded(decision);
         b.sent += 1;
-        ctx.records.send(ctx.records.with_prompt(job, record));
+        ctx.records.with_prompt(job, &mut record);
+        ctx.records.send(record);
         Recorded::Paid(cost)
     }
 
@@ -464,7 +465,7 @@ impl BatchEngine {
             let Some(decision) = b.decisions.remove(&job.id.key()) else {
                 continue;
             };
-            let hold = match ctx.reserve(ctx.money.worst_case(&job)).await {
+            let hold = match ctx.reserve(|| ctx.money.worst_case(&job)).await {
                 Ok(h) => h,
                 Err(NoHold::Cap(cap)) => {
                     b.end.cap_reached = Some(cap);
@@ -484,7 +485,8 @@ impl BatchEngine {
             };
             let ctx = ctx.clone();
             tasks.spawn(async move {
-                let r = super::super::task::run_job(ctx, job, decision, grant, hold).await;
+                let r =
+                    super::super::task::run_job(ctx, Box::new(job), decision, grant, hold).await;
                 drop(permit);
                 (decision, r)
             });
@@ -543,7 +545,7 @@ fn failed_line(
     status: Option<u16>,
     message: String,
     tries: u32,
-) -> Record {
+) -> Box<Record> {
     let mut r = base_record(job, SystemTime::now(), tries, Duration::ZERO);
     r.fingerprint = fingerprint;
     r.status = Status::Failed;
