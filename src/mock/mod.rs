@@ -11,6 +11,7 @@ mod chat;
 mod content;
 mod dialect;
 mod faults;
+mod listen;
 mod schema;
 mod window;
 
@@ -33,7 +34,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
@@ -249,7 +249,7 @@ pub struct MockServer {
 impl MockServer {
     /// Binds `addr` (use port 0 for any free port) and serves on the current runtime.
     pub async fn start(addr: SocketAddr, config: MockConfig) -> std::io::Result<MockServer> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen::bind(addr)?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let state = Arc::new(State {
