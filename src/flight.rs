@@ -27,7 +27,6 @@
 //! limit down within seconds. `--fixed-concurrency` keeps the ceiling.
 
 use std::sync::Mutex;
-use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -42,14 +41,13 @@ const ROOM: f64 = 1.25;
 /// connection and a scheduler (an answer of 1 ms against one of 0.2 ms) are no queue.
 const NOISE: f64 = 0.05;
 
-/// What one attempt told, and how long it took (the client's own measure of the request: one
-/// clock read for the record's latency and this).
+/// What one attempt told.
 #[derive(Debug, Clone, Copy)]
 pub enum Sample {
     /// An answer.
-    Answer(Duration),
+    Answer,
     /// The request timed out.
-    Timeout(Duration),
+    Timeout,
     /// Anything else (a refusal, a closed connection): says nothing of the queue.
     Other,
 }
@@ -91,6 +89,7 @@ pub struct Flight {
 /// back too, saying nothing).
 pub struct Slot<'a> {
     flight: &'a Flight,
+    sent: Instant,
     open: bool,
     /// The window it counts in, if any.
     window: Option<u64>,
@@ -157,6 +156,7 @@ impl Flight {
         });
         Some(Slot {
             flight: self,
+            sent: Instant::now(),
             open: true,
             window,
         })
@@ -188,10 +188,10 @@ impl Flight {
     }
 
     fn learn(&self, s: &mut State, slot: &Slot<'_>, sample: Sample) {
+        let took = slot.sent.elapsed().as_secs_f64();
         let ours = slot.window == Some(s.window);
         match sample {
-            Sample::Timeout(took) if ours && self.queueing(s) => {
-                let took = took.as_secs_f64();
+            Sample::Timeout if ours && self.queueing(s) => {
                 // A queue so long that answers do not come back in time: at least half as
                 // many, and as few as the wait says the server served.
                 let waited = s.fastest.map_or(2.0, |f| (took + NOISE) / (f + NOISE));
@@ -201,8 +201,7 @@ impl Flight {
                 self.next_window(s);
                 return;
             }
-            Sample::Answer(took) => {
-                let took = took.as_secs_f64();
+            Sample::Answer => {
                 if s.lowest.is_none_or(|l| took < l) {
                     s.lowest = Some(took);
                 }
@@ -312,7 +311,7 @@ mod tests {
         // The run's first request goes alone.
         let first = flight.acquire().await;
         tokio::time::sleep(Duration::from_millis(400)).await;
-        first.done(Sample::Answer(Duration::from_millis(400)));
+        first.done(Sample::Answer);
         let mut tasks = tokio::task::JoinSet::new();
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..jobs {
@@ -321,11 +320,10 @@ mod tests {
             let service = Duration::from_millis(rng.u64(300..500));
             tasks.spawn(async move {
                 let slot = flight.acquire().await;
-                let sent = Instant::now();
                 let _place = server.acquire().await.unwrap();
                 tokio::time::sleep(service).await;
                 most.fetch_max(flight.limit(), std::sync::atomic::Ordering::Relaxed);
-                slot.done(Sample::Answer(sent.elapsed()));
+                slot.done(Sample::Answer);
             });
         }
         while tasks.join_next().await.is_some() {}
@@ -357,36 +355,29 @@ mod tests {
     async fn a_timeout_cuts_only_where_answers_show_a_queue() {
         // Answers as fast as ever, then a timeout: a hung connection, the limit stays.
         let f = Flight::new(64, true);
-        let tenth = Duration::from_millis(100);
         for _ in 0..8 {
             let slot = f.acquire().await;
-            tokio::time::sleep(tenth).await;
-            slot.done(Sample::Answer(tenth));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            slot.done(Sample::Answer);
         }
-        f.acquire()
-            .await
-            .done(Sample::Timeout(Duration::from_secs(60)));
+        f.acquire().await.done(Sample::Timeout);
         assert_eq!((f.limit(), f.found()), (64, None));
         // Answers taking longer and longer (a server answering in turn), then a timeout.
         let f = Flight::new(64, true);
         let first = f.acquire().await;
-        tokio::time::sleep(tenth).await;
-        first.done(Sample::Answer(tenth));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        first.done(Sample::Answer);
         let slots: Vec<_> = futures_join(&f, 9).await;
-        let sent = Instant::now();
         for (i, slot) in slots.into_iter().enumerate() {
             tokio::time::sleep(Duration::from_millis(100 * i as u64)).await;
             match i {
-                8 => slot.done(Sample::Timeout(sent.elapsed())),
-                _ => slot.done(Sample::Answer(sent.elapsed())),
+                8 => slot.done(Sample::Timeout),
+                _ => slot.done(Sample::Answer),
             }
         }
         assert!(f.limit() <= 32 && f.found().is_some(), "{}", f.limit());
         let fixed = Flight::new(64, false);
-        fixed
-            .acquire()
-            .await
-            .done(Sample::Timeout(Duration::from_secs(60)));
+        fixed.acquire().await.done(Sample::Timeout);
         assert_eq!((fixed.limit(), fixed.found()), (64, None));
     }
 

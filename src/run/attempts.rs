@@ -172,11 +172,11 @@ impl<'a> Life<'a> {
         };
         let verdict = classify(attempt, SystemTime::now);
         slot.done(match &verdict {
-            Verdict::Done(_) => crate::flight::Sample::Answer(latency),
+            Verdict::Done(_) => crate::flight::Sample::Answer,
             Verdict::Retry {
                 kind: ErrorKind::Timeout,
                 ..
-            } => crate::flight::Sample::Timeout(latency),
+            } => crate::flight::Sample::Timeout,
             _ => crate::flight::Sample::Other,
         });
         match verdict {
