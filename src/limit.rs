@@ -661,6 +661,29 @@ mod tests {
         }
     }
 
+    /// A grant at once only when no bucket holds the request back and nobody waits: a request
+    /// waiting for its turn is never overtaken by a smaller one the bucket could take.
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_at_once_only_when_nothing_holds_it_back_and_nobody_waits() {
+        // A bucket of 600 tokens.
+        let l = std::sync::Arc::new(Limiter::new(None, Some(60_000)));
+        assert_eq!(l.try_acquire(500), Some(Grant { tokens: 500 }));
+        assert_eq!(l.try_acquire(400), None, "100 tokens left");
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(400).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(
+            l.try_acquire(50),
+            None,
+            "the bucket holds 50, but one waits already"
+        );
+        assert_eq!(waiter.await.unwrap(), Grant { tokens: 400 });
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(l.try_acquire(50), Some(Grant { tokens: 50 }));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn tokens_are_reconciled() {
         let l = Limiter::new(None, Some(6000));
