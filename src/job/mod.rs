@@ -125,8 +125,13 @@ impl Fingerprint {
     /// 32 hex digits, as `{:032x}` writes them (a record each: without the formatter's
     /// padding machinery, in a string of its size).
     pub fn hex(&self) -> String {
+        // Hex digits only.
+        String::from_utf8(self.digits().to_vec()).unwrap_or_default()
+    }
+
+    fn digits(&self) -> [u8; 32] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = vec![0u8; 32];
+        let mut hex = [0u8; 32];
         for (half, word) in hex
             .chunks_exact_mut(16)
             .zip([(self.0 >> 64) as u64, self.0 as u64])
@@ -135,14 +140,13 @@ impl Fingerprint {
                 *d = DIGITS[((word >> (60 - 4 * i)) & 0xf) as usize];
             }
         }
-        // Hex digits only.
-        String::from_utf8(hex).unwrap_or_default()
+        hex
     }
 }
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.hex())
+        f.write_str(std::str::from_utf8(&self.digits()).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -57,24 +57,25 @@ pub enum Verdict {
 
 /// Judges one attempt. `now` resolves `Retry-After` dates (read only for a refusal).
 pub fn classify(attempt: Attempt, now: impl FnOnce() -> SystemTime) -> Verdict {
-    let (status, retry_after, reset_requests, reset_tokens, body) = match attempt {
-        Attempt::Transport { kind, message } => {
-            return Verdict::Retry {
-                kind,
-                status: None,
-                after: None,
-                message,
-            }
-        }
-        Attempt::TooLarge { status, limit } => {
-            return Verdict::Fail {
-                kind: ErrorKind::BadResponse,
-                status: Some(status),
-                message: format!(
-                    "response body over the {limit}-byte limit (--max-response-bytes); not read"
-                ),
-            }
-        }
+    match attempt {
+        Attempt::Transport { kind, message } => Verdict::Retry {
+            kind,
+            status: None,
+            after: None,
+            message,
+        },
+        Attempt::TooLarge { status, limit } => Verdict::Fail {
+            kind: ErrorKind::BadResponse,
+            status: Some(status),
+            message: format!(
+                "response body over the {limit}-byte limit (--max-response-bytes); not read"
+            ),
+        },
+        Attempt::Http {
+            status: status @ 200..=299,
+            body,
+            ..
+        } => answered(status, &body),
         Attempt::Http {
             status,
             retry_after,
@@ -82,26 +83,57 @@ pub fn classify(attempt: Attempt, now: impl FnOnce() -> SystemTime) -> Verdict {
             reset_tokens,
             body,
             ..
-        } => (status, retry_after, reset_requests, reset_tokens, body),
-    };
-    if (200..=299).contains(&status) {
-        return match parse_completion(&body) {
-            Ok(c) => Verdict::Done(Box::new(c)),
-            Err(message) => Verdict::Retry {
-                kind: ErrorKind::BadResponse,
-                status: Some(status),
-                after: None,
-                message,
-            },
-        };
+        } => {
+            let waits = Waits {
+                retry_after,
+                reset_requests,
+                reset_tokens,
+            };
+            refused(status, &waits, &body, now())
+        }
     }
-    let now = now();
-    let refusal = super::refusal::parse(&body);
-    let header_wait = || {
-        retry_after
+}
+
+/// A 2xx answer: its completion, or another try when it cannot be read.
+fn answered(status: u16, body: &[u8]) -> Verdict {
+    match parse_completion(body) {
+        Ok(c) => Verdict::Done(Box::new(c)),
+        Err(message) => Verdict::Retry {
+            kind: ErrorKind::BadResponse,
+            status: Some(status),
+            after: None,
+            message,
+        },
+    }
+}
+
+/// What a refusal's headers say about when to ask again.
+struct Waits {
+    retry_after: Option<String>,
+    reset_requests: Option<String>,
+    reset_tokens: Option<String>,
+}
+
+impl Waits {
+    /// `Retry-After`, a number of seconds or a date (resolved against `now`).
+    fn header(&self, now: SystemTime) -> Option<Duration> {
+        self.retry_after
             .as_deref()
             .and_then(|v| parse_retry_after(v, now))
-    };
+    }
+
+    /// The later of the two `x-ratelimit-reset-*` headers.
+    fn reset(&self) -> Option<Duration> {
+        let r = self.reset_requests.as_deref().and_then(parse_reset);
+        let t = self.reset_tokens.as_deref().and_then(parse_reset);
+        r.max(t)
+    }
+}
+
+/// A status other than 2xx, judged by the status and what the provider said
+/// ([`super::refusal`]).
+fn refused(status: u16, waits: &Waits, body: &[u8], now: SystemTime) -> Verdict {
+    let refusal = super::refusal::parse(body);
     if refusal.out_of_credits(status) {
         return Verdict::Abort {
             kind: ErrorKind::Quota,
@@ -109,45 +141,38 @@ pub fn classify(attempt: Attempt, now: impl FnOnce() -> SystemTime) -> Verdict {
             message: refusal.message,
         };
     }
+    let retry = |kind, after, message| Verdict::Retry {
+        kind,
+        status: Some(status),
+        after,
+        message,
+    };
     match status {
-        429 => {
-            if let Some(quota) = refusal.daily_quota() {
-                return Verdict::Abort {
-                    kind: ErrorKind::Quota,
-                    status,
-                    message: format!(
-                        "the daily quota {quota} is used up until it resets at {}: {}",
-                        super::pacific::describe_reset(now),
-                        refusal.message
-                    ),
-                };
-            }
-            let after = header_wait()
-                .or_else(|| {
-                    let r = reset_requests.as_deref().and_then(parse_reset);
-                    let t = reset_tokens.as_deref().and_then(parse_reset);
-                    r.max(t)
-                })
-                .or(refusal.retry_delay);
-            Verdict::Retry {
-                kind: ErrorKind::RateLimited,
-                status: Some(status),
-                after,
-                message: refusal.message,
-            }
-        }
-        408 => Verdict::Retry {
-            kind: ErrorKind::Timeout,
-            status: Some(status),
-            after: None,
-            message: refusal.message,
+        429 => match refusal.daily_quota() {
+            Some(quota) => Verdict::Abort {
+                kind: ErrorKind::Quota,
+                status,
+                message: format!(
+                    "the daily quota {quota} is used up until it resets at {}: {}",
+                    super::pacific::describe_reset(now),
+                    refusal.message
+                ),
+            },
+            None => retry(
+                ErrorKind::RateLimited,
+                waits
+                    .header(now)
+                    .or_else(|| waits.reset())
+                    .or(refusal.retry_delay),
+                refusal.message,
+            ),
         },
-        409 | 425 | 500..=599 => Verdict::Retry {
-            kind: ErrorKind::Server,
-            status: Some(status),
-            after: header_wait().or(refusal.retry_delay),
-            message: refusal.message,
-        },
+        408 => retry(ErrorKind::Timeout, None, refusal.message),
+        409 | 425 | 500..=599 => retry(
+            ErrorKind::Server,
+            waits.header(now).or(refusal.retry_delay),
+            refusal.message,
+        ),
         401 | 403 => Verdict::Abort {
             kind: ErrorKind::Auth,
             status,

@@ -170,12 +170,12 @@ struct PlainCost {
 
 /// `usage` read from its text.
 fn usage_of(raw: Option<&str>) -> UsageRead {
-    usage_from(raw, raw.and_then(super::scan::usage))
+    usage_from(raw.map(|r| (r, super::scan::usage(r))))
 }
 
 /// `usage` read from its text, its fields already scanned when they have the usual shape.
-fn usage_from(raw: Option<&str>, fields: Option<super::scan::ScannedUsage<'_>>) -> UsageRead {
-    let Some(raw) = raw else {
+fn usage_from(usage: Option<(&str, Option<super::scan::ScannedUsage<'_>>)>) -> UsageRead {
+    let Some((raw, fields)) = usage else {
         return read_usage(None);
     };
     if let Some(read) = fields.and_then(scanned_usage) {
@@ -402,10 +402,7 @@ fn scanned(s: super::scan::Scanned<'_>) -> Option<Completion> {
     });
     let first = choices.next()??;
     let more = choices.collect::<Option<Vec<_>>>()?;
-    let usage = match s.usage {
-        Some((raw, fields)) => usage_from(Some(raw), fields),
-        None => usage_from(None, None),
-    };
+    let usage = usage_from(s.usage);
     Some(Completion {
         content: first.content,
         finish_reason: first.finish_reason,

@@ -185,7 +185,7 @@ impl<'a> Life<'a> {
             Verdict::Done(c) => match self.answered(g, *c, raw) {
                 Ok(next) => next,
                 Err(invalid) => {
-                    let Invalid(r, this, cut, why) = *invalid;
+                    let Invalid(r, this, cut, why) = invalid;
                     Box::pin(self.invalid(r, this, cut, why)).await
                 }
             },
@@ -295,7 +295,7 @@ impl<'a> Life<'a> {
         g: Grant,
         c: Completion,
         raw: Option<bytes::Bytes>,
-    ) -> Result<Next, Box<Invalid>> {
+    ) -> Result<Next, Invalid> {
         let (ctx, job, model) = (self.ctx, self.job, self.model);
         let total = c.usage.map_or(self.charge, |u| u.prompt + u.completion);
         ctx.pacing.limiter.reconcile(g, total);
@@ -324,7 +324,7 @@ impl<'a> Life<'a> {
                 r.parsed = parsed;
                 Ok(Next::Record(r))
             }
-            Err(why) => Err(Box::new(Invalid(r, this, cut, why))),
+            Err(why) => Err(Invalid(r, this, cut, why)),
         }
     }
 
