@@ -19,7 +19,12 @@
 //! - a timeout while the window's answers show a queue (their median 1.5 times the fastest)
 //!   cuts it at once, to half or to what the wait says was served (the time waited over the
 //!   fastest answer seen): a queue so long that answers do not come back in time. A timeout
-//!   among answers as fast as ever is a hung connection, and leaves the limit alone.
+//!   among answers as fast as ever is a hung connection, and leaves the limit alone;
+//! - a window in which as many requests timed out as were answered (the first wave to a
+//!   server slower than the timeout answers a slot's worth and lets the rest wait out their
+//!   time, too few answers to show a queue): the limit becomes what the window had answered in
+//!   time (at most half, at least 1), and doubles back from there once answers come in time,
+//!   as TCP starts again after a loss; a window of timeouts alone (an outage) halves it.
 //!
 //! The lowest latency drifts up 6% a minute, so a server slower for good is learnt again. The
 //! run starts at the ceiling (after its first request, which goes alone): a provider that does
@@ -69,6 +74,8 @@ struct State {
     least: f64,
     n: u32,
     answered: Vec<f64>,
+    /// The window's requests that timed out.
+    timed_out: u32,
     /// The window's requests found the limit used.
     used: bool,
     /// Whether the limit was ever lowered (for the summary).
@@ -112,6 +119,7 @@ impl Flight {
                 least: 0.0,
                 n: 0,
                 answered: Vec::new(),
+                timed_out: 0,
                 used: false,
                 lowered: false,
                 last_drift: Instant::now(),
@@ -191,15 +199,18 @@ impl Flight {
         let took = slot.sent.elapsed().as_secs_f64();
         let ours = slot.window == Some(s.window);
         match sample {
-            Sample::Timeout if ours && self.queueing(s) => {
-                // A queue so long that answers do not come back in time: at least half as
-                // many, and as few as the wait says the server served.
-                let waited = s.fastest.map_or(2.0, |f| (took + NOISE) / (f + NOISE));
-                s.limit = (s.limit / 2.0).min(s.limit / waited + 1.0).max(1.0);
-                s.starting = false;
-                s.lowered = true;
-                self.next_window(s);
-                return;
+            Sample::Timeout if ours => {
+                if self.queueing(s) {
+                    // A queue so long that answers do not come back in time: at least half as
+                    // many, and as few as the wait says the server served.
+                    let waited = s.fastest.map_or(2.0, |f| (took + NOISE) / (f + NOISE));
+                    s.limit = (s.limit / 2.0).min(s.limit / waited + 1.0).max(1.0);
+                    s.starting = false;
+                    s.lowered = true;
+                    self.next_window(s);
+                    return;
+                }
+                s.timed_out += 1;
             }
             Sample::Answer => {
                 if s.lowest.is_none_or(|l| took < l) {
@@ -225,10 +236,29 @@ impl Flight {
         if s.to_answer > 0 || s.to_send > 0 {
             return;
         }
-        if s.n > 0 && s.used {
+        if s.timed_out > 0 && s.timed_out >= s.n {
+            self.too_late(s);
+        } else if s.n > 0 && s.used {
             self.judge(s);
         }
         self.next_window(s);
+    }
+
+    /// A window in which as many timed out as were answered: what it answered in time is what
+    /// the server serves within the timeout (half the limit at most: none answered is an
+    /// outage, or a server slower than the timeout at any load, and halving is enough there).
+    fn too_late(&self, s: &mut State) {
+        let before = s.limit;
+        let in_time = if s.n == 0 {
+            before / 2.0
+        } else {
+            f64::from(s.n)
+        };
+        s.limit = in_time.min(before / 2.0).max(1.0);
+        s.lowered |= s.limit < before;
+        // Answers in time measured the server: grow from there by one. None measured nothing:
+        // double back once answers come, as TCP starts again after a loss.
+        s.starting = s.n == 0;
     }
 
     /// Whether the window's answers so far show a queue: their median well above the fastest
@@ -261,7 +291,7 @@ impl Flight {
             s.limit = (s.limit / ratio + 1.0).clamp(1.0, s.limit);
             s.lowered |= s.limit < before;
             s.starting = false;
-        } else if ratio < ROOM && (s.starting || queue < 0.5) {
+        } else if ratio < ROOM && (s.starting || queue < 0.5) && s.timed_out == 0 {
             let step = if s.starting { s.limit } else { 1.0 };
             s.limit = (s.limit + step).min(self.ceiling as f64);
         }
@@ -275,6 +305,7 @@ impl Flight {
         s.least = 0.0;
         s.answered.clear();
         s.n = 0;
+        s.timed_out = 0;
         s.used = false;
     }
 }
@@ -379,6 +410,49 @@ mod tests {
         let fixed = Flight::new(64, false);
         fixed.acquire().await.done(Sample::Timeout);
         assert_eq!((fixed.limit(), fixed.found()), (64, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_slower_than_the_timeout_at_the_ceiling_is_found_from_its_first_wave() {
+        // 2 slots, 4 s an answer, a 6 s timeout: of the first wave of 64 two are answered in
+        // time, too few to show a queue; the rest time out (a queued request that times out
+        // is dropped by the server), and each is sent again until answered.
+        let flight = std::sync::Arc::new(Flight::new(64, true));
+        let server = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+        let timeouts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let first = flight.acquire().await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        first.done(Sample::Answer);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (flight, server, timeouts) = (flight.clone(), server.clone(), timeouts.clone());
+            tasks.spawn(async move {
+                loop {
+                    let slot = flight.acquire().await;
+                    let served = tokio::time::timeout(Duration::from_secs(6), async {
+                        let _place = server.acquire().await.unwrap();
+                        tokio::time::sleep(Duration::from_secs(4)).await;
+                    });
+                    if served.await.is_ok() {
+                        slot.done(Sample::Answer);
+                        return;
+                    }
+                    timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    slot.done(Sample::Timeout);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let timeouts = timeouts.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            flight.limit() <= 3 && flight.found().is_some(),
+            "{}",
+            flight.limit()
+        );
+        // The first wave's 62 and at most one more a job (3 in flight: the third waits up to
+        // an answer's 4 s for its turn, and a timeout of 6 s is close); the limit left at 64
+        // times out about 990.
+        assert!(timeouts <= 62 + 64, "{timeouts} timeouts");
     }
 
     async fn futures_join(f: &Flight, n: usize) -> Vec<Slot<'_>> {

@@ -36,6 +36,28 @@ impl Real {
         }
     }
 
+    /// How long a generation of 96 tokens takes now with both slots busy (ms): the slower of
+    /// two jobs sent at once.
+    fn generation_ms(&self, dir: &Dir, a: &str, b: &str) -> u64 {
+        let input = dir.write("calibrate.jsonl", format!("{a}{b}"));
+        let sum = dir.path("calibrate.json");
+        let o = run(
+            &input,
+            &dir.path("calibrate.out.jsonl"),
+            &self.url,
+            &[
+                "--concurrency",
+                "2",
+                "--max-tokens",
+                "96",
+                "--summary-json",
+                sum.to_str().unwrap(),
+            ],
+        );
+        assert_code(&o, 0);
+        typed_summary(&sum).latency_ms.max
+    }
+
     /// Generations the server has started so far.
     fn generations(&self) -> usize {
         std::fs::read_to_string(&self.log)
@@ -184,14 +206,20 @@ fn real_server_more_in_flight_than_slots_is_found_and_wastes_little() {
     };
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = Dir::new();
-    let jobs: String = (0..64)
-        .map(|i| format!("{{\"id\":\"c{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Write a short story about the number {i}.\"}}]}}\n"))
-        .collect();
+    let story = |i: usize| {
+        format!("{{\"id\":\"c{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Write a short story about the number {i}.\"}}]}}\n")
+    };
+    // The timeout is three times a generation's time now, with both slots busy: at least 6 s
+    // (1.2-2.5 s a generation on an idle machine), and longer beside the suite's load (a
+    // busy loop on one of the 2 cores makes it 4-5 s, on both 11 s: llama.cpp's threads wait
+    // for each other). 64 in flight queue 32 generations deep, well past it.
+    let timeout = 3 * real.generation_ms(&dir, &story(1000), &story(1001));
+    let timeout = format!("{:.1}", (timeout as f64 / 1000.0).max(6.0));
+    let jobs: String = (0..64).map(story).collect();
     let input = dir.write("jobs.jsonl", jobs);
     let out = dir.path("out.jsonl");
     let sum = dir.path("s.json");
     let before = real.generations();
-    // The server has 2 slots; 64 in flight would queue past the timeout.
     let o = run(
         &input,
         &out,
@@ -200,7 +228,7 @@ fn real_server_more_in_flight_than_slots_is_found_and_wastes_little() {
             "--concurrency",
             "64",
             "--timeout",
-            "6",
+            &timeout,
             "--max-tokens",
             "96",
             "--summary-json",
@@ -211,7 +239,7 @@ fn real_server_more_in_flight_than_slots_is_found_and_wastes_little() {
     let bought = real.generations() - before;
     let s = typed_summary(&sum);
     eprintln!(
-        "64 jobs, 2 slots: {bought} generations, found concurrency {:?}, {} requests, {:.1} s",
+        "64 jobs, 2 slots, timeout {timeout} s: {bought} generations, found concurrency {:?}, {} requests, {:.1} s",
         s.found_concurrency, s.requests, s.elapsed_secs
     );
     assert_eq!(s.ok, 64);
