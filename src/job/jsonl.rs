@@ -3,7 +3,9 @@
 //! (`messages` present), or a plain record rendered through the template. A UTF-8 BOM, CRLF line
 //! endings, blank lines and a last line without a newline are accepted as users write them.
 
+use super::line::Read;
 use super::request::{finish, id_from_value, kind, JobDefaults};
+use super::shard::Shard;
 use super::source::{LineReader, RawLine};
 use super::{InputError, Job, JobId, Location};
 use serde_json::{Map, Value};
@@ -17,6 +19,10 @@ pub struct JsonlJobs<R> {
     lines: LineReader<R>,
     defaults: std::sync::Arc<JobDefaults>,
     index: u64,
+    /// The one-pass reading's buffer, kept from line to line.
+    scratch: Vec<u8>,
+    /// Only this shard's jobs are built (the others' lines are still checked).
+    shard: Option<Shard>,
 }
 
 impl<R: BufRead> JsonlJobs<R> {
@@ -31,7 +37,17 @@ impl<R: BufRead> JsonlJobs<R> {
             lines: LineReader::new(reader, max_line),
             defaults,
             index: 0,
+            scratch: Vec::new(),
+            shard: None,
         }
+    }
+
+    /// Builds only `shard`'s jobs, when there is one: a line of another shard in the usual
+    /// shape is checked in its one pass and not built. Jobs of other shards read the general
+    /// way still come out (the caller filters them too).
+    pub fn only(mut self, shard: Option<Shard>) -> Self {
+        self.shard = shard;
+        self
     }
 
     fn err(&self, line: u64, column: Option<u64>, message: String) -> InputError {
@@ -42,15 +58,6 @@ impl<R: BufRead> JsonlJobs<R> {
                 column,
             },
             message,
-        }
-    }
-
-    /// The line's job: in one pass when it has the usual shape ([`super::line`]), else
-    /// through a `serde_json::Map`.
-    fn parse(&self, line_no: u64, text: &str) -> Result<Job, InputError> {
-        match super::line::job(&self.defaults, text, self.index, line_no) {
-            Some(job) => Ok(job),
-            None => self.general(line_no, text),
         }
     }
 
@@ -300,9 +307,19 @@ impl<R: BufRead> Iterator for JsonlJobs<R> {
             if text.trim().is_empty() {
                 continue;
             }
-            let job = self.parse(line_no, text);
+            // In one pass when the line has the usual shape ([`super::line`]), else through a
+            // `serde_json::Map`.
+            let at = (self.index, line_no);
+            let job =
+                match super::line::job(&self.defaults, text, at, &mut self.scratch, self.shard) {
+                    Some(Read::Job(job)) => Some(Ok(job)),
+                    Some(Read::Elsewhere) => None,
+                    None => Some(self.general(line_no, text)),
+                };
             self.index += 1;
-            return Some(job);
+            if job.is_some() {
+                return job;
+            }
         }
     }
 }
@@ -323,6 +340,53 @@ mod tests {
         JobDefaults {
             model: Some("m".into()),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_shards_reading_builds_its_own_jobs_and_finds_every_lines_problems() {
+        // Lines of the usual shape (some without an id, which take their place's), one with
+        // an escape (the general reading), and problems: metadata not an object, a repeated
+        // key (the id; a body's key), no messages, bad JSON, a message of another shape.
+        let mut text = String::new();
+        for i in 0..40 {
+            match i % 10 {
+                3 => text.push_str("{\"messages\":[{\"role\":\"user\",\"content\":\"no id\"}]}\n"),
+                4 => text.push_str(&format!("{{\"id\":\"t{i}\",\"metadata\":5,\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}]}}\n")),
+                6 => text.push_str(&format!("{{\"id\":\"u{i}\",\"seed\":1,\"seed\":2,\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}]}}\n")),
+                5 => text.push_str(&format!("{{\"id\":\"e{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"a\\n\"}}]}}\n")),
+                7 => text.push_str(&format!("{{\"id\":\"r{i}\",\"id\":\"s{i}\",\"messages\":[{{\"role\":\"user\",\"content\":\"x\"}}]}}\n")),
+                8 => text.push_str(&format!("{{\"id\":\"n{i}\"}}\n{{\"id\":\"b{i}\",\n")),
+                9 => text.push_str(&format!("{{\"id\":\"m{i}\",\"messages\":[{{\"role\":\"user\",\"content\":1}}]}}\n")),
+                _ => text.push_str(&format!("{{\"id\":\"j{i}\",\"max_tokens\":5,\"messages\":[{{\"role\":\"user\",\"content\":\"job {i}\"}}]}}\n")),
+            }
+        }
+        let all = jobs(text.as_bytes(), model());
+        let problems = |v: &[Result<Job, String>]| -> Vec<String> {
+            v.iter().filter_map(|r| r.clone().err()).collect()
+        };
+        assert_eq!(problems(&all).len(), 24, "{:?}", problems(&all));
+        for index in 0..3 {
+            let shard = Shard { index, count: 3 };
+            let read: Vec<_> = JsonlJobs::new(
+                Path::new("t.jsonl"),
+                text.as_bytes(),
+                Arc::new(model()),
+                1 << 20,
+            )
+            .only(Some(shard))
+            .map(|r| r.map_err(|e| e.to_string()))
+            .filter(|r| r.as_ref().map_or(true, |j| shard.owns(j.id.as_str())))
+            .collect();
+            let expected: Vec<_> = all
+                .iter()
+                .filter(|r| r.as_ref().map_or(true, |j| shard.owns(j.id.as_str())))
+                .collect();
+            assert_eq!(
+                format!("{read:?}"),
+                format!("{expected:?}"),
+                "shard {index}"
+            );
         }
     }
 
@@ -476,7 +540,8 @@ mod tests {
     /// The one-pass reading gives the job the general reading gives, or leaves the line.
     fn same_as_general(d: &Arc<JobDefaults>, text: &str) -> bool {
         let jobs = JsonlJobs::new(Path::new("t.jsonl"), &b""[..], d.clone(), 1 << 20);
-        let Some(fast) = super::super::line::job(d, text, 0, 1) else {
+        let Some(Read::Job(fast)) = super::super::line::job(d, text, (0, 1), &mut Vec::new(), None)
+        else {
             return false;
         };
         match jobs.general(1, text) {

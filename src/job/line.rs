@@ -10,24 +10,45 @@
 //! reading's.
 
 use super::request::{expect_of, JobDefaults};
+use super::shard::Shard;
 use super::{approx_tokens, Fingerprint, Job, JobId};
 use crate::json_scan::Scan;
 use serde_json::Map;
 
-/// The job on line `line` (the file's `index`-th), or None for the general reading.
-pub(super) fn job(d: &JobDefaults, text: &str, index: u64, line: u64) -> Option<Job> {
+/// What the one-pass reading made of a line.
+// The job goes on by value, as the general reading's does: boxed, it would cost an allocation
+// a line for a variant that holds nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Read {
+    /// The line's job.
+    Job(Job),
+    /// A job of another shard: checked as a job would be, its body never written.
+    Elsewhere,
+}
+
+/// The job on line `line` (the file's `index`-th), or None for the general reading. `scratch`
+/// is a buffer kept from line to line (a line's values are written into it first); with a
+/// `shard`, a job of another one is checked and not built.
+pub(super) fn job(
+    d: &JobDefaults,
+    text: &str,
+    at: (u64, u64),
+    scratch: &mut Vec<u8>,
+    shard: Option<Shard>,
+) -> Option<Read> {
     // A template run's lines are plain records; the run's additions are the general
     // reading's to make.
     if !d.params.is_empty() || d.system.is_some() || d.id_field.is_some() || d.template.is_some() {
         return None;
     }
-    let mut s = Scan::new(text);
-    let mut l = Line::default();
-    s.object(|s, key| l.member(s, key))?;
-    if !s.at_end() {
-        return None;
-    }
-    l.into_job(d, index, line)
+    let mut l = Line {
+        values: std::mem::take(scratch),
+        ..Line::default()
+    };
+    l.values.clear();
+    let read = l.read(d, text, at, shard);
+    *scratch = l.values;
+    read
 }
 
 /// What a line holds, as it is read.
@@ -82,7 +103,29 @@ impl<'a> Line<'a> {
         Some(())
     }
 
-    fn into_job(mut self, d: &JobDefaults, index: u64, line: u64) -> Option<Job> {
+    fn read(
+        &mut self,
+        d: &JobDefaults,
+        text: &'a str,
+        at: (u64, u64),
+        shard: Option<Shard>,
+    ) -> Option<Read> {
+        let mut s = Scan::new(text);
+        s.object(|s, key| self.member(s, key))?;
+        if !s.at_end() {
+            return None;
+        }
+        self.checked_job(d, at, shard)
+    }
+
+    /// The job the line holds, checked whole before it is built (a job of another shard is
+    /// only checked).
+    fn checked_job(
+        &mut self,
+        d: &JobDefaults,
+        (index, line): (u64, u64),
+        shard: Option<Shard>,
+    ) -> Option<Read> {
         let chars = self.chars?;
         let model = match self.model {
             Some(m) => m.to_owned(),
@@ -105,18 +148,17 @@ impl<'a> Line<'a> {
         if self.body.windows(2).any(|w| w[0].0 == w[1].0) {
             return None;
         }
-        let mut body = Vec::with_capacity(self.values.len() + 16 * self.body.len());
-        for (i, (key, value)) in self.body.iter().enumerate() {
-            body.push(if i == 0 { b'{' } else { b',' });
-            quoted(&mut body, key);
-            body.push(b':');
-            body.extend_from_slice(&self.values[value.clone()]);
+        let expect = expect_of(d, &Map::new()).ok()?;
+        let id = self
+            .id
+            .take()
+            .unwrap_or_else(|| JobId::new((index + 1).to_string()));
+        if shard.is_some_and(|s| !s.owns(id.as_str())) {
+            return Some(Read::Elsewhere);
         }
-        body.push(b'}');
-        Some(Job {
-            id: self
-                .id
-                .unwrap_or_else(|| JobId::new((index + 1).to_string())),
+        let body = self.body_bytes();
+        Some(Read::Job(Job {
+            id,
             index,
             line,
             model,
@@ -130,9 +172,22 @@ impl<'a> Line<'a> {
                 .map(|n| n.min(u64::from(u32::MAX)) as u32),
             choices: 1,
             images: 0,
-            expect: expect_of(d, &Map::new()).ok()?,
+            expect,
             image_files: Vec::new(),
-        })
+        }))
+    }
+
+    /// The body: its members in key order.
+    fn body_bytes(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.values.len() + 16 * self.body.len());
+        for (i, (key, value)) in self.body.iter().enumerate() {
+            body.push(if i == 0 { b'{' } else { b',' });
+            quoted(&mut body, key);
+            body.push(b':');
+            body.extend_from_slice(&self.values[value.clone()]);
+        }
+        body.push(b'}');
+        body
     }
 }
 
@@ -196,7 +251,12 @@ fn messages(s: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<usize> {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"content\":");
-        crate::json_write::string(out, &content).ok()?;
+        match &content {
+            // No escape, no quote, no control character (the scan refuses them raw): what
+            // the body's writer would write, copied.
+            std::borrow::Cow::Borrowed(text) => quoted(out, text),
+            std::borrow::Cow::Owned(text) => crate::json_write::string(out, text).ok()?,
+        }
         out.extend_from_slice(b",\"role\":");
         quoted(out, role);
         out.push(b'}');

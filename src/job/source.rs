@@ -151,12 +151,15 @@ impl InputSpec {
         }
         let reader = BufReader::with_capacity(1 << 16, file);
         let jobs: Jobs = match self.format {
-            InputFormat::Jsonl => Box::new(JsonlJobs::new(
-                &self.path,
-                reader,
-                self.defaults.clone(),
-                self.max_line_bytes,
-            )),
+            InputFormat::Jsonl => Box::new(
+                JsonlJobs::new(
+                    &self.path,
+                    reader,
+                    self.defaults.clone(),
+                    self.max_line_bytes,
+                )
+                .only(self.shard),
+            ),
             InputFormat::Csv | InputFormat::Parquet => Box::new(CsvJobs::new(
                 &self.path,
                 reader,
