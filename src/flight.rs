@@ -20,11 +20,14 @@
 //!   cuts it at once, to half or to what the wait says was served (the time waited over the
 //!   fastest answer seen): a queue so long that answers do not come back in time. A timeout
 //!   among answers as fast as ever is a hung connection, and leaves the limit alone;
-//! - a window in which as many requests timed out as were answered (the first wave to a
-//!   server slower than the timeout answers a slot's worth and lets the rest wait out their
+//! - a window in which three requests or more timed out for each answered (the first wave to
+//!   a server slower than the timeout answers a slot's worth and lets the rest wait out their
 //!   time, too few answers to show a queue): the limit becomes what the window had answered in
-//!   time (at most half, at least 1), and doubles back from there once answers come in time,
-//!   as TCP starts again after a loss; a window of timeouts alone (an outage) halves it.
+//!   time (at most half, at least 1) and grows by one from there; a window of timeouts alone
+//!   (an outage) halves it, and it doubles back once answers come, as TCP starts again after
+//!   a loss. Fewer timeouts than that (answers longer than the timeout, on a provider that
+//!   does not queue) lower nothing, and a window grows only while its timeouts are at most a
+//!   fifth of its answers.
 //!
 //! The lowest latency drifts up 6% a minute, so a server slower for good is learnt again. The
 //! run starts at the ceiling (after its first request, which goes alone): a provider that does
@@ -236,7 +239,7 @@ impl Flight {
         if s.to_answer > 0 || s.to_send > 0 {
             return;
         }
-        if s.timed_out > 0 && s.timed_out >= s.n {
+        if s.timed_out > 0 && s.timed_out >= 3 * s.n {
             self.too_late(s);
         } else if s.n > 0 && s.used {
             self.judge(s);
@@ -244,7 +247,7 @@ impl Flight {
         self.next_window(s);
     }
 
-    /// A window in which as many timed out as were answered: what it answered in time is what
+    /// A window in which three or more timed out for each answered: what it answered in time is what
     /// the server serves within the timeout (half the limit at most: none answered is an
     /// outage, or a server slower than the timeout at any load, and halving is enough there).
     fn too_late(&self, s: &mut State) {
@@ -291,7 +294,7 @@ impl Flight {
             s.limit = (s.limit / ratio + 1.0).clamp(1.0, s.limit);
             s.lowered |= s.limit < before;
             s.starting = false;
-        } else if ratio < ROOM && (s.starting || queue < 0.5) && s.timed_out == 0 {
+        } else if ratio < ROOM && (s.starting || queue < 0.5) && 5 * s.timed_out <= s.n {
             let step = if s.starting { s.limit } else { 1.0 };
             s.limit = (s.limit + step).min(self.ceiling as f64);
         }
@@ -453,6 +456,71 @@ mod tests {
         // an answer's 4 s for its turn, and a timeout of 6 s is close); the limit left at 64
         // times out about 990.
         assert!(timeouts <= 62 + 64, "{timeouts} timeouts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_whose_long_answers_time_out_keeps_its_limit() {
+        // No queue at all, but every other answer is longer than the timeout (a timeout set too
+        // short for the answers asked for): lowering the limit would change nothing for them.
+        let flight = std::sync::Arc::new(Flight::new(256, true));
+        let first = flight.acquire().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        first.done(Sample::Answer);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..4000 {
+            let flight = flight.clone();
+            let long = rng.bool();
+            let took = Duration::from_millis(rng.u64(500..800));
+            tasks.spawn(async move {
+                let slot = flight.acquire().await;
+                if long {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    slot.done(Sample::Timeout);
+                } else {
+                    tokio::time::sleep(took).await;
+                    slot.done(Sample::Answer);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!((flight.limit(), flight.found()), (256, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_lowered_by_a_queue_grows_back_past_a_few_hung_connections() {
+        // A server of 4 slots brings the limit down; then it serves everything at once, and
+        // one request in 12 hangs until the timeout: the limit grows back all the same.
+        let flight = std::sync::Arc::new(Flight::new(64, true));
+        let server = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+        let first = flight.acquire().await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        first.done(Sample::Answer);
+        let mut rng = fastrand::Rng::with_seed(5);
+        for phase in 0..2 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..if phase == 0 { 400 } else { 6000 } {
+                let (flight, server) = (flight.clone(), server.clone());
+                let hung = phase == 1 && rng.u32(0..12) == 0;
+                let took = Duration::from_millis(rng.u64(300..500));
+                tasks.spawn(async move {
+                    let slot = flight.acquire().await;
+                    let _place = server.acquire().await.unwrap();
+                    if hung {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        return slot.done(Sample::Timeout);
+                    }
+                    tokio::time::sleep(took).await;
+                    slot.done(Sample::Answer);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+            if phase == 0 {
+                assert!(flight.limit() <= 6, "{}", flight.limit());
+                server.add_permits(100_000);
+            }
+        }
+        assert!(flight.limit() >= 32, "{}", flight.limit());
     }
 
     async fn futures_join(f: &Flight, n: usize) -> Vec<Slot<'_>> {
