@@ -54,7 +54,8 @@ pub(super) fn job(
 /// What a line holds, as it is read.
 #[derive(Default)]
 struct Line<'a> {
-    id: Option<JobId>,
+    /// The id's text (a string's or a number's), made a [`JobId`] only for a job built.
+    id: Option<&'a str>,
     model: Option<&'a str>,
     /// The characters of the messages' token estimate; None until they are read.
     chars: Option<usize>,
@@ -127,12 +128,12 @@ impl<'a> Line<'a> {
         shard: Option<Shard>,
     ) -> Option<Read> {
         let chars = self.chars?;
-        let model = match self.model {
-            Some(m) => m.to_owned(),
+        let model: &str = match self.model {
+            Some(m) => m,
             None => {
-                let m = d.model.clone()?;
+                let m = d.model.as_deref()?;
                 let start = self.values.len();
-                crate::json_write::string(&mut self.values, &m).ok()?;
+                crate::json_write::string(&mut self.values, m).ok()?;
                 self.body.push(("model", start..self.values.len()));
                 m
             }
@@ -149,19 +150,19 @@ impl<'a> Line<'a> {
             return None;
         }
         let expect = expect_of(d, &Map::new()).ok()?;
-        let id = self
-            .id
-            .take()
-            .unwrap_or_else(|| JobId::new((index + 1).to_string()));
-        if shard.is_some_and(|s| !s.owns(id.as_str())) {
+        let id = match self.id {
+            Some(id) => std::borrow::Cow::Borrowed(id),
+            None => std::borrow::Cow::Owned((index + 1).to_string()),
+        };
+        if shard.is_some_and(|s| !s.owns(&id)) {
             return Some(Read::Elsewhere);
         }
         let body = self.body_bytes();
         Some(Read::Job(Job {
-            id,
+            id: JobId::new(id),
             index,
             line,
-            model,
+            model: model.to_owned(),
             fingerprint: Fingerprint::of(&body),
             body: body.into(),
             metadata,
@@ -216,14 +217,13 @@ fn whole(raw: &str) -> Option<u64> {
 }
 
 /// The id: a non-empty string without escapes, or a whole number.
-fn id(s: &mut Scan<'_>) -> Option<JobId> {
+fn id<'a>(s: &mut Scan<'a>) -> Option<&'a str> {
     if s.peek()? == b'"' {
-        let id = plain_string(s).filter(|i| !i.is_empty())?;
-        return Some(JobId::new(id));
+        return plain_string(s).filter(|i| !i.is_empty());
     }
     let raw = s.raw()?;
     whole(raw)?;
-    Some(JobId::new(raw))
+    Some(raw)
 }
 
 /// The messages written into `out` as the body writes them (each
