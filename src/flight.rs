@@ -23,11 +23,12 @@
 //! - a window in which three requests or more timed out for each answered (the first wave to
 //!   a server slower than the timeout answers a slot's worth and lets the rest wait out their
 //!   time, too few answers to show a queue): the limit becomes what the window had answered in
-//!   time (at most half, at least 1) and grows by one from there; a window of timeouts alone
-//!   (an outage) halves it, and it doubles back once answers come, as TCP starts again after
-//!   a loss. Fewer timeouts than that (answers longer than the timeout, on a provider that
-//!   does not queue) lower nothing, and a window grows only while its timeouts are at most a
-//!   fifth of its answers.
+//!   time (at most half, at least 1) and grows by one from there. A window of timeouts alone
+//!   lowers nothing: a provider that stopped answering is the circuit breaker's to judge, and
+//!   fewer places would only slow its verdict (20 jobs' six attempts each). Fewer timeouts than
+//!   three to one (answers longer than the timeout, on a provider that does not queue) lower
+//!   nothing either, and a window grows only while its timeouts are at most a fifth of its
+//!   answers.
 //!
 //! The lowest latency drifts up 6% a minute, so a server slower for good is learnt again. The
 //! run starts at the ceiling (after its first request, which goes alone): a provider that does
@@ -239,7 +240,8 @@ impl Flight {
         if s.to_answer > 0 || s.to_send > 0 {
             return;
         }
-        if s.timed_out > 0 && s.timed_out >= 3 * s.n {
+        // Used or not: 63 in flight timing out under a ceiling of 64 are as much a queue.
+        if s.n > 0 && s.timed_out >= 3 * s.n {
             self.too_late(s);
         } else if s.n > 0 && s.used {
             self.judge(s);
@@ -247,21 +249,14 @@ impl Flight {
         self.next_window(s);
     }
 
-    /// A window in which three or more timed out for each answered: what it answered in time is what
-    /// the server serves within the timeout (half the limit at most: none answered is an
-    /// outage, or a server slower than the timeout at any load, and halving is enough there).
+    /// A window in which three or more timed out for each answered: what it answered in time
+    /// is what the server serves within the timeout (half the limit at most), and the limit
+    /// grows by one from there.
     fn too_late(&self, s: &mut State) {
         let before = s.limit;
-        let in_time = if s.n == 0 {
-            before / 2.0
-        } else {
-            f64::from(s.n)
-        };
-        s.limit = in_time.min(before / 2.0).max(1.0);
+        s.limit = f64::from(s.n).min(before / 2.0).max(1.0);
         s.lowered |= s.limit < before;
-        // Answers in time measured the server: grow from there by one. None measured nothing:
-        // double back once answers come, as TCP starts again after a loss.
-        s.starting = s.n == 0;
+        s.starting = false;
     }
 
     /// Whether the window's answers so far show a queue: their median well above the fastest
@@ -521,6 +516,33 @@ mod tests {
             }
         }
         assert!(flight.limit() >= 32, "{}", flight.limit());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_stops_answering_keeps_its_limit() {
+        // Answers at once, then none: every request after the 50th hangs until its timeout.
+        // The limit stays, so the circuit breaker sees 20 jobs fail at the run's own pace
+        // (halving it window by window made that 9 times slower: 182 s against 20 by hand).
+        let flight = std::sync::Arc::new(Flight::new(64, true));
+        let first = flight.acquire().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        first.done(Sample::Answer);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..1000 {
+            let flight = flight.clone();
+            tasks.spawn(async move {
+                let slot = flight.acquire().await;
+                if i < 50 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    slot.done(Sample::Answer);
+                } else {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    slot.done(Sample::Timeout);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!((flight.limit(), flight.found()), (64, None));
     }
 
     async fn futures_join(f: &Flight, n: usize) -> Vec<Slot<'_>> {
