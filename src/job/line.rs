@@ -14,6 +14,7 @@ use super::shard::Shard;
 use super::{approx_tokens, Fingerprint, Job, JobId};
 use crate::json_scan::Scan;
 use serde_json::Map;
+use std::borrow::Cow;
 
 /// What the one-pass reading made of a line.
 // The job goes on by value, as the general reading's does: boxed, it would cost an allocation
@@ -151,8 +152,8 @@ impl<'a> Line<'a> {
         }
         let expect = expect_of(d, &Map::new()).ok()?;
         let id = match self.id {
-            Some(id) => std::borrow::Cow::Borrowed(id),
-            None => std::borrow::Cow::Owned((index + 1).to_string()),
+            Some(id) => Cow::Borrowed(id),
+            None => Cow::Owned((index + 1).to_string()),
         };
         if shard.is_some_and(|s| !s.owns(&id)) {
             return Some(Read::Elsewhere);
@@ -254,8 +255,8 @@ fn messages(s: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<usize> {
         match &content {
             // No escape, no quote, no control character (the scan refuses them raw): what
             // the body's writer would write, copied.
-            std::borrow::Cow::Borrowed(text) => quoted(out, text),
-            std::borrow::Cow::Owned(text) => crate::json_write::string(out, text).ok()?,
+            Cow::Borrowed(text) => quoted(out, text),
+            Cow::Owned(text) => crate::json_write::string(out, text).ok()?,
         }
         out.extend_from_slice(b",\"role\":");
         quoted(out, role);
