@@ -198,11 +198,31 @@ fn raise_open_files_limit() {
     }
 }
 
+/// A run is a batch job and tells the kernel so: Linux's `SCHED_BATCH`, taken before any of
+/// the run's threads start (they inherit it). The kernel then never lets one of the run's
+/// wake-ups (an answer arriving, a timer) preempt whatever holds the core: a server on the same
+/// machine (llama.cpp, vLLM, the simulator) and the run's other threads each finish their slice,
+/// and the run wakes to more answers at once. Three workers and a simulator on two cores
+/// measured 8-14% less wall time with it, one worker 3-9% (docs/design.md).
+/// A policy other than the default (real-time, idle, one set with `chrt`) is left as it is, and
+/// a refusal (a sandbox) changes nothing.
+fn schedule_as_batch() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: both calls act on the calling thread and only read the struct we pass.
+    unsafe {
+        if libc::sched_getscheduler(0) == libc::SCHED_OTHER {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+        }
+    }
+}
+
 /// The run's runtime: every request, the dispatcher and the limiters on one thread, the
 /// blocking work (validation, the checkpoint's scan, the finish) on the blocking pool and the
 /// reader and writer on threads of their own (docs/design.md, "One thread for the requests").
 fn run_runtime() -> Result<tokio::runtime::Runtime, AppError> {
     raise_open_files_limit();
+    schedule_as_batch();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -681,3 +681,71 @@ fn a_plain_http_endpoint_is_called_directly_and_a_proxy_variable_still_applies()
         heads[0]
     );
 }
+
+/// The scheduling policy of each of a process's threads (`/proc`'s stat, field 41).
+#[cfg(target_os = "linux")]
+fn thread_policies(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue; // a thread that ended meanwhile
+        };
+        // The name in parentheses may hold spaces: fields count from after it.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let policy = after.split_whitespace().nth(41 - 3).unwrap_or("?");
+        out.push((comm.trim().to_string(), policy.to_string()));
+    }
+    out
+}
+
+/// A run's threads as it sends, once its writer is up.
+#[cfg(target_os = "linux")]
+fn policies_while_running(cmd: &mut std::process::Command) -> Vec<(String, String)> {
+    let mut child = cmd.spawn().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = thread_policies(child.id());
+        if seen.iter().any(|(name, _)| name == "bulkprompt-writ") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn a_run_is_scheduled_as_a_batch_job_and_a_policy_set_by_hand_is_kept() {
+    let mock = Mock::start(MockConfig {
+        latency: std::time::Duration::from_millis(500),
+        ..Default::default()
+    });
+    let dir = Dir::new();
+    let input = dir.write("jobs.jsonl", chat_jobs(40));
+    let out = dir.path("out.jsonl");
+    let extra = ["--concurrency", "2", "--fixed-concurrency"];
+    // Every thread of the run, started after the policy was taken, is a batch thread (3):
+    // its wake-ups never preempt a server on the same cores.
+    let seen = policies_while_running(&mut run_cmd(&input, &out, &mock.url(), &extra));
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.iter().all(|(_, p)| p == "3"), "{seen:?}");
+    // A policy given by the one who started it (idle, 5) is theirs.
+    let mut by_hand = run_cmd(&input, &dir.path("idle.jsonl"), &mock.url(), &extra);
+    // SAFETY: the child only sets its own policy between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut by_hand, || {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+            Ok(())
+        });
+    }
+    let seen = policies_while_running(&mut by_hand);
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(seen.iter().all(|(_, p)| p == "5"), "{seen:?}");
+}
