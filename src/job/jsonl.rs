@@ -537,11 +537,13 @@ mod tests {
         (false, r#"[{"role":"user","content":"x"}]"#),
     ];
 
-    /// The one-pass reading gives the job the general reading gives, or leaves the line.
+    /// The one-pass reading gives the job the general reading gives, or leaves the line; and
+    /// every shard's reading agrees with it.
     fn same_as_general(d: &Arc<JobDefaults>, text: &str) -> bool {
         let jobs = JsonlJobs::new(Path::new("t.jsonl"), &b""[..], d.clone(), 1 << 20);
-        let Some(Read::Job(fast)) = super::super::line::job(d, text, (0, 1), &mut Vec::new(), None)
-        else {
+        let whole = super::super::line::job(d, text, (0, 1), &mut Vec::new(), None);
+        every_shard_reads_it_alike(d, text, &whole);
+        let Some(Read::Job(fast)) = whole else {
             return false;
         };
         match jobs.general(1, text) {
@@ -549,6 +551,26 @@ mod tests {
             Err(e) => panic!("read in one pass, refused by the general reading ({e}): {text}"),
         }
         true
+    }
+
+    /// A shard's reading of a line is the job read whole when the shard owns it, "another
+    /// shard's" when it does not, and nothing when the whole reading leaves the line: another
+    /// shard's line, read without writing its values, is checked exactly as a job.
+    fn every_shard_reads_it_alike(d: &JobDefaults, text: &str, whole: &Option<Read>) {
+        let told = |read: &Option<Read>| match read {
+            None => "left".to_string(),
+            Some(Read::Job(job)) => format!("{job:?}"),
+            Some(Read::Elsewhere) => "elsewhere".into(),
+        };
+        for index in 0..3 {
+            let shard = Shard { index, count: 3 };
+            let read = super::super::line::job(d, text, (0, 1), &mut Vec::new(), Some(shard));
+            let expected = match whole {
+                Some(Read::Job(job)) if !shard.owns(job.id.as_str()) => "elsewhere".into(),
+                other => told(other),
+            };
+            assert_eq!(told(&read), expected, "shard {index}: {text}");
+        }
     }
 
     #[test]

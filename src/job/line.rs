@@ -44,10 +44,11 @@ pub(super) fn job(
     }
     let mut l = Line {
         values: std::mem::take(scratch),
+        shard,
         ..Line::default()
     };
     l.values.clear();
-    let read = l.read(d, text, at, shard);
+    let read = l.read(d, text, at);
     *scratch = l.values;
     read
 }
@@ -67,14 +68,29 @@ struct Line<'a> {
     /// its key and where its value is in `values`.
     body: Vec<(&'a str, std::ops::Range<usize>)>,
     values: Vec<u8>,
+    /// The shard this reading builds jobs for, if any.
+    shard: Option<Shard>,
+    /// The line's id is another shard's: what follows is checked as it would be for a job and
+    /// nothing is written (no value, no token estimate, no key order).
+    elsewhere: bool,
 }
 
 impl<'a> Line<'a> {
+    /// Where the line's values go: nowhere for another shard's line.
+    fn out(&mut self) -> Option<&mut Vec<u8>> {
+        (!self.elsewhere).then_some(&mut self.values)
+    }
+
     fn member(&mut self, s: &mut Scan<'a>, key: &'a str) -> Option<()> {
         let start = self.values.len();
-        // A key named twice: `id` and `metadata` here, the body's keys once they are sorted.
+        // A key named twice: `id` and `metadata` here, the body's keys at the end.
         match key {
-            "id" if self.id.is_none() => return id(s).map(|id| self.id = Some(id)),
+            "id" if self.id.is_none() => {
+                let id = id(s)?;
+                self.id = Some(id);
+                self.elsewhere = self.shard.is_some_and(|shard| !shard.owns(id));
+                return Some(());
+            }
             "metadata" if self.metadata.is_none() => {
                 return s.raw().map(|raw| self.metadata = Some(raw))
             }
@@ -82,9 +98,14 @@ impl<'a> Line<'a> {
             "model" => {
                 let model = plain_string(s).filter(|m| !m.is_empty())?;
                 self.model = Some(model);
-                quoted(&mut self.values, model);
+                if let Some(out) = self.out() {
+                    quoted(out, model);
+                }
             }
-            "messages" => self.chars = Some(messages(s, &mut self.values)?),
+            "messages" => {
+                let chars = messages(s, self.out())?;
+                self.chars = Some(chars);
+            }
             "max_tokens" | "max_completion_tokens" => {
                 let raw = s.raw()?;
                 let n = whole(raw)?;
@@ -92,49 +113,44 @@ impl<'a> Line<'a> {
                     "max_tokens" => self.max_tokens = Some(n),
                     _ => self.max_completion_tokens = Some(n),
                 }
-                self.values.extend_from_slice(raw.as_bytes());
+                if let Some(out) = self.out() {
+                    out.extend_from_slice(raw.as_bytes());
+                }
             }
             // What the general reading gives a meaning to, beyond copying it.
             "custom_id" | "n" | "stream" | "response_format" => return None,
             _ => {
                 let v = super::jsonl::strict_value(s.raw()?).ok()?;
-                crate::json_write::value(&mut self.values, &v).ok()?;
+                if let Some(out) = self.out() {
+                    crate::json_write::value(out, &v).ok()?;
+                }
             }
         }
         self.body.push((key, start..self.values.len()));
         Some(())
     }
 
-    fn read(
-        &mut self,
-        d: &JobDefaults,
-        text: &'a str,
-        at: (u64, u64),
-        shard: Option<Shard>,
-    ) -> Option<Read> {
+    fn read(&mut self, d: &JobDefaults, text: &'a str, at: (u64, u64)) -> Option<Read> {
         let mut s = Scan::new(text);
         s.object(|s, key| self.member(s, key))?;
         if !s.at_end() {
             return None;
         }
-        self.checked_job(d, at, shard)
+        self.checked_job(d, at)
     }
 
     /// The job the line holds, checked whole before it is built (a job of another shard is
     /// only checked).
-    fn checked_job(
-        &mut self,
-        d: &JobDefaults,
-        (index, line): (u64, u64),
-        shard: Option<Shard>,
-    ) -> Option<Read> {
+    fn checked_job(&mut self, d: &JobDefaults, (index, line): (u64, u64)) -> Option<Read> {
         let chars = self.chars?;
         let model: &str = match self.model {
             Some(m) => m,
             None => {
                 let m = d.model.as_deref()?;
                 let start = self.values.len();
-                crate::json_write::string(&mut self.values, m).ok()?;
+                if let Some(out) = self.out() {
+                    crate::json_write::string(out, m).ok()?;
+                }
                 self.body.push(("model", start..self.values.len()));
                 m
             }
@@ -146,16 +162,19 @@ impl<'a> Line<'a> {
                 _ => return None,
             },
         };
-        self.body.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        if self.body.windows(2).any(|w| w[0].0 == w[1].0) {
+        if self.repeats_a_key() {
             return None;
         }
         let expect = expect_of(d, &Map::new()).ok()?;
+        if self.elsewhere {
+            return Some(Read::Elsewhere);
+        }
+        // An id on the line had its shard told when it was read; the place's is told here.
         let id = match self.id {
             Some(id) => Cow::Borrowed(id),
             None => Cow::Owned((index + 1).to_string()),
         };
-        if shard.is_some_and(|s| !s.owns(&id)) {
+        if self.id.is_none() && self.shard.is_some_and(|s| !s.owns(&id)) {
             return Some(Read::Elsewhere);
         }
         let body = self.body_bytes();
@@ -177,6 +196,17 @@ impl<'a> Line<'a> {
             expect,
             image_files: Vec::new(),
         }))
+    }
+
+    /// Whether a body's key is there twice. A job's keys are sorted for its body and compared
+    /// side by side; another shard's few are compared each with each (a long list is sorted).
+    fn repeats_a_key(&mut self) -> bool {
+        let keys = &mut self.body;
+        if self.elsewhere && keys.len() <= 16 {
+            return (1..keys.len()).any(|i| keys[..i].iter().any(|k| k.0 == keys[i].0));
+        }
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        keys.windows(2).any(|w| w[0].0 == w[1].0)
     }
 
     /// The body: its members in key order.
@@ -229,11 +259,12 @@ fn id<'a>(s: &mut Scan<'a>) -> Option<&'a str> {
 
 /// The messages written into `out` as the body writes them (each
 /// `{"content":...,"role":...}`); the characters the token estimate counts (each message's
-/// content and 16).
-fn messages(s: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<usize> {
-    let start = out.len();
-    out.push(b'[');
-    let mut chars = 0;
+/// content and 16). Without `out` (another shard's line) they are only checked, and count 0.
+fn messages(s: &mut Scan<'_>, mut out: Option<&mut Vec<u8>>) -> Option<usize> {
+    if let Some(out) = out.as_deref_mut() {
+        out.push(b'[');
+    }
+    let (mut count, mut chars) = (0, 0);
     s.array(|s| {
         let (mut role, mut content) = (None, None);
         s.object(|s, key| match key {
@@ -248,7 +279,11 @@ fn messages(s: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<usize> {
             _ => None,
         })?;
         let (role, content) = (role?, content?);
-        if out.len() > start + 1 {
+        count += 1;
+        let Some(out) = out.as_deref_mut() else {
+            return Some(());
+        };
+        if count > 1 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"content\":");
@@ -264,9 +299,11 @@ fn messages(s: &mut Scan<'_>, out: &mut Vec<u8>) -> Option<usize> {
         chars += content.chars().count() + 16;
         Some(())
     })?;
-    if out.len() == start + 1 {
+    if count == 0 {
         return None;
     }
-    out.push(b']');
+    if let Some(out) = out {
+        out.push(b']');
+    }
     Some(chars)
 }
