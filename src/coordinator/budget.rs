@@ -6,8 +6,10 @@
 //!
 //! A reservation is drawn from the headroom when it has enough, with no round trip; else one
 //! round trip checks it against every worker's spent and every live hold, and brings a new
-//! block (about [`BLOCK_JOBS`] such reservations, less as the cap nears: Redis gives at most
-//! the room left shared by twice the live workers). Settlements change the local ledger and
+//! block (about [`BLOCK_JOBS`] such reservations at first, doubled up to [`MAX_BLOCK_JOBS`]
+//! each time a block is drawn whole within half of [`IDLE`] and halved each time headroom goes
+//! back idle, so a worker holds about what it spends in a twentieth of a second; less as the
+//! cap nears: Redis gives at most the room left shared by twice the live workers). Settlements change the local ledger and
 //! are mirrored within 20 ms, many in one write; headroom not drawn for [`IDLE`] is given back
 //! (a settlement's unused part is never turned into headroom: a hold of money committed
 //! before, which no cap checked, must not become room to spend).
@@ -30,8 +32,11 @@ use tokio::sync::Notify;
 
 /// Settlements gathered into one write.
 const GATHER: Duration = Duration::from_millis(20);
-/// A block of headroom asked for is this many times the reservation that asked.
+/// A block of headroom asked for is this many times the reservation that asked, at first and
+/// at least.
 const BLOCK_JOBS: u64 = 64;
+/// At most.
+const MAX_BLOCK_JOBS: u64 = 1024;
 /// Headroom not drawn for this long goes back to the shared cap.
 const IDLE: Duration = Duration::from_millis(100);
 /// A reservation refused while others hold something is asked again after this (their idle
@@ -47,6 +52,10 @@ struct Ledger {
     headroom: Money,
     /// When the headroom was last drawn from or granted.
     drawn: Option<tokio::time::Instant>,
+    /// When the last block was granted, and the reservations the next one is asked for (0:
+    /// [`BLOCK_JOBS`]).
+    granted: Option<tokio::time::Instant>,
+    block_jobs: u64,
     seq: u64,
 }
 
@@ -62,14 +71,28 @@ impl Ledger {
         true
     }
 
-    /// Gives the headroom back when it was not drawn for [`IDLE`]; whether it did.
+    /// Gives the headroom back when it was not drawn for [`IDLE`]; whether it did. The next
+    /// block is half as big.
     fn lapse_idle(&mut self) -> bool {
         let idle = self.drawn.is_none_or(|d| d.elapsed() >= IDLE);
         if self.headroom > Money::ZERO && idle {
             self.headroom = Money::ZERO;
+            self.block_jobs = (self.block_jobs / 2).max(BLOCK_JOBS);
             return true;
         }
         false
+    }
+
+    /// The reservations a block is asked for now (the headroom could not serve one): twice the
+    /// last when it was drawn whole within half of [`IDLE`].
+    fn next_block_jobs(&mut self) -> u64 {
+        let jobs = self.block_jobs.max(BLOCK_JOBS);
+        let quick = self.granted.is_some_and(|g| g.elapsed() < IDLE / 2);
+        self.block_jobs = match quick {
+            true => (jobs * 2).min(MAX_BLOCK_JOBS),
+            false => jobs,
+        };
+        self.block_jobs
     }
 }
 
@@ -302,9 +325,13 @@ impl SharedBudget {
             return Ok(Reservation(worst));
         }
         // Held before the round trip, so the write includes it.
-        s.ledger().held += worst;
+        let jobs = {
+            let mut l = s.ledger();
+            l.held += worst;
+            l.next_block_jobs()
+        };
         let snapshot = s.snapshot();
-        let block = Money(worst.0.saturating_mul(BLOCK_JOBS - 1));
+        let block = Money(worst.0.saturating_mul(jobs - 1));
         let answer = s
             .write(snapshot, s.lease, false, Some((self.cap, block)))
             .await;
@@ -319,6 +346,7 @@ impl SharedBudget {
                 let mut l = s.ledger();
                 l.headroom += block;
                 l.drawn = Some(tokio::time::Instant::now());
+                l.granted = l.drawn;
                 Ok(Reservation(worst))
             }
             Ok(Written::Cap {
@@ -557,5 +585,32 @@ mod tests {
         assert!(l.lapse_idle());
         assert_eq!((l.held, l.headroom), (Money(200), Money::ZERO));
         assert!(!l.lapse_idle(), "nothing left to give back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_block_grows_while_it_is_drawn_whole_quickly_and_shrinks_when_it_lapses() {
+        let mut l = Ledger::default();
+        assert_eq!(l.next_block_jobs(), BLOCK_JOBS, "the first block");
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            l.granted = Some(tokio::time::Instant::now());
+            tokio::time::advance(IDLE / 4).await;
+            sizes.push(l.next_block_jobs());
+        }
+        assert_eq!(sizes, [128, 256, 512, 1024, 1024, 1024]);
+        // Drawn whole, but not within half of IDLE: kept.
+        l.granted = Some(tokio::time::Instant::now());
+        tokio::time::advance(IDLE / 2).await;
+        assert_eq!(l.next_block_jobs(), 1024);
+        // Headroom given back idle: halved, down to the first size.
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            l.headroom = Money(10);
+            l.drawn = Some(tokio::time::Instant::now());
+            tokio::time::advance(IDLE).await;
+            assert!(l.lapse_idle());
+            sizes.push(l.next_block_jobs());
+        }
+        assert_eq!(sizes, [512, 256, 128, 64, 64, 64]);
     }
 }

@@ -1,8 +1,10 @@
 //! The rate limit every worker of a run shares: the requests and tokens buckets live in Redis
 //! ([`scripts::ACQUIRE`]), and each worker queues its own requests so that only one of them
-//! at a time asks Redis. While the buckets hold plenty, one round trip takes a batch of up to
-//! [`BATCH`] grants, kept here for the next requests and given back when not used within
-//! [`STASH_FOR`]; when the limit binds, one round trip is one grant, scheduled ahead (so a
+//! at a time asks Redis. While the buckets hold plenty, one round trip takes a batch of
+//! grants, kept here for the next requests and given back when not used within [`STASH_FOR`]:
+//! [`BATCH`] at first, doubled (up to [`MAX_BATCH`]) each time a batch is used up within half
+//! that time and halved each time one goes back unused, so a worker holds about what it sends
+//! in a twentieth of a second; when the limit binds, one round trip is one grant, scheduled ahead (so a
 //! pause set by another worker holds back at most one request of this one, or a batch taken
 //! in the last [`STASH_FOR`]).
 //!
@@ -31,18 +33,33 @@ const HORIZON_MS: i64 = 1000;
 const MAX_POLL: Duration = Duration::from_secs(5);
 /// How often refunds are sent when no grant carries them.
 const REFUND_EVERY: Duration = Duration::from_millis(250);
-/// Grants asked for at once while the buckets hold them.
+/// Grants asked for at once while the buckets hold them, at first and at least.
 const BATCH: u64 = 32;
+/// At most.
+const MAX_BATCH: u64 = 1024;
 /// A batch's grants unused this long go back to the shared buckets.
 const STASH_FOR: Duration = Duration::from_millis(100);
 
-/// Grants taken in a batch and not used yet, each charged `each` tokens.
-#[derive(Debug, Default)]
+/// Grants taken in a batch and not used yet, each charged `each` tokens, and the size of the
+/// next batch.
+#[derive(Debug)]
 struct Stash {
     requests: u64,
     /// The tokens each was charged (a batch is asked at one size).
     each: u64,
     taken: Option<tokio::time::Instant>,
+    batch: u64,
+}
+
+impl Default for Stash {
+    fn default() -> Self {
+        Stash {
+            requests: 0,
+            each: 0,
+            taken: None,
+            batch: BATCH,
+        }
+    }
 }
 
 impl Stash {
@@ -56,10 +73,20 @@ impl Stash {
         true
     }
 
-    /// Everything left: (requests, the tokens charged for them).
+    /// Everything left: (requests, the tokens charged for them). The next batch is halved
+    /// when grants go back unused, doubled when the last was used up within half its time.
     fn drain(&mut self) -> (u64, u64) {
         let left = (self.requests, self.requests * self.each);
-        *self = Stash::default();
+        let quick = self.taken.is_some_and(|t| t.elapsed() < STASH_FOR / 2);
+        let batch = match left.0 {
+            0 if quick => (self.batch * 2).min(MAX_BATCH),
+            0 => self.batch,
+            _ => (self.batch / 2).max(BATCH),
+        };
+        *self = Stash {
+            batch,
+            ..Stash::default()
+        };
         left
     }
 }
@@ -150,7 +177,10 @@ impl SharedLimit {
         }
         loop {
             // A stash this request could not use (stale, or charged less) goes back with it.
-            let (back, back_tokens) = self.stash().drain();
+            let ((back, back_tokens), batch) = {
+                let mut stash = self.stash();
+                (stash.drain(), stash.batch)
+            };
             let refund = self.refund.swap(0, Relaxed) + back_tokens as i64;
             let (rpm, tpm) = (self.rpm, self.tpm);
             let answer = self
@@ -158,7 +188,7 @@ impl SharedLimit {
                 .invoke::<(i64, i64)>(&scripts::ACQUIRE, &self.key, |first| {
                     let (refund, back) = if first { (refund, back) } else { (0, 0) };
                     let mut a = args(rpm, tpm, tokens, refund, HORIZON_MS);
-                    a.extend([BATCH.to_string(), back.to_string()]);
+                    a.extend([batch.to_string(), back.to_string()]);
                     a
                 })
                 .await;
@@ -166,10 +196,12 @@ impl SharedLimit {
                 Ok((n, wait_ms)) if n >= 1 => {
                     if n > 1 {
                         // This request's grant, and the rest kept for the next ones.
-                        *self.stash() = Stash {
+                        let mut stash = self.stash();
+                        *stash = Stash {
                             requests: n as u64 - 1,
                             each: tokens,
                             taken: Some(tokio::time::Instant::now()),
+                            batch: stash.batch,
                         };
                     }
                     if wait_ms > 0 {
@@ -349,6 +381,7 @@ mod tests {
             requests: 2,
             each: 100,
             taken: Some(tokio::time::Instant::now()),
+            ..Stash::default()
         };
         assert!(
             !s.take(150),
@@ -360,11 +393,41 @@ mod tests {
             requests: 5,
             each: 100,
             taken: Some(tokio::time::Instant::now()),
+            ..Stash::default()
         };
         tokio::time::advance(STASH_FOR).await;
         assert!(!s.take(1), "stale grants are given back, not used");
         assert_eq!(s.drain(), (5, 500));
         assert_eq!(s.drain(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_grows_while_it_is_used_up_quickly_and_shrinks_when_grants_go_back() {
+        let mut s = Stash::default();
+        let mut sizes = Vec::new();
+        // Each batch used up at once: 32, 64, ... up to the most.
+        for _ in 0..8 {
+            s.requests = 0;
+            s.taken = Some(tokio::time::Instant::now());
+            s.drain();
+            sizes.push(s.batch);
+        }
+        assert_eq!(sizes, [64, 128, 256, 512, 1024, 1024, 1024, 1024]);
+        // Used up, but not within half its time: kept.
+        s.taken = Some(tokio::time::Instant::now());
+        tokio::time::advance(STASH_FOR / 2).await;
+        s.drain();
+        assert_eq!(s.batch, 1024);
+        // Grants given back unused: halved, down to the first size.
+        let mut sizes = Vec::new();
+        for _ in 0..7 {
+            s.requests = 3;
+            s.each = 10;
+            s.taken = Some(tokio::time::Instant::now());
+            assert_eq!(s.drain(), (3, 30));
+            sizes.push(s.batch);
+        }
+        assert_eq!(sizes, [512, 256, 128, 64, 32, 32, 32]);
     }
 
     #[test]
