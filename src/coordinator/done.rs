@@ -15,9 +15,14 @@ use tokio::sync::mpsc;
 /// Ids sent to Redis in one call at most.
 const BATCH: usize = 1000;
 
+/// Ids gathered into one call: those that come within this of the first.
+const GATHER: Duration = Duration::from_millis(50);
+
 /// Adds ids to the worker's set, in batches, from any thread.
 pub(crate) struct DoneLedger {
     tx: Option<mpsc::UnboundedSender<IdKey>>,
+    /// Told at the close: every id has been sent, a gathering under way ends now.
+    closing: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,14 +32,20 @@ pub(crate) type DoneSender = mpsc::UnboundedSender<IdKey>;
 impl DoneLedger {
     pub(super) fn start(link: Arc<Link>, key: String) -> DoneLedger {
         let (tx, mut rx) = mpsc::unbounded_channel::<IdKey>();
+        let closing = Arc::new(tokio::sync::Notify::new());
+        let closed = closing.clone();
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             loop {
                 let open = match rx.recv().await {
                     Some(k) => {
                         batch.push(k.to_hex());
-                        // Gather what came meanwhile, a round trip for many ids.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Gather what came meanwhile, a round trip for many ids; at the
+                        // close, nothing more can come.
+                        tokio::select! {
+                            _ = tokio::time::sleep(GATHER) => {}
+                            _ = closed.notified() => {}
+                        }
                         while batch.len() < BATCH {
                             match rx.try_recv() {
                                 Ok(k) => batch.push(k.to_hex()),
@@ -59,16 +70,22 @@ impl DoneLedger {
                 }
             }
         });
-        DoneLedger { tx: Some(tx), task }
+        DoneLedger {
+            tx: Some(tx),
+            closing,
+            task,
+        }
     }
 
     pub(crate) fn sender(&self) -> Option<DoneSender> {
         self.tx.clone()
     }
 
-    /// Sends what is queued (every sender must be gone), then ends.
+    /// Sends what is queued (every sender must be gone), then ends, without waiting out a
+    /// gathering: the run's end waited up to [`GATHER`] for it.
     pub(crate) async fn close(mut self) {
         drop(self.tx.take());
+        self.closing.notify_one();
         let _ = self.task.await;
     }
 }
