@@ -7,8 +7,9 @@
 //! A reservation is drawn from the headroom when it has enough, with no round trip; else one
 //! round trip checks it against every worker's spent and every live hold, and brings a new
 //! block (about [`BLOCK_JOBS`] such reservations at first, doubled up to [`MAX_BLOCK_JOBS`]
-//! each time a block is drawn whole within half of [`IDLE`] and halved each time headroom goes
-//! back idle, so a worker holds about what it spends in a twentieth of a second; less as the
+//! each time a block is drawn whole within a quarter of [`IDLE`] and halved each time headroom
+//! goes back idle, so a worker holds at most about what it spends in a twentieth of a second,
+//! which is what a kill leaves counted as spent; less as the
 //! cap nears: Redis gives at most the room left shared by twice the live workers). Settlements change the local ledger and
 //! are mirrored within 20 ms, many in one write; headroom not drawn for [`IDLE`] is given back
 //! (a settlement's unused part is never turned into headroom: a hold of money committed
@@ -36,7 +37,7 @@ const GATHER: Duration = Duration::from_millis(20);
 /// at least.
 const BLOCK_JOBS: u64 = 64;
 /// At most.
-const MAX_BLOCK_JOBS: u64 = 1024;
+const MAX_BLOCK_JOBS: u64 = 256;
 /// Headroom not drawn for this long goes back to the shared cap.
 const IDLE: Duration = Duration::from_millis(100);
 /// A reservation refused while others hold something is asked again after this (their idle
@@ -84,10 +85,10 @@ impl Ledger {
     }
 
     /// The reservations a block is asked for now (the headroom could not serve one): twice the
-    /// last when it was drawn whole within half of [`IDLE`].
+    /// last when it was drawn whole within a quarter of [`IDLE`].
     fn next_block_jobs(&mut self) -> u64 {
         let jobs = self.block_jobs.max(BLOCK_JOBS);
-        let quick = self.granted.is_some_and(|g| g.elapsed() < IDLE / 2);
+        let quick = self.granted.is_some_and(|g| g.elapsed() < IDLE / 4);
         self.block_jobs = match quick {
             true => (jobs * 2).min(MAX_BLOCK_JOBS),
             false => jobs,
@@ -594,14 +595,14 @@ mod tests {
         let mut sizes = Vec::new();
         for _ in 0..6 {
             l.granted = Some(tokio::time::Instant::now());
-            tokio::time::advance(IDLE / 4).await;
+            tokio::time::advance(IDLE / 8).await;
             sizes.push(l.next_block_jobs());
         }
-        assert_eq!(sizes, [128, 256, 512, 1024, 1024, 1024]);
-        // Drawn whole, but not within half of IDLE: kept.
+        assert_eq!(sizes, [128, 256, 256, 256, 256, 256]);
+        // Drawn whole, but not within a quarter of IDLE: kept.
         l.granted = Some(tokio::time::Instant::now());
-        tokio::time::advance(IDLE / 2).await;
-        assert_eq!(l.next_block_jobs(), 1024);
+        tokio::time::advance(IDLE / 4).await;
+        assert_eq!(l.next_block_jobs(), 256);
         // Headroom given back idle: halved, down to the first size.
         let mut sizes = Vec::new();
         for _ in 0..6 {
@@ -611,6 +612,6 @@ mod tests {
             assert!(l.lapse_idle());
             sizes.push(l.next_block_jobs());
         }
-        assert_eq!(sizes, [512, 256, 128, 64, 64, 64]);
+        assert_eq!(sizes, [128, 64, 64, 64, 64, 64]);
     }
 }

@@ -2,9 +2,10 @@
 //! ([`scripts::ACQUIRE`]), and each worker queues its own requests so that only one of them
 //! at a time asks Redis. While the buckets hold plenty, one round trip takes a batch of
 //! grants, kept here for the next requests and given back when not used within [`STASH_FOR`]:
-//! [`BATCH`] at first, doubled (up to [`MAX_BATCH`]) each time a batch is used up within half
-//! that time and halved each time one goes back unused, so a worker holds about what it sends
-//! in a twentieth of a second; when the limit binds, one round trip is one grant, scheduled ahead (so a
+//! [`BATCH`] at first, doubled (up to [`MAX_BATCH`]) each time a batch is used up within a
+//! quarter of that time and halved each time one goes back unused, so a worker holds at most
+//! about what it sends in a twentieth of a second (a pause set by another worker lets through
+//! no more than that); when the limit binds, one round trip is one grant, scheduled ahead (so a
 //! pause set by another worker holds back at most one request of this one, or a batch taken
 //! in the last [`STASH_FOR`]).
 //!
@@ -36,7 +37,7 @@ const REFUND_EVERY: Duration = Duration::from_millis(250);
 /// Grants asked for at once while the buckets hold them, at first and at least.
 const BATCH: u64 = 32;
 /// At most.
-const MAX_BATCH: u64 = 1024;
+const MAX_BATCH: u64 = 256;
 /// A batch's grants unused this long go back to the shared buckets.
 const STASH_FOR: Duration = Duration::from_millis(100);
 
@@ -74,10 +75,11 @@ impl Stash {
     }
 
     /// Everything left: (requests, the tokens charged for them). The next batch is halved
-    /// when grants go back unused, doubled when the last was used up within half its time.
+    /// when grants go back unused, doubled when the last was used up within a quarter of its
+    /// time.
     fn drain(&mut self) -> (u64, u64) {
         let left = (self.requests, self.requests * self.each);
-        let quick = self.taken.is_some_and(|t| t.elapsed() < STASH_FOR / 2);
+        let quick = self.taken.is_some_and(|t| t.elapsed() < STASH_FOR / 4);
         let batch = match left.0 {
             0 if quick => (self.batch * 2).min(MAX_BATCH),
             0 => self.batch,
@@ -412,12 +414,12 @@ mod tests {
             s.drain();
             sizes.push(s.batch);
         }
-        assert_eq!(sizes, [64, 128, 256, 512, 1024, 1024, 1024, 1024]);
-        // Used up, but not within half its time: kept.
+        assert_eq!(sizes, [64, 128, 256, 256, 256, 256, 256, 256]);
+        // Used up, but not within a quarter of its time: kept.
         s.taken = Some(tokio::time::Instant::now());
-        tokio::time::advance(STASH_FOR / 2).await;
+        tokio::time::advance(STASH_FOR / 4).await;
         s.drain();
-        assert_eq!(s.batch, 1024);
+        assert_eq!(s.batch, 256);
         // Grants given back unused: halved, down to the first size.
         let mut sizes = Vec::new();
         for _ in 0..7 {
@@ -427,7 +429,7 @@ mod tests {
             assert_eq!(s.drain(), (3, 30));
             sizes.push(s.batch);
         }
-        assert_eq!(sizes, [512, 256, 128, 64, 32, 32, 32]);
+        assert_eq!(sizes, [128, 64, 32, 32, 32, 32, 32]);
     }
 
     #[test]
