@@ -9,8 +9,8 @@
 //! block (about [`BLOCK_JOBS`] such reservations at first, doubled up to [`MAX_BLOCK_JOBS`]
 //! each time a block is drawn whole within a quarter of [`IDLE`] and halved each time headroom
 //! goes back idle, so a worker holds at most about what it spends in a twentieth of a second,
-//! which is what a kill leaves counted as spent; less as the
-//! cap nears: Redis gives at most the room left shared by twice the live workers). Settlements change the local ledger and
+//! which is what a kill leaves counted as spent; less as the cap nears: Redis gives at most
+//! the room left shared by twice the live workers). Settlements change the local ledger and
 //! are mirrored within 20 ms, many in one write; headroom not drawn for [`IDLE`] is given back
 //! (a settlement's unused part is never turned into headroom: a hold of money committed
 //! before, which no cap checked, must not become room to spend).
