@@ -6,10 +6,10 @@
 //!
 //! A reservation is drawn from the headroom when it has enough, with no round trip; else one
 //! round trip checks it against every worker's spent and every live hold, and brings a new
-//! block (about [`BLOCK_JOBS`] such reservations at first, doubled up to [`MAX_BLOCK_JOBS`]
-//! each time a block is drawn whole within a quarter of [`IDLE`] and halved each time headroom
-//! goes back idle, so a worker holds at most about what it spends in a twentieth of a second,
-//! which is what a kill leaves counted as spent; less as the cap nears: Redis gives at most
+//! block (about 64 such reservations at first, doubled up to 256, [`Block`], each time a block
+//! is drawn whole within a quarter of [`IDLE`] and halved each time headroom goes back idle,
+//! so a worker holds at most about what it spends in a twentieth of a second, which is what a
+//! kill leaves counted as spent; less as the cap nears: Redis gives at most
 //! the room left shared by twice the live workers). Settlements change the local ledger and
 //! are mirrored within 20 ms, many in one write; headroom not drawn for [`IDLE`] is given back
 //! (a settlement's unused part is never turned into headroom: a hold of money committed
@@ -33,11 +33,8 @@ use tokio::sync::Notify;
 
 /// Settlements gathered into one write.
 const GATHER: Duration = Duration::from_millis(20);
-/// A block of headroom asked for is this many times the reservation that asked, at first and
-/// at least.
-const BLOCK_JOBS: u64 = 64;
-/// At most.
-const MAX_BLOCK_JOBS: u64 = 256;
+/// A block of headroom asked for is this many times the reservation that asked: 64 to 256.
+type Block = super::pace::Paced<64, 2>;
 /// Headroom not drawn for this long goes back to the shared cap.
 const IDLE: Duration = Duration::from_millis(100);
 /// A reservation refused while others hold something is asked again after this (their idle
@@ -53,10 +50,9 @@ struct Ledger {
     headroom: Money,
     /// When the headroom was last drawn from or granted.
     drawn: Option<tokio::time::Instant>,
-    /// When the last block was granted, and the reservations the next one is asked for (0:
-    /// [`BLOCK_JOBS`]).
+    /// When the last block was granted, and the reservations the next one is asked for.
     granted: Option<tokio::time::Instant>,
-    block_jobs: u64,
+    block: Block,
     seq: u64,
 }
 
@@ -78,22 +74,17 @@ impl Ledger {
         let idle = self.drawn.is_none_or(|d| d.elapsed() >= IDLE);
         if self.headroom > Money::ZERO && idle {
             self.headroom = Money::ZERO;
-            self.block_jobs = (self.block_jobs / 2).max(BLOCK_JOBS);
+            self.block.went_back();
             return true;
         }
         false
     }
 
     /// The reservations a block is asked for now (the headroom could not serve one): twice the
-    /// last when it was drawn whole within a quarter of [`IDLE`].
+    /// last when it was drawn whole quickly.
     fn next_block_jobs(&mut self) -> u64 {
-        let jobs = self.block_jobs.max(BLOCK_JOBS);
-        let quick = self.granted.is_some_and(|g| g.elapsed() < IDLE / 4);
-        self.block_jobs = match quick {
-            true => (jobs * 2).min(MAX_BLOCK_JOBS),
-            false => jobs,
-        };
-        self.block_jobs
+        self.block.used_up(self.granted, IDLE);
+        self.block.size()
     }
 }
 
@@ -591,7 +582,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_block_grows_while_it_is_drawn_whole_quickly_and_shrinks_when_it_lapses() {
         let mut l = Ledger::default();
-        assert_eq!(l.next_block_jobs(), BLOCK_JOBS, "the first block");
+        assert_eq!(l.next_block_jobs(), 64, "the first block");
         let mut sizes = Vec::new();
         for _ in 0..6 {
             l.granted = Some(tokio::time::Instant::now());

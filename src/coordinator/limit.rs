@@ -2,7 +2,7 @@
 //! ([`scripts::ACQUIRE`]), and each worker queues its own requests so that only one of them
 //! at a time asks Redis. While the buckets hold plenty, one round trip takes a batch of
 //! grants, kept here for the next requests and given back when not used within [`STASH_FOR`]:
-//! [`BATCH`] at first, doubled (up to [`MAX_BATCH`]) each time a batch is used up within a
+//! 32 at first, doubled (up to 256, [`Batch`]) each time a batch is used up within a
 //! quarter of that time and halved each time one goes back unused, so a worker holds at most
 //! about what it sends in a twentieth of a second (a pause set by another worker lets through
 //! no more than that); when the limit binds, one round trip is one grant, scheduled ahead (so a
@@ -34,33 +34,20 @@ const HORIZON_MS: i64 = 1000;
 const MAX_POLL: Duration = Duration::from_secs(5);
 /// How often refunds are sent when no grant carries them.
 const REFUND_EVERY: Duration = Duration::from_millis(250);
-/// Grants asked for at once while the buckets hold them, at first and at least.
-const BATCH: u64 = 32;
-/// At most.
-const MAX_BATCH: u64 = 256;
+/// Grants asked for at once while the buckets hold them: 32 to 256.
+type Batch = super::pace::Paced<32, 3>;
 /// A batch's grants unused this long go back to the shared buckets.
 const STASH_FOR: Duration = Duration::from_millis(100);
 
 /// Grants taken in a batch and not used yet, each charged `each` tokens, and the size of the
 /// next batch.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Stash {
     requests: u64,
     /// The tokens each was charged (a batch is asked at one size).
     each: u64,
     taken: Option<tokio::time::Instant>,
-    batch: u64,
-}
-
-impl Default for Stash {
-    fn default() -> Self {
-        Stash {
-            requests: 0,
-            each: 0,
-            taken: None,
-            batch: BATCH,
-        }
-    }
+    batch: Batch,
 }
 
 impl Stash {
@@ -75,18 +62,15 @@ impl Stash {
     }
 
     /// Everything left: (requests, the tokens charged for them). The next batch is halved
-    /// when grants go back unused, doubled when the last was used up within a quarter of its
-    /// time.
+    /// when grants go back unused, doubled when the last was used up quickly.
     fn drain(&mut self) -> (u64, u64) {
         let left = (self.requests, self.requests * self.each);
-        let quick = self.taken.is_some_and(|t| t.elapsed() < STASH_FOR / 4);
-        let batch = match left.0 {
-            0 if quick => (self.batch * 2).min(MAX_BATCH),
-            0 => self.batch,
-            _ => (self.batch / 2).max(BATCH),
-        };
+        match left.0 {
+            0 => self.batch.used_up(self.taken, STASH_FOR),
+            _ => self.batch.went_back(),
+        }
         *self = Stash {
-            batch,
+            batch: self.batch,
             ..Stash::default()
         };
         left
@@ -181,7 +165,7 @@ impl SharedLimit {
             // A stash this request could not use (stale, or charged less) goes back with it.
             let ((back, back_tokens), batch) = {
                 let mut stash = self.stash();
-                (stash.drain(), stash.batch)
+                (stash.drain(), stash.batch.size())
             };
             let refund = self.refund.swap(0, Relaxed) + back_tokens as i64;
             let (rpm, tpm) = (self.rpm, self.tpm);
@@ -412,14 +396,14 @@ mod tests {
             s.requests = 0;
             s.taken = Some(tokio::time::Instant::now());
             s.drain();
-            sizes.push(s.batch);
+            sizes.push(s.batch.size());
         }
         assert_eq!(sizes, [64, 128, 256, 256, 256, 256, 256, 256]);
         // Used up, but not within a quarter of its time: kept.
         s.taken = Some(tokio::time::Instant::now());
         tokio::time::advance(STASH_FOR / 4).await;
         s.drain();
-        assert_eq!(s.batch, 256);
+        assert_eq!(s.batch.size(), 256);
         // Grants given back unused: halved, down to the first size.
         let mut sizes = Vec::new();
         for _ in 0..7 {
@@ -427,7 +411,7 @@ mod tests {
             s.each = 10;
             s.taken = Some(tokio::time::Instant::now());
             assert_eq!(s.drain(), (3, 30));
-            sizes.push(s.batch);
+            sizes.push(s.batch.size());
         }
         assert_eq!(sizes, [128, 64, 32, 32, 32, 32, 32]);
     }

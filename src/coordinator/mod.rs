@@ -21,6 +21,7 @@ mod budget;
 mod done;
 mod limit;
 mod link;
+mod pace;
 mod scripts;
 
 pub(crate) use budget::SharedBudget;
