@@ -165,18 +165,18 @@ impl<'a> Line<'a> {
         if self.repeats_a_key() {
             return None;
         }
-        let expect = expect_of(d, &Map::new()).ok()?;
-        if self.elsewhere {
-            return Some(Read::Elsewhere);
-        }
-        // An id on the line had its shard told when it was read; the place's is told here.
         let id = match self.id {
             Some(id) => Cow::Borrowed(id),
             None => Cow::Owned((index + 1).to_string()),
         };
-        if self.id.is_none() && self.shard.is_some_and(|s| !s.owns(&id)) {
+        // An id on the line told its shard when it was read; a place's is told here.
+        self.elsewhere |= self.id.is_none() && self.shard.is_some_and(|s| !s.owns(&id));
+        if self.elsewhere {
             return Some(Read::Elsewhere);
         }
+        // The run's own (this reading runs only without default parameters): the same for
+        // every line, never refused here.
+        let expect = expect_of(d, &Map::new()).ok()?;
         let body = self.body_bytes();
         Some(Read::Job(Job {
             id: JobId::new(id),
