@@ -331,16 +331,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The run's first request, which goes alone, answered in `took`.
+    async fn first_alone(flight: &Flight, took: Duration) {
+        let first = flight.acquire().await;
+        tokio::time::sleep(took).await;
+        first.done(Sample::Answer);
+    }
+
     /// A server of `slots` places, each answer `service` long, fed by `jobs` tasks through
     /// the limiter: the limit it settles at.
     async fn settle(slots: usize, ceiling: usize, jobs: usize) -> (usize, usize) {
         let flight = std::sync::Arc::new(Flight::new(ceiling, true));
         let server = std::sync::Arc::new(tokio::sync::Semaphore::new(slots));
         let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        // The run's first request goes alone.
-        let first = flight.acquire().await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        first.done(Sample::Answer);
+        first_alone(&flight, Duration::from_millis(400)).await;
         let mut tasks = tokio::task::JoinSet::new();
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..jobs {
@@ -393,9 +397,7 @@ mod tests {
         assert_eq!((f.limit(), f.found()), (64, None));
         // Answers taking longer and longer (a server answering in turn), then a timeout.
         let f = Flight::new(64, true);
-        let first = f.acquire().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        first.done(Sample::Answer);
+        first_alone(&f, Duration::from_millis(100)).await;
         let slots: Vec<_> = futures_join(&f, 9).await;
         for (i, slot) in slots.into_iter().enumerate() {
             tokio::time::sleep(Duration::from_millis(100 * i as u64)).await;
@@ -418,9 +420,7 @@ mod tests {
         let flight = std::sync::Arc::new(Flight::new(64, true));
         let server = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
         let timeouts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let first = flight.acquire().await;
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        first.done(Sample::Answer);
+        first_alone(&flight, Duration::from_secs(4)).await;
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..64 {
             let (flight, server, timeouts) = (flight.clone(), server.clone(), timeouts.clone());
@@ -458,9 +458,7 @@ mod tests {
         // No queue at all, but every other answer is longer than the timeout (a timeout set too
         // short for the answers asked for): lowering the limit would change nothing for them.
         let flight = std::sync::Arc::new(Flight::new(256, true));
-        let first = flight.acquire().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        first.done(Sample::Answer);
+        first_alone(&flight, Duration::from_millis(500)).await;
         let mut tasks = tokio::task::JoinSet::new();
         let mut rng = fastrand::Rng::with_seed(11);
         for _ in 0..4000 {
@@ -488,9 +486,7 @@ mod tests {
         // one request in 12 hangs until the timeout: the limit grows back all the same.
         let flight = std::sync::Arc::new(Flight::new(64, true));
         let server = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
-        let first = flight.acquire().await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        first.done(Sample::Answer);
+        first_alone(&flight, Duration::from_millis(400)).await;
         let mut rng = fastrand::Rng::with_seed(5);
         for phase in 0..2 {
             let mut tasks = tokio::task::JoinSet::new();
@@ -524,9 +520,7 @@ mod tests {
         // The limit stays, so the circuit breaker sees 20 jobs fail at the run's own pace
         // (halving it window by window made that 9 times slower: 182 s against 20 by hand).
         let flight = std::sync::Arc::new(Flight::new(64, true));
-        let first = flight.acquire().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        first.done(Sample::Answer);
+        first_alone(&flight, Duration::from_millis(5)).await;
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..1000 {
             let flight = flight.clone();

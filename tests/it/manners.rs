@@ -702,6 +702,14 @@ fn thread_policies(pid: u32) -> Vec<(String, String)> {
     out
 }
 
+/// Sets the calling thread's scheduling policy; whether the kernel allowed it.
+#[cfg(target_os = "linux")]
+fn set_policy(policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: acts on the calling thread only and reads the struct we pass.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
 /// A run's threads as it sends, once its writer is up.
 #[cfg(target_os = "linux")]
 fn policies_while_running(cmd: &mut std::process::Command) -> Vec<(String, String)> {
@@ -723,12 +731,10 @@ fn policies_while_running(cmd: &mut std::process::Command) -> Vec<(String, Strin
 #[cfg(target_os = "linux")]
 fn a_run_is_scheduled_as_a_batch_job_and_a_policy_set_by_hand_is_kept() {
     // A sandbox that refuses the call leaves the default policy, as the run does then.
-    let allowed = std::thread::spawn(|| {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sets the policy of this short-lived thread only.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == 0 }
-    });
-    if !allowed.join().unwrap() {
+    if !std::thread::spawn(|| set_policy(libc::SCHED_BATCH))
+        .join()
+        .unwrap()
+    {
         eprintln!("skipped: this machine refuses SCHED_BATCH");
         return;
     }
@@ -750,8 +756,7 @@ fn a_run_is_scheduled_as_a_batch_job_and_a_policy_set_by_hand_is_kept() {
     // SAFETY: the child only sets its own policy between fork and exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut by_hand, || {
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+            set_policy(libc::SCHED_IDLE);
             Ok(())
         });
     }
