@@ -510,6 +510,7 @@ mod tests {
         (true, r#"{"id":17,"messages":[{"role":"system","content":"Be brief.\n"},{"content":"caf\u00e9 \"q\" 日本 \\ \/ \t\u0001","role":"user"}],"temperature":0.70,"stop":["\n","END"],"metadata":{"b":1,"a":[2,{"z":null}]},"top_p":1e0,"seed":-3}"#),
         (true, r#"{"model":"x","messages":[{"role":"user","content":""}],"max_completion_tokens":5,"max_tokens":9}"#),
         (true, " { \"id\" : \"a b\" , \"messages\" : [ { \"role\" : \"user\" , \"content\" : \"hi\" } ] , \"model\" : \"m2\" }\t"),
+        (true, r#"{"messages":[{"role":"user","content":"id last"}],"seed":7,"id":"last"}"#),
         (true, r#"{"id":"t","messages":[{"role":"user","content":"x"},{"role":"assistant","content":"y"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{}}}}],"logit_bias":{"50256":-100},"user":"u-1","max_tokens":0}"#),
         (false, r#"{"custom_id":"a","body":{"messages":[{"role":"user","content":"x"}]}}"#),
         (false, r#"{"id":"a","n":2,"messages":[{"role":"user","content":"x"}]}"#),
