@@ -21,8 +21,6 @@ const GATHER: Duration = Duration::from_millis(50);
 /// Adds ids to the worker's set, in batches, from any thread.
 pub(crate) struct DoneLedger {
     tx: Option<mpsc::UnboundedSender<IdKey>>,
-    /// Told at the close: every id has been sent, a gathering under way ends now.
-    closing: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,67 +29,131 @@ pub(crate) type DoneSender = mpsc::UnboundedSender<IdKey>;
 
 impl DoneLedger {
     pub(super) fn start(link: Arc<Link>, key: String) -> DoneLedger {
+        DoneLedger::sending(move |ids: Vec<IdKey>| {
+            let (link, key) = (link.clone(), key.clone());
+            async move {
+                let hex: Vec<String> = ids.iter().map(|k| k.to_hex()).collect();
+                if let Err(e) = link
+                    .invoke::<i64>(&scripts::DONE_ADD, &key, |_| hex.clone())
+                    .await
+                {
+                    tracing::warn!("the coordinator: done ids not kept ({e}); a shard run again from another disk may buy them again");
+                }
+            }
+        })
+    }
+
+    /// The ledger with `send` for each batch of ids, one batch at a time.
+    fn sending<F, S>(mut send: S) -> DoneLedger
+    where
+        S: FnMut(Vec<IdKey>) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + Send,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<IdKey>();
-        let closing = Arc::new(tokio::sync::Notify::new());
-        let closed = closing.clone();
         let task = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
             loop {
-                let open = match rx.recv().await {
-                    Some(k) => {
-                        batch.push(k.to_hex());
-                        // Gather what came meanwhile, a round trip for many ids; at the
-                        // close, nothing more can come.
-                        tokio::select! {
-                            _ = tokio::time::sleep(GATHER) => {}
-                            _ = closed.notified() => {}
-                        }
-                        while batch.len() < BATCH {
-                            match rx.try_recv() {
-                                Ok(k) => batch.push(k.to_hex()),
-                                Err(_) => break,
-                            }
-                        }
-                        true
-                    }
-                    None => false,
-                };
-                if !batch.is_empty() {
-                    let ids = std::mem::take(&mut batch);
-                    if let Err(e) = link
-                        .invoke::<i64>(&scripts::DONE_ADD, &key, |_| ids.clone())
-                        .await
-                    {
-                        tracing::warn!("the coordinator: done ids not kept ({e}); a shard run again from another disk may buy them again");
-                    }
+                let mut ids = Vec::with_capacity(BATCH);
+                let open = gather(&mut rx, &mut ids).await;
+                if !ids.is_empty() {
+                    send(ids).await;
                 }
                 if !open {
                     return;
                 }
             }
         });
-        DoneLedger {
-            tx: Some(tx),
-            closing,
-            task,
-        }
+        DoneLedger { tx: Some(tx), task }
     }
 
     pub(crate) fn sender(&self) -> Option<DoneSender> {
         self.tx.clone()
     }
 
-    /// Sends what is queued (every sender must be gone), then ends, without waiting out a
-    /// gathering: the run's end waited up to [`GATHER`] for it.
+    /// Sends what is queued (every other sender must be gone), then ends. With the channel
+    /// closed nothing more can come, so no gathering waits.
     pub(crate) async fn close(mut self) {
         drop(self.tx.take());
-        self.closing.notify_one();
         let _ = self.task.await;
     }
+}
+
+/// Waits for an id, then takes into `ids` what comes within [`GATHER`] of it (a round trip
+/// for many ids), at most [`BATCH`]. Returns whether more can come: once every sender is
+/// gone, it takes what is queued and returns at once.
+async fn gather(rx: &mut mpsc::UnboundedReceiver<IdKey>, ids: &mut Vec<IdKey>) -> bool {
+    if rx.recv_many(ids, BATCH).await == 0 {
+        return false;
+    }
+    let until = tokio::time::Instant::now() + GATHER;
+    while ids.len() < BATCH {
+        let room = BATCH - ids.len();
+        match tokio::time::timeout_at(until, rx.recv_many(ids, room)).await {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    true
 }
 
 /// The ids the worker's earlier processes got an ok record for.
 pub(super) async fn load(link: &Link, key: &str) -> Result<HashSet<IdKey>, Unreachable> {
     let ids: Vec<String> = link.invoke(&scripts::DONE_LIST, key, |_| vec![]).await?;
     Ok(ids.iter().filter_map(|h| IdKey::from_hex(h)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::{sleep, Instant};
+
+    /// A ledger whose calls take a millisecond each and are kept as their sizes.
+    fn ledger() -> (DoneLedger, Arc<Mutex<Vec<usize>>>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let kept = calls.clone();
+        let ledger = DoneLedger::sending(move |ids: Vec<IdKey>| {
+            let kept = kept.clone();
+            async move {
+                sleep(Duration::from_millis(1)).await;
+                kept.lock().unwrap().push(ids.len());
+            }
+        });
+        (ledger, calls)
+    }
+
+    fn id(i: usize) -> IdKey {
+        IdKey::of(format!("j{i}").as_bytes())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_that_come_close_together_go_in_one_call() {
+        let (ledger, calls) = ledger();
+        let tx = ledger.sender().unwrap();
+        for i in 0..3 {
+            tx.send(id(i)).unwrap();
+            sleep(Duration::from_millis(10)).await;
+        }
+        sleep(GATHER).await;
+        tx.send(id(3)).unwrap();
+        drop(tx);
+        ledger.close().await;
+        assert_eq!(*calls.lock().unwrap(), [3, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_close_sends_what_is_queued_without_waiting_out_a_gathering() {
+        let (ledger, calls) = ledger();
+        let tx = ledger.sender().unwrap();
+        // More than a call holds: the close comes with a second and a third call to make.
+        for i in 0..2 * BATCH + 500 {
+            tx.send(id(i)).unwrap();
+        }
+        drop(tx);
+        let closing = Instant::now();
+        ledger.close().await;
+        assert_eq!(*calls.lock().unwrap(), [BATCH, BATCH, 500]);
+        // Three calls of a millisecond, no gathering.
+        assert_eq!(closing.elapsed(), Duration::from_millis(3));
+    }
 }
