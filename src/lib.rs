@@ -38,6 +38,7 @@ pub(crate) mod histogram;
 pub mod job;
 pub(crate) mod json_scan;
 pub(crate) mod json_write;
+pub(crate) mod latch;
 pub(crate) mod limit;
 pub(crate) mod metrics;
 pub mod mock;

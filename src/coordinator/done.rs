@@ -6,6 +6,7 @@
 use super::link::Link;
 use super::scripts;
 use crate::job::IdKey;
+use crate::latch::Latch;
 use crate::unreachable::Unreachable;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ const GATHER: Duration = Duration::from_millis(50);
 /// Adds ids to the worker's set, in batches, from any thread.
 pub(crate) struct DoneLedger {
     tx: Option<mpsc::UnboundedSender<IdKey>>,
+    /// Set at the close: every id has been sent, no gathering waits any more.
+    closing: Arc<Latch>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,10 +53,12 @@ impl DoneLedger {
         F: std::future::Future<Output = ()> + Send,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<IdKey>();
+        let closing = Arc::new(Latch::default());
+        let closed = closing.clone();
         let task = tokio::spawn(async move {
             loop {
                 let mut ids = Vec::with_capacity(BATCH);
-                let open = gather(&mut rx, &mut ids).await;
+                let open = gather(&mut rx, &mut ids, &closed).await;
                 if !ids.is_empty() {
                     send(ids).await;
                 }
@@ -62,35 +67,46 @@ impl DoneLedger {
                 }
             }
         });
-        DoneLedger { tx: Some(tx), task }
+        DoneLedger {
+            tx: Some(tx),
+            closing,
+            task,
+        }
     }
 
     pub(crate) fn sender(&self) -> Option<DoneSender> {
         self.tx.clone()
     }
 
-    /// Sends what is queued (every other sender must be gone), then ends. With the channel
-    /// closed nothing more can come, so no gathering waits.
+    /// Sends what is queued (every other sender must be gone), then ends, without waiting out
+    /// a gathering: nothing more can come.
     pub(crate) async fn close(mut self) {
         drop(self.tx.take());
+        self.closing.set();
         let _ = self.task.await;
     }
 }
 
-/// Waits for an id, then takes into `ids` what comes within [`GATHER`] of it (a round trip
-/// for many ids), at most [`BATCH`]. Returns whether more can come: once every sender is
-/// gone, it takes what is queued and returns at once.
-async fn gather(rx: &mut mpsc::UnboundedReceiver<IdKey>, ids: &mut Vec<IdKey>) -> bool {
+/// Waits for an id, then takes into `ids` what came within [`GATHER`] of it, at most
+/// [`BATCH`]: one wake-up and one round trip for many ids (the writer sends them one by one),
+/// none of the wait once `closing` is set. Returns whether more can come.
+async fn gather(
+    rx: &mut mpsc::UnboundedReceiver<IdKey>,
+    ids: &mut Vec<IdKey>,
+    closing: &Latch,
+) -> bool {
     if rx.recv_many(ids, BATCH).await == 0 {
         return false;
     }
-    let until = tokio::time::Instant::now() + GATHER;
+    tokio::select! {
+        _ = tokio::time::sleep(GATHER) => {}
+        _ = closing.wait() => {}
+    }
     while ids.len() < BATCH {
-        let room = BATCH - ids.len();
-        match tokio::time::timeout_at(until, rx.recv_many(ids, room)).await {
-            Ok(0) => return false,
-            Ok(_) => {}
-            Err(_) => break,
+        match rx.try_recv() {
+            Ok(k) => ids.push(k),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
         }
     }
     true

@@ -10,12 +10,12 @@
 //! It owns shutdown: on a stop it admits nothing more, lets in-flight calls finish within the
 //! grace period, and always leaves the output whole.
 
+mod abort;
 mod attempts;
 mod batch;
 mod dedupe;
 mod engine;
 mod finish;
-mod latch;
 mod live;
 mod open_batches;
 mod prepare;

@@ -3,11 +3,12 @@
 //! circuit breaker), when it stops (`Control`) and how hard a job is tried (`Policy`). `Ctx`
 //! (`task.rs`) holds one of each, the client and the in-flight limiter.
 
-use super::latch::{Abort, Latch};
+use super::abort::Abort;
 use crate::budget::Budget;
 use crate::cost::{Money, PriceTable, Usage};
 use crate::histogram::Histogram;
 use crate::job::Job;
+use crate::latch::Latch;
 use crate::limit::RateLimit;
 use crate::name_hash::NameMap;
 use crate::output::jsonl::WriterMsg;
