@@ -158,6 +158,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_close_during_a_gathering_ends_it() {
+        let (ledger, calls) = ledger();
+        let tx = ledger.sender().unwrap();
+        tx.send(id(0)).unwrap();
+        sleep(Duration::from_millis(10)).await;
+        drop(tx);
+        let closing = Instant::now();
+        ledger.close().await;
+        assert_eq!(*calls.lock().unwrap(), [1]);
+        // One call of a millisecond: the gathering under way ended at the close.
+        assert_eq!(closing.elapsed(), Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_close_sends_what_is_queued_without_waiting_out_a_gathering() {
         let (ledger, calls) = ledger();
         let tx = ledger.sender().unwrap();
