@@ -88,8 +88,9 @@ impl DoneLedger {
 }
 
 /// Waits for an id, then takes into `ids` what came within [`GATHER`] of it, at most
-/// [`BATCH`]: one wake-up and one round trip for many ids (the writer sends them one by one),
-/// none of the wait once `closing` is set. Returns whether more can come.
+/// [`BATCH`]: one wake-up and one round trip for many ids (the writer sends them one by one).
+/// A full batch (ids queued while Redis was slow) does not wait, nor does anything once
+/// `closing` is set. Returns whether more can come.
 async fn gather(
     rx: &mut mpsc::UnboundedReceiver<IdKey>,
     ids: &mut Vec<IdKey>,
@@ -98,9 +99,11 @@ async fn gather(
     if rx.recv_many(ids, BATCH).await == 0 {
         return false;
     }
-    tokio::select! {
-        _ = tokio::time::sleep(GATHER) => {}
-        _ = closing.wait() => {}
+    if ids.len() < BATCH {
+        tokio::select! {
+            _ = tokio::time::sleep(GATHER) => {}
+            _ = closing.wait() => {}
+        }
     }
     while ids.len() < BATCH {
         match rx.try_recv() {
@@ -155,6 +158,21 @@ mod tests {
         drop(tx);
         ledger.close().await;
         assert_eq!(*calls.lock().unwrap(), [3, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_at_once() {
+        let (ledger, calls) = ledger();
+        let tx = ledger.sender().unwrap();
+        for i in 0..BATCH + 500 {
+            tx.send(id(i)).unwrap();
+        }
+        // Its call (a millisecond) is made before a gathering's time; the rest gathers.
+        sleep(Duration::from_millis(2)).await;
+        assert_eq!(*calls.lock().unwrap(), [BATCH]);
+        drop(tx);
+        ledger.close().await;
+        assert_eq!(*calls.lock().unwrap(), [BATCH, 500]);
     }
 
     #[tokio::test(start_paused = true)]
